@@ -1,0 +1,241 @@
+//! Blob and upload endpoints.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::Stream;
+use http_body::{Frame, SizeHint};
+
+use super::error::{ApiError, range_header};
+use super::{empty, query, query_param, set_header};
+use crate::blobstore::BlobBody;
+use crate::registry::{self, Registry, RegistryError, UploadStatus};
+use crate::types::{ContentRange, Digest, RepositoryName};
+
+const DIGEST_HEADER: &str = "docker-content-digest";
+const UPLOAD_UUID_HEADER: &str = "docker-upload-uuid";
+
+/// A blob body whose exact length is known, so it is sent with `Content-Length`.
+struct SizedBody(BlobBody);
+
+impl http_body::Body for SizedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.0)
+            .poll_next(cx)
+            .map(|o| o.map(|r| r.map(Frame::data)))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.0.len())
+    }
+}
+
+fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
+    set_header(h, header::CONTENT_TYPE, "application/octet-stream");
+    set_header(h, header::ACCEPT_RANGES, "bytes");
+    set_header(
+        h,
+        header::HeaderName::from_static(DIGEST_HEADER),
+        digest.as_str(),
+    );
+}
+
+/// GET or HEAD of a blob; GET honours a single `Range`.
+pub(super) async fn get(
+    registry: &Registry,
+    name: &str,
+    digest: &str,
+    headers: &HeaderMap,
+    with_body: bool,
+) -> Result<Response, ApiError> {
+    let repo = registry::parse_name(name)?;
+    let digest = registry::parse_digest(digest)?;
+    if !with_body {
+        let size = registry.stat_blob(&repo, &digest).await?;
+        let mut resp = empty(StatusCode::OK);
+        blob_headers(resp.headers_mut(), &digest);
+        set_header(
+            resp.headers_mut(),
+            header::CONTENT_LENGTH,
+            &size.to_string(),
+        );
+        return Ok(resp);
+    }
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let read = registry.read_blob(&repo, &digest, range).await?;
+    let len = read.body.len();
+    let mut resp = Response::new(Body::new(SizedBody(read.body)));
+    if let Some((start, end)) = read.range {
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        set_header(
+            resp.headers_mut(),
+            header::CONTENT_RANGE,
+            &format!("bytes {start}-{end}/{}", read.size),
+        );
+    }
+    blob_headers(resp.headers_mut(), &digest);
+    set_header(resp.headers_mut(), header::CONTENT_LENGTH, &len.to_string());
+    Ok(resp)
+}
+
+pub(super) async fn delete(
+    registry: &Registry,
+    name: &str,
+    digest: &str,
+) -> Result<Response, ApiError> {
+    let repo = registry::parse_name(name)?;
+    let digest = registry::parse_digest(digest)?;
+    registry.delete_blob(&repo, &digest).await?;
+    Ok(empty(StatusCode::ACCEPTED))
+}
+
+/// 201 for a blob now in the repository.
+fn blob_created(repo: &RepositoryName, digest: &Digest) -> Response {
+    let mut resp = empty(StatusCode::CREATED);
+    let h = resp.headers_mut();
+    set_header(h, header::LOCATION, &format!("/v2/{repo}/blobs/{digest}"));
+    set_header(
+        h,
+        header::HeaderName::from_static(DIGEST_HEADER),
+        digest.as_str(),
+    );
+    resp
+}
+
+/// An upload session's location and progress.
+fn upload_response(status: StatusCode, repo: &RepositoryName, upload: &UploadStatus) -> Response {
+    let mut resp = empty(status);
+    let h = resp.headers_mut();
+    set_header(
+        h,
+        header::LOCATION,
+        &format!("/v2/{repo}/blobs/uploads/{}", upload.id),
+    );
+    set_header(h, header::RANGE, &range_header(upload.offset));
+    set_header(
+        h,
+        header::HeaderName::from_static(UPLOAD_UUID_HEADER),
+        &upload.id,
+    );
+    resp
+}
+
+/// POST: mount (`?mount=&from=`), single-request upload (`?digest=`), or open a session.
+pub(super) async fn start_upload(
+    registry: &Registry,
+    name: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let repo = registry::parse_name(name)?;
+    let q = query(&req);
+    if let Some(mount) = query_param(&q, "mount") {
+        let digest = registry::parse_digest(mount)?;
+        // Without `from` (OCI 1.1 lets a registry look elsewhere) or when `from` lacks it, the
+        // client gets a session and uploads.
+        if let Some(from) = query_param(&q, "from") {
+            let from = registry::parse_name(from)?;
+            if registry.mount_blob(&repo, &from, &digest).await? {
+                return Ok(blob_created(&repo, &digest));
+            }
+        }
+    } else if let Some(digest) = query_param(&q, "digest") {
+        let digest = registry::parse_digest(digest)?;
+        registry
+            .upload_blob(&repo, &digest, req.into_body().into_data_stream())
+            .await?;
+        return Ok(blob_created(&repo, &digest));
+    }
+    let upload = registry.start_upload(&repo).await?;
+    Ok(upload_response(StatusCode::ACCEPTED, &repo, &upload))
+}
+
+pub(super) async fn upload_status(
+    registry: &Registry,
+    name: &str,
+    id: &str,
+) -> Result<Response, ApiError> {
+    let repo = registry::parse_name(name)?;
+    let upload = registry.upload_status(&repo, id).await?;
+    Ok(upload_response(StatusCode::NO_CONTENT, &repo, &upload))
+}
+
+/// Where a chunk says it starts, from `Content-Range`; checks it against `Content-Length`.
+fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(v) = headers.get(header::CONTENT_RANGE) else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or("");
+    let range = ContentRange::parse(text)
+        .map_err(|e| ApiError::from(RegistryError::BlobUploadInvalid(e.to_string())))?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared
+        && len > 0
+        && len != range.len()
+    {
+        return Err(RegistryError::SizeInvalid(format!(
+            "Content-Range {text} covers {} bytes but Content-Length is {len}",
+            range.len()
+        ))
+        .into());
+    }
+    Ok(Some(range.start))
+}
+
+pub(super) async fn patch_upload(
+    registry: &Registry,
+    name: &str,
+    id: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let repo = registry::parse_name(name)?;
+    let start = chunk_start(req.headers())?;
+    let body = req.into_body().into_data_stream();
+    let upload = registry.append_upload(&repo, id, start, body).await?;
+    Ok(upload_response(StatusCode::ACCEPTED, &repo, &upload))
+}
+
+pub(super) async fn finish_upload(
+    registry: &Registry,
+    name: &str,
+    id: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let repo = registry::parse_name(name)?;
+    let q = query(&req);
+    let Some(digest) = query_param(&q, "digest") else {
+        return Err(
+            RegistryError::DigestInvalid("the digest parameter is missing".to_string()).into(),
+        );
+    };
+    let digest = registry::parse_digest(digest)?;
+    let start = chunk_start(req.headers())?;
+    let body = req.into_body().into_data_stream();
+    registry
+        .finish_upload(&repo, id, &digest, start, body)
+        .await?;
+    Ok(blob_created(&repo, &digest))
+}
+
+pub(super) async fn cancel_upload(
+    registry: &Registry,
+    name: &str,
+    id: &str,
+) -> Result<Response, ApiError> {
+    let repo = registry::parse_name(name)?;
+    registry.cancel_upload(&repo, id).await?;
+    Ok(empty(StatusCode::NO_CONTENT))
+}

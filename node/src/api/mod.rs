@@ -1,0 +1,216 @@
+//! The HTTP front: the OCI Distribution API (`/v2/…`), `/healthz` and `/readyz`.
+//!
+//! Handlers are adapters: extract from the request → call [`Registry`] → map the answer or the
+//! error (one table, [`error`]) to the wire. They never touch storage, RocksDB or openraft.
+
+mod blobs;
+pub mod error;
+mod manifests;
+pub mod path;
+mod telemetry;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+
+use self::error::{ApiError, Code};
+use self::path::Route;
+use crate::meta::Page;
+use crate::registry::{self, Registry};
+
+/// The header every `/v2/` response carries.
+pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
+
+/// Builds the HTTP router over a registry.
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v2", any(v2))
+        .route("/v2/", any(v2))
+        .route("/v2/{*rest}", any(v2))
+        .layer(axum::middleware::from_fn(telemetry::request_span))
+        .with_state(registry)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(registry): State<Arc<Registry>>) -> Response {
+    if !registry.cluster().has_leader() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: raft has no leader\n",
+        )
+            .into_response();
+    }
+    if let Err(e) = registry.blob_store().check_writable().await {
+        tracing::warn!(error = %e, "readiness check failed");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: storage is not writable\n",
+        )
+            .into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+/// Every `/v2/…` request: route, dispatch by method, add the API version header.
+async fn v2(State(registry): State<Arc<Registry>>, req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let rest = path
+        .strip_prefix("/v2")
+        .unwrap_or("")
+        .trim_start_matches('/');
+    let mut resp = match path::parse(rest) {
+        Some(route) => {
+            telemetry::record_route(&route);
+            dispatch(&registry, route, req)
+                .await
+                .unwrap_or_else(IntoResponse::into_response)
+        }
+        None => ApiError::new(Code::Unsupported)
+            .status(StatusCode::NOT_FOUND)
+            .message("no such endpoint")
+            .into_response(),
+    };
+    resp.headers_mut()
+        .insert(API_VERSION_HEADER, HeaderValue::from_static("registry/2.0"));
+    resp
+}
+
+async fn dispatch(
+    registry: &Registry,
+    route: Route<'_>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let method = req.method().clone();
+    match (route, method) {
+        (Route::Base, Method::GET | Method::HEAD) => {
+            Ok(json_response(StatusCode::OK, b"{}".to_vec()))
+        }
+        (Route::Catalog, Method::GET) => catalog(registry, &query(&req)).await,
+        (Route::Tags(name), Method::GET) => tags(registry, name, &query(&req)).await,
+        (Route::Manifest(name, r), Method::GET) => manifests::get(registry, name, r, true).await,
+        (Route::Manifest(name, r), Method::HEAD) => manifests::get(registry, name, r, false).await,
+        (Route::Manifest(name, r), Method::PUT) => manifests::put(registry, name, r, req).await,
+        (Route::Manifest(name, r), Method::DELETE) => manifests::delete(registry, name, r).await,
+        (Route::Referrers(name, d), Method::GET) => {
+            manifests::referrers(registry, name, d, &query(&req)).await
+        }
+        (Route::Blob(name, d), Method::GET) => {
+            blobs::get(registry, name, d, req.headers(), true).await
+        }
+        (Route::Blob(name, d), Method::HEAD) => {
+            blobs::get(registry, name, d, req.headers(), false).await
+        }
+        (Route::Blob(name, d), Method::DELETE) => blobs::delete(registry, name, d).await,
+        (Route::Uploads(name), Method::POST) => blobs::start_upload(registry, name, req).await,
+        (Route::Upload(name, id), Method::GET) => blobs::upload_status(registry, name, id).await,
+        (Route::Upload(name, id), Method::PATCH) => {
+            blobs::patch_upload(registry, name, id, req).await
+        }
+        (Route::Upload(name, id), Method::PUT) => {
+            blobs::finish_upload(registry, name, id, req).await
+        }
+        (Route::Upload(name, id), Method::DELETE) => blobs::cancel_upload(registry, name, id).await,
+        (_, method) => Err(ApiError::new(Code::Unsupported)
+            .message(format!("method {method} is not allowed here"))),
+    }
+}
+
+/// A JSON response.
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The query string's parameters, in order.
+fn query(req: &Request) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .and_then(|q| serde_urlencoded::from_str(q).ok())
+        .unwrap_or_default()
+}
+
+fn query_param<'a>(q: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    q.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// `n` and `last` of a list request.
+fn page(q: &[(String, String)]) -> Result<Page, ApiError> {
+    let n = match query_param(q, "n") {
+        None | Some("") => None,
+        Some(n) => Some(n.parse::<usize>().map_err(|_| {
+            ApiError::new(Code::PaginationNumberInvalid).detail(serde_json::json!({ "n": n }))
+        })?),
+    };
+    let last = query_param(q, "last")
+        .filter(|l| !l.is_empty())
+        .map(str::to_string);
+    Ok(Page { n, last })
+}
+
+/// Adds the RFC 5988 `Link` header of the next page when there is one.
+fn link_next(resp: &mut Response, path: &str, page: &Page, items: &[String], more: bool) {
+    if let (true, Some(last), Some(n)) = (more, items.last(), page.n) {
+        let q = serde_urlencoded::to_string([("last", last.as_str()), ("n", &n.to_string())])
+            .expect("query encodes");
+        if let Ok(v) = HeaderValue::from_str(&format!("<{path}?{q}>; rel=\"next\"")) {
+            resp.headers_mut().insert(header::LINK, v);
+        }
+    }
+}
+
+async fn tags(
+    registry: &Registry,
+    name: &str,
+    q: &[(String, String)],
+) -> Result<Response, ApiError> {
+    let repo = registry::parse_name(name)?;
+    let page = page(q)?;
+    let (tags, more) = registry.tags(&repo, page.clone()).await?;
+    let body = serde_json::to_vec(&serde_json::json!({ "name": repo.as_str(), "tags": tags }))
+        .expect("json encodes");
+    let mut resp = json_response(StatusCode::OK, body);
+    link_next(
+        &mut resp,
+        &format!("/v2/{repo}/tags/list"),
+        &page,
+        &tags,
+        more,
+    );
+    Ok(resp)
+}
+
+async fn catalog(registry: &Registry, q: &[(String, String)]) -> Result<Response, ApiError> {
+    let page = page(q)?;
+    let (repos, more) = registry.catalog(page.clone()).await?;
+    let body =
+        serde_json::to_vec(&serde_json::json!({ "repositories": repos })).expect("json encodes");
+    let mut resp = json_response(StatusCode::OK, body);
+    link_next(&mut resp, "/v2/_catalog", &page, &repos, more);
+    Ok(resp)
+}
+
+/// Sets a header from a string the registry produced (always valid header text).
+fn set_header(h: &mut HeaderMap, name: header::HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+/// An empty response with a status.
+fn empty(status: StatusCode) -> Response {
+    (status, Body::empty()).into_response()
+}

@@ -1,0 +1,380 @@
+//! The blob store: content-addressed blob files on this node's local disk.
+//!
+//! It is the only module that touches the data directory's blob and upload folders. It knows
+//! digests, never repositories: which repository may see which blob is metadata (`meta`).
+//!
+//! Layout under the data directory (see `docs/on-disk-layout.md`):
+//!
+//! ```text
+//! <data-dir>/
+//!   blobs/sha256/<hh>/<64 hex>     one file per blob, named by its digest; <hh> = first two hex
+//!   uploads/<upload id>            staging file of an upload in progress
+//! ```
+//!
+//! Invariants:
+//! - A file under `blobs/` is complete and its content hashes to its name. It only ever appears
+//!   by `rename` of a staging file whose digest was verified and which was fsynced; the
+//!   directory is fsynced after the rename. A crash at any instant leaves no partial blob.
+//! - An upload streams into its staging file while it is hashed: nothing is buffered whole.
+//! - Everything in `uploads/` is removed at start-up: uploads do not survive a restart.
+
+mod read;
+mod upload;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use read::BlobBody;
+pub use upload::StagedUpload;
+
+use crate::types::Digest;
+
+/// Bytes written between two requests to start write-back of a staging file, so that the fsync
+/// at the end of a large upload waits only for the tail.
+const WRITEBACK_EVERY: u64 = 32 * 1024 * 1024;
+
+/// Errors of the blob store.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobStoreError {
+    /// The blob is not stored on this node.
+    #[error("blob {0} is not stored on this node")]
+    NotFound(Digest),
+    /// The uploaded content does not hash to the digest the client named.
+    #[error("uploaded content has digest {actual}, not {expected}")]
+    DigestMismatch {
+        /// The digest the client claimed.
+        expected: Digest,
+        /// The digest of what was received.
+        actual: Digest,
+    },
+    /// The request body failed while it was being received.
+    #[error("failed to receive upload body")]
+    Body(#[source] io::Error),
+    /// A file system operation failed.
+    #[error("failed to {op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl BlobStoreError {
+    fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BlobStoreError + 'a {
+        move |source| BlobStoreError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// What the store knows of one stored blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Content-addressed blob files under one data directory.
+#[derive(Debug)]
+pub struct BlobStore {
+    blobs: PathBuf,
+    uploads: PathBuf,
+    /// Held open for the store's lifetime: an exclusive lock on the data directory.
+    _lock: std::fs::File,
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) the store under `data_dir`, removing every staging leftover.
+    ///
+    /// Takes an exclusive lock on `data_dir/LOCK` first, so that a second process cannot open
+    /// (and clean) the same data directory; that fails with [`BlobStoreError::Io`].
+    pub fn open(data_dir: &Path) -> Result<BlobStore, BlobStoreError> {
+        std::fs::create_dir_all(data_dir).map_err(BlobStoreError::io("create", data_dir))?;
+        let lock = lock_dir(data_dir)?;
+        let blobs = data_dir.join("blobs").join("sha256");
+        let uploads = data_dir.join("uploads");
+        for dir in [&blobs, &uploads] {
+            std::fs::create_dir_all(dir).map_err(BlobStoreError::io("create", dir))?;
+        }
+        // Every prefix directory exists from the start, so that storing a blob never has to
+        // create (and fsync) a parent directory on the hot path.
+        for prefix in 0..=255u8 {
+            let dir = blobs.join(format!("{prefix:02x}"));
+            if !dir.is_dir() {
+                std::fs::create_dir(&dir).map_err(BlobStoreError::io("create", &dir))?;
+            }
+        }
+        sync_dir(&blobs)?;
+        let removed = clean_dir(&uploads)?;
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed staging files of uploads interrupted by a restart"
+            );
+        }
+        Ok(BlobStore {
+            blobs,
+            uploads,
+            _lock: lock,
+        })
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        blob_path(&self.blobs, digest)
+    }
+
+    /// Size of a stored blob, or `None` when this node does not hold it.
+    pub async fn stat(&self, digest: &Digest) -> Result<Option<BlobInfo>, BlobStoreError> {
+        let path = self.blob_path(digest);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(Some(BlobInfo { size: m.len() })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BlobStoreError::io("stat", &path)(e)),
+        }
+    }
+
+    /// Opens a blob for reading `range` (`None`: the whole blob). The range must lie within the
+    /// blob; callers resolve it against [`BlobStore::stat`] first.
+    pub async fn read(
+        &self,
+        digest: &Digest,
+        range: Option<(u64, u64)>,
+    ) -> Result<BlobBody, BlobStoreError> {
+        let path = self.blob_path(digest);
+        let digest = digest.clone();
+        tokio::task::spawn_blocking(move || read::open(&path, digest, range))
+            .await
+            .map_err(|e| BlobStoreError::io("read", Path::new("blob"))(io::Error::other(e)))?
+    }
+
+    /// Removes a blob file. Removing a blob that is not there is not an error.
+    pub async fn delete(&self, digest: &Digest) -> Result<(), BlobStoreError> {
+        let path = self.blob_path(digest);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BlobStoreError::io("remove", &path)(e)),
+        }
+    }
+
+    /// Starts a staging file for an upload. `id` names the file and must be a safe file name
+    /// (upload ids are generated by this node: hex digits and dashes).
+    pub async fn begin_upload(&self, id: &str) -> Result<StagedUpload, BlobStoreError> {
+        debug_assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        let path = self.uploads.join(id);
+        let file = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(BlobStoreError::io("create", &path))
+            }
+        })
+        .await
+        .map_err(|e| BlobStoreError::io("create", &path)(io::Error::other(e)))??;
+        Ok(StagedUpload::new(path, file))
+    }
+}
+
+/// The final path of a blob under `blobs`. Safe: a parsed digest's hex holds only `[0-9a-f]`.
+fn blob_path(blobs: &Path, digest: &Digest) -> PathBuf {
+    let hex = digest.hex();
+    blobs.join(&hex[..2]).join(hex)
+}
+
+/// Moves a verified, fsynced staging file into place as `digest`, then fsyncs the directory.
+fn commit_staged(blobs: &Path, staged: &Path, digest: &Digest) -> Result<(), BlobStoreError> {
+    let target = blob_path(blobs, digest);
+    if target.exists() {
+        // Content-addressed: an identical blob is already durable; drop our copy.
+        std::fs::remove_file(staged).map_err(BlobStoreError::io("remove", staged))?;
+        return Ok(());
+    }
+    std::fs::rename(staged, &target).map_err(BlobStoreError::io("rename", staged))?;
+    sync_dir(target.parent().expect("blob path has a parent"))
+}
+
+impl BlobStore {
+    /// Writes and removes a probe file: is the data directory writable?
+    pub async fn check_writable(&self) -> Result<(), BlobStoreError> {
+        let path = self.uploads.join(".readyz-probe");
+        tokio::fs::write(&path, b"ok")
+            .await
+            .map_err(BlobStoreError::io("write", &path))?;
+        tokio::fs::remove_file(&path)
+            .await
+            .map_err(BlobStoreError::io("remove", &path))
+    }
+}
+
+/// Locks `dir/LOCK` exclusively (released when the file is closed, also on a crash).
+fn lock_dir(dir: &Path) -> Result<std::fs::File, BlobStoreError> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(BlobStoreError::io("open", &path))?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(BlobStoreError::io(
+            "lock (is another berth using it?)",
+            &path,
+        )(e));
+    }
+    Ok(file)
+}
+
+/// fsyncs a directory so that a rename or create inside it is durable.
+fn sync_dir(dir: &Path) -> Result<(), BlobStoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(BlobStoreError::io("fsync", dir))
+}
+
+/// Removes every entry in `dir`; returns how many were removed.
+fn clean_dir(dir: &Path) -> Result<usize, BlobStoreError> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(BlobStoreError::io("list", dir))? {
+        let path = entry.map_err(BlobStoreError::io("list", dir))?.path();
+        let res = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        res.map_err(BlobStoreError::io("remove", &path))?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use futures::StreamExt;
+
+    fn body(chunks: &[&'static [u8]]) -> impl futures::Stream<Item = io::Result<Bytes>> + Unpin {
+        futures::stream::iter(
+            chunks
+                .iter()
+                .map(|c| Ok(Bytes::from_static(c)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    async fn read_all(store: &BlobStore, d: &Digest, range: Option<(u64, u64)>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut b = store.read(d, range).await.unwrap();
+        while let Some(chunk) = b.next().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn upload_in_chunks_then_read_whole_and_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut up = store.begin_upload("u1").await.unwrap();
+        up.append(body(&[b"hello ", b"wor"])).await.unwrap();
+        up.append(body(&[b"ld"])).await.unwrap();
+        assert_eq!(up.offset(), 11);
+        let d = Digest::sha256_of(b"hello world");
+        let info = up.finish(&store, &d).await.unwrap();
+        assert_eq!(info.size, 11);
+        assert_eq!(store.stat(&d).await.unwrap(), Some(BlobInfo { size: 11 }));
+        assert_eq!(read_all(&store, &d, None).await, b"hello world");
+        assert_eq!(read_all(&store, &d, Some((6, 10))).await, b"world");
+        assert!(
+            std::fs::read_dir(dir.path().join("uploads"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_digest_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut up = store.begin_upload("u2").await.unwrap();
+        up.append(body(&[b"abc"])).await.unwrap();
+        let claimed = Digest::sha256_of(b"abd");
+        let err = up.finish(&store, &claimed).await.unwrap_err();
+        assert!(
+            matches!(err, BlobStoreError::DigestMismatch { .. }),
+            "{err}"
+        );
+        assert_eq!(store.stat(&claimed).await.unwrap(), None);
+        assert_eq!(store.stat(&Digest::sha256_of(b"abc")).await.unwrap(), None);
+        assert!(
+            std::fs::read_dir(dir.path().join("uploads"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn same_blob_uploaded_twice_concurrently() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(BlobStore::open(dir.path()).unwrap());
+        let d = Digest::sha256_of(b"same");
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let store = store.clone();
+            let d = d.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut up = store.begin_upload(&format!("c{i}")).await.unwrap();
+                up.append(body(&[b"sa", b"me"])).await.unwrap();
+                up.finish(&store, &d).await.unwrap()
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().size, 4);
+        }
+        assert_eq!(read_all(&store, &d, None).await, b"same");
+    }
+
+    #[tokio::test]
+    async fn staging_leftovers_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut up = store.begin_upload("left").await.unwrap();
+        up.append(body(&[b"partial"])).await.unwrap();
+        drop(up);
+        drop(store);
+        let _store = BlobStore::open(dir.path()).unwrap();
+        assert!(
+            std::fs::read_dir(dir.path().join("uploads"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn delete_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let d = Digest::sha256_of(b"x");
+        let mut up = store.begin_upload("d").await.unwrap();
+        up.append(body(&[b"x"])).await.unwrap();
+        up.finish(&store, &d).await.unwrap();
+        store.delete(&d).await.unwrap();
+        store.delete(&d).await.unwrap();
+        assert_eq!(store.stat(&d).await.unwrap(), None);
+    }
+}

@@ -1,0 +1,382 @@
+//! Node configuration: a versioned TOML file, overridden by `BERTH_…` environment variables,
+//! overridden by command-line flags. [`Config::load`] reads from bytes and an env map so tests
+//! inject both; [`Config::validate`] reports every problem at once.
+//!
+//! Environment variables: `BERTH_<FIELD>` for a top-level field, `BERTH_<SECTION>__<FIELD>`
+//! for a field of a section (double underscore), e.g. `BERTH_LISTEN=0.0.0.0:5000`,
+//! `BERTH_RAFT__HEARTBEAT_MS=100`. `BERTH_CONFIG` names the file and is not a field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::RaftSettings;
+use crate::registry::RegistrySettings;
+
+/// The config file format version this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Config format version; must be 1.
+    pub version: u32,
+    /// Address of the registry HTTP front. Default `127.0.0.1:5000`.
+    pub listen: SocketAddr,
+    /// Data directory (blobs, metadata, snapshots). Default `./berth-data`.
+    pub data_dir: PathBuf,
+    /// Log format. Default `text`.
+    pub log_format: LogFormat,
+    /// This node's id in the cluster; never reused. Default 1.
+    pub node_id: u64,
+    /// Region this node is placed in. Default `default`.
+    pub region: String,
+    /// Zone within the region. Default `default`.
+    pub zone: String,
+    /// URL clients and peers use to reach this node's HTTP front. Default `http://<listen>`.
+    pub advertise_url: Option<String>,
+    /// Seconds in-flight requests may take to finish after a shutdown signal. Default 10.
+    pub shutdown_grace_secs: u64,
+    /// Durability policy.
+    pub durability: Durability,
+    /// Request limits.
+    pub limits: Limits,
+    /// Raft timing.
+    pub raft: Raft,
+}
+
+/// Durability policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Durability {
+    /// Nodes that must hold every blob a manifest references before the manifest PUT is
+    /// acknowledged. Default 1.
+    pub min_copies: usize,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest manifest accepted, in bytes. Default 4194304 (4 MiB).
+    pub max_manifest_bytes: usize,
+    /// Seconds an upload session may stay idle before it is cancelled. Default 3600.
+    pub upload_idle_timeout_secs: u64,
+}
+
+/// Raft timing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Raft {
+    /// Leader heartbeat interval, milliseconds. Default 100.
+    pub heartbeat_ms: u64,
+    /// Election timeout lower bound, milliseconds. Default 300.
+    pub election_timeout_min_ms: u64,
+    /// Election timeout upper bound, milliseconds. Default 600.
+    pub election_timeout_max_ms: u64,
+    /// Entries between snapshots (the log is compacted behind each). Default 10000.
+    pub snapshot_every_entries: u64,
+    /// Milliseconds a write may wait to commit before it answers 503. Default 10000.
+    pub write_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            version: CONFIG_VERSION,
+            listen: SocketAddr::from(([127, 0, 0, 1], 5000)),
+            data_dir: PathBuf::from("./berth-data"),
+            log_format: LogFormat::Text,
+            node_id: 1,
+            region: "default".to_string(),
+            zone: "default".to_string(),
+            advertise_url: None,
+            shutdown_grace_secs: 10,
+            durability: Durability::default(),
+            limits: Limits::default(),
+            raft: Raft::default(),
+        }
+    }
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability { min_copies: 1 }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_manifest_bytes: 4 * 1024 * 1024,
+            upload_idle_timeout_secs: 3600,
+        }
+    }
+}
+
+impl Default for Raft {
+    fn default() -> Self {
+        Raft {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_every_entries: 10_000,
+            write_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// A configuration that cannot be used; the message lists every problem.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+const ENV_PREFIX: &str = "BERTH_";
+/// Environment variables with the prefix that are not config fields.
+const ENV_NOT_FIELDS: &[&str] = &["BERTH_CONFIG"];
+
+impl Config {
+    /// Builds the configuration from a TOML document (empty: all defaults) and environment
+    /// variables, then validates it.
+    pub fn load(toml_text: &str, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut doc: toml::Table = match toml_text.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(ConfigError {
+                    problems: vec![format!("config file: {e}")],
+                });
+            }
+        };
+        for (key, value) in env {
+            let Some(field) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if ENV_NOT_FIELDS.contains(&key.as_str()) {
+                continue;
+            }
+            let path: Vec<String> = field.split("__").map(str::to_ascii_lowercase).collect();
+            if path.iter().any(String::is_empty) {
+                problems.push(format!("{key}: malformed variable name"));
+                continue;
+            }
+            set_path(&mut doc, &path, env_value(value));
+        }
+        let config: Config = match toml::Value::Table(doc).try_into() {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(e.to_string().trim().replace('\n', " "));
+                return Err(ConfigError { problems });
+            }
+        };
+        problems.extend(config.problems());
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Checks the values; returns every problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.version != CONFIG_VERSION {
+            p.push(format!(
+                "version: {} is not supported (this build reads {CONFIG_VERSION})",
+                self.version
+            ));
+        }
+        if self.node_id == 0 {
+            p.push("node_id: must be at least 1".to_string());
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            p.push("data_dir: must not be empty".to_string());
+        }
+        if self.region.is_empty() {
+            p.push("region: must not be empty".to_string());
+        }
+        if self.zone.is_empty() {
+            p.push("zone: must not be empty".to_string());
+        }
+        if let Some(url) = &self.advertise_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            p.push(format!(
+                "advertise_url: {url:?} must start with http:// or https://"
+            ));
+        }
+        if self.durability.min_copies == 0 {
+            p.push("durability.min_copies: must be at least 1".to_string());
+        }
+        if self.limits.max_manifest_bytes < 1024 {
+            p.push("limits.max_manifest_bytes: must be at least 1024".to_string());
+        }
+        if self.limits.upload_idle_timeout_secs == 0 {
+            p.push("limits.upload_idle_timeout_secs: must be at least 1".to_string());
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 {
+            p.push("raft.heartbeat_ms: must be at least 1".to_string());
+        }
+        if r.election_timeout_min_ms <= r.heartbeat_ms {
+            p.push(
+                "raft.election_timeout_min_ms: must be greater than raft.heartbeat_ms".to_string(),
+            );
+        }
+        if r.election_timeout_max_ms <= r.election_timeout_min_ms {
+            p.push(
+                "raft.election_timeout_max_ms: must be greater than raft.election_timeout_min_ms"
+                    .to_string(),
+            );
+        }
+        if r.snapshot_every_entries == 0 {
+            p.push("raft.snapshot_every_entries: must be at least 1".to_string());
+        }
+        if r.write_timeout_ms == 0 {
+            p.push("raft.write_timeout_ms: must be at least 1".to_string());
+        }
+        p
+    }
+
+    /// The URL this node advertises for its HTTP front.
+    pub fn advertised_url(&self) -> String {
+        self.advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+
+    /// Raft settings derived from this configuration.
+    pub fn raft_settings(&self) -> RaftSettings {
+        RaftSettings {
+            heartbeat: Duration::from_millis(self.raft.heartbeat_ms),
+            election_timeout_min: Duration::from_millis(self.raft.election_timeout_min_ms),
+            election_timeout_max: Duration::from_millis(self.raft.election_timeout_max_ms),
+            snapshot_every_entries: self.raft.snapshot_every_entries,
+            write_timeout: Duration::from_millis(self.raft.write_timeout_ms),
+        }
+    }
+
+    /// Registry settings derived from this configuration.
+    pub fn registry_settings(&self) -> RegistrySettings {
+        RegistrySettings {
+            max_manifest_bytes: self.limits.max_manifest_bytes,
+            min_copies: self.durability.min_copies,
+            upload_idle_timeout: Duration::from_secs(self.limits.upload_idle_timeout_secs),
+        }
+    }
+}
+
+/// An environment value as TOML: integers and booleans typed, everything else a string.
+fn env_value(v: &str) -> toml::Value {
+    if let Ok(i) = v.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = v.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(v.to_string())
+    }
+}
+
+fn set_path(doc: &mut toml::Table, path: &[String], value: toml::Value) {
+    let (last, parents) = path.split_last().expect("non-empty path");
+    let mut table = doc;
+    for p in parents {
+        let entry = table
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(Default::default());
+        }
+        table = entry.as_table_mut().expect("just made a table");
+    }
+    table.insert(last.clone(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn empty_config_is_the_documented_default() {
+        let c = Config::load("", &env(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.data_dir, PathBuf::from("./berth-data"));
+        assert_eq!(c.durability.min_copies, 1);
+        assert_eq!(c.limits.max_manifest_bytes, 4 * 1024 * 1024);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let file = "listen = \"127.0.0.1:6000\"\n[raft]\nheartbeat_ms = 50\n";
+        let c = Config::load(
+            file,
+            &env(&[
+                ("BERTH_LISTEN", "0.0.0.0:7001"),
+                ("BERTH_RAFT__HEARTBEAT_MS", "70"),
+                ("BERTH_CONFIG", "x.toml"),
+                ("OTHER", "1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:7001");
+        assert_eq!(c.raft.heartbeat_ms, 70);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = Config::load("lisen = \"x\"", &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        let err = Config::load("", &env(&[("BERTH_NOPE", "1")])).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let file =
+            "version = 2\nnode_id = 0\n[durability]\nmin_copies = 0\n[raft]\nheartbeat_ms = 500\n";
+        let err = Config::load(file, &env(&[])).unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "version",
+            "node_id",
+            "min_copies",
+            "election_timeout_min_ms",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+        assert_eq!(err.problems.len(), 4, "{text}");
+    }
+}

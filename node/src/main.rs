@@ -1,0 +1,124 @@
+//! The `berth` binary: parses flags, loads configuration, starts telemetry, binds, and calls
+//! [`berth_node::run`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use berth_node::config::{Config, LogFormat};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "berth",
+    version,
+    about = "A geo-replicated OCI container registry"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a registry node.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Configuration file (TOML). Also `BERTH_CONFIG`.
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the registry HTTP front [default: 127.0.0.1:5000].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory [default: ./berth-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Log format [default: text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+fn load_config(args: &ServeArgs) -> Result<Config, String> {
+    let text = match &args.config {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("failed to read config file {}: {e}", path.display()))?,
+        None => String::new(),
+    };
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let mut config = Config::load(&text, &env).map_err(|e| e.to_string())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(format) = args.log_format {
+        config.log_format = format;
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("failed to install the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("berth: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_format);
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %config.listen, error = %e, "failed to bind");
+            return ExitCode::FAILURE;
+        }
+    };
+    match berth_node::run(config, listener, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            tracing::error!(error = %msg, "berth stopped on an error");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The commands of the Raft log and the records of the state machine.
+//!
+//! Every persisted shape carries a version: commands are `Command::V1(..)`, stored values are
+//! `Stored::V1(..)`. A later version adds a variant and upgrades the old ones when decoding;
+//! an old variant is never changed in place.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::NodeId;
+use crate::types::{Digest, RepositoryName, Tag};
+
+/// A change to the metadata, as written to the Raft log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// Version 1 of the command set.
+    V1(CommandV1),
+}
+
+/// Version 1 of the command set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CommandV1 {
+    /// `node` stored a verified blob that was uploaded to `repo`: record the blob (adding the
+    /// node as a holder), create the repository if new, and link the blob into it.
+    BlobStored {
+        /// Repository the blob was uploaded to.
+        repo: RepositoryName,
+        /// The blob.
+        digest: Digest,
+        /// Its size in bytes.
+        size: u64,
+        /// The node that holds the file.
+        node: NodeId,
+        /// When, in milliseconds since the Unix epoch (stamped by the proposer).
+        at_ms: u64,
+    },
+    /// Link a blob that `from` may serve into `to` (cross-repository mount). Answers
+    /// [`WriteResult::Mounted`] with whether it was done.
+    MountBlob {
+        /// Source repository.
+        from: RepositoryName,
+        /// Target repository.
+        to: RepositoryName,
+        /// The blob.
+        digest: Digest,
+        /// When (ms since the epoch).
+        at_ms: u64,
+    },
+    /// Remove a blob's link from a repository (the blob DELETE of the API). The blob record
+    /// and file stay until garbage collection.
+    UnlinkBlob {
+        /// Repository.
+        repo: RepositoryName,
+        /// The blob.
+        digest: Digest,
+    },
+    /// Store a manifest (and optionally point a tag at it). Rejected when a referenced blob is
+    /// not linked into the repository or a child manifest is not in it.
+    PutManifest(Box<PutManifest>),
+    /// Remove a tag.
+    DeleteTag {
+        /// Repository.
+        repo: RepositoryName,
+        /// The tag.
+        tag: Tag,
+    },
+    /// Remove a manifest, every tag that points at it, and its referrer entry.
+    DeleteManifest {
+        /// Repository.
+        repo: RepositoryName,
+        /// The manifest.
+        digest: Digest,
+    },
+}
+
+/// The payload of [`CommandV1::PutManifest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PutManifest {
+    /// Repository.
+    pub repo: RepositoryName,
+    /// Digest of `record.bytes`.
+    pub digest: Digest,
+    /// Tag to point at the manifest, if it was pushed by tag.
+    pub tag: Option<Tag>,
+    /// The manifest itself.
+    pub record: ManifestRecord,
+    /// Set when the manifest has a `subject`: its entry in the subject's referrers list.
+    pub referrer: Option<ReferrerRecord>,
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::V1(c) => match c {
+                CommandV1::BlobStored {
+                    repo, digest, node, ..
+                } => {
+                    write!(f, "blob-stored {repo} {digest} at node {node}")
+                }
+                CommandV1::MountBlob {
+                    from, to, digest, ..
+                } => {
+                    write!(f, "mount-blob {digest} from {from} to {to}")
+                }
+                CommandV1::UnlinkBlob { repo, digest } => write!(f, "unlink-blob {repo} {digest}"),
+                CommandV1::PutManifest(p) => write!(f, "put-manifest {} {}", p.repo, p.digest),
+                CommandV1::DeleteTag { repo, tag } => write!(f, "delete-tag {repo}:{tag}"),
+                CommandV1::DeleteManifest { repo, digest } => {
+                    write!(f, "delete-manifest {repo} {digest}")
+                }
+            },
+        }
+    }
+}
+
+/// What applying a command answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteResult {
+    /// Applied.
+    Done,
+    /// Answer to [`CommandV1::MountBlob`]: whether the blob was linked.
+    Mounted(bool),
+    /// Not applied: the state did not allow it. Nothing changed.
+    Rejected(Rejection),
+}
+
+/// Why a command changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    /// A blob the manifest references is not in the repository.
+    #[error("blob {0} is not in the repository")]
+    BlobUnknown(Digest),
+    /// A manifest the index references is not in the repository, or the manifest to delete.
+    #[error("manifest {0} is not in the repository")]
+    ManifestUnknown(Digest),
+    /// The tag to delete does not exist.
+    #[error("tag {0} does not exist")]
+    TagUnknown(Tag),
+    /// The repository does not exist.
+    #[error("repository {0} does not exist")]
+    NameUnknown(RepositoryName),
+}
+
+/// A stored manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManifestRecord {
+    /// Its media type (what `Content-Type` answers).
+    pub media_type: String,
+    /// The exact bytes that were pushed.
+    pub bytes: Vec<u8>,
+    /// Blobs it references that must exist (config and non-foreign layers).
+    pub blobs: Vec<Digest>,
+    /// Manifests it references (an index's children).
+    pub children: Vec<Digest>,
+    /// Its `subject`, if any.
+    pub subject: Option<Digest>,
+    /// When it was pushed (ms since the epoch).
+    pub created_ms: u64,
+}
+
+/// What the cluster knows of a blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRecord {
+    /// Size in bytes.
+    pub size: u64,
+    /// Nodes holding a verified copy.
+    pub holders: BTreeSet<NodeId>,
+    /// When the cluster first saw it (ms since the epoch).
+    pub first_seen_ms: u64,
+}
+
+/// A referrer's entry in its subject's referrers list: the descriptor the API returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReferrerRecord {
+    /// The referrer manifest's media type.
+    pub media_type: String,
+    /// The referrer manifest's size.
+    pub size: u64,
+    /// Its artifact type (top-level `artifactType`, else its config media type).
+    pub artifact_type: Option<String>,
+    /// Its annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepositoryRecord {
+    /// When it was created (ms since the epoch).
+    pub created_ms: u64,
+}
+
+/// A tag: which manifest it points at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TagRecord {
+    /// The manifest.
+    pub digest: Digest,
+    /// When it was last set (ms since the epoch).
+    pub updated_ms: u64,
+}
+
+/// A blob's link into a repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobLinkRecord {
+    /// When it was linked (ms since the epoch).
+    pub linked_ms: u64,
+}
+
+/// The versioned envelope of every value in the `state` column family.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Stored<T> {
+    /// Version 1.
+    V1(T),
+}

@@ -1,0 +1,176 @@
+//! Metadata: the Raft log store and the replicated state machine, both in one RocksDB.
+//!
+//! This is the only module that names RocksDB and openraft's storage traits. Everything that
+//! describes the registry (repositories, manifests, tags, referrers, blob records and links)
+//! changes only through a [`Command`] committed to the Raft log and applied, in log order, by
+//! [`StateMachine`]; readers get a [`MetaReader`] over the applied state.
+//!
+//! RocksDB layout (`<data-dir>/meta/`); keys are bytes, `\0` separates a repository name (which
+//! never holds `\0`) from what follows, so one repository's keys sort together:
+//!
+//! ```text
+//! column family  key                                   value (postcard, versioned)
+//! logs           <index: u64 big-endian>               Raft log entry
+//! raft           "vote" | "committed" | "purged"       Vote / LogId
+//! state          "_sm/applied" | "_sm/membership"      last applied LogId / StoredMembership
+//! state          "r/" repo                             RepositoryRecord
+//! state          "m/" repo \0 digest                   ManifestRecord (the exact bytes)
+//! state          "t/" repo \0 tag                      TagRecord (-> manifest digest)
+//! state          "l/" repo \0 digest                   BlobLinkRecord (repo may serve the blob)
+//! state          "b/" digest                           BlobRecord (size, holders, first seen)
+//! state          "f/" repo \0 subject \0 referrer      ReferrerRecord (descriptor of a referrer)
+//! ```
+//!
+//! Invariants:
+//! - Applying a command is deterministic: it depends on the command and the state only (times
+//!   are stamped into the command by the node that proposed it).
+//! - Each applied entry is written in one RocksDB write batch together with `_sm/applied`.
+//! - Log appends are fsynced before openraft is told they are flushed; state-machine writes are
+//!   not (a crash re-applies committed entries from the log).
+
+mod command;
+mod keys;
+mod log_store;
+mod read;
+mod snapshot;
+mod state_machine;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use command::{
+    BlobRecord, Command, CommandV1, ManifestRecord, PutManifest, ReferrerRecord, Rejection,
+    WriteResult,
+};
+pub use log_store::LogStore;
+pub use read::{MetaReader, Page};
+pub use state_machine::StateMachine;
+
+/// A node's id in the cluster.
+pub type NodeId = u64;
+
+/// What the cluster records of each member: how to reach it and where it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeInfo {
+    /// Base URL of the node's registry HTTP front, e.g. `http://10.0.0.1:5000`.
+    pub url: String,
+    /// Address of the node's cluster gRPC endpoint, e.g. `10.0.0.1:7000`.
+    pub cluster_addr: String,
+    /// Region the node is placed in.
+    pub region: String,
+    /// Zone within the region.
+    pub zone: String,
+}
+
+openraft::declare_raft_types!(
+    /// openraft's type configuration for berth's metadata.
+    pub TypeConfig:
+        D = Command,
+        R = WriteResult,
+        NodeId = NodeId,
+        Node = NodeInfo,
+);
+
+/// Errors of the metadata store.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    /// RocksDB failed.
+    #[error("failed to {op} metadata")]
+    Db {
+        /// What was being done.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: rocksdb::Error,
+    },
+    /// A stored value could not be decoded.
+    #[error("failed to decode stored {what}")]
+    Decode {
+        /// Which kind of value.
+        what: &'static str,
+        /// The underlying error.
+        #[source]
+        source: postcard::Error,
+    },
+    /// A file operation on snapshot files failed.
+    #[error("failed to {op}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blocking task failed.
+    #[error("metadata task failed")]
+    Task(#[source] tokio::task::JoinError),
+}
+
+impl MetaError {
+    fn db(op: &'static str) -> impl FnOnce(rocksdb::Error) -> MetaError {
+        move |source| MetaError::Db { op, source }
+    }
+}
+
+impl From<MetaError> for std::io::Error {
+    fn from(e: MetaError) -> Self {
+        std::io::Error::other(e)
+    }
+}
+
+const CF_LOGS: &str = "logs";
+const CF_RAFT: &str = "raft";
+const CF_STATE: &str = "state";
+
+/// Opens (creating if needed) the metadata database under `data_dir/meta` and returns the
+/// three views of it: Raft log store, state machine, and reader.
+pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachine, MetaReader), MetaError> {
+    let path = data_dir.join("meta");
+    let snapshot_dir = data_dir.join("snapshots");
+    std::fs::create_dir_all(&snapshot_dir).map_err(|source| MetaError::Io {
+        op: "create snapshot directory",
+        source,
+    })?;
+    let db = Arc::new(open_db(&path)?);
+    let sm = StateMachine::open(db.clone(), snapshot_dir)?;
+    Ok((LogStore::new(db.clone()), sm, MetaReader::new(db)))
+}
+
+fn open_db(path: &Path) -> Result<rocksdb::DB, MetaError> {
+    use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options};
+
+    // Small and bounded: metadata is small, and the node's memory budget is tight.
+    let cache = Cache::new_lru_cache(16 * 1024 * 1024).map_err(MetaError::db("create cache"))?;
+    let cf_opts = |write_buffer: usize| {
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_bloom_filter(10.0, false);
+        let mut o = Options::default();
+        o.set_block_based_table_factory(&table);
+        o.set_write_buffer_size(write_buffer);
+        o.set_max_write_buffer_number(2);
+        o
+    };
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    db_opts.set_max_background_jobs(2);
+    db_opts.set_max_open_files(256);
+    db_opts.set_keep_log_file_num(3);
+    let cfs = vec![
+        ColumnFamilyDescriptor::new(CF_LOGS, cf_opts(8 * 1024 * 1024)),
+        ColumnFamilyDescriptor::new(CF_RAFT, cf_opts(1024 * 1024)),
+        ColumnFamilyDescriptor::new(CF_STATE, cf_opts(8 * 1024 * 1024)),
+    ];
+    rocksdb::DB::open_cf_descriptors(&db_opts, path, cfs).map_err(MetaError::db("open"))
+}
+
+/// Encodes a stored value (postcard).
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_stdvec(v).expect("in-memory postcard encoding cannot fail")
+}
+
+/// Decodes a stored value (postcard).
+fn decode<T: serde::de::DeserializeOwned>(what: &'static str, b: &[u8]) -> Result<T, MetaError> {
+    postcard::from_bytes(b).map_err(|source| MetaError::Decode { what, source })
+}

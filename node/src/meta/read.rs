@@ -1,0 +1,199 @@
+//! Reads of the applied state. Served from this node's local state (it may lag the leader by
+//! the replication lag; a node that answered a write has applied it).
+
+use std::sync::Arc;
+
+use rocksdb::{DB, Direction, IteratorMode, ReadOptions};
+
+use super::command::{BlobRecord, ManifestRecord, ReferrerRecord, Stored, TagRecord};
+use super::state_machine::{get, state_cf};
+use super::{MetaError, decode, keys};
+use crate::types::{Digest, RepositoryName, Tag};
+
+/// A page request of a lexically ordered list: at most `n` items after `last`.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Most items to return; `None`: all.
+    pub n: Option<usize>,
+    /// Return items strictly after this one.
+    pub last: Option<String>,
+}
+
+/// Iterates `(key, value)` of the state column family under `prefix`, from `start` (inclusive)
+/// or the prefix's first key.
+pub(super) fn scan<'a>(
+    db: &'a DB,
+    prefix: &[u8],
+    start: Option<&[u8]>,
+) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), MetaError>> + 'a {
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_upper_bound(keys::prefix_end(prefix));
+    let from = start.unwrap_or(prefix).to_vec();
+    db.iterator_cf_opt(
+        state_cf(db),
+        opts,
+        IteratorMode::From(&from, Direction::Forward),
+    )
+    .map(|item| item.map_err(MetaError::db("scan state")))
+}
+
+/// Lists the suffixes (after `prefix`) of keys under `prefix`, a page at a time.
+fn list_suffixes(db: &DB, prefix: &[u8], page: &Page) -> Result<(Vec<String>, bool), MetaError> {
+    let start = page.last.as_ref().map(|last| {
+        let mut k = prefix.to_vec();
+        k.extend_from_slice(last.as_bytes());
+        k.push(0); // strictly after `last`
+        k
+    });
+    let limit = page.n.unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    for item in scan(db, prefix, start.as_deref()) {
+        let (k, _) = item?;
+        if out.len() == limit {
+            return Ok((out, true));
+        }
+        out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+    }
+    Ok((out, false))
+}
+
+/// Read-only view of the applied metadata. Cheap to clone.
+#[derive(Clone)]
+pub struct MetaReader {
+    db: Arc<DB>,
+}
+
+impl std::fmt::Debug for MetaReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaReader").finish_non_exhaustive()
+    }
+}
+
+impl MetaReader {
+    pub(super) fn new(db: Arc<DB>) -> MetaReader {
+        MetaReader { db }
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, MetaError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&DB) -> Result<T, MetaError> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(MetaError::Task)?
+    }
+
+    /// Whether the repository exists.
+    pub async fn repository_exists(&self, repo: &RepositoryName) -> Result<bool, MetaError> {
+        let key = keys::repo(repo);
+        self.blocking(move |db| {
+            Ok(db
+                .get_pinned_cf(state_cf(db), key)
+                .map_err(MetaError::db("read state"))?
+                .is_some())
+        })
+        .await
+    }
+
+    /// A manifest of the repository, by digest.
+    pub async fn manifest(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestRecord>, MetaError> {
+        let key = keys::manifest(repo, digest);
+        self.blocking(move |db| get(db, "manifest", &key)).await
+    }
+
+    /// The manifest a tag points at, with its digest.
+    pub async fn manifest_by_tag(
+        &self,
+        repo: &RepositoryName,
+        tag: &Tag,
+    ) -> Result<Option<(Digest, ManifestRecord)>, MetaError> {
+        let tag_key = keys::tag(repo, tag);
+        let repo = repo.clone();
+        self.blocking(move |db| {
+            let Some(t) = get::<TagRecord>(db, "tag", &tag_key)? else {
+                return Ok(None);
+            };
+            Ok(get(db, "manifest", &keys::manifest(&repo, &t.digest))?.map(|m| (t.digest, m)))
+        })
+        .await
+    }
+
+    /// The blob record, if the blob is linked into the repository (the repository may serve it).
+    pub async fn linked_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<BlobRecord>, MetaError> {
+        let link = keys::link(repo, digest);
+        let blob = keys::blob(digest);
+        self.blocking(move |db| {
+            let cf = state_cf(db);
+            if db
+                .get_pinned_cf(cf, link)
+                .map_err(MetaError::db("read state"))?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            get(db, "blob record", &blob)
+        })
+        .await
+    }
+
+    /// Tags of a repository in lexical order, a page at a time; `None` when the repository
+    /// does not exist. The flag says whether more follow.
+    pub async fn tags(
+        &self,
+        repo: &RepositoryName,
+        page: Page,
+    ) -> Result<Option<(Vec<String>, bool)>, MetaError> {
+        let repo_key = keys::repo(repo);
+        let prefix = keys::tag_prefix(repo);
+        self.blocking(move |db| {
+            if db
+                .get_pinned_cf(state_cf(db), repo_key)
+                .map_err(MetaError::db("read state"))?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            list_suffixes(db, &prefix, &page).map(Some)
+        })
+        .await
+    }
+
+    /// Repository names in lexical order, a page at a time. The flag says whether more follow.
+    pub async fn repositories(&self, page: Page) -> Result<(Vec<String>, bool), MetaError> {
+        self.blocking(move |db| list_suffixes(db, keys::REPO_PREFIX, &page))
+            .await
+    }
+
+    /// The referrers of `subject` in the repository: digest and descriptor data of each.
+    pub async fn referrers(
+        &self,
+        repo: &RepositoryName,
+        subject: &Digest,
+    ) -> Result<Vec<(Digest, ReferrerRecord)>, MetaError> {
+        let prefix = keys::referrer_prefix(repo, subject);
+        self.blocking(move |db| {
+            let mut out = Vec::new();
+            for item in scan(db, &prefix, None) {
+                let (k, v) = item?;
+                let digest = std::str::from_utf8(&k[prefix.len()..])
+                    .ok()
+                    .and_then(|s| Digest::parse(s).ok());
+                let Some(digest) = digest else { continue };
+                let Stored::V1(record) = decode::<Stored<ReferrerRecord>>("referrer", &v)?;
+                out.push((digest, record));
+            }
+            Ok(out)
+        })
+        .await
+    }
+}

@@ -1,0 +1,326 @@
+//! The replicated state machine: applies committed [`Command`]s to the `state` column family.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::{Stream, TryStreamExt};
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, StoredMembership};
+use rocksdb::{ColumnFamily, DB, WriteBatch};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::command::{
+    BlobLinkRecord, BlobRecord, Command, CommandV1, ManifestRecord, PutManifest, Rejection,
+    RepositoryRecord, Stored, TagRecord, WriteResult,
+};
+use super::snapshot::{SnapshotBuilder, SnapshotFiles};
+use super::{CF_STATE, MetaError, TypeConfig, decode, encode, keys};
+use crate::types::{Digest, RepositoryName};
+
+/// The state machine. Owned by openraft; readers use [`super::MetaReader`].
+pub struct StateMachine {
+    db: Arc<DB>,
+    snapshots: SnapshotFiles,
+}
+
+impl StateMachine {
+    pub(super) fn open(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<StateMachine, MetaError> {
+        let snapshots = SnapshotFiles::open(snapshot_dir)?;
+        Ok(StateMachine { db, snapshots })
+    }
+}
+
+/// Reads a versioned value from the state column family.
+pub(super) fn get<T: DeserializeOwned>(
+    db: &DB,
+    what: &'static str,
+    key: &[u8],
+) -> Result<Option<T>, MetaError> {
+    let cf = state_cf(db);
+    match db
+        .get_pinned_cf(cf, key)
+        .map_err(MetaError::db("read state"))?
+    {
+        Some(b) => match decode::<Stored<T>>(what, &b)? {
+            Stored::V1(v) => Ok(Some(v)),
+        },
+        None => Ok(None),
+    }
+}
+
+/// Writes a versioned value into a batch for the state column family.
+pub(super) fn put<T: Serialize>(batch: &mut WriteBatch, cf: &ColumnFamily, key: &[u8], v: &T) {
+    batch.put_cf(cf, key, encode(&Stored::V1(v)));
+}
+
+pub(super) fn state_cf(db: &DB) -> &ColumnFamily {
+    db.cf_handle(CF_STATE).expect("state column family")
+}
+
+/// The applied log id and membership, as stored.
+pub(super) fn applied_state(
+    db: &DB,
+) -> Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>), MetaError> {
+    let applied = get(db, "applied log id", keys::APPLIED)?;
+    let membership = get(db, "membership", keys::MEMBERSHIP)?.unwrap_or_default();
+    Ok((applied, membership))
+}
+
+/// Applies one entry in one write batch (with the new applied log id). Not fsynced.
+fn apply_entry(
+    db: &DB,
+    entry: &openraft::alias::EntryOf<TypeConfig>,
+) -> Result<WriteResult, MetaError> {
+    let cf = state_cf(db);
+    let mut batch = WriteBatch::default();
+    let log_id = entry.log_id();
+    let result = match &entry.payload {
+        EntryPayload::Blank => WriteResult::Done,
+        EntryPayload::Normal(Command::V1(cmd)) => apply_command(db, cf, &mut batch, cmd)?,
+        EntryPayload::Membership(m) => {
+            let stored = StoredMembership::new(Some(log_id.clone()), m.clone());
+            put(&mut batch, cf, keys::MEMBERSHIP, &stored);
+            WriteResult::Done
+        }
+    };
+    put(&mut batch, cf, keys::APPLIED, &log_id);
+    db.write(batch).map_err(MetaError::db("apply"))?;
+    Ok(result)
+}
+
+fn exists(db: &DB, key: &[u8]) -> Result<bool, MetaError> {
+    Ok(db
+        .get_pinned_cf(state_cf(db), key)
+        .map_err(MetaError::db("read state"))?
+        .is_some())
+}
+
+fn ensure_repo(
+    db: &DB,
+    cf: &ColumnFamily,
+    batch: &mut WriteBatch,
+    repo: &RepositoryName,
+    at_ms: u64,
+) -> Result<(), MetaError> {
+    let key = keys::repo(repo);
+    if !exists(db, &key)? {
+        put(batch, cf, &key, &RepositoryRecord { created_ms: at_ms });
+    }
+    Ok(())
+}
+
+fn ensure_link(
+    db: &DB,
+    cf: &ColumnFamily,
+    batch: &mut WriteBatch,
+    repo: &RepositoryName,
+    digest: &Digest,
+    at_ms: u64,
+) -> Result<(), MetaError> {
+    let key = keys::link(repo, digest);
+    if !exists(db, &key)? {
+        put(batch, cf, &key, &BlobLinkRecord { linked_ms: at_ms });
+    }
+    Ok(())
+}
+
+fn apply_command(
+    db: &DB,
+    cf: &ColumnFamily,
+    batch: &mut WriteBatch,
+    cmd: &CommandV1,
+) -> Result<WriteResult, MetaError> {
+    match cmd {
+        CommandV1::BlobStored {
+            repo,
+            digest,
+            size,
+            node,
+            at_ms,
+        } => {
+            let key = keys::blob(digest);
+            let mut record = get::<BlobRecord>(db, "blob record", &key)?.unwrap_or(BlobRecord {
+                size: *size,
+                holders: Default::default(),
+                first_seen_ms: *at_ms,
+            });
+            record.holders.insert(*node);
+            put(batch, cf, &key, &record);
+            ensure_repo(db, cf, batch, repo, *at_ms)?;
+            ensure_link(db, cf, batch, repo, digest, *at_ms)?;
+            Ok(WriteResult::Done)
+        }
+        CommandV1::MountBlob {
+            from,
+            to,
+            digest,
+            at_ms,
+        } => {
+            if !exists(db, &keys::link(from, digest))? || !exists(db, &keys::blob(digest))? {
+                return Ok(WriteResult::Mounted(false));
+            }
+            ensure_repo(db, cf, batch, to, *at_ms)?;
+            ensure_link(db, cf, batch, to, digest, *at_ms)?;
+            Ok(WriteResult::Mounted(true))
+        }
+        CommandV1::UnlinkBlob { repo, digest } => {
+            let key = keys::link(repo, digest);
+            if !exists(db, &key)? {
+                return Ok(WriteResult::Rejected(Rejection::BlobUnknown(
+                    digest.clone(),
+                )));
+            }
+            batch.delete_cf(cf, key);
+            Ok(WriteResult::Done)
+        }
+        CommandV1::PutManifest(p) => apply_put_manifest(db, cf, batch, p),
+        CommandV1::DeleteTag { repo, tag } => {
+            let key = keys::tag(repo, tag);
+            if !exists(db, &key)? {
+                return Ok(WriteResult::Rejected(Rejection::TagUnknown(tag.clone())));
+            }
+            batch.delete_cf(cf, key);
+            Ok(WriteResult::Done)
+        }
+        CommandV1::DeleteManifest { repo, digest } => {
+            let key = keys::manifest(repo, digest);
+            let Some(record) = get::<ManifestRecord>(db, "manifest", &key)? else {
+                return Ok(WriteResult::Rejected(Rejection::ManifestUnknown(
+                    digest.clone(),
+                )));
+            };
+            batch.delete_cf(cf, key);
+            let prefix = keys::tag_prefix(repo);
+            for item in super::read::scan(db, &prefix, None) {
+                let (k, v) = item?;
+                let tag: TagRecord = match decode::<Stored<TagRecord>>("tag", &v)? {
+                    Stored::V1(t) => t,
+                };
+                if &tag.digest == digest {
+                    batch.delete_cf(cf, k);
+                }
+            }
+            if let Some(subject) = &record.subject {
+                batch.delete_cf(cf, keys::referrer(repo, subject, digest));
+            }
+            Ok(WriteResult::Done)
+        }
+    }
+}
+
+fn apply_put_manifest(
+    db: &DB,
+    cf: &ColumnFamily,
+    batch: &mut WriteBatch,
+    p: &PutManifest,
+) -> Result<WriteResult, MetaError> {
+    for blob in &p.record.blobs {
+        if !exists(db, &keys::link(&p.repo, blob))? {
+            return Ok(WriteResult::Rejected(Rejection::BlobUnknown(blob.clone())));
+        }
+    }
+    for child in &p.record.children {
+        if !exists(db, &keys::manifest(&p.repo, child))? {
+            return Ok(WriteResult::Rejected(Rejection::ManifestUnknown(
+                child.clone(),
+            )));
+        }
+    }
+    let at_ms = p.record.created_ms;
+    ensure_repo(db, cf, batch, &p.repo, at_ms)?;
+    let key = keys::manifest(&p.repo, &p.digest);
+    if !exists(db, &key)? {
+        put(batch, cf, &key, &p.record);
+    }
+    if let Some(tag) = &p.tag {
+        put(
+            batch,
+            cf,
+            &keys::tag(&p.repo, tag),
+            &TagRecord {
+                digest: p.digest.clone(),
+                updated_ms: at_ms,
+            },
+        );
+    }
+    if let (Some(subject), Some(referrer)) = (&p.record.subject, &p.referrer) {
+        put(
+            batch,
+            cf,
+            &keys::referrer(&p.repo, subject, &p.digest),
+            referrer,
+        );
+    }
+    Ok(WriteResult::Done)
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = std::fs::File;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> io::Result<(Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>)> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || applied_state(&db))
+            .await
+            .map_err(io::Error::other)?
+            .map_err(io::Error::from)
+    }
+
+    async fn apply<Strm>(&mut self, entries: Strm) -> io::Result<()>
+    where
+        Strm: Stream<Item = io::Result<EntryResponder<TypeConfig>>> + Unpin + OptionalSend,
+    {
+        // One trip to the blocking pool for everything openraft has ready.
+        let (entries, responders): (Vec<_>, Vec<_>) =
+            entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
+        let db = self.db.clone();
+        let results = tokio::task::spawn_blocking(move || {
+            entries
+                .iter()
+                .map(|e| apply_entry(&db, e))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(io::Error::other)??;
+        for (responder, result) in responders.into_iter().zip(results) {
+            if let Some(responder) = responder {
+                responder.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder::new(self.db.clone(), self.snapshots.clone())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<TypeConfig>,
+        snapshot: std::fs::File,
+    ) -> io::Result<()> {
+        let db = self.db.clone();
+        let files = self.snapshots.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || super::snapshot::install(&db, &files, &meta, snapshot))
+            .await
+            .map_err(io::Error::other)?
+            .map_err(io::Error::from)
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> io::Result<Option<SnapshotOf<TypeConfig, std::fs::File>>> {
+        let files = self.snapshots.clone();
+        tokio::task::spawn_blocking(move || files.current())
+            .await
+            .map_err(io::Error::other)?
+            .map_err(io::Error::from)
+    }
+}

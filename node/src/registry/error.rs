@@ -1,0 +1,136 @@
+//! Errors of the registry's use cases, in the OCI vocabulary but free of HTTP.
+
+use crate::blobstore::BlobStoreError;
+use crate::cluster::ClusterError;
+use crate::meta::MetaError;
+use crate::types::Digest;
+
+/// The broad class of a [`RegistryError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The thing asked for does not exist.
+    NotFound,
+    /// The request is malformed or inconsistent.
+    Invalid,
+    /// The request is well formed but cannot be satisfied as it stands.
+    Conflict,
+    /// The cluster cannot serve this now; retry later.
+    Unavailable,
+    /// A bug or a local storage failure.
+    Internal,
+}
+
+/// Why a registry operation failed. Every variant leaves the registry unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The repository name is not valid.
+    #[error("invalid repository name {0:?}")]
+    NameInvalid(String),
+    /// The repository does not exist.
+    #[error("repository {0} is not known")]
+    NameUnknown(String),
+    /// The digest is malformed, unsupported, or does not match the content.
+    #[error("{0}")]
+    DigestInvalid(String),
+    /// The tag or reference is malformed.
+    #[error("{0}")]
+    TagInvalid(String),
+    /// The blob is not in the repository.
+    #[error("blob {0} is not in the repository")]
+    BlobUnknown(Digest),
+    /// No upload with this id is in progress in the repository.
+    #[error("upload {0} is not in progress")]
+    BlobUploadUnknown(String),
+    /// The upload request is invalid.
+    #[error("{0}")]
+    BlobUploadInvalid(String),
+    /// A chunk did not start where the upload stands; `received` bytes are stored so far.
+    #[error("chunk does not start at offset {received}")]
+    ChunkOutOfOrder {
+        /// Bytes received so far.
+        received: u64,
+    },
+    /// A byte range cannot be served from a blob of this size.
+    #[error("range not satisfiable for a blob of {size} bytes")]
+    RangeNotSatisfiable {
+        /// The blob's size.
+        size: u64,
+    },
+    /// A length given does not match the content.
+    #[error("{0}")]
+    SizeInvalid(String),
+    /// The manifest is malformed or of an unsupported type.
+    #[error("{0}")]
+    ManifestInvalid(String),
+    /// The manifest is larger than the limit.
+    #[error("manifest is larger than the limit of {limit} bytes")]
+    ManifestTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A blob the manifest references is not in the repository.
+    #[error("manifest references blob {0} which is not in the repository")]
+    ManifestBlobUnknown(Digest),
+    /// The manifest (or tag) is not in the repository.
+    #[error("manifest {0} is not in the repository")]
+    ManifestUnknown(String),
+    /// The cluster cannot accept writes now (no quorum, no leader, too slow).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Local storage failed.
+    #[error("storage failure")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl RegistryError {
+    /// The broad class of the error.
+    pub fn kind(&self) -> ErrorKind {
+        use RegistryError::*;
+        match self {
+            NameUnknown(_) | BlobUnknown(_) | BlobUploadUnknown(_) | ManifestUnknown(_) => {
+                ErrorKind::NotFound
+            }
+            NameInvalid(_)
+            | DigestInvalid(_)
+            | TagInvalid(_)
+            | BlobUploadInvalid(_)
+            | SizeInvalid(_)
+            | ManifestInvalid(_)
+            | ManifestTooLarge { .. } => ErrorKind::Invalid,
+            ChunkOutOfOrder { .. } | RangeNotSatisfiable { .. } | ManifestBlobUnknown(_) => {
+                ErrorKind::Conflict
+            }
+            Unavailable(_) => ErrorKind::Unavailable,
+            Storage(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<MetaError> for RegistryError {
+    fn from(e: MetaError) -> Self {
+        RegistryError::Storage(Box::new(e))
+    }
+}
+
+impl From<BlobStoreError> for RegistryError {
+    fn from(e: BlobStoreError) -> Self {
+        match e {
+            BlobStoreError::DigestMismatch { expected, actual } => RegistryError::DigestInvalid(
+                format!("uploaded content has digest {actual}, not {expected}"),
+            ),
+            BlobStoreError::Body(e) => {
+                RegistryError::BlobUploadInvalid(format!("failed to receive the body: {e}"))
+            }
+            other => RegistryError::Storage(Box::new(other)),
+        }
+    }
+}
+
+impl From<ClusterError> for RegistryError {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::NoQuorum { reason } => RegistryError::Unavailable(reason),
+            other => RegistryError::Storage(Box::new(other)),
+        }
+    }
+}

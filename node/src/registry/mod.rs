@@ -1,0 +1,548 @@
+//! The registry's use cases: push (uploads, mounts, manifest PUT), pull (blob and manifest
+//! reads, lists), delete. HTTP-free: the `api` module adapts these to the OCI wire protocol.
+//!
+//! It composes the blob store (bytes on this node), the metadata reader (applied state) and
+//! the cluster (writes through Raft). It must not touch the file system or RocksDB itself.
+//!
+//! Invariants:
+//! - A blob becomes visible in a repository only after its bytes are durable on this node and
+//!   the `BlobStored` command is applied.
+//! - A manifest is accepted only if every blob and child manifest it references is in the
+//!   repository (checked again when the command is applied, so a concurrent delete cannot
+//!   slip in between) and each blob is held by at least `min_copies` nodes.
+//! - Any error leaves the metadata unchanged.
+
+mod error;
+mod uploads;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::Stream;
+
+pub use error::{ErrorKind, RegistryError};
+pub use uploads::UploadStatus;
+
+use crate::blobstore::{BlobBody, BlobStore};
+use crate::cluster::Cluster;
+use crate::meta::{
+    Command, CommandV1, ManifestRecord, MetaReader, Page, ReferrerRecord, Rejection, WriteResult,
+};
+use crate::types::manifest::{Descriptor, OCI_INDEX, ParsedManifest};
+use crate::types::{ByteRangeSpec, Digest, Reference, RepositoryName};
+
+/// Limits and policies of the registry.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// Largest manifest accepted, in bytes.
+    pub max_manifest_bytes: usize,
+    /// Nodes that must hold every blob a manifest references before the manifest is accepted.
+    pub min_copies: usize,
+    /// An upload with no activity for this long is cancelled.
+    pub upload_idle_timeout: std::time::Duration,
+}
+
+/// A blob to stream to a client.
+#[derive(Debug)]
+pub struct BlobRead {
+    /// Total size of the blob.
+    pub size: u64,
+    /// The range served, inclusive, when a range was asked for.
+    pub range: Option<(u64, u64)>,
+    /// The bytes.
+    pub body: BlobBody,
+}
+
+/// A manifest as stored.
+#[derive(Debug, Clone)]
+pub struct ManifestRead {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its exact bytes.
+    pub bytes: Bytes,
+}
+
+/// What a manifest PUT answered.
+#[derive(Debug, Clone)]
+pub struct ManifestPut {
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// Its `subject`, if it has one.
+    pub subject: Option<Digest>,
+}
+
+/// The referrers of a subject, as an OCI image index is built from them.
+#[derive(Debug, Clone)]
+pub struct Referrers {
+    /// One descriptor per referrer, ordered by digest.
+    pub descriptors: Vec<Descriptor>,
+    /// Whether an `artifactType` filter was applied.
+    pub filtered: bool,
+}
+
+/// The registry: use cases over the blob store, metadata and cluster of this node.
+#[derive(Debug)]
+pub struct Registry {
+    blobs: Arc<BlobStore>,
+    meta: MetaReader,
+    cluster: Cluster,
+    settings: RegistrySettings,
+    uploads: uploads::Uploads,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Parses a repository name from the wire.
+pub fn parse_name(name: &str) -> Result<RepositoryName, RegistryError> {
+    RepositoryName::parse(name).map_err(|_| RegistryError::NameInvalid(name.to_string()))
+}
+
+/// Parses a digest from the wire.
+pub fn parse_digest(digest: &str) -> Result<Digest, RegistryError> {
+    Digest::parse(digest).map_err(|e| RegistryError::DigestInvalid(e.to_string()))
+}
+
+/// Parses a manifest reference (tag or digest) from the wire.
+pub fn parse_reference(reference: &str) -> Result<Reference, RegistryError> {
+    Reference::parse(reference).map_err(|e| {
+        if reference.contains(':') {
+            RegistryError::DigestInvalid(e.to_string())
+        } else {
+            RegistryError::TagInvalid(e.to_string())
+        }
+    })
+}
+
+impl Registry {
+    /// Builds the registry over this node's parts.
+    pub fn new(
+        blobs: Arc<BlobStore>,
+        meta: MetaReader,
+        cluster: Cluster,
+        settings: RegistrySettings,
+    ) -> Arc<Registry> {
+        let uploads = uploads::Uploads::new(cluster.node_id());
+        Arc::new(Registry {
+            blobs,
+            meta,
+            cluster,
+            settings,
+            uploads,
+        })
+    }
+
+    /// The cluster this registry writes through.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// Largest manifest accepted, in bytes.
+    pub fn max_manifest_bytes(&self) -> usize {
+        self.settings.max_manifest_bytes
+    }
+
+    /// The blob store (readiness checks).
+    pub fn blob_store(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    async fn write(&self, cmd: CommandV1) -> Result<WriteResult, RegistryError> {
+        Ok(self.cluster.write(Command::V1(cmd)).await?)
+    }
+
+    // ---- blobs -------------------------------------------------------------------------
+
+    /// Size of a blob the repository may serve.
+    ///
+    /// Errors: [`RegistryError::BlobUnknown`] when it is not in the repository.
+    pub async fn stat_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<u64, RegistryError> {
+        match self.meta.linked_blob(repo, digest).await? {
+            Some(record) => Ok(record.size),
+            None => Err(RegistryError::BlobUnknown(digest.clone())),
+        }
+    }
+
+    /// Opens a blob (or the range the `Range` header names) for streaming.
+    ///
+    /// Errors: [`RegistryError::BlobUnknown`]; [`RegistryError::RangeNotSatisfiable`] for a
+    /// range outside the blob. A malformed or multi-range header is ignored (whole blob).
+    pub async fn read_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        range: Option<&str>,
+    ) -> Result<BlobRead, RegistryError> {
+        let size = self.stat_blob(repo, digest).await?;
+        let range = match range.map(ByteRangeSpec::parse) {
+            Some(Ok(spec)) => match spec.resolve(size) {
+                Some(r) => Some((r.start, r.end_inclusive)),
+                None => return Err(RegistryError::RangeNotSatisfiable { size }),
+            },
+            // RFC 9110: a server may ignore a Range header it does not understand.
+            Some(Err(_)) | None => None,
+        };
+        let body = self.blobs.read(digest, range).await?;
+        Ok(BlobRead { size, range, body })
+    }
+
+    /// Removes a blob from the repository (its bytes stay until garbage collection).
+    ///
+    /// Errors: [`RegistryError::BlobUnknown`].
+    pub async fn delete_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<(), RegistryError> {
+        match self
+            .write(CommandV1::UnlinkBlob {
+                repo: repo.clone(),
+                digest: digest.clone(),
+            })
+            .await?
+        {
+            WriteResult::Done => Ok(()),
+            _ => Err(RegistryError::BlobUnknown(digest.clone())),
+        }
+    }
+
+    /// Links a blob of `from` into `to`. Returns whether it was mounted (false: `from` does
+    /// not have it, and the client should upload it).
+    pub async fn mount_blob(
+        &self,
+        to: &RepositoryName,
+        from: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<bool, RegistryError> {
+        if self.meta.linked_blob(from, digest).await?.is_none() {
+            return Ok(false);
+        }
+        let cmd = CommandV1::MountBlob {
+            from: from.clone(),
+            to: to.clone(),
+            digest: digest.clone(),
+            at_ms: now_ms(),
+        };
+        Ok(matches!(self.write(cmd).await?, WriteResult::Mounted(true)))
+    }
+
+    /// Records a blob durable on this node as present in `repo`.
+    async fn register_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<(), RegistryError> {
+        let cmd = CommandV1::BlobStored {
+            repo: repo.clone(),
+            digest: digest.clone(),
+            size,
+            node: self.cluster.node_id(),
+            at_ms: now_ms(),
+        };
+        self.write(cmd).await.map(|_| ())
+    }
+
+    // ---- uploads -----------------------------------------------------------------------
+
+    /// Opens an upload session in the repository.
+    pub async fn start_upload(&self, repo: &RepositoryName) -> Result<UploadStatus, RegistryError> {
+        self.uploads.start(&self.blobs, repo).await
+    }
+
+    /// The state of an upload session.
+    ///
+    /// Errors: [`RegistryError::BlobUploadUnknown`].
+    pub async fn upload_status(
+        &self,
+        repo: &RepositoryName,
+        id: &str,
+    ) -> Result<UploadStatus, RegistryError> {
+        self.uploads.status(repo, id).await
+    }
+
+    /// Appends a chunk to an upload. `start` is where the client says the chunk begins (from
+    /// `Content-Range`), `len` its declared length if known.
+    ///
+    /// Errors: [`RegistryError::BlobUploadUnknown`]; [`RegistryError::ChunkOutOfOrder`] when
+    /// `start` is not the current offset (nothing is appended).
+    pub async fn append_upload<S, E>(
+        &self,
+        repo: &RepositoryName,
+        id: &str,
+        start: Option<u64>,
+        body: S,
+    ) -> Result<UploadStatus, RegistryError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.uploads.append(repo, id, start, body).await
+    }
+
+    /// Completes an upload: appends the final chunk (which must start at `start` if given),
+    /// verifies the digest, stores the blob and
+    /// records it. On a digest mismatch the upload is discarded and nothing is stored.
+    pub async fn finish_upload<S, E>(
+        &self,
+        repo: &RepositoryName,
+        id: &str,
+        digest: &Digest,
+        start: Option<u64>,
+        final_chunk: S,
+    ) -> Result<(), RegistryError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let staged = self
+            .uploads
+            .take_for_finish(repo, id, start, final_chunk)
+            .await?;
+        let info = staged.finish(&self.blobs, digest).await?;
+        self.register_blob(repo, digest, info.size).await
+    }
+
+    /// Uploads a whole blob in one request.
+    pub async fn upload_blob<S, E>(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        body: S,
+    ) -> Result<(), RegistryError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut staged = self
+            .blobs
+            .begin_upload(&uploads::new_id(self.cluster.node_id()))
+            .await?;
+        if let Err(e) = staged.append(body).await {
+            staged.abort().await;
+            return Err(e.into());
+        }
+        let info = staged.finish(&self.blobs, digest).await?;
+        self.register_blob(repo, digest, info.size).await
+    }
+
+    /// Cancels an upload.
+    ///
+    /// Errors: [`RegistryError::BlobUploadUnknown`].
+    pub async fn cancel_upload(
+        &self,
+        repo: &RepositoryName,
+        id: &str,
+    ) -> Result<(), RegistryError> {
+        self.uploads.cancel(repo, id).await
+    }
+
+    /// Cancels uploads idle for longer than the configured timeout. Returns how many.
+    pub async fn expire_idle_uploads(&self) -> usize {
+        self.uploads.expire(self.settings.upload_idle_timeout).await
+    }
+
+    // ---- manifests ---------------------------------------------------------------------
+
+    /// Validates and stores a manifest, pointing `reference` at it when it is a tag.
+    ///
+    /// Errors: [`RegistryError::ManifestTooLarge`], [`RegistryError::ManifestInvalid`],
+    /// [`RegistryError::DigestInvalid`] (reference digest does not match the bytes),
+    /// [`RegistryError::ManifestBlobUnknown`] (a referenced blob or child manifest is not in
+    /// the repository), [`RegistryError::Unavailable`] (no quorum, or too few copies).
+    pub async fn put_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: Bytes,
+    ) -> Result<ManifestPut, RegistryError> {
+        if bytes.len() > self.settings.max_manifest_bytes {
+            return Err(RegistryError::ManifestTooLarge {
+                limit: self.settings.max_manifest_bytes,
+            });
+        }
+        let digest = Digest::sha256_of(&bytes);
+        let tag = match reference {
+            Reference::Digest(d) if d != &digest => {
+                return Err(RegistryError::DigestInvalid(format!(
+                    "manifest has digest {digest}, not {d}"
+                )));
+            }
+            Reference::Digest(_) => None,
+            Reference::Tag(t) => Some(t.clone()),
+        };
+        let parsed = ParsedManifest::parse(&bytes, content_type)
+            .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
+        let blobs: Vec<Digest> = parsed
+            .referenced_blobs()
+            .map(|d| d.digest.clone())
+            .collect();
+        for blob in &blobs {
+            match self.meta.linked_blob(repo, blob).await? {
+                None => return Err(RegistryError::ManifestBlobUnknown(blob.clone())),
+                Some(r) if r.holders.len() < self.settings.min_copies => {
+                    return Err(RegistryError::Unavailable(format!(
+                        "blob {blob} is held by {} node(s); {} required",
+                        r.holders.len(),
+                        self.settings.min_copies
+                    )));
+                }
+                Some(_) => {}
+            }
+        }
+        let children: Vec<Digest> = parsed
+            .child_manifests()
+            .iter()
+            .map(|d| d.digest.clone())
+            .collect();
+        let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
+        let media_type = parsed.kind.media_type().to_string();
+        let referrer = subject.as_ref().map(|_| ReferrerRecord {
+            media_type: media_type.clone(),
+            size: bytes.len() as u64,
+            artifact_type: parsed.effective_artifact_type().map(str::to_string),
+            annotations: parsed.annotations.clone().unwrap_or_default(),
+        });
+        let record = ManifestRecord {
+            media_type,
+            bytes: bytes.to_vec(),
+            blobs,
+            children,
+            subject: subject.clone(),
+            created_ms: now_ms(),
+        };
+        let cmd = CommandV1::PutManifest(Box::new(crate::meta::PutManifest {
+            repo: repo.clone(),
+            digest: digest.clone(),
+            tag,
+            record,
+            referrer,
+        }));
+        match self.write(cmd).await? {
+            WriteResult::Done => Ok(ManifestPut { digest, subject }),
+            WriteResult::Rejected(Rejection::BlobUnknown(d) | Rejection::ManifestUnknown(d)) => {
+                Err(RegistryError::ManifestBlobUnknown(d))
+            }
+            other => Err(RegistryError::Storage(
+                format!("unexpected answer {other:?}").into(),
+            )),
+        }
+    }
+
+    /// A manifest by tag or digest.
+    ///
+    /// Errors: [`RegistryError::ManifestUnknown`] (also when the repository is unknown).
+    pub async fn get_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<ManifestRead, RegistryError> {
+        let found = match reference {
+            Reference::Digest(d) => self.meta.manifest(repo, d).await?.map(|m| (d.clone(), m)),
+            Reference::Tag(t) => self.meta.manifest_by_tag(repo, t).await?,
+        };
+        match found {
+            Some((digest, m)) => Ok(ManifestRead {
+                digest,
+                media_type: m.media_type,
+                bytes: Bytes::from(m.bytes),
+            }),
+            None => Err(RegistryError::ManifestUnknown(reference.to_string())),
+        }
+    }
+
+    /// Deletes a tag (reference is a tag) or a manifest with its tags (reference is a digest).
+    ///
+    /// Errors: [`RegistryError::ManifestUnknown`].
+    pub async fn delete_manifest(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+    ) -> Result<(), RegistryError> {
+        let cmd = match reference {
+            Reference::Tag(tag) => CommandV1::DeleteTag {
+                repo: repo.clone(),
+                tag: tag.clone(),
+            },
+            Reference::Digest(digest) => CommandV1::DeleteManifest {
+                repo: repo.clone(),
+                digest: digest.clone(),
+            },
+        };
+        match self.write(cmd).await? {
+            WriteResult::Done => Ok(()),
+            _ => Err(RegistryError::ManifestUnknown(reference.to_string())),
+        }
+    }
+
+    // ---- lists -------------------------------------------------------------------------
+
+    /// Tags of a repository in lexical order; the flag says whether more follow.
+    ///
+    /// Errors: [`RegistryError::NameUnknown`].
+    pub async fn tags(
+        &self,
+        repo: &RepositoryName,
+        page: Page,
+    ) -> Result<(Vec<String>, bool), RegistryError> {
+        self.meta
+            .tags(repo, page)
+            .await?
+            .ok_or_else(|| RegistryError::NameUnknown(repo.to_string()))
+    }
+
+    /// Repository names in lexical order; the flag says whether more follow.
+    pub async fn catalog(&self, page: Page) -> Result<(Vec<String>, bool), RegistryError> {
+        Ok(self.meta.repositories(page).await?)
+    }
+
+    /// The manifests whose `subject` is `subject`, optionally only those of one artifact type.
+    pub async fn referrers(
+        &self,
+        repo: &RepositoryName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Referrers, RegistryError> {
+        let descriptors = self
+            .meta
+            .referrers(repo, subject)
+            .await?
+            .into_iter()
+            .filter(|(_, r)| artifact_type.is_none_or(|t| r.artifact_type.as_deref() == Some(t)))
+            .map(|(digest, r)| Descriptor {
+                media_type: r.media_type,
+                digest,
+                size: r.size as i64,
+                urls: None,
+                annotations: (!r.annotations.is_empty()).then_some(r.annotations),
+                artifact_type: r.artifact_type,
+                platform: None,
+                data: None,
+            })
+            .collect();
+        Ok(Referrers {
+            descriptors,
+            filtered: artifact_type.is_some(),
+        })
+    }
+}
+
+/// The OCI image index a referrers response carries.
+pub fn referrers_index(referrers: &Referrers) -> serde_json::Value {
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": referrers.descriptors,
+    })
+}
