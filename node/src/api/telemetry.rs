@@ -32,6 +32,7 @@ pub(super) async fn request_span(req: Request, next: Next) -> Response {
     let _entered = span.enter();
     match status {
         500.. => tracing::error!("request failed"),
+        404 => tracing::debug!("request found nothing"),
         400..=499 => tracing::info!("request refused"),
         _ => tracing::debug!("request done"),
     }
