@@ -174,3 +174,30 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 fn decode<T: serde::de::DeserializeOwned>(what: &'static str, b: &[u8]) -> Result<T, MetaError> {
     postcard::from_bytes(b).map_err(|source| MetaError::Decode { what, source })
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::StorageError;
+    use openraft::testing::log::{StoreBuilder, Suite};
+    use openraft::type_config::TypeConfigExt;
+
+    use super::*;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+            let dir = tempfile::tempdir().map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+            let (log, sm, _) = open(dir.path()).map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's storage conformance suite against our RocksDB log store and state machine.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn openraft_storage_suite() {
+        Suite::test_all(Builder).await.unwrap();
+    }
+}
