@@ -90,6 +90,8 @@ pub struct Raft {
     pub election_timeout_max_ms: u64,
     /// Entries between snapshots (the log is compacted behind each). Default 10000.
     pub snapshot_every_entries: u64,
+    /// Log entries kept behind a snapshot, for peers that lag a little. Default 1000.
+    pub keep_log_entries: u64,
     /// Milliseconds a write may wait to commit before it answers 503. Default 10000.
     pub write_timeout_ms: u64,
 }
@@ -135,6 +137,7 @@ impl Default for Raft {
             election_timeout_min_ms: 300,
             election_timeout_max_ms: 600,
             snapshot_every_entries: 10_000,
+            keep_log_entries: 1000,
             write_timeout_ms: 10_000,
         }
     }
@@ -278,6 +281,7 @@ impl Config {
             election_timeout_min: Duration::from_millis(self.raft.election_timeout_min_ms),
             election_timeout_max: Duration::from_millis(self.raft.election_timeout_max_ms),
             snapshot_every_entries: self.raft.snapshot_every_entries,
+            keep_log_entries: self.raft.keep_log_entries,
             write_timeout: Duration::from_millis(self.raft.write_timeout_ms),
         }
     }

@@ -30,6 +30,8 @@ pub struct RaftSettings {
     pub election_timeout_max: Duration,
     /// Build a snapshot (and compact the log) after this many entries since the last one.
     pub snapshot_every_entries: u64,
+    /// Log entries kept behind a snapshot (for peers that lag a little).
+    pub keep_log_entries: u64,
     /// How long a write may wait for commit before it answers "unavailable".
     pub write_timeout: Duration,
 }
@@ -85,7 +87,7 @@ impl Cluster {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
                 settings.snapshot_every_entries,
             ),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: settings.keep_log_entries,
             ..Default::default()
         };
         let config = Arc::new(

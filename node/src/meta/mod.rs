@@ -189,8 +189,10 @@ mod tests {
         async fn build(
             &self,
         ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
-            let dir = tempfile::tempdir().map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
-            let (log, sm, _) = open(dir.path()).map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+            let dir = tempfile::tempdir()
+                .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
+            let (log, sm, _) =
+                open(dir.path()).map_err(|e| StorageError::read(TypeConfig::err_from_error(&e)))?;
             Ok((dir, log, sm))
         }
     }
