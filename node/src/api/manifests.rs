@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
 use super::error::ApiError;
@@ -17,11 +17,23 @@ pub(super) async fn get(
     registry: &Registry,
     name: &str,
     reference: &str,
+    headers: &HeaderMap,
     with_body: bool,
 ) -> Result<Response, ApiError> {
     let repo = registry::parse_name(name)?;
     let reference = registry::parse_reference(reference)?;
-    let m = registry.get_manifest(&repo, &reference).await?;
+    // `Accept` may come as several headers, each a comma-separated list with parameters.
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.split(';').next().unwrap_or("").trim())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let m = registry
+        .get_manifest_for(&repo, &reference, &accept)
+        .await?;
     let len = m.bytes.len();
     let mut resp = if with_body {
         Response::new(Body::from(m.bytes))

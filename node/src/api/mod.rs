@@ -97,8 +97,12 @@ async fn dispatch(
         }
         (Route::Catalog, Method::GET) => catalog(registry, &query(&req)).await,
         (Route::Tags(name), Method::GET) => tags(registry, name, &query(&req)).await,
-        (Route::Manifest(name, r), Method::GET) => manifests::get(registry, name, r, true).await,
-        (Route::Manifest(name, r), Method::HEAD) => manifests::get(registry, name, r, false).await,
+        (Route::Manifest(name, r), Method::GET) => {
+            manifests::get(registry, name, r, req.headers(), true).await
+        }
+        (Route::Manifest(name, r), Method::HEAD) => {
+            manifests::get(registry, name, r, req.headers(), false).await
+        }
         (Route::Manifest(name, r), Method::PUT) => manifests::put(registry, name, r, req).await,
         (Route::Manifest(name, r), Method::DELETE) => manifests::delete(registry, name, r).await,
         (Route::Referrers(name, d), Method::GET) => {

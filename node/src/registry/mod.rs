@@ -462,6 +462,46 @@ impl Registry {
         }
     }
 
+    /// A manifest by tag or digest, negotiated against the client's `Accept` media types.
+    ///
+    /// Clients that accept no index type (old Docker clients) asking for an index by tag get
+    /// the `linux/amd64` image manifest of it, as CNCF Distribution does; in every other case
+    /// the manifest is returned as stored, whatever `Accept` says.
+    pub async fn get_manifest_for(
+        &self,
+        repo: &RepositoryName,
+        reference: &Reference,
+        accept: &[&str],
+    ) -> Result<ManifestRead, RegistryError> {
+        let m = self.get_manifest(repo, reference).await?;
+        let accepted = |t: &str| accept.iter().any(|a| *a == t || *a == "*/*");
+        if accept.is_empty() || accepted(&m.media_type) || !matches!(reference, Reference::Tag(_)) {
+            return Ok(m);
+        }
+        let Ok(parsed) = ParsedManifest::parse(&m.bytes, Some(&m.media_type)) else {
+            return Ok(m);
+        };
+        if !parsed.kind.is_index() {
+            return Ok(m);
+        }
+        let platform_is = |d: &Descriptor, os: &str, arch: &str| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| p["os"] == os && p["architecture"] == arch)
+        };
+        let child = parsed
+            .child_manifests()
+            .iter()
+            .find(|d| platform_is(d, "linux", "amd64") && accepted(&d.media_type));
+        match child {
+            Some(d) => {
+                self.get_manifest(repo, &Reference::Digest(d.digest.clone()))
+                    .await
+            }
+            None => Ok(m),
+        }
+    }
+
     /// Deletes a tag (reference is a tag) or a manifest with its tags (reference is a digest).
     ///
     /// Errors: [`RegistryError::ManifestUnknown`].
