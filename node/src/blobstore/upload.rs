@@ -1,78 +1,45 @@
-//! One upload's staging file: appended to by streamed request bodies, hashed as it is written,
-//! verified, fsynced and renamed into place by [`StagedUpload::finish`].
+//! One upload's staging file: appended to by streamed request bodies, hashed as it is
+//! received, verified, fsynced and renamed into place by [`StagedUpload::finish`].
+//!
+//! Bytes are hashed on the receiving task as each body frame arrives and gathered into 1 MiB
+//! blocks; full blocks go to a writer thread (started on the first full block) while the next
+//! block fills, so hashing, receiving and disk writes overlap. The last partial block stays in
+//! memory until the next chunk or the finish. A small blob therefore never starts a thread:
+//! it is written, fsynced and renamed in one trip to the blocking pool at the finish. The
+//! staging file itself is only created when the first bytes are written.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use futures::{Stream, StreamExt};
 
-use super::{BlobInfo, BlobStore, BlobStoreError, WRITEBACK_EVERY, commit_staged};
+use super::{BlobInfo, BlobStore, BlobStoreError, WRITEBACK_EVERY, blob_path, commit_staged};
 use crate::types::{Digest, DigestHasher};
 
-/// Bytes gathered before one `write` to the staging file.
-const WRITE_BUFFER: usize = 1024 * 1024;
-/// Body frames that may wait between the receiving task and the writing thread.
-const FRAMES_IN_FLIGHT: usize = 32;
+/// Size of one block handed to the writer thread.
+const BLOCK: usize = 1024 * 1024;
+/// Full blocks that may wait for the writer thread (bounds memory per upload).
+const BLOCKS_IN_FLIGHT: usize = 3;
 
 /// The staging file of one upload in progress. Owned by exactly one session; not `Clone`.
 #[derive(Debug)]
 pub struct StagedUpload {
     path: PathBuf,
-    /// `None` once a write failed half-way: the file no longer matches the hash state.
-    writer: Option<Writer>,
-    offset: u64,
-}
-
-#[derive(Debug)]
-struct Writer {
-    file: File,
+    /// Created on the first write.
+    file: Option<Arc<File>>,
     hasher: DigestHasher,
-    buf: Vec<u8>,
+    /// Received bytes not yet written (less than a block).
+    pending: Vec<u8>,
+    /// Bytes written to the file.
+    written: u64,
     /// File offset up to which write-back has been started.
     writeback_done: u64,
-    written: u64,
-}
-
-impl Writer {
-    fn push(&mut self, chunk: &[u8]) -> io::Result<()> {
-        self.hasher.update(chunk);
-        if self.buf.len() + chunk.len() > WRITE_BUFFER {
-            self.flush()?;
-        }
-        if chunk.len() >= WRITE_BUFFER {
-            self.write_out(chunk)
-        } else {
-            self.buf.extend_from_slice(chunk);
-            Ok(())
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let buf = std::mem::take(&mut self.buf);
-        let res = self.write_out(&buf);
-        self.buf = buf;
-        self.buf.clear();
-        res
-    }
-
-    fn write_out(&mut self, data: &[u8]) -> io::Result<()> {
-        self.file.write_all(data)?;
-        self.written += data.len() as u64;
-        if self.written - self.writeback_done >= WRITEBACK_EVERY {
-            start_writeback(
-                &self.file,
-                self.writeback_done,
-                self.written - self.writeback_done,
-            );
-            self.writeback_done = self.written;
-        }
-        Ok(())
-    }
+    /// Set once a write failed: the file no longer matches the hash state.
+    broken: bool,
 }
 
 /// Asks the kernel to start writing a range of the file to disk without waiting for it.
@@ -96,74 +63,169 @@ fn start_writeback(file: &File, from: u64, len: u64) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _from: u64, _len: u64) {}
 
+fn create(path: &Path) -> Result<File, BlobStoreError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(BlobStoreError::io("create", path))
+}
+
+/// The writer thread of one `append`: writes full blocks at increasing offsets.
+struct BlockWriter {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    /// Emptied blocks come back here for reuse.
+    free: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    allocated: usize,
+    thread: tokio::task::JoinHandle<Result<(Arc<File>, u64, u64), BlobStoreError>>,
+}
+
+impl BlockWriter {
+    fn start(
+        path: PathBuf,
+        file: Option<Arc<File>>,
+        mut offset: u64,
+        mut writeback_done: u64,
+    ) -> BlockWriter {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(BLOCKS_IN_FLIGHT);
+        let (free_tx, free) = tokio::sync::mpsc::channel::<Vec<u8>>(BLOCKS_IN_FLIGHT + 1);
+        let thread = tokio::task::spawn_blocking(move || {
+            let file = match file {
+                Some(f) => f,
+                None => Arc::new(create(&path)?),
+            };
+            while let Some(mut block) = rx.blocking_recv() {
+                file.write_all_at(&block, offset)
+                    .map_err(BlobStoreError::io("write", &path))?;
+                offset += block.len() as u64;
+                if offset - writeback_done >= WRITEBACK_EVERY {
+                    start_writeback(&file, writeback_done, offset - writeback_done);
+                    writeback_done = offset;
+                }
+                block.clear();
+                let _ = free_tx.try_send(block);
+            }
+            Ok((file, offset, writeback_done))
+        });
+        BlockWriter {
+            tx,
+            free,
+            allocated: 0,
+            thread,
+        }
+    }
+
+    /// An empty block: a returned one, a new one while few exist, else wait for one.
+    async fn empty_block(&mut self) -> Option<Vec<u8>> {
+        if let Ok(b) = self.free.try_recv() {
+            return Some(b);
+        }
+        if self.allocated < BLOCKS_IN_FLIGHT + 1 {
+            self.allocated += 1;
+            return Some(Vec::with_capacity(BLOCK));
+        }
+        self.free.recv().await
+    }
+}
+
 impl StagedUpload {
-    pub(super) fn new(path: PathBuf, file: File) -> StagedUpload {
+    pub(super) fn new(path: PathBuf) -> StagedUpload {
         StagedUpload {
             path,
-            writer: Some(Writer {
-                file,
-                hasher: DigestHasher::new(),
-                buf: Vec::with_capacity(WRITE_BUFFER),
-                writeback_done: 0,
-                written: 0,
-            }),
-            offset: 0,
+            file: None,
+            hasher: DigestHasher::new(),
+            pending: Vec::new(),
+            written: 0,
+            writeback_done: 0,
+            broken: false,
         }
     }
 
     /// Bytes received so far.
     pub fn offset(&self) -> u64 {
-        self.offset
+        self.written + self.pending.len() as u64
     }
 
     /// Appends a streamed body. Returns the new offset. On a body error the bytes received
-    /// before it stay appended (the offset says how many); on a write error the upload is broken
-    /// and every later call fails.
+    /// before it stay appended (the offset says how many); on a write error the upload is
+    /// broken and every later call fails.
     pub async fn append<S, E>(&mut self, mut body: S) -> Result<u64, BlobStoreError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let mut writer = self.writer.take().ok_or_else(|| self.broken())?;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(FRAMES_IN_FLIGHT);
-        let thread = tokio::task::spawn_blocking(move || {
-            let mut received = 0u64;
-            let mut res = Ok(());
-            while let Some(chunk) = rx.blocking_recv() {
-                if let Err(e) = writer.push(&chunk) {
-                    res = Err(e);
-                    break;
-                }
-                received += chunk.len() as u64;
-            }
-            let res = res.and_then(|()| writer.flush());
-            (writer, received, res)
-        });
+        if self.broken {
+            return Err(self.broken_error());
+        }
+        let mut writer: Option<BlockWriter> = None;
         let mut body_err = None;
-        while let Some(frame) = body.next().await {
-            match frame {
-                Ok(chunk) if chunk.is_empty() => {}
-                Ok(chunk) => {
-                    if tx.send(chunk).await.is_err() {
-                        break; // the writer stopped on an error; it reports it below
-                    }
-                }
+        let mut writer_gone = false;
+        'frames: while let Some(frame) = body.next().await {
+            let mut chunk = match frame {
+                Ok(c) => c,
                 Err(e) => {
                     body_err = Some(io::Error::other(e));
                     break;
                 }
+            };
+            self.hasher.update(&chunk);
+            while chunk.has_remaining() {
+                let room = BLOCK - self.pending.len();
+                let n = room.min(chunk.len());
+                if self.pending.capacity() < self.pending.len() + n {
+                    self.pending.reserve(
+                        (self.pending.len() + n).next_power_of_two().min(BLOCK)
+                            - self.pending.len(),
+                    );
+                }
+                self.pending.extend_from_slice(&chunk[..n]);
+                chunk.advance(n);
+                if self.pending.len() == BLOCK {
+                    let w = writer.get_or_insert_with(|| {
+                        BlockWriter::start(
+                            self.path.clone(),
+                            self.file.clone(),
+                            self.written,
+                            self.writeback_done,
+                        )
+                    });
+                    let Some(next) = w.empty_block().await else {
+                        writer_gone = true;
+                        break 'frames;
+                    };
+                    let full = std::mem::replace(&mut self.pending, next);
+                    if w.tx.send(full).await.is_err() {
+                        writer_gone = true;
+                        break 'frames;
+                    }
+                }
             }
         }
-        drop(tx);
-        let (writer, received, res) = thread
-            .await
-            .map_err(|e| BlobStoreError::io("write", &self.path)(io::Error::other(e)))?;
-        res.map_err(BlobStoreError::io("write", &self.path))?;
-        self.offset += received;
-        self.writer = Some(writer);
+        if let Some(w) = writer {
+            drop(w.tx);
+            let joined = w
+                .thread
+                .await
+                .map_err(|e| BlobStoreError::io("write", &self.path)(io::Error::other(e)));
+            match joined.and_then(|r| r) {
+                Ok((file, written, writeback_done)) => {
+                    self.file = Some(file);
+                    self.written = written;
+                    self.writeback_done = writeback_done;
+                }
+                Err(e) => {
+                    self.broken = true;
+                    return Err(e);
+                }
+            }
+        }
+        if writer_gone {
+            self.broken = true;
+            return Err(self.broken_error());
+        }
         match body_err {
             Some(e) => Err(BlobStoreError::Body(e)),
-            None => Ok(self.offset),
+            None => Ok(self.offset()),
         }
     }
 
@@ -174,24 +236,46 @@ impl StagedUpload {
         store: &BlobStore,
         expected: &Digest,
     ) -> Result<BlobInfo, BlobStoreError> {
-        let writer = self.writer.take().ok_or_else(|| self.broken())?;
+        if self.broken {
+            let e = self.broken_error();
+            self.abort().await;
+            return Err(e);
+        }
+        let size = self.offset();
+        let actual = std::mem::take(&mut self.hasher).finish();
         let path = std::mem::take(&mut self.path);
+        let file = self.file.take();
+        let pending = std::mem::take(&mut self.pending);
+        let written = self.written;
         let blobs = store.blobs.clone();
-        let expected = expected.clone();
-        let size = self.offset;
+        if &actual != expected {
+            drop(file);
+            remove_quietly(&path).await;
+            return Err(BlobStoreError::DigestMismatch {
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        let digest = actual;
         tokio::task::spawn_blocking(move || {
-            let actual = writer.hasher.finish();
-            if actual != expected {
-                drop(writer.file);
+            if blob_path(&blobs, &digest).exists() {
+                // Content-addressed: an identical blob is already durable; drop our copy.
+                drop(file);
                 let _ = std::fs::remove_file(&path);
-                return Err(BlobStoreError::DigestMismatch { expected, actual });
+                return Ok(BlobInfo { size });
             }
-            writer
-                .file
-                .sync_data()
+            let file = match file {
+                Some(f) => f,
+                None => Arc::new(create(&path)?),
+            };
+            if !pending.is_empty() {
+                file.write_all_at(&pending, written)
+                    .map_err(BlobStoreError::io("write", &path))?;
+            }
+            file.sync_data()
                 .map_err(BlobStoreError::io("fsync", &path))?;
-            drop(writer.file);
-            commit_staged(&blobs, &path, &expected)?;
+            drop(file);
+            commit_staged(&blobs, &path, &digest)?;
             Ok(BlobInfo { size })
         })
         .await
@@ -201,17 +285,26 @@ impl StagedUpload {
     /// Gives the upload up and removes its staging file.
     pub async fn abort(mut self) {
         let path = std::mem::take(&mut self.path);
-        drop(self.writer.take());
-        if let Err(e) = tokio::fs::remove_file(&path).await {
-            tracing::warn!(error = %e, path = %path.display(), "failed to remove staging file");
+        if self.file.take().is_some() {
+            remove_quietly(&path).await;
         }
     }
 
-    fn broken(&self) -> BlobStoreError {
+    fn broken_error(&self) -> BlobStoreError {
         BlobStoreError::Io {
             op: "continue",
             path: self.path.clone(),
             source: io::Error::other("an earlier write to this upload failed"),
+        }
+    }
+}
+
+async fn remove_quietly(path: &Path) {
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "failed to remove staging file")
         }
     }
 }

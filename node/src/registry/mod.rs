@@ -326,8 +326,7 @@ impl Registry {
     {
         let mut staged = self
             .blobs
-            .begin_upload(&uploads::new_id(self.cluster.node_id()))
-            .await?;
+            .begin_upload(&uploads::new_id(self.cluster.node_id()));
         if let Err(e) = staged.append(body).await {
             staged.abort().await;
             return Err(e.into());

@@ -85,7 +85,7 @@ impl Uploads {
         repo: &RepositoryName,
     ) -> Result<UploadStatus, RegistryError> {
         let id = new_id(self.node);
-        let staged = store.begin_upload(&id).await?;
+        let staged = store.begin_upload(&id);
         let session = Session {
             repo: repo.clone(),
             staged: Some(staged),

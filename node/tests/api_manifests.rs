@@ -1,0 +1,652 @@
+//! Manifests: `PUT`/`GET`/`HEAD`/`DELETE /v2/<name>/manifests/<reference>` for every supported
+//! kind, and every way a push is refused (which must leave the registry unchanged).
+
+mod common;
+
+use axum::body::Body;
+use common::*;
+use http::{Method, Request, StatusCode};
+use serde_json::{Value, json};
+
+/// Pushes `manifest` under `tag` and checks every way of reading it back returns the exact
+/// bytes with its media type and digest.
+async fn push_and_read_back(t: &Client, repo: &str, tag: &str, manifest: &Value) -> String {
+    let bytes = bytes_of(manifest);
+    let media_type = manifest["mediaType"].as_str().unwrap();
+    let d = digest_of(&bytes);
+    let r = t.put_manifest(repo, tag, media_type, &bytes).await;
+    r.expect(StatusCode::CREATED);
+    let location = format!("/v2/{repo}/manifests/{d}");
+    assert_eq!(r.header("location"), Some(location.as_str()));
+    assert_eq!(r.header(DIGEST_HEADER), Some(d.as_str()));
+    assert_eq!(r.header("oci-subject"), None, "no subject");
+    assert_read_back(t, repo, &[tag, &d], media_type, &bytes).await;
+    d
+}
+
+/// GET and HEAD of each reference return `bytes` with `media_type` and their digest.
+async fn assert_read_back(t: &Client, repo: &str, refs: &[&str], media_type: &str, bytes: &[u8]) {
+    let d = digest_of(bytes);
+    let len = bytes.len().to_string();
+    for reference in refs {
+        let uri = format!("/v2/{repo}/manifests/{reference}");
+        let g = t.get(&uri).await;
+        g.expect(StatusCode::OK);
+        assert_eq!(&g.body[..], bytes, "{uri}: exact bytes");
+        assert_eq!(g.header("content-type"), Some(media_type), "{uri}");
+        assert_eq!(g.header(DIGEST_HEADER), Some(d.as_str()), "{uri}");
+        assert_eq!(g.header("content-length"), Some(len.as_str()), "{uri}");
+        let h = t.head(&uri).await;
+        h.expect(StatusCode::OK);
+        assert!(h.body.is_empty(), "{uri}: HEAD has no body");
+        assert_eq!(h.header("content-type"), Some(media_type), "{uri}");
+        assert_eq!(h.header(DIGEST_HEADER), Some(d.as_str()), "{uri}");
+        assert_eq!(h.header("content-length"), Some(len.as_str()), "{uri}");
+    }
+}
+
+/// Pushes a config and one layer blob; returns the OCI manifest over them.
+async fn image(t: &Client, repo: &str, seed: &str) -> Value {
+    let config = format!("{{\"architecture\":\"amd64\",\"seed\":\"{seed}\"}}").into_bytes();
+    let layer = format!("layer {seed}").into_bytes();
+    t.push_blob(repo, &config).await;
+    t.push_blob(repo, &layer).await;
+    oci_manifest(&config, &[&layer])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_image_manifest_round_trip() {
+    let t = TestNode::start().await;
+    let mut m = image(&t, "lib/app", "1").await;
+    m["annotations"] = json!({ "org.opencontainers.image.title": "app" });
+    let d = push_and_read_back(&t, "lib/app", "v1", &m).await;
+    assert_eq!(t.tags("lib/app").await, Some(vec!["v1".to_string()]));
+    // The same manifest again, by digest: accepted, nothing changes.
+    let r = t
+        .put_manifest("lib/app", &d, OCI_MANIFEST, &bytes_of(&m))
+        .await;
+    r.expect(StatusCode::CREATED);
+    assert_eq!(r.header(DIGEST_HEADER), Some(d.as_str()));
+    assert_eq!(t.tags("lib/app").await, Some(vec!["v1".to_string()]));
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_are_stored_exactly_as_pushed() {
+    let t = TestNode::start().await;
+    let m = image(&t, "r", "1").await;
+    // Pretty-printed, with unusual key order and a trailing newline: not canonical JSON.
+    let mut text = serde_json::to_string_pretty(&json!({
+        "layers": m["layers"],
+        "config": m["config"],
+        "mediaType": OCI_MANIFEST,
+        "schemaVersion": 2,
+    }))
+    .unwrap();
+    text.push('\n');
+    let bytes = text.into_bytes();
+    let r = t.put_manifest("r", "pretty", OCI_MANIFEST, &bytes).await;
+    r.expect(StatusCode::CREATED);
+    assert_eq!(r.header(DIGEST_HEADER), Some(digest_of(&bytes).as_str()));
+    assert_read_back(
+        &t,
+        "r",
+        &["pretty", &digest_of(&bytes)],
+        OCI_MANIFEST,
+        &bytes,
+    )
+    .await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_by_digest_creates_no_tag() {
+    let t = TestNode::start().await;
+    let m = image(&t, "r", "1").await;
+    let bytes = bytes_of(&m);
+    let d = digest_of(&bytes);
+    let r = t.put_manifest("r", &d, OCI_MANIFEST, &bytes).await;
+    r.expect(StatusCode::CREATED);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/v2/r/manifests/{d}").as_str())
+    );
+    assert_eq!(r.header(DIGEST_HEADER), Some(d.as_str()));
+    assert_read_back(&t, "r", &[&d], OCI_MANIFEST, &bytes).await;
+    assert_eq!(t.tags("r").await, Some(vec![]));
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_without_media_type_field_takes_the_content_type() {
+    let t = TestNode::start().await;
+    let mut m = image(&t, "r", "1").await;
+    m.as_object_mut().unwrap().remove("mediaType");
+    let bytes = bytes_of(&m);
+    t.put_manifest("r", "t", OCI_MANIFEST, &bytes)
+        .await
+        .expect(StatusCode::CREATED);
+    assert_read_back(&t, "r", &["t"], OCI_MANIFEST, &bytes).await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_index_round_trip() {
+    let t = TestNode::start().await;
+    let (amd, amd_bytes) = t.push_image("r", None, "amd64").await;
+    let (arm, arm_bytes) = t.push_image("r", None, "arm64").await;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            { "mediaType": OCI_MANIFEST, "digest": amd, "size": amd_bytes.len(),
+              "platform": { "architecture": "amd64", "os": "linux" } },
+            { "mediaType": OCI_MANIFEST, "digest": arm, "size": arm_bytes.len(),
+              "platform": { "architecture": "arm64", "os": "linux" } },
+        ],
+    });
+    push_and_read_back(&t, "r", "multi", &index).await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_schema2_and_manifest_list_round_trip() {
+    let t = TestNode::start().await;
+    let config = b"{\"architecture\":\"amd64\",\"os\":\"linux\"}";
+    let layer = b"docker layer";
+    t.push_blob("d", config).await;
+    t.push_blob("d", layer).await;
+    let m = json!({
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": desc(DOCKER_CONFIG, config),
+        "layers": [desc(DOCKER_LAYER, layer)],
+    });
+    let md = push_and_read_back(&t, "d", "amd64", &m).await;
+    let list = json!({
+        "schemaVersion": 2,
+        "mediaType": DOCKER_LIST,
+        "manifests": [{
+            "mediaType": DOCKER_MANIFEST,
+            "digest": md,
+            "size": bytes_of(&m).len(),
+            "platform": { "architecture": "amd64", "os": "linux" },
+        }],
+    });
+    push_and_read_back(&t, "d", "latest", &list).await;
+    assert_eq!(
+        t.tags("d").await,
+        Some(vec!["amd64".to_string(), "latest".to_string()])
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifact_with_artifact_type_and_empty_config() {
+    let t = TestNode::start().await;
+    t.push_blob("art", b"{}").await;
+    let sbom = b"{\"spdxVersion\":\"SPDX-2.3\"}";
+    t.push_blob("art", sbom).await;
+    let m = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": "application/spdx+json",
+        "config": { "mediaType": OCI_EMPTY, "digest": digest_of(b"{}"), "size": 2, "data": "e30=" },
+        "layers": [desc("application/spdx+json", sbom)],
+    });
+    push_and_read_back(&t, "art", "sbom", &m).await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_chart() {
+    let t = TestNode::start().await;
+    let config = b"{\"name\":\"mychart\",\"version\":\"0.1.0\",\"apiVersion\":\"v2\"}";
+    let chart = b"\x1f\x8b chart tarball";
+    t.push_blob("charts/mychart", config).await;
+    t.push_blob("charts/mychart", chart).await;
+    let m = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": desc("application/vnd.cncf.helm.config.v1+json", config),
+        "layers": [desc("application/vnd.cncf.helm.chart.content.v1.tar+gzip", chart)],
+    });
+    push_and_read_back(&t, "charts/mychart", "0.1.0", &m).await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_manifest_with_foreign_layer_not_uploaded() {
+    let t = TestNode::start().await;
+    let config = b"{\"os\":\"windows\"}";
+    let layer = b"windows app layer";
+    t.push_blob("win", config).await;
+    t.push_blob("win", layer).await;
+    let foreign = json!({
+        "mediaType": "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        "digest": digest_of(b"the windows base layer, never uploaded"),
+        "size": 1234567,
+        "urls": ["https://mcr.microsoft.com/v2/windows/servercore/blobs/sha256:abc"],
+    });
+    let m = json!({
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": desc(DOCKER_CONFIG, config),
+        "layers": [foreign, desc(DOCKER_LAYER, layer)],
+    });
+    push_and_read_back(&t, "win", "ltsc2022", &m).await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retagging_moves_the_tag_and_keeps_the_old_manifest() {
+    let t = TestNode::start().await;
+    let (d1, b1) = t.push_image("r", Some("latest"), "1").await;
+    let (d2, b2) = t.push_image("r", Some("latest"), "2").await;
+    assert_ne!(d1, d2);
+    assert_read_back(&t, "r", &["latest", &d2], OCI_MANIFEST, &b2).await;
+    assert_read_back(&t, "r", &[&d1], OCI_MANIFEST, &b1).await;
+    assert_eq!(t.tags("r").await, Some(vec!["latest".to_string()]));
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_by_digest_that_does_not_match_is_digest_invalid() {
+    let t = TestNode::start().await;
+    let (_, _) = t.push_image("r", Some("keep"), "0").await;
+    let m = image(&t, "r", "1").await;
+    let bytes = bytes_of(&m);
+    let before = t.snapshot(&["r"], &[("r", "keep")]).await;
+    let wrong = digest_of(b"not the manifest");
+    let r = t.put_manifest("r", &wrong, OCI_MANIFEST, &bytes).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "DIGEST_INVALID");
+    for reference in [wrong, digest_of(&bytes)] {
+        let g = t.get(&format!("/v2/r/manifests/{reference}")).await;
+        assert_error(&g, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN");
+    }
+    // A malformed digest reference.
+    let r = t
+        .put_manifest("r", "sha256:abc", OCI_MANIFEST, &bytes)
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "DIGEST_INVALID");
+    assert_eq!(t.snapshot(&["r"], &[("r", "keep")]).await, before);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_manifests_are_manifest_invalid_and_change_nothing() {
+    let t = TestNode::start().await;
+    t.push_image("r", Some("keep"), "0").await;
+    let good = image(&t, "r", "1").await;
+    let mut v1 = good.clone();
+    v1["schemaVersion"] = json!(1);
+    let mut no_version = good.clone();
+    no_version.as_object_mut().unwrap().remove("schemaVersion");
+    let mut no_config = good.clone();
+    no_config.as_object_mut().unwrap().remove("config");
+    let mut bad_desc = good.clone();
+    bad_desc["layers"][0]["digest"] = json!("sha256:nothex");
+    let mut negative = good.clone();
+    negative["layers"][0]["size"] = json!(-1);
+    let mut bad_body_type = good.clone();
+    bad_body_type["mediaType"] = json!("application/vnd.example.not-a-manifest");
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("not json", OCI_MANIFEST, b"{this is not json".to_vec()),
+        ("json array", OCI_MANIFEST, b"[]".to_vec()),
+        ("empty body", OCI_MANIFEST, Vec::new()),
+        ("schemaVersion 1", OCI_MANIFEST, bytes_of(&v1)),
+        ("no schemaVersion", OCI_MANIFEST, bytes_of(&no_version)),
+        ("no config", OCI_MANIFEST, bytes_of(&no_config)),
+        ("bad descriptor digest", OCI_MANIFEST, bytes_of(&bad_desc)),
+        ("negative size", OCI_MANIFEST, bytes_of(&negative)),
+        (
+            "content type vs mediaType",
+            DOCKER_MANIFEST,
+            bytes_of(&good),
+        ),
+        ("index content type", OCI_INDEX, bytes_of(&good)),
+        ("unsupported content type", "text/plain", bytes_of(&good)),
+        ("unsupported body mediaType", "", bytes_of(&bad_body_type)),
+    ];
+    for reference in ["new", "keep"] {
+        let before = t.snapshot(&["r"], &[("r", "keep")]).await;
+        for (what, ct, body) in &cases {
+            let r = t.put_manifest("r", reference, ct, body).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{what}: {:?}", r.body);
+            assert_eq!(error_code(&r), "MANIFEST_INVALID", "{what}");
+        }
+        assert_eq!(t.snapshot(&["r"], &[("r", "keep")]).await, before);
+    }
+    assert_error(
+        &t.get("/v2/r/manifests/new").await,
+        StatusCode::NOT_FOUND,
+        "MANIFEST_UNKNOWN",
+    );
+    // Nothing was created in a repository that did not exist either.
+    let before = t.catalog().await;
+    let r = t.put_manifest("fresh", "t", OCI_MANIFEST, b"{").await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "MANIFEST_INVALID");
+    assert_eq!(t.catalog().await, before);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_tag_is_refused() {
+    let t = TestNode::start().await;
+    let m = image(&t, "r", "1").await;
+    let before = t.snapshot(&["r"], &[]).await;
+    let long = "t".repeat(129);
+    for tag in ["-dash", ".dot", long.as_str(), "a+b"] {
+        let r = t.put_manifest("r", tag, OCI_MANIFEST, &bytes_of(&m)).await;
+        r.expect(StatusCode::BAD_REQUEST);
+        let code = error_code(&r);
+        assert!(
+            code == "MANIFEST_INVALID" || code == "TAG_INVALID",
+            "{tag}: {code}"
+        );
+    }
+    assert_eq!(t.snapshot(&["r"], &[]).await, before);
+    // The longest valid tag works.
+    let longest = "t".repeat(128);
+    t.push_manifest("r", &longest, &m).await;
+    assert_eq!(t.tags("r").await, Some(vec![longest]));
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_blobs_are_manifest_blob_unknown_and_change_nothing() {
+    let t = TestNode::start().await;
+    t.push_image("r", Some("keep"), "0").await;
+    let config = b"{\"c\":1}";
+    let layer = b"a layer";
+    t.push_blob("r", config).await;
+    // The layer is in another repository only: that does not count.
+    t.push_blob("other", layer).await;
+    let no_layer = oci_manifest(config, &[layer]);
+    let no_config = oci_manifest(b"{\"never\":\"pushed\"}", &[]);
+    for (what, m, missing) in [
+        ("layer", &no_layer, digest_of(layer)),
+        ("config", &no_config, digest_of(b"{\"never\":\"pushed\"}")),
+    ] {
+        let before = t.snapshot(&["r"], &[("r", "keep")]).await;
+        for reference in [
+            "keep".to_string(),
+            "new".to_string(),
+            digest_of(&bytes_of(m)),
+        ] {
+            let r = t
+                .put_manifest("r", &reference, OCI_MANIFEST, &bytes_of(m))
+                .await;
+            assert_error(&r, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN");
+            assert_eq!(
+                r.json()["errors"][0]["detail"]["digest"],
+                json!(missing),
+                "{what}: the detail names the missing blob"
+            );
+        }
+        assert_eq!(t.snapshot(&["r"], &[("r", "keep")]).await, before, "{what}");
+        let g = t
+            .get(&format!("/v2/r/manifests/{}", digest_of(&bytes_of(m))))
+            .await;
+        assert_error(&g, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN");
+    }
+    // After uploading the layer the same manifest is accepted.
+    t.push_blob("r", layer).await;
+    t.push_manifest("r", "new", &no_layer).await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_with_missing_child_is_manifest_blob_unknown() {
+    let t = TestNode::start().await;
+    let (present, present_bytes) = t.push_image("r", Some("keep"), "0").await;
+    // A child that exists only in another repository does not count either.
+    let (elsewhere, elsewhere_bytes) = t.push_image("other", None, "1").await;
+    let absent = json!({ "mediaType": OCI_MANIFEST, "digest": ABSENT_DIGEST, "size": 10 });
+    for (child, docker) in [
+        (absent.clone(), false),
+        (
+            json!({ "mediaType": OCI_MANIFEST, "digest": elsewhere, "size": elsewhere_bytes.len() }),
+            false,
+        ),
+        (
+            json!({ "mediaType": DOCKER_MANIFEST, "digest": ABSENT_DIGEST, "size": 10 }),
+            true,
+        ),
+    ] {
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": if docker { DOCKER_LIST } else { OCI_INDEX },
+            "manifests": [
+                { "mediaType": OCI_MANIFEST, "digest": present, "size": present_bytes.len() },
+                child,
+            ],
+        });
+        let before = t.snapshot(&["r"], &[("r", "keep")]).await;
+        let r = t
+            .put_manifest(
+                "r",
+                "idx",
+                index["mediaType"].as_str().unwrap(),
+                &bytes_of(&index),
+            )
+            .await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN");
+        assert_eq!(t.snapshot(&["r"], &[("r", "keep")]).await, before);
+    }
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_too_large_is_413() {
+    let t = TestNode::start().await;
+    t.push_image("r", Some("keep"), "0").await;
+    let limit = 4 * 1024 * 1024;
+    let big = sized_manifest(&t, limit + 1).await;
+    let before = t.snapshot(&["r"], &[("r", "keep")]).await;
+    // With a Content-Length (refused before reading) ...
+    let r = t.put_manifest("r", "big", OCI_MANIFEST, &big).await;
+    r.expect(StatusCode::PAYLOAD_TOO_LARGE);
+    error_code(&r);
+    // ... and streamed without one (refused while reading).
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri("/v2/r/manifests/big")
+        .header("content-type", OCI_MANIFEST)
+        .body(streamed(
+            big.chunks(64 * 1024).map(<[u8]>::to_vec).collect(),
+        ))
+        .unwrap();
+    let r = t.send(req).await;
+    r.expect(StatusCode::PAYLOAD_TOO_LARGE);
+    error_code(&r);
+    assert_eq!(t.snapshot(&["r"], &[("r", "keep")]).await, before);
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_of_exactly_4_mib_is_accepted() {
+    let t = TestNode::start().await;
+    let limit = 4 * 1024 * 1024;
+    let exact = sized_manifest(&t, limit).await;
+    assert_eq!(exact.len(), limit);
+    let r = t.put_manifest("r", "big", OCI_MANIFEST, &exact).await;
+    r.expect(StatusCode::CREATED);
+    assert_read_back(&t, "r", &["big"], OCI_MANIFEST, &exact).await;
+    // Streamed, without a Content-Length.
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri("/v2/r/manifests/big2")
+        .header("content-type", OCI_MANIFEST)
+        .body(Body::from_stream(futures::stream::iter(
+            exact
+                .chunks(100_000)
+                .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        )))
+        .unwrap();
+    t.send(req).await.expect(StatusCode::CREATED);
+    t.stop().await;
+}
+
+/// A valid OCI manifest (blobs pushed to `r`) padded with an annotation to exactly `size` bytes.
+async fn sized_manifest(t: &Client, size: usize) -> Vec<u8> {
+    let mut m = image(t, "r", "big").await;
+    m["annotations"] = json!({ "pad": "" });
+    let base = bytes_of(&m).len();
+    m["annotations"]["pad"] = json!("x".repeat(size - base));
+    let bytes = bytes_of(&m);
+    assert_eq!(bytes.len(), size);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_references_are_manifest_unknown() {
+    let t = TestNode::start().await;
+    t.push_image("r", Some("v1"), "1").await;
+    for uri in [
+        "/v2/r/manifests/nope".to_string(),
+        format!("/v2/r/manifests/{ABSENT_DIGEST}"),
+        "/v2/unknown/repo/manifests/v1".to_string(),
+    ] {
+        let r = t.get(&uri).await;
+        r.expect(StatusCode::NOT_FOUND);
+        let code = error_code(&r);
+        assert!(
+            code == "MANIFEST_UNKNOWN" || (uri.contains("unknown") && code == "NAME_UNKNOWN"),
+            "{uri}: {code}"
+        );
+        t.head(&uri).await.expect(StatusCode::NOT_FOUND);
+        let r = t.delete(&uri).await;
+        r.expect(StatusCode::NOT_FOUND);
+        let code = error_code(&r);
+        assert!(
+            code == "MANIFEST_UNKNOWN" || (uri.contains("unknown") && code == "NAME_UNKNOWN"),
+            "{uri}: {code}"
+        );
+    }
+    // Manifests are per repository.
+    let (d, _) = t.push_image("a", Some("only-a"), "2").await;
+    for uri in [
+        format!("/v2/r/manifests/{d}"),
+        "/v2/r/manifests/only-a".to_string(),
+    ] {
+        assert_error(
+            &t.get(&uri).await,
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+        );
+    }
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_tag_removes_only_the_tag() {
+    let t = TestNode::start().await;
+    let (d, bytes) = t.push_image("r", Some("a"), "1").await;
+    t.push_manifest("r", "b", &serde_json::from_slice(&bytes).unwrap())
+        .await;
+    let r = t.delete("/v2/r/manifests/a").await;
+    r.expect(StatusCode::ACCEPTED);
+    assert_error(
+        &t.get("/v2/r/manifests/a").await,
+        StatusCode::NOT_FOUND,
+        "MANIFEST_UNKNOWN",
+    );
+    assert_read_back(&t, "r", &["b", &d], OCI_MANIFEST, &bytes).await;
+    assert_eq!(t.tags("r").await, Some(vec!["b".to_string()]));
+    // Deleting it again finds nothing.
+    assert_error(
+        &t.delete("/v2/r/manifests/a").await,
+        StatusCode::NOT_FOUND,
+        "MANIFEST_UNKNOWN",
+    );
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_by_digest_removes_manifest_and_its_tags() {
+    let t = TestNode::start().await;
+    let (d, bytes) = t.push_image("r", Some("a"), "1").await;
+    t.push_manifest("r", "b", &serde_json::from_slice(&bytes).unwrap())
+        .await;
+    let (other, other_bytes) = t.push_image("r", Some("c"), "2").await;
+    // The same manifest in another repository.
+    assert_eq!(t.push_image("s", Some("a"), "1").await.0, d);
+    let r = t.delete(&format!("/v2/r/manifests/{d}")).await;
+    r.expect(StatusCode::ACCEPTED);
+    for reference in ["a", "b", d.as_str()] {
+        let uri = format!("/v2/r/manifests/{reference}");
+        assert_error(
+            &t.get(&uri).await,
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+        );
+        t.head(&uri).await.expect(StatusCode::NOT_FOUND);
+    }
+    assert_eq!(t.tags("r").await, Some(vec!["c".to_string()]));
+    assert_read_back(&t, "r", &["c", &other], OCI_MANIFEST, &other_bytes).await;
+    assert_error(
+        &t.delete(&format!("/v2/r/manifests/{d}")).await,
+        StatusCode::NOT_FOUND,
+        "MANIFEST_UNKNOWN",
+    );
+    // The other repository's copy is untouched.
+    assert_read_back(&t, "s", &["a", &d], OCI_MANIFEST, &bytes).await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_name_or_reference_on_manifest_endpoints() {
+    let t = TestNode::start().await;
+    let (d, bytes) = t.push_image("r", Some("v1"), "1").await;
+    let before = t.snapshot(&["r"], &[("r", "v1")]).await;
+    for name in ["R", "a//b", "a/../b"] {
+        let uri = format!("/v2/{name}/manifests/v1");
+        assert_error(&t.get(&uri).await, StatusCode::BAD_REQUEST, "NAME_INVALID");
+        t.head(&uri).await.expect(StatusCode::BAD_REQUEST);
+        assert_error(
+            &t.delete(&uri).await,
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+        );
+        let r = t.put_manifest(name, "v1", OCI_MANIFEST, &bytes).await;
+        assert_error(&r, StatusCode::BAD_REQUEST, "NAME_INVALID");
+    }
+    for bad in [
+        "sha256:abc",
+        "md5:d41d8cd98f00b204e9800998ecf8427e",
+        "sha256:",
+    ] {
+        let uri = format!("/v2/r/manifests/{bad}");
+        assert_error(
+            &t.get(&uri).await,
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+        );
+        assert_error(
+            &t.delete(&uri).await,
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+        );
+    }
+    assert_eq!(t.snapshot(&["r"], &[("r", "v1")]).await, before);
+    assert_read_back(&t, "r", &["v1", &d], OCI_MANIFEST, &bytes).await;
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_blob_cannot_be_referenced_by_a_new_manifest() {
+    let t = TestNode::start().await;
+    let config = b"{\"c\":2}";
+    let layer = b"layer to delete";
+    t.push_blob("r", config).await;
+    let ld = t.push_blob("r", layer).await;
+    t.delete(&format!("/v2/r/blobs/{ld}"))
+        .await
+        .expect(StatusCode::ACCEPTED);
+    let m = oci_manifest(config, &[layer]);
+    let r = t.put_manifest("r", "t", OCI_MANIFEST, &bytes_of(&m)).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN");
+    t.stop().await;
+}
