@@ -650,3 +650,58 @@ async fn deleted_blob_cannot_be_referenced_by_a_new_manifest() {
     assert_error(&r, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN");
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_without_index_types_gets_the_linux_amd64_image_of_a_tagged_index() {
+    let t = TestNode::start().await;
+    let (amd, amd_bytes) = t.push_image("r", None, "amd64").await;
+    let (arm, arm_bytes) = t.push_image("r", None, "arm64").await;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            { "mediaType": OCI_MANIFEST, "digest": arm, "size": arm_bytes.len(),
+              "platform": { "architecture": "arm64", "os": "linux" } },
+            { "mediaType": OCI_MANIFEST, "digest": amd, "size": amd_bytes.len(),
+              "platform": { "architecture": "amd64", "os": "linux" } },
+        ],
+    });
+    let index_bytes = bytes_of(&index);
+    let idx = t.push_manifest("r", "multi", &index).await;
+    let get = |accept: Vec<&'static str>, reference: String| {
+        let t = t.client.clone();
+        async move {
+            let h: Vec<(&str, &str)> = accept.iter().map(|a| ("accept", *a)).collect();
+            let r = t.get_with(&format!("/v2/r/manifests/{reference}"), &h).await;
+            r.expect(StatusCode::OK);
+            r
+        }
+    };
+    // Only image manifests accepted (one header, with parameters and other types).
+    for accept in [
+        vec![OCI_MANIFEST],
+        vec!["application/json, application/vnd.oci.image.manifest.v1+json; q=0.5"],
+        vec![DOCKER_MANIFEST, OCI_MANIFEST],
+    ] {
+        let r = get(accept.clone(), "multi".into()).await;
+        assert_eq!(&r.body[..], &amd_bytes[..], "{accept:?}");
+        assert_eq!(r.header(DIGEST_HEADER), Some(amd.as_str()), "{accept:?}");
+        assert_eq!(r.header("content-type"), Some(OCI_MANIFEST), "{accept:?}");
+    }
+    // The index itself when it is accepted, when anything is, or when nothing is said.
+    for accept in [vec![OCI_MANIFEST, OCI_INDEX], vec!["*/*"], vec![]] {
+        let r = get(accept.clone(), "multi".into()).await;
+        assert_eq!(&r.body[..], &index_bytes[..], "{accept:?}");
+        assert_eq!(r.header(DIGEST_HEADER), Some(idx.as_str()));
+        assert_eq!(r.header("content-type"), Some(OCI_INDEX));
+    }
+    // By digest the stored manifest is returned whatever Accept says.
+    let r = get(vec![OCI_MANIFEST], idx.clone()).await;
+    assert_eq!(&r.body[..], &index_bytes[..]);
+    // An image manifest is returned as stored even if its type is not accepted.
+    t.push_manifest("r", "single", &serde_json::from_slice(&amd_bytes).unwrap())
+        .await;
+    let r = get(vec![DOCKER_MANIFEST], "single".into()).await;
+    assert_eq!(&r.body[..], &amd_bytes[..]);
+    t.stop().await;
+}

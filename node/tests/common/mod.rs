@@ -69,6 +69,11 @@ impl TestNode {
     pub async fn stop(self) {
         self.node.stop().await;
     }
+
+    /// Stops Raft but keeps the node's router and data (to see how the API answers then).
+    pub async fn stop_raft(&self) {
+        self.node.stop().await;
+    }
 }
 
 impl Deref for TestNode {
