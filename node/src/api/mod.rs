@@ -124,8 +124,21 @@ async fn dispatch(
             blobs::finish_upload(registry, name, id, req).await
         }
         (Route::Upload(name, id), Method::DELETE) => blobs::cancel_upload(registry, name, id).await,
-        (_, method) => Err(ApiError::new(Code::Unsupported)
-            .message(format!("method {method} is not allowed here"))),
+        (route, method) => Err(ApiError::new(Code::Unsupported)
+            .message(format!("method {method} is not allowed here"))
+            .header(header::ALLOW, allowed_methods(&route))),
+    }
+}
+
+/// The methods an endpoint answers (the `Allow` header of a 405).
+fn allowed_methods(route: &Route<'_>) -> &'static str {
+    match route {
+        Route::Base => "GET, HEAD",
+        Route::Catalog | Route::Tags(_) | Route::Referrers(..) => "GET",
+        Route::Manifest(..) => "GET, HEAD, PUT, DELETE",
+        Route::Blob(..) => "GET, HEAD, DELETE",
+        Route::Uploads(_) => "POST",
+        Route::Upload(..) => "GET, PATCH, PUT, DELETE",
     }
 }
 

@@ -2,7 +2,7 @@
 //! repository names may have any number of components.
 
 /// An endpoint of the OCI API, with the raw (not yet validated) name and reference parts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
     /// `/v2/`
     Base,

@@ -71,13 +71,16 @@ fn create(path: &Path) -> Result<File, BlobStoreError> {
         .map_err(BlobStoreError::io("create", path))
 }
 
+/// What the writer thread hands back: the file, bytes written, write-back position.
+type WriterOutcome = Result<(Arc<File>, u64, u64), BlobStoreError>;
+
 /// The writer thread of one `append`: writes full blocks at increasing offsets.
 struct BlockWriter {
     tx: tokio::sync::mpsc::Sender<Vec<u8>>,
     /// Emptied blocks come back here for reuse.
     free: tokio::sync::mpsc::Receiver<Vec<u8>>,
     allocated: usize,
-    thread: tokio::task::JoinHandle<Result<(Arc<File>, u64, u64), BlobStoreError>>,
+    thread: tokio::task::JoinHandle<WriterOutcome>,
 }
 
 impl BlockWriter {

@@ -121,7 +121,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             };
             let purged: Option<LogIdOf<TypeConfig>> = Self::get_raft(db, PURGED)?;
             Ok(LogState {
-                last_log_id: last.or_else(|| purged.clone()),
+                last_log_id: last.or(purged),
                 last_purged_log_id: purged,
             })
         })
@@ -133,7 +133,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> io::Result<()> {
-        let vote = vote.clone();
+        let vote = *vote;
         self.blocking(move |db| Self::put_raft(db, VOTE, &vote, true))
             .await
     }

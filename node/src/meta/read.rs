@@ -19,13 +19,16 @@ pub struct Page {
     pub last: Option<String>,
 }
 
+/// A key and value of the state column family.
+type KeyValue = (Box<[u8]>, Box<[u8]>);
+
 /// Iterates `(key, value)` of the state column family under `prefix`, from `start` (inclusive)
 /// or the prefix's first key.
 pub(super) fn scan<'a>(
     db: &'a DB,
     prefix: &[u8],
     start: Option<&[u8]>,
-) -> impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), MetaError>> + 'a {
+) -> impl Iterator<Item = Result<KeyValue, MetaError>> + 'a {
     let mut opts = ReadOptions::default();
     opts.set_iterate_upper_bound(keys::prefix_end(prefix));
     let from = start.unwrap_or(prefix).to_vec();

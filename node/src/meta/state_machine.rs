@@ -82,7 +82,7 @@ fn apply_entry(
         EntryPayload::Blank => WriteResult::Done,
         EntryPayload::Normal(Command::V1(cmd)) => apply_command(db, cf, &mut batch, cmd)?,
         EntryPayload::Membership(m) => {
-            let stored = StoredMembership::new(Some(log_id.clone()), m.clone());
+            let stored = StoredMembership::new(Some(log_id), m.clone());
             put(&mut batch, cf, keys::MEMBERSHIP, &stored);
             WriteResult::Done
         }
@@ -197,9 +197,7 @@ fn apply_command(
             let prefix = keys::tag_prefix(repo);
             for item in super::read::scan(db, &prefix, None) {
                 let (k, v) = item?;
-                let tag: TagRecord = match decode::<Stored<TagRecord>>("tag", &v)? {
-                    Stored::V1(t) => t,
-                };
+                let Stored::V1(tag) = decode::<Stored<TagRecord>>("tag", &v)?;
                 if &tag.digest == digest {
                     batch.delete_cf(cf, k);
                 }
