@@ -42,6 +42,32 @@ async fn get_larger_blob_streams_every_byte() {
     r.expect(StatusCode::OK);
     assert_eq!(r.body.len(), content.len());
     assert_eq!(digest_of(&r.body), d);
+    // Ranges at unaligned offsets that span internal read windows and pages.
+    let size = content.len() as u64;
+    for (start, end) in [
+        (1u64, 4096u64),
+        (4095, 4097),
+        (1_048_575, 2_097_153),
+        (2_097_151, 2_097_152),
+        (3, size - 2),
+        (size - 5, size - 1),
+    ] {
+        let r = t
+            .get_with(
+                &format!("/v2/r/blobs/{d}"),
+                &[("range", &format!("bytes={start}-{end}"))],
+            )
+            .await;
+        r.expect(StatusCode::PARTIAL_CONTENT);
+        assert_eq!(
+            r.header("content-range"),
+            Some(format!("bytes {start}-{end}/{size}").as_str())
+        );
+        assert!(
+            r.body[..] == content[start as usize..=end as usize],
+            "bytes {start}-{end} differ"
+        );
+    }
     t.stop().await;
 }
 

@@ -131,6 +131,28 @@ async fn manifest_without_media_type_field_takes_the_content_type() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_type_parameters_and_generic_json_are_accepted() {
+    let t = TestNode::start().await;
+    let m = image(&t, "r", "1").await;
+    let bytes = bytes_of(&m);
+    for (tag, ct) in [
+        (
+            "params",
+            "application/vnd.oci.image.manifest.v1+json; charset=utf-8",
+        ),
+        ("json", "application/json"),
+        ("none", ""),
+    ] {
+        t.put_manifest("r", tag, ct, &bytes)
+            .await
+            .expect(StatusCode::CREATED);
+        // Served with the manifest's own media type, whatever it was pushed with.
+        assert_read_back(&t, "r", &[tag], OCI_MANIFEST, &bytes).await;
+    }
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oci_index_round_trip() {
     let t = TestNode::start().await;
     let (amd, amd_bytes) = t.push_image("r", None, "amd64").await;
@@ -288,6 +310,10 @@ async fn invalid_manifests_are_manifest_invalid_and_change_nothing() {
     bad_desc["layers"][0]["digest"] = json!("sha256:nothex");
     let mut negative = good.clone();
     negative["layers"][0]["size"] = json!(-1);
+    let mut bad_data = good.clone();
+    bad_data["config"]["data"] = json!("not base64!");
+    let mut wrong_data = good.clone();
+    wrong_data["config"]["data"] = json!("e30="); // "{}", not the config
     let mut bad_body_type = good.clone();
     bad_body_type["mediaType"] = json!("application/vnd.example.not-a-manifest");
     let cases: Vec<(&str, &str, Vec<u8>)> = vec![
@@ -299,6 +325,8 @@ async fn invalid_manifests_are_manifest_invalid_and_change_nothing() {
         ("no config", OCI_MANIFEST, bytes_of(&no_config)),
         ("bad descriptor digest", OCI_MANIFEST, bytes_of(&bad_desc)),
         ("negative size", OCI_MANIFEST, bytes_of(&negative)),
+        ("data not base64", OCI_MANIFEST, bytes_of(&bad_data)),
+        ("data not the content", OCI_MANIFEST, bytes_of(&wrong_data)),
         (
             "content type vs mediaType",
             DOCKER_MANIFEST,
@@ -672,7 +700,9 @@ async fn accept_without_index_types_gets_the_linux_amd64_image_of_a_tagged_index
         let t = t.client.clone();
         async move {
             let h: Vec<(&str, &str)> = accept.iter().map(|a| ("accept", *a)).collect();
-            let r = t.get_with(&format!("/v2/r/manifests/{reference}"), &h).await;
+            let r = t
+                .get_with(&format!("/v2/r/manifests/{reference}"), &h)
+                .await;
             r.expect(StatusCode::OK);
             r
         }

@@ -9,6 +9,11 @@ use serde_json::{Value, json};
 const SBOM: &str = "application/vnd.example.sbom.v1+json";
 const SIG: &str = "application/vnd.example.signature.v1";
 
+/// The `?artifactType=` query of a media type (`+` percent-encoded: in a query it means space).
+fn filter(artifact_type: &str) -> String {
+    format!("?artifactType={}", artifact_type.replace('+', "%2B"))
+}
+
 /// Pushes an artifact referring to `subject` (empty config, one layer); returns its digest and
 /// size. `artifact_type` empty: none, so the config media type is the effective type.
 async fn push_referrer(
@@ -130,7 +135,7 @@ async fn artifact_type_filter() {
     let (sbom2, _) = push_referrer(&t, "r", s, SBOM, Value::Null, "sbom2").await;
     push_referrer(&t, "r", s, SIG, Value::Null, "sig").await;
 
-    let (r, ds) = referrers(&t, "r", &subject, &format!("?artifactType={SBOM}")).await;
+    let (r, ds) = referrers(&t, "r", &subject, &filter(SBOM)).await;
     assert_eq!(r.header("oci-filters-applied"), Some("artifactType"));
     let mut want = vec![sbom1, sbom2];
     want.sort();
@@ -139,7 +144,7 @@ async fn artifact_type_filter() {
     assert!(ds.iter().all(|d| d["artifactType"] == SBOM));
 
     // A type nobody has: an empty, filtered list.
-    let (r, ds) = referrers(&t, "r", &subject, "?artifactType=application/x-none").await;
+    let (r, ds) = referrers(&t, "r", &subject, &filter("application/x-none")).await;
     assert_eq!(r.header("oci-filters-applied"), Some("artifactType"));
     assert!(ds.is_empty());
     // An empty filter is no filter.
@@ -209,13 +214,17 @@ async fn deleting_the_referrer_removes_it_from_the_list() {
     let (_, ds) = referrers(&t, "r", &subject, "").await;
     assert_eq!(ds.len(), 2);
 
+    let (_, ds) = referrers(&t, "r", &subject, &filter(SBOM)).await;
+    assert_eq!(ds.len(), 1);
+    assert_eq!(ds[0]["digest"], gone);
+
     t.delete(&format!("/v2/r/manifests/{gone}"))
         .await
         .expect(StatusCode::ACCEPTED);
     let (_, ds) = referrers(&t, "r", &subject, "").await;
     let got: Vec<&str> = ds.iter().map(|d| d["digest"].as_str().unwrap()).collect();
     assert_eq!(got, vec![kept.as_str()]);
-    let (_, ds) = referrers(&t, "r", &subject, &format!("?artifactType={SBOM}")).await;
+    let (_, ds) = referrers(&t, "r", &subject, &filter(SBOM)).await;
     assert!(ds.is_empty());
     t.stop().await;
 }

@@ -648,3 +648,52 @@ async fn body_error_mid_stream_is_reported_and_stores_nothing() {
     assert_eq!(t.catalog().await, Vec::<String>::new());
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_requests_on_one_session_are_serialised() {
+    let t = TestNode::start().await;
+    // Concurrent streamed PATCHes: each is appended whole, none is lost.
+    let location = t.start_upload("r").await;
+    let chunks: Vec<Vec<u8>> = (0..4u8).map(|i| vec![b'a' + i; 50_000]).collect();
+    let mut tasks = Vec::new();
+    for chunk in chunks.clone() {
+        let c = t.client.clone();
+        let location = location.clone();
+        tasks.push(tokio::spawn(async move {
+            c.patch(&location, None, &chunk).await.status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::ACCEPTED);
+    }
+    let s = t.get(&location).await;
+    assert_session(&s, StatusCode::NO_CONTENT, "r", &location, "0-199999");
+    // Concurrent PUTs closing the same session: exactly one stores the blob; the others find
+    // the session gone.
+    let content: Vec<u8> = (0..30_000u32).map(|i| (i % 256) as u8).collect();
+    let location = t.start_upload("r").await;
+    t.patch(&location, None, &content)
+        .await
+        .expect(StatusCode::ACCEPTED);
+    let d = digest_of(&content);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let c = t.client.clone();
+        let (location, d) = (location.clone(), d.clone());
+        tasks.push(tokio::spawn(
+            async move { c.finish(&location, &d, b"").await },
+        ));
+    }
+    let mut created = 0;
+    for task in tasks {
+        let r = task.await.unwrap();
+        if r.status == StatusCode::CREATED {
+            created += 1;
+            assert_stored(&t, &r, "r", &content).await;
+        } else {
+            assert_error(&r, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN");
+        }
+    }
+    assert_eq!(created, 1);
+    t.stop().await;
+}

@@ -110,7 +110,10 @@ fn docker_import_push_rmi_pull_same_image_id() {
     let m = client.get_manifest("dock/img", "1").unwrap();
     assert_eq!(m.status, 200, "{}", m.text());
     let pushed_digest = pushed_digest.unwrap_or_else(|| {
-        panic!("no digest in the output of docker push:\n{}", push.stdout_text())
+        panic!(
+            "no digest in the output of docker push:\n{}",
+            push.stdout_text()
+        )
     });
     assert_eq!(
         m.header("docker-content-digest"),
@@ -119,11 +122,18 @@ fn docker_import_push_rmi_pull_same_image_id() {
     assert_eq!(support::sha256_digest(&m.body), pushed_digest);
 
     docker(&["rmi", &reference]);
-    assert_eq!(image_id(&reference), None, "the image is still in the engine");
+    assert_eq!(
+        image_id(&reference),
+        None,
+        "the image is still in the engine"
+    );
 
     docker(&["pull", &reference]);
     let pulled = image_id(&reference).expect("the pulled image exists");
-    assert_eq!(pulled, imported, "the pulled image id differs from the pushed one");
+    assert_eq!(
+        pulled, imported,
+        "the pulled image id differs from the pushed one"
+    );
 
     eprintln!("{test}: ok in {:?}", started.elapsed());
 }

@@ -32,7 +32,9 @@ fn tools_present(test: &str) -> bool {
     if std::env::var("BERTH_REQUIRE_CLIENT_TOOLS").is_ok_and(|v| v == "1") {
         panic!("{test}: required tools are missing: {missing:?}");
     }
-    eprintln!("SKIPPED {test}: {missing:?} not installed (set BERTH_REQUIRE_CLIENT_TOOLS=1 to fail)");
+    eprintln!(
+        "SKIPPED {test}: {missing:?} not installed (set BERTH_REQUIRE_CLIENT_TOOLS=1 to fail)"
+    );
     false
 }
 
@@ -96,7 +98,12 @@ impl Layout {
         let path = self.blob_path(digest);
         let bytes = std::fs::read(&path)
             .unwrap_or_else(|e| panic!("blob {digest} missing in {}: {e}", self.dir.display()));
-        assert_eq!(sha256_digest(&bytes), digest, "blob file {}", path.display());
+        assert_eq!(
+            sha256_digest(&bytes),
+            digest,
+            "blob file {}",
+            path.display()
+        );
         bytes
     }
 
@@ -105,7 +112,11 @@ impl Layout {
         let d = self.descriptor(tag);
         let digest = d["digest"].as_str().expect("digest").to_string();
         let bytes = self.blob(&digest);
-        assert_eq!(d["size"].as_u64(), Some(bytes.len() as u64), "size of {digest}");
+        assert_eq!(
+            d["size"].as_u64(),
+            Some(bytes.len() as u64),
+            "size of {digest}"
+        );
         (digest, bytes)
     }
 
@@ -115,7 +126,12 @@ impl Layout {
         for p in support::dir_entries(&self.dir.join("blobs").join("sha256")) {
             let bytes = std::fs::read(&p).expect("read blob");
             let name = p.file_name().unwrap().to_str().unwrap();
-            assert_eq!(sha256_digest(&bytes), format!("sha256:{name}"), "{}", p.display());
+            assert_eq!(
+                sha256_digest(&bytes),
+                format!("sha256:{name}"),
+                "{}",
+                p.display()
+            );
             n += 1;
         }
         n
@@ -226,13 +242,23 @@ fn skopeo_push_pull_roundtrip_inspect_list_tags_delete() {
         &out.oci("v1"),
     ]);
     let (out_digest, out_bytes) = out.tagged("v1");
-    assert_eq!(out_digest, src_digest, "manifest digest changed in the round trip");
-    assert_eq!(out_bytes, src_bytes, "manifest bytes changed in the round trip");
+    assert_eq!(
+        out_digest, src_digest,
+        "manifest digest changed in the round trip"
+    );
+    assert_eq!(
+        out_bytes, src_bytes,
+        "manifest bytes changed in the round trip"
+    );
     let (out_config, out_layers) = manifest_blobs(&json(&out_bytes));
     assert_eq!(out_config, src_config);
     assert_eq!(out_layers, src_layers);
     for d in std::iter::once(&src_config).chain(&src_layers) {
-        assert_eq!(out.blob(d), src.blob(d), "blob {d} differs after the round trip");
+        assert_eq!(
+            out.blob(d),
+            src.blob(d),
+            "blob {d} differs after the round trip"
+        );
     }
     assert!(out.verify_all_blobs() >= 5, "manifest, config and 3 layers");
 
@@ -400,7 +426,10 @@ fn skopeo_copy_all_multi_arch_index() {
     let got = client.get_manifest("ns/multi", "v1").unwrap();
     assert_eq!(got.status, 200);
     assert_eq!(got.body, index_bytes);
-    assert_eq!(got.header("docker-content-digest"), Some(index_digest.as_str()));
+    assert_eq!(
+        got.header("docker-content-digest"),
+        Some(index_digest.as_str())
+    );
     for (d, b, _) in &children {
         let child_ref = format!("docker://{}/ns/multi@{d}", berth.host_port());
         let raw = skopeo(&["inspect", "--raw", "--tls-verify=false", &child_ref]);
@@ -418,7 +447,10 @@ fn skopeo_copy_all_multi_arch_index() {
         &out.oci("v1"),
     ]);
     let (out_digest, out_bytes) = out.tagged("v1");
-    assert_eq!(out_digest, index_digest, "index digest changed in the round trip");
+    assert_eq!(
+        out_digest, index_digest,
+        "index digest changed in the round trip"
+    );
     assert_eq!(out_bytes, index_bytes);
     let out_index = json(&out_bytes);
     let out_children: Vec<String> = out_index["manifests"]

@@ -20,7 +20,15 @@ use support::{BerthProcess, Client, OCI_MANIFEST, UploadStyle, sha256_digest};
 /// Concurrent pushers.
 const PUSHERS: usize = 16;
 /// Crash rounds: push, kill -9, restart, verify — each round also re-verifies earlier ones.
+/// `BERTH_TEST_CRASH_ROUNDS` (1 to 50) overrides it for a longer soak.
 const ROUNDS: usize = 2;
+
+fn rounds() -> usize {
+    std::env::var("BERTH_TEST_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(ROUNDS, |n| n.clamp(1, 50))
+}
 /// Kill once this many pushes were acknowledged in a round…
 const KILL_AFTER_ACKS: usize = 48;
 /// …or once this much time passed (and at least one push was acknowledged)…
@@ -51,8 +59,9 @@ struct Shared {
     errors: Mutex<Vec<String>>,
 }
 
-/// Random-looking bytes, made cheaply: a fresh random 32-byte head (so that every blob is
-/// distinct) followed by a slice of a per-pusher random pool at a random offset.
+/// Random-looking bytes, made cheaply (the test binary is unoptimised, where `rand` fills about
+/// 6 MiB/s): a fresh random 32-byte head, so that every blob is distinct, followed by a slice
+/// of a shared pool at a random offset. The pool comes from xorshift64*, seeded by `rand`.
 struct Noise {
     pool: Vec<u8>,
 }
@@ -61,8 +70,14 @@ impl Noise {
     const POOL: usize = 3 << 20;
 
     fn new(rng: &mut impl RngCore) -> Noise {
-        let mut pool = vec![0u8; Noise::POOL];
-        rng.fill_bytes(&mut pool);
+        let mut x = rng.next_u64() | 1;
+        let mut pool = Vec::with_capacity(Noise::POOL);
+        while pool.len() < Noise::POOL {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            pool.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+        }
         Noise { pool }
     }
 
@@ -147,13 +162,19 @@ fn push_one(
     })
 }
 
-fn pusher(worker: usize, round: usize, base: String, shared: Arc<Shared>, acks: mpsc::Sender<()>) {
+fn pusher(
+    worker: usize,
+    round: usize,
+    base: String,
+    noise: Arc<Noise>,
+    shared: Arc<Shared>,
+    acks: mpsc::Sender<()>,
+) {
     let client = Client {
         agent: support::agent_with_timeout(CALL_TIMEOUT),
         base,
     };
     let mut rng = rand::rng();
-    let noise = Noise::new(&mut rng);
     let repo = format!("crash/w{worker:02}");
     for seq in 0..MAX_PUSHES_PER_PUSHER {
         if shared.stop.load(Ordering::SeqCst) {
@@ -188,7 +209,11 @@ fn check_blob(client: &Client, repo: &str, want: &[u8], what: &str) {
         .get_blob(repo, &digest)
         .unwrap_or_else(|e| panic!("{what}: GET blob {digest}: {e}"));
     assert_eq!(r.status, 200, "{what}: GET blob {digest}: {}", r.text());
-    assert_eq!(sha256_digest(&r.body), digest, "{what}: blob {digest} content");
+    assert_eq!(
+        sha256_digest(&r.body),
+        digest,
+        "{what}: blob {digest} content"
+    );
     assert!(r.body == want, "{what}: blob {digest} bytes differ");
     let h = client.head(&format!("/v2/{repo}/blobs/{digest}")).unwrap();
     assert_eq!(h.status, 200, "{what}: HEAD blob {digest}");
@@ -243,8 +268,16 @@ fn verify_listings(client: &Client) -> usize {
                 "{what}: manifest digest header"
             );
             let m: serde_json::Value = r.json();
-            let descs = std::iter::once(&m["config"]).chain(m["layers"].as_array().unwrap());
-            for d in descs {
+            // An index's children are manifests, served by digest.
+            for child in m["manifests"].as_array().into_iter().flatten() {
+                let cd = child["digest"].as_str().unwrap();
+                let c = client.get_manifest(&repo, cd).unwrap();
+                assert_eq!(c.status, 200, "{what}: child manifest {cd}: {}", c.text());
+                assert_eq!(sha256_digest(&c.body), cd, "{what}: child manifest {cd}");
+            }
+            let config = m.get("config").into_iter();
+            let layers = m["layers"].as_array().into_iter().flatten();
+            for d in config.chain(layers) {
                 let bd = d["digest"].as_str().unwrap();
                 let b = client.get_blob(&repo, bd).unwrap();
                 assert_eq!(b.status, 200, "{what}: blob {bd}: {}", b.text());
@@ -279,8 +312,9 @@ fn kill9_during_concurrent_pushes_keeps_every_acknowledged_push() {
     let data = tmp.path().join("data");
     let mut berth = BerthProcess::start(&data);
     let mut all_acked: Vec<Push> = Vec::new();
+    let noise = Arc::new(Noise::new(&mut rand::rng()));
 
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::channel();
         let workers: Vec<_> = (0..PUSHERS)
@@ -288,7 +322,8 @@ fn kill9_during_concurrent_pushes_keeps_every_acknowledged_push() {
                 let shared = shared.clone();
                 let tx = tx.clone();
                 let base = berth.base_url();
-                std::thread::spawn(move || pusher(w, round, base, shared, tx))
+                let noise = noise.clone();
+                std::thread::spawn(move || pusher(w, round, base, noise, shared, tx))
             })
             .collect();
         drop(tx);
@@ -342,9 +377,12 @@ fn kill9_during_concurrent_pushes_keeps_every_acknowledged_push() {
         );
         all_acked.extend(acked);
 
+        let restarting = Instant::now();
         berth.restart();
+        let restart_took = restarting.elapsed();
         assert_no_staging(&data);
         let client = Client::new(&berth.base_url());
+        let verifying = Instant::now();
         for p in &all_acked {
             verify_acked(&client, p);
         }
@@ -362,12 +400,17 @@ fn kill9_during_concurrent_pushes_keeps_every_acknowledged_push() {
                 p.tag
             );
         }
+        eprintln!(
+            "{test}: round {round}: ready {restart_took:?} after the restart; {} pushes and \
+             {listed} listed tags verified in {:?}",
+            all_acked.len(),
+            verifying.elapsed()
+        );
     }
 
     // New pushes work after the restarts.
     let client = Client::new(&berth.base_url());
     let mut rng = rand::rng();
-    let noise = Noise::new(&mut rng);
     for (i, style) in [
         UploadStyle::Monolithic,
         UploadStyle::PostPut,
@@ -376,8 +419,15 @@ fn kill9_during_concurrent_pushes_keeps_every_acknowledged_push() {
     .into_iter()
     .enumerate()
     {
-        let p = push_one(&client, &mut rng, &noise, "crash/after", &format!("new-{i}"), i)
-            .unwrap_or_else(|e| panic!("push after restart ({style:?}): {e}"));
+        let p = push_one(
+            &client,
+            &mut rng,
+            &noise,
+            "crash/after",
+            &format!("new-{i}"),
+            i,
+        )
+        .unwrap_or_else(|e| panic!("push after restart ({style:?}): {e}"));
         verify_acked(&client, &p);
     }
     let status = berth.terminate();
@@ -389,8 +439,10 @@ fn kill9_during_concurrent_pushes_keeps_every_acknowledged_push() {
     );
 }
 
-/// A request body that trickles out in chunks, with a pause before each chunk after the first,
-/// and reports when the first chunk has been handed over.
+/// A request body that trickles out in chunks with a pause before each chunk after the first.
+/// It reports its first read: the request is sent with `Expect: 100-continue`, so the client
+/// only reads the body once the server answered `100 Continue`, that is once the server's
+/// handler has started to read the body — the upload is then in flight on the server.
 struct SlowBody {
     data: Vec<u8>,
     pos: usize,
@@ -401,13 +453,13 @@ struct SlowBody {
 
 impl Read for SlowBody {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(tx) = self.started.take() {
+            let _ = tx.send(());
+        }
         if self.pos >= self.data.len() {
             return Ok(0);
         }
-        if self.pos > 0 && self.pos % self.chunk == 0 {
-            if let Some(tx) = self.started.take() {
-                let _ = tx.send(());
-            }
+        if self.pos > 0 && self.pos.is_multiple_of(self.chunk) {
             std::thread::sleep(self.pause);
         }
         let chunk_end = ((self.pos / self.chunk) + 1) * self.chunk;
@@ -417,6 +469,68 @@ impl Read for SlowBody {
         self.pos = end;
         Ok(n)
     }
+}
+
+/// What an upload thread saw: the response (or the transport error) and how long it took.
+type UploadOutcome = (Result<support::Resp, String>, Duration);
+
+/// How long a client waits for `100 Continue` before it would send the body anyway.
+const AWAIT_100: Duration = Duration::from_secs(20);
+
+/// Starts a monolithic upload of `digest` with `Expect: 100-continue` on its own thread, and
+/// returns once the server asked for the body (the body's first read reports on `started`).
+fn upload_in_flight(
+    base: &str,
+    repo: &str,
+    digest: &str,
+    body: impl Read + Send + 'static,
+    started: mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<UploadOutcome> {
+    let url = format!("{base}/v2/{repo}/blobs/uploads/?digest={digest}");
+    let upload = std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .max_redirects(0)
+            .timeout_global(Some(Duration::from_secs(90)))
+            // Wait for the server's 100 Continue rather than sending the body unasked.
+            .timeout_await_100(Some(AWAIT_100))
+            .build()
+            .into();
+        let t = Instant::now();
+        let r = support::read_resp(
+            agent
+                .post(url)
+                .header("Content-Type", "application/octet-stream")
+                .header("Expect", "100-continue")
+                .send(ureq::SendBody::from_owned_reader(body)),
+        );
+        (r, t.elapsed())
+    });
+    let asked = Instant::now();
+    started
+        .recv_timeout(AWAIT_100 + Duration::from_secs(10))
+        .expect("the upload did not start");
+    assert!(
+        asked.elapsed() < AWAIT_100,
+        "berth did not answer `Expect: 100-continue` within {AWAIT_100:?}"
+    );
+    upload
+}
+
+/// Polls (bounded) until connecting to `port` is refused: true when it was within 5 s.
+fn refuses_connections(port: u16) -> bool {
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        match std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_millis(500),
+        ) {
+            Err(_) => return true,
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    false
 }
 
 #[test]
@@ -430,57 +544,24 @@ fn sigterm_lets_a_slow_upload_finish_and_exits_zero() {
         &data,
         &[("BERTH_SHUTDOWN_GRACE_SECS", &GRACE.as_secs().to_string())],
     );
-    let base = berth.base_url();
-    let port = berth.port();
 
     // 2 MiB in 16 chunks, 150 ms apart: about 2.3 s on the wire, well within the grace.
     let mut blob = vec![0u8; 2 << 20];
     rand::rng().fill_bytes(&mut blob);
     let digest = sha256_digest(&blob);
     let (started_tx, started_rx) = mpsc::channel();
-    let upload = std::thread::spawn({
-        let blob = blob.clone();
-        let digest = digest.clone();
-        move || {
-            let agent = support::agent_with_timeout(Duration::from_secs(60));
-            let body = SlowBody {
-                data: blob,
-                pos: 0,
-                chunk: 128 * 1024,
-                pause: Duration::from_millis(150),
-                started: Some(started_tx),
-            };
-            let t = Instant::now();
-            let r = support::read_resp(
-                agent
-                    .post(format!("{base}/v2/term/slow/blobs/uploads/?digest={digest}"))
-                    .header("Content-Type", "application/octet-stream")
-                    .send(ureq::SendBody::from_owned_reader(body)),
-            );
-            (r, t.elapsed())
-        }
-    });
-    started_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the slow upload did not start");
+    let body = SlowBody {
+        data: blob.clone(),
+        pos: 0,
+        chunk: 128 * 1024,
+        pause: Duration::from_millis(150),
+        started: Some(started_tx),
+    };
+    let upload = upload_in_flight(&berth.base_url(), "term/slow", &digest, body, started_rx);
     let signalled = Instant::now();
     berth.send_sigterm();
-
-    // No new connections once shutting down (bounded poll: the listener closes promptly).
-    let refused_by = Instant::now() + Duration::from_secs(5);
-    let mut refused = false;
-    while Instant::now() < refused_by {
-        match std::net::TcpStream::connect_timeout(
-            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_millis(500),
-        ) {
-            Err(_) => {
-                refused = true;
-                break;
-            }
-            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
+    // No new connections once shutting down.
+    let refused = refuses_connections(berth.port());
 
     let (result, took) = upload.join().expect("upload thread panicked");
     let exit = berth.wait_exit(GRACE + Duration::from_secs(5));
@@ -514,11 +595,110 @@ fn sigterm_lets_a_slow_upload_finish_and_exits_zero() {
     assert_no_staging(&data);
     let client = Client::new(&berth.base_url());
     if completed {
-        check_blob(&client, "term/slow", &blob, "slow upload finished during shutdown");
+        check_blob(
+            &client,
+            "term/slow",
+            &blob,
+            "slow upload finished during shutdown",
+        );
     } else {
         let r = client.get_blob("term/slow", &digest).unwrap();
         assert_eq!(r.status, 404, "a refused upload left a blob behind");
     }
+    let status = berth.terminate();
+    assert!(status.success(), "berth exited with {status} on SIGTERM");
+    eprintln!("{test}: ok in {:?}", started.elapsed());
+}
+
+/// A request body that sends `stall_at` bytes, then stops sending until released (bounded),
+/// then fails: an upload that would outlast any grace period.
+struct StalledBody {
+    data: Vec<u8>,
+    pos: usize,
+    stall_at: usize,
+    started: Option<mpsc::Sender<()>>,
+    release: mpsc::Receiver<()>,
+}
+
+impl Read for StalledBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(tx) = self.started.take() {
+            let _ = tx.send(());
+        }
+        if self.pos >= self.stall_at {
+            let _ = self.release.recv_timeout(Duration::from_secs(60));
+            return Err(std::io::Error::other("the stalled upload gives up"));
+        }
+        let end = self.stall_at.min(self.pos + buf.len());
+        let n = end - self.pos;
+        buf[..n].copy_from_slice(&self.data[self.pos..end]);
+        self.pos = end;
+        Ok(n)
+    }
+}
+
+#[test]
+fn sigterm_with_a_stalled_upload_exits_zero_at_the_end_of_the_grace_period() {
+    let test = "sigterm_with_a_stalled_upload_exits_zero_at_the_end_of_the_grace_period";
+    const GRACE: Duration = Duration::from_secs(2);
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut berth = BerthProcess::start_with_env(
+        &data,
+        &[("BERTH_SHUTDOWN_GRACE_SECS", &GRACE.as_secs().to_string())],
+    );
+
+    // 1.5 MiB of 2 MiB arrive (enough to reach a staging file), then nothing.
+    let mut blob = vec![0u8; 2 << 20];
+    rand::rng().fill_bytes(&mut blob);
+    let digest = sha256_digest(&blob);
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    let body = StalledBody {
+        data: blob,
+        pos: 0,
+        stall_at: 3 << 19,
+        started: Some(started_tx),
+        release: release_rx,
+    };
+    let upload = upload_in_flight(&berth.base_url(), "term/stall", &digest, body, started_rx);
+    let signalled = Instant::now();
+    berth.send_sigterm();
+    let exit = berth.wait_exit(GRACE + Duration::from_secs(5));
+    let exited_after = signalled.elapsed();
+    let _ = release_tx.send(());
+    let (result, took) = upload.join().expect("upload thread panicked");
+
+    let status = exit.unwrap_or_else(|| {
+        panic!("berth did not exit within the grace period ({GRACE:?}) + 5 s of SIGTERM")
+    });
+    assert!(status.success(), "berth exited with {status} on SIGTERM");
+    assert!(
+        exited_after + Duration::from_millis(200) >= GRACE,
+        "berth exited {exited_after:?} after SIGTERM, before the {GRACE:?} grace period ended, \
+         with a request in flight"
+    );
+    if let Ok(r) = &result {
+        assert!(
+            !(200..300).contains(&r.status),
+            "an upload that never finished sending was acknowledged: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+    eprintln!(
+        "{test}: exited {status} {exited_after:?} after SIGTERM; the upload ended after {took:?} \
+         with {:?}",
+        result.map(|r| r.status)
+    );
+
+    // Nothing of the cut upload survives a restart.
+    berth.restart();
+    assert_no_staging(&data);
+    let client = Client::new(&berth.base_url());
+    let r = client.get_blob("term/stall", &digest).unwrap();
+    assert_eq!(r.status, 404, "a cut upload left a blob behind");
     let status = berth.terminate();
     assert!(status.success(), "berth exited with {status} on SIGTERM");
     eprintln!("{test}: ok in {:?}", started.elapsed());

@@ -64,10 +64,11 @@ async fn readyz(State(registry): State<Arc<Registry>>) -> Response {
 /// Every `/v2/…` request: route, dispatch by method, add the API version header.
 async fn v2(State(registry): State<Arc<Registry>>, req: Request) -> Response {
     let path = req.uri().path().to_string();
+    // Exactly one slash after `/v2`: `/v2//a` names the (invalid) repository `/a`.
     let rest = path
         .strip_prefix("/v2")
-        .unwrap_or("")
-        .trim_start_matches('/');
+        .map(|r| r.strip_prefix('/').unwrap_or(r))
+        .unwrap_or("");
     let mut resp = match path::parse(rest) {
         Some(route) => {
             telemetry::record_route(&route);

@@ -11,6 +11,7 @@ mod network;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openraft::Raft;
@@ -59,6 +60,8 @@ pub struct Cluster {
     raft: Raft<TypeConfig, StateMachine>,
     node_id: NodeId,
     write_timeout: Duration,
+    /// Set by [`Cluster::shutdown`]; openraft's metrics keep their last value after it.
+    stopped: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -126,6 +129,7 @@ impl Cluster {
             raft,
             node_id,
             write_timeout: settings.write_timeout,
+            stopped: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -143,13 +147,14 @@ impl Cluster {
             .is_ok()
     }
 
-    /// Whether this node knows a leader now.
+    /// Whether Raft is running and this node knows a leader now.
     pub fn has_leader(&self) -> bool {
-        self.raft
-            .metrics()
-            .borrow_watched()
-            .current_leader
-            .is_some()
+        if self.stopped.load(Ordering::Relaxed) {
+            return false;
+        }
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.running_state.is_ok() && m.current_leader.is_some()
     }
 
     /// Proposes a command and waits until it is committed and applied on this node.
@@ -192,6 +197,7 @@ impl Cluster {
 
     /// Stops Raft.
     pub async fn shutdown(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "failed to shut raft down cleanly");
         }

@@ -47,8 +47,8 @@ pub struct BerthProcess {
     port: u16,
     data_dir: PathBuf,
     env: Vec<(String, String)>,
-    /// Holds the stderr capture files; kept for the life of the handle.
-    log_dir: tempfile::TempDir,
+    /// Holds the stderr capture files; removed with the handle unless a test failed.
+    log_dir: Option<tempfile::TempDir>,
     /// The stderr file of the current (last) start.
     stderr_path: PathBuf,
     starts: u32,
@@ -70,10 +70,12 @@ impl BerthProcess {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            log_dir: tempfile::Builder::new()
-                .prefix("berth-logs-")
-                .tempdir()
-                .expect("create log dir"),
+            log_dir: Some(
+                tempfile::Builder::new()
+                    .prefix("berth-logs-")
+                    .tempdir()
+                    .expect("create log dir"),
+            ),
             stderr_path: PathBuf::new(),
             starts: 0,
         };
@@ -125,6 +127,8 @@ impl BerthProcess {
             self.port = free_port();
             self.stderr_path = self
                 .log_dir
+                .as_ref()
+                .expect("log dir")
                 .path()
                 .join(format!("berth-stderr-{}.log", self.starts));
             let stderr = std::fs::File::create(&self.stderr_path).expect("create stderr file");
@@ -211,7 +215,12 @@ impl BerthProcess {
         let pid = self.pid().expect("berth is not running");
         // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
         let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM) failed: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "kill(SIGTERM) failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Waits for the process to exit (after a signal), up to `timeout`. `None`: still running
@@ -266,8 +275,12 @@ impl Drop for BerthProcess {
     fn drop(&mut self) {
         self.kill_quietly();
         if std::thread::panicking() {
+            // Keep every start's stderr for a look after the failure.
+            if let Some(dir) = self.log_dir.take() {
+                let _ = dir.keep();
+            }
             eprintln!(
-                "---- berth stderr (last start, {}) ----\n{}\n---- end of berth stderr ----",
+                "---- berth stderr (last start, kept at {}) ----\n{}\n---- end of berth stderr ----",
                 self.stderr_path.display(),
                 self.stderr_tail(200)
             );
@@ -633,8 +646,7 @@ pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> Result<CmdOutput, String
 
 /// Runs `program args…` with a time bound and panics unless it exits 0.
 pub fn must_run(program: &str, args: &[&str], timeout: Duration) -> CmdOutput {
-    let out = run_cmd(Command::new(program).args(args), timeout)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let out = run_cmd(Command::new(program).args(args), timeout).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         out.status.success(),
         "`{program} {}` failed with {}:\nstdout:\n{}\nstderr:\n{}",
@@ -648,8 +660,11 @@ pub fn must_run(program: &str, args: &[&str], timeout: Duration) -> CmdOutput {
 
 /// Whether `program --version` runs (the tool is installed).
 pub fn tool_available(program: &str) -> bool {
-    run_cmd(Command::new(program).arg("--version"), Duration::from_secs(30))
-        .is_ok_and(|o| o.status.success())
+    run_cmd(
+        Command::new(program).arg("--version"),
+        Duration::from_secs(30),
+    )
+    .is_ok_and(|o| o.status.success())
 }
 
 /// The entries directly in a directory, as paths; empty when it does not exist.
