@@ -190,6 +190,19 @@ fn link_next(resp: &mut Response, path: &str, page: &Page, items: &[String], mor
     }
 }
 
+/// The body of `tags/list` (serialised directly: a list can hold many thousand tags).
+#[derive(serde::Serialize)]
+struct TagList<'a> {
+    name: &'a str,
+    tags: &'a [String],
+}
+
+/// The body of `_catalog`.
+#[derive(serde::Serialize)]
+struct Catalog<'a> {
+    repositories: &'a [String],
+}
+
 async fn tags(
     registry: &Registry,
     name: &str,
@@ -198,8 +211,11 @@ async fn tags(
     let repo = registry::parse_name(name)?;
     let page = page(q)?;
     let (tags, more) = registry.tags(&repo, page.clone()).await?;
-    let body = serde_json::to_vec(&serde_json::json!({ "name": repo.as_str(), "tags": tags }))
-        .expect("json encodes");
+    let body = serde_json::to_vec(&TagList {
+        name: repo.as_str(),
+        tags: &tags,
+    })
+    .expect("json encodes");
     let mut resp = json_response(StatusCode::OK, body);
     link_next(
         &mut resp,
@@ -214,8 +230,10 @@ async fn tags(
 async fn catalog(registry: &Registry, q: &[(String, String)]) -> Result<Response, ApiError> {
     let page = page(q)?;
     let (repos, more) = registry.catalog(page.clone()).await?;
-    let body =
-        serde_json::to_vec(&serde_json::json!({ "repositories": repos })).expect("json encodes");
+    let body = serde_json::to_vec(&Catalog {
+        repositories: &repos,
+    })
+    .expect("json encodes");
     let mut resp = json_response(StatusCode::OK, body);
     link_next(&mut resp, "/v2/_catalog", &page, &repos, more);
     Ok(resp)

@@ -182,9 +182,10 @@ fn blob_path(blobs: &Path, digest: &Digest) -> PathBuf {
 fn commit_staged(blobs: &Path, staged: &Path, digest: &Digest) -> Result<(), BlobStoreError> {
     let target = blob_path(blobs, digest);
     if target.exists() {
-        // Content-addressed: an identical blob is already durable; drop our copy.
+        // Content-addressed: an identical blob is already in place; drop our copy and make
+        // sure the rename that put it there is durable.
         std::fs::remove_file(staged).map_err(BlobStoreError::io("remove", staged))?;
-        return Ok(());
+        return sync_dir(target.parent().expect("blob path has a parent"));
     }
     std::fs::rename(staged, &target).map_err(BlobStoreError::io("rename", staged))?;
     sync_dir(target.parent().expect("blob path has a parent"))
@@ -193,7 +194,10 @@ fn commit_staged(blobs: &Path, staged: &Path, digest: &Digest) -> Result<(), Blo
 impl BlobStore {
     /// Writes and removes a probe file: is the data directory writable?
     pub async fn check_writable(&self) -> Result<(), BlobStoreError> {
-        let path = self.uploads.join(".readyz-probe");
+        // A name per probe: concurrent probes must not remove each other's file.
+        let path = self
+            .uploads
+            .join(format!(".readyz-probe-{}", uuid::Uuid::new_v4().simple()));
         tokio::fs::write(&path, b"ok")
             .await
             .map_err(BlobStoreError::io("write", &path))?;
@@ -314,6 +318,23 @@ mod tests {
         let d = Digest::sha256_of(data);
         up.finish(&store, &d).await.unwrap();
         assert_eq!(read_all(&store, &d, None).await, data);
+    }
+
+    #[tokio::test]
+    async fn an_append_dropped_half_way_breaks_the_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut up = store.begin_upload("cut");
+        let sent: &'static [u8] = Box::leak(vec![3u8; 3 * 1024 * 1024].into_boxed_slice());
+        // The body delivers 3 MiB, then never ends: the client went silent.
+        let body = futures::stream::iter(vec![Ok::<_, io::Error>(Bytes::from_static(sent))])
+            .chain(futures::stream::pending());
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(300), up.append(body)).await;
+        assert!(cut.is_err(), "the append must still be waiting for the body");
+        // Whatever was or was not written, the upload cannot be completed any more.
+        let err = up.finish(&store, &Digest::sha256_of(sent)).await.unwrap_err();
+        assert!(matches!(err, BlobStoreError::Io { .. }), "{err}");
+        assert_eq!(store.stat(&Digest::sha256_of(sent)).await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes};
 use futures::{Stream, StreamExt};
 
-use super::{BlobInfo, BlobStore, BlobStoreError, WRITEBACK_EVERY, blob_path, commit_staged};
+use super::{
+    BlobInfo, BlobStore, BlobStoreError, WRITEBACK_EVERY, blob_path, commit_staged, sync_dir,
+};
 use crate::types::{Digest, DigestHasher};
 
 /// Size of one block handed to the writer thread.
@@ -160,6 +162,10 @@ impl StagedUpload {
         if self.broken {
             return Err(self.broken_error());
         }
+        // Cancellation safety: if this future is dropped half-way (the client hung up, the
+        // shutdown deadline passed), the hash, the in-flight blocks and the file no longer
+        // agree. The upload stays marked broken unless this call returns normally.
+        self.broken = true;
         let mut writer: Option<BlockWriter> = None;
         let mut body_err = None;
         let mut writer_gone = false;
@@ -223,9 +229,9 @@ impl StagedUpload {
             }
         }
         if writer_gone {
-            self.broken = true;
             return Err(self.broken_error());
         }
+        self.broken = false;
         match body_err {
             Some(e) => Err(BlobStoreError::Body(e)),
             None => Ok(self.offset()),
@@ -261,25 +267,33 @@ impl StagedUpload {
         }
         let digest = actual;
         tokio::task::spawn_blocking(move || {
-            if blob_path(&blobs, &digest).exists() {
-                // Content-addressed: an identical blob is already durable; drop our copy.
+            let target = blob_path(&blobs, &digest);
+            if target.exists() {
+                // Content-addressed: an identical blob is already in place; drop our copy, and
+                // make sure the rename that put it there is durable before acknowledging.
                 drop(file);
                 let _ = std::fs::remove_file(&path);
+                sync_dir(target.parent().expect("blob path has a parent"))?;
                 return Ok(BlobInfo { size });
             }
-            let file = match file {
-                Some(f) => f,
-                None => Arc::new(create(&path)?),
-            };
-            if !pending.is_empty() {
-                file.write_all_at(&pending, written)
-                    .map_err(BlobStoreError::io("write", &path))?;
+            let res = (|| {
+                let file = match file {
+                    Some(f) => f,
+                    None => Arc::new(create(&path)?),
+                };
+                if !pending.is_empty() {
+                    file.write_all_at(&pending, written)
+                        .map_err(BlobStoreError::io("write", &path))?;
+                }
+                file.sync_data()
+                    .map_err(BlobStoreError::io("fsync", &path))?;
+                drop(file);
+                commit_staged(&blobs, &path, &digest)
+            })();
+            if res.is_err() {
+                let _ = std::fs::remove_file(&path);
             }
-            file.sync_data()
-                .map_err(BlobStoreError::io("fsync", &path))?;
-            drop(file);
-            commit_staged(&blobs, &path, &digest)?;
-            Ok(BlobInfo { size })
+            res.map(|()| BlobInfo { size })
         })
         .await
         .map_err(|e| BlobStoreError::io("finish", Path::new("upload"))(io::Error::other(e)))?
@@ -288,9 +302,10 @@ impl StagedUpload {
     /// Gives the upload up and removes its staging file.
     pub async fn abort(mut self) {
         let path = std::mem::take(&mut self.path);
-        if self.file.take().is_some() {
-            remove_quietly(&path).await;
-        }
+        drop(self.file.take());
+        // Whether or not this handle knows of a file: a failed or interrupted writer may
+        // have created it.
+        remove_quietly(&path).await;
     }
 
     fn broken_error(&self) -> BlobStoreError {

@@ -201,12 +201,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> io::Result<()> {
         self.blocking(move |db| {
-            // Record the purge point first: entries at or before it are ignored from then on,
-            // so a crash between the two writes leaves a consistent log.
-            Self::put_raft(db, PURGED, &log_id, true)?;
-            let cf = db.cf_handle(CF_LOGS).expect("logs column family");
-            db.delete_range_cf(cf, keys::log(0), keys::log(log_id.index() + 1))
-                .map_err(MetaError::db("purge log"))
+            // The purge point and the deletion in one synced batch: a crash never leaves
+            // entries at or before the recorded purge point.
+            let logs = db.cf_handle(CF_LOGS).expect("logs column family");
+            let raft = db.cf_handle(CF_RAFT).expect("raft column family");
+            let mut batch = WriteBatch::default();
+            batch.put_cf(raft, PURGED, encode(&log_id));
+            batch.delete_range_cf(logs, keys::log(0), keys::log(log_id.index() + 1));
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            db.write_opt(batch, &wo).map_err(MetaError::db("purge log"))
         })
         .await
     }
