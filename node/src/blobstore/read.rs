@@ -24,7 +24,7 @@ use crate::types::Digest;
 /// Size of one mapped window handed to the HTTP layer.
 const WINDOW: u64 = 2 * 1024 * 1024;
 /// Windows prepared ahead of the client.
-const WINDOWS_AHEAD: usize = 2;
+const WINDOWS_AHEAD: usize = 1;
 
 /// A stream of a blob's bytes; its length is known up front.
 #[derive(Debug)]

@@ -25,7 +25,7 @@ use crate::types::{Digest, DigestHasher};
 /// Size of one block handed to the writer thread.
 const BLOCK: usize = 1024 * 1024;
 /// Full blocks that may wait for the writer thread (bounds memory per upload).
-const BLOCKS_IN_FLIGHT: usize = 3;
+const BLOCKS_IN_FLIGHT: usize = 2;
 
 /// The staging file of one upload in progress. Owned by exactly one session; not `Clone`.
 #[derive(Debug)]

@@ -140,7 +140,7 @@ fn open_db(path: &Path) -> Result<rocksdb::DB, MetaError> {
     use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options};
 
     // Small and bounded: metadata is small, and the node's memory budget is tight.
-    let cache = Cache::new_lru_cache(16 * 1024 * 1024).map_err(MetaError::db("create cache"))?;
+    let cache = Cache::new_lru_cache(8 * 1024 * 1024).map_err(MetaError::db("create cache"))?;
     let cf_opts = |write_buffer: usize| {
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&cache);
@@ -158,9 +158,9 @@ fn open_db(path: &Path) -> Result<rocksdb::DB, MetaError> {
     db_opts.set_max_open_files(256);
     db_opts.set_keep_log_file_num(3);
     let cfs = vec![
-        ColumnFamilyDescriptor::new(CF_LOGS, cf_opts(8 * 1024 * 1024)),
+        ColumnFamilyDescriptor::new(CF_LOGS, cf_opts(4 * 1024 * 1024)),
         ColumnFamilyDescriptor::new(CF_RAFT, cf_opts(1024 * 1024)),
-        ColumnFamilyDescriptor::new(CF_STATE, cf_opts(8 * 1024 * 1024)),
+        ColumnFamilyDescriptor::new(CF_STATE, cf_opts(4 * 1024 * 1024)),
     ];
     rocksdb::DB::open_cf_descriptors(&db_opts, path, cfs).map_err(MetaError::db("open"))
 }
