@@ -8,6 +8,11 @@
 //!
 //! Safety of the mapping: blob files are immutable once renamed into place (content-addressed;
 //! nothing ever writes to or truncates them), and removing a file does not invalidate a mapping.
+//!
+//! Known risk: a disk read error on a page of a mapped window raises SIGBUS, which stops the
+//! process, where `pread` would have returned an error for that one request. Serving from
+//! `pread` into reused buffers (two copies) is the fallback if this ever matters more than the
+//! copy saved.
 
 use std::fs::File;
 use std::io;
