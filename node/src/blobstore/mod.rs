@@ -329,10 +329,17 @@ mod tests {
         // The body delivers 3 MiB, then never ends: the client went silent.
         let body = futures::stream::iter(vec![Ok::<_, io::Error>(Bytes::from_static(sent))])
             .chain(futures::stream::pending());
-        let cut = tokio::time::timeout(std::time::Duration::from_millis(300), up.append(body)).await;
-        assert!(cut.is_err(), "the append must still be waiting for the body");
+        let cut =
+            tokio::time::timeout(std::time::Duration::from_millis(300), up.append(body)).await;
+        assert!(
+            cut.is_err(),
+            "the append must still be waiting for the body"
+        );
         // Whatever was or was not written, the upload cannot be completed any more.
-        let err = up.finish(&store, &Digest::sha256_of(sent)).await.unwrap_err();
+        let err = up
+            .finish(&store, &Digest::sha256_of(sent))
+            .await
+            .unwrap_err();
         assert!(matches!(err, BlobStoreError::Io { .. }), "{err}");
         assert_eq!(store.stat(&Digest::sha256_of(sent)).await.unwrap(), None);
     }

@@ -50,13 +50,19 @@ fn list_suffixes(db: &DB, prefix: &[u8], page: &Page) -> Result<(Vec<String>, bo
     });
     let limit = page.n.unwrap_or(usize::MAX);
     let mut out = Vec::new();
-    for item in scan(db, prefix, start.as_deref()) {
-        let (k, _) = item?;
+    // A raw iterator: keys are borrowed, and values (not needed here) are never copied.
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_upper_bound(keys::prefix_end(prefix));
+    let mut it = db.raw_iterator_cf_opt(state_cf(db), opts);
+    it.seek(start.as_deref().unwrap_or(prefix));
+    while let Some(k) = it.key() {
         if out.len() == limit {
             return Ok((out, true));
         }
         out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        it.next();
     }
+    it.status().map_err(MetaError::db("scan state"))?;
     Ok((out, false))
 }
 
