@@ -89,8 +89,18 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Blob transfers may hold up to `MAX_TRANSFER_THREADS` blocking threads; the pool keeps as
+    // many again for Raft storage, metadata scans and file operations.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(2 * berth_node::blobstore::MAX_TRANSFER_THREADS)
+        .build()
+        .expect("failed to build the tokio runtime");
+    runtime.block_on(serve())
+}
+
+async fn serve() -> ExitCode {
     let cli = Cli::parse();
     let Command::Serve(args) = cli.command;
     let config = match load_config(&args) {

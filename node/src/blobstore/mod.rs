@@ -23,6 +23,7 @@ mod upload;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use read::BlobBody;
 pub use upload::StagedUpload;
@@ -87,7 +88,15 @@ pub struct BlobStore {
     uploads: PathBuf,
     /// Held open for the store's lifetime: an exclusive lock on the data directory.
     _lock: std::fs::File,
+    /// Permits for threads that stream a blob for as long as a client takes (a download's
+    /// reader, an upload's writer). Bounded below the blocking pool's size, so that slow
+    /// clients can never take every blocking thread from Raft and metadata work.
+    transfers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Blob transfers that may hold a blocking thread at once (the runtime's blocking pool is
+/// larger: see `main.rs`); further transfers wait for a permit.
+pub const MAX_TRANSFER_THREADS: usize = 256;
 
 impl BlobStore {
     /// Opens (creating if needed) the store under `data_dir`, removing every staging leftover.
@@ -122,6 +131,7 @@ impl BlobStore {
             blobs,
             uploads,
             _lock: lock,
+            transfers: Arc::new(tokio::sync::Semaphore::new(MAX_TRANSFER_THREADS)),
         })
     }
 
@@ -148,7 +158,13 @@ impl BlobStore {
     ) -> Result<BlobBody, BlobStoreError> {
         let path = self.blob_path(digest);
         let digest = digest.clone();
-        tokio::task::spawn_blocking(move || read::open(&path, digest, range))
+        let permit = self
+            .transfers
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        tokio::task::spawn_blocking(move || read::open(&path, digest, range, permit))
             .await
             .map_err(|e| BlobStoreError::io("read", Path::new("blob"))(io::Error::other(e)))?
     }
@@ -168,7 +184,7 @@ impl BlobStore {
     /// and dashes).
     pub fn begin_upload(&self, id: &str) -> StagedUpload {
         debug_assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-        StagedUpload::new(self.uploads.join(id))
+        StagedUpload::new(self.uploads.join(id), self.transfers.clone())
     }
 }
 

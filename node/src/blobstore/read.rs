@@ -63,6 +63,7 @@ pub(super) fn open(
     path: &Path,
     digest: Digest,
     range: Option<(u64, u64)>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<BlobBody, BlobStoreError> {
     let file = match File::open(path) {
         Ok(f) => f,
@@ -81,7 +82,10 @@ pub(super) fn open(
     };
     let (tx, rx) = tokio::sync::mpsc::channel(WINDOWS_AHEAD);
     if len > 0 {
-        tokio::task::spawn_blocking(move || pump(file, start, len, tx));
+        tokio::task::spawn_blocking(move || {
+            pump(file, start, len, tx);
+            drop(permit);
+        });
     }
     Ok(BlobBody { rx, len })
 }

@@ -42,6 +42,8 @@ pub struct StagedUpload {
     writeback_done: u64,
     /// Set once a write failed: the file no longer matches the hash state.
     broken: bool,
+    /// Where the writer thread gets its permit (see `BlobStore::transfers`).
+    transfers: Arc<tokio::sync::Semaphore>,
 }
 
 /// Asks the kernel to start writing a range of the file to disk without waiting for it.
@@ -91,10 +93,12 @@ impl BlockWriter {
         file: Option<Arc<File>>,
         mut offset: u64,
         mut writeback_done: u64,
+        permit: tokio::sync::OwnedSemaphorePermit,
     ) -> BlockWriter {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(BLOCKS_IN_FLIGHT);
         let (free_tx, free) = tokio::sync::mpsc::channel::<Vec<u8>>(BLOCKS_IN_FLIGHT + 1);
         let thread = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let file = match file {
                 Some(f) => f,
                 None => Arc::new(create(&path)?),
@@ -134,7 +138,7 @@ impl BlockWriter {
 }
 
 impl StagedUpload {
-    pub(super) fn new(path: PathBuf) -> StagedUpload {
+    pub(super) fn new(path: PathBuf, transfers: Arc<tokio::sync::Semaphore>) -> StagedUpload {
         StagedUpload {
             path,
             file: None,
@@ -143,6 +147,7 @@ impl StagedUpload {
             written: 0,
             writeback_done: 0,
             broken: false,
+            transfers,
         }
     }
 
@@ -190,14 +195,22 @@ impl StagedUpload {
                 self.pending.extend_from_slice(&chunk[..n]);
                 chunk.advance(n);
                 if self.pending.len() == BLOCK {
-                    let w = writer.get_or_insert_with(|| {
-                        BlockWriter::start(
+                    if writer.is_none() {
+                        let permit = self
+                            .transfers
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .expect("never closed");
+                        writer = Some(BlockWriter::start(
                             self.path.clone(),
                             self.file.clone(),
                             self.written,
                             self.writeback_done,
-                        )
-                    });
+                            permit,
+                        ));
+                    }
+                    let w = writer.as_mut().expect("just started");
                     let Some(next) = w.empty_block().await else {
                         writer_gone = true;
                         break 'frames;
