@@ -381,33 +381,25 @@ async fn unknown_or_garbage_upload_id_is_404() {
         "%2e%2e%2fetc".to_string(),
         id_of(&live).to_uppercase(),
     ] {
-        let location = format!("/v2/r/blobs/uploads/{id}");
-        let d = digest_of(b"x");
-        assert_error(
-            &t.get(&location).await,
-            StatusCode::NOT_FOUND,
-            "BLOB_UPLOAD_UNKNOWN",
-        );
-        assert_error(
-            &t.patch(&location, None, b"x").await,
-            StatusCode::NOT_FOUND,
-            "BLOB_UPLOAD_UNKNOWN",
-        );
-        assert_error(
-            &t.finish(&location, &d, b"x").await,
-            StatusCode::NOT_FOUND,
-            "BLOB_UPLOAD_UNKNOWN",
-        );
-        assert_error(
-            &t.delete(&location).await,
-            StatusCode::NOT_FOUND,
-            "BLOB_UPLOAD_UNKNOWN",
-        );
+        assert_session_unknown(&t, &format!("/v2/r/blobs/uploads/{id}")).await;
     }
     // The live session was not disturbed.
     let s = t.get(&live).await;
     assert_session(&s, StatusCode::NO_CONTENT, "r", &live, "0-0");
     t.stop().await;
+}
+
+/// GET, PATCH, PUT and DELETE of the session at `location` all answer 404 BLOB_UPLOAD_UNKNOWN.
+async fn assert_session_unknown(t: &TestNode, location: &str) {
+    let d = digest_of(b"x");
+    for r in [
+        t.get(location).await,
+        t.patch(location, None, b"x").await,
+        t.finish(location, &d, b"x").await,
+        t.delete(location).await,
+    ] {
+        assert_error(&r, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,27 +410,8 @@ async fn upload_id_under_another_repository_is_unknown() {
         .await
         .expect(StatusCode::ACCEPTED);
     let other = format!("/v2/b/blobs/uploads/{}", id_of(&location));
+    assert_session_unknown(&t, &other).await;
     let d = digest_of(b"abcdef");
-    assert_error(
-        &t.get(&other).await,
-        StatusCode::NOT_FOUND,
-        "BLOB_UPLOAD_UNKNOWN",
-    );
-    assert_error(
-        &t.patch(&other, None, b"def").await,
-        StatusCode::NOT_FOUND,
-        "BLOB_UPLOAD_UNKNOWN",
-    );
-    assert_error(
-        &t.finish(&other, &d, b"def").await,
-        StatusCode::NOT_FOUND,
-        "BLOB_UPLOAD_UNKNOWN",
-    );
-    assert_error(
-        &t.delete(&other).await,
-        StatusCode::NOT_FOUND,
-        "BLOB_UPLOAD_UNKNOWN",
-    );
     t.head(&format!("/v2/b/blobs/{d}"))
         .await
         .expect(StatusCode::NOT_FOUND);
