@@ -152,21 +152,32 @@ async fn content_type_parameters_and_generic_json_are_accepted() {
     t.stop().await;
 }
 
+/// Pushes one untagged image per architecture into `r`: (digest, bytes) of each, in order.
+async fn linux_images<const N: usize>(t: &TestNode, archs: [&str; N]) -> [(String, Vec<u8>); N] {
+    let mut out = Vec::new();
+    for arch in archs {
+        out.push(t.push_image("r", None, arch).await);
+    }
+    out.try_into().expect("one image per architecture")
+}
+
+/// An OCI index of linux images: (digest, bytes, architecture) per entry, in order.
+fn index_of(entries: &[(&String, &Vec<u8>, &str)]) -> serde_json::Value {
+    let manifests: Vec<_> = entries
+        .iter()
+        .map(|(digest, bytes, arch)| {
+            json!({ "mediaType": OCI_MANIFEST, "digest": digest, "size": bytes.len(),
+                    "platform": { "architecture": arch, "os": "linux" } })
+        })
+        .collect();
+    json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oci_index_round_trip() {
     let t = TestNode::start().await;
-    let (amd, amd_bytes) = t.push_image("r", None, "amd64").await;
-    let (arm, arm_bytes) = t.push_image("r", None, "arm64").await;
-    let index = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [
-            { "mediaType": OCI_MANIFEST, "digest": amd, "size": amd_bytes.len(),
-              "platform": { "architecture": "amd64", "os": "linux" } },
-            { "mediaType": OCI_MANIFEST, "digest": arm, "size": arm_bytes.len(),
-              "platform": { "architecture": "arm64", "os": "linux" } },
-        ],
-    });
+    let [(amd, amd_bytes), (arm, arm_bytes)] = linux_images(&t, ["amd64", "arm64"]).await;
+    let index = index_of(&[(&amd, &amd_bytes, "amd64"), (&arm, &arm_bytes, "arm64")]);
     push_and_read_back(&t, "r", "multi", &index).await;
     t.stop().await;
 }
@@ -682,18 +693,9 @@ async fn deleted_blob_cannot_be_referenced_by_a_new_manifest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_without_index_types_gets_the_linux_amd64_image_of_a_tagged_index() {
     let t = TestNode::start().await;
-    let (amd, amd_bytes) = t.push_image("r", None, "amd64").await;
-    let (arm, arm_bytes) = t.push_image("r", None, "arm64").await;
-    let index = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [
-            { "mediaType": OCI_MANIFEST, "digest": arm, "size": arm_bytes.len(),
-              "platform": { "architecture": "arm64", "os": "linux" } },
-            { "mediaType": OCI_MANIFEST, "digest": amd, "size": amd_bytes.len(),
-              "platform": { "architecture": "amd64", "os": "linux" } },
-        ],
-    });
+    let [(amd, amd_bytes), (arm, arm_bytes)] = linux_images(&t, ["amd64", "arm64"]).await;
+    // The amd64 entry comes second: the choice is by platform, not position.
+    let index = index_of(&[(&arm, &arm_bytes, "arm64"), (&amd, &amd_bytes, "amd64")]);
     let index_bytes = bytes_of(&index);
     let idx = t.push_manifest("r", "multi", &index).await;
     let get = |accept: Vec<&'static str>, reference: String| {
