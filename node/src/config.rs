@@ -47,8 +47,19 @@ pub struct Config {
     pub region: String,
     /// Zone within the region. Default `default`.
     pub zone: String,
-    /// URL clients and peers use to reach this node's HTTP front. Default `http://<listen>`.
+    /// URL clients and peers use to reach this node's HTTP front. Default `http://<listen>`
+    /// (the bound address when `listen` has port 0).
     pub advertise_url: Option<String>,
+    /// Address of the cluster gRPC endpoint (Raft, forwarding, blob streaming, admin).
+    /// Default `127.0.0.1:7000`.
+    pub cluster_listen: SocketAddr,
+    /// `host:port` peers and `clusterctl` use to reach the cluster endpoint. Default the bound
+    /// `cluster_listen` address.
+    pub advertise_cluster: Option<String>,
+    /// Cluster address of any member to ask, on first start with an empty data directory, to
+    /// add this node as a learner. Unset: an empty data directory starts a new one-voter
+    /// cluster. Ignored once the node belongs to a cluster.
+    pub join: Option<String>,
     /// Seconds in-flight requests may take to finish after a shutdown signal. Default 10.
     pub shutdown_grace_secs: u64,
     /// Durability policy.
@@ -107,6 +118,9 @@ impl Default for Config {
             region: "default".to_string(),
             zone: "default".to_string(),
             advertise_url: None,
+            cluster_listen: SocketAddr::from(([127, 0, 0, 1], 7000)),
+            advertise_cluster: None,
+            join: None,
             shutdown_grace_secs: 10,
             durability: Durability::default(),
             limits: Limits::default(),
@@ -234,6 +248,16 @@ impl Config {
                 "advertise_url: {url:?} must start with http:// or https://"
             ));
         }
+        for (field, value) in [
+            ("advertise_cluster", &self.advertise_cluster),
+            ("join", &self.join),
+        ] {
+            if let Some(addr) = value
+                && !is_host_port(addr)
+            {
+                p.push(format!("{field}: {addr:?} must be host:port"));
+            }
+        }
         if self.durability.min_copies == 0 {
             p.push("durability.min_copies: must be at least 1".to_string());
         }
@@ -274,6 +298,13 @@ impl Config {
             .unwrap_or_else(|| format!("http://{}", self.listen))
     }
 
+    /// The address this node advertises for its cluster endpoint.
+    pub fn advertised_cluster(&self) -> String {
+        self.advertise_cluster
+            .clone()
+            .unwrap_or_else(|| self.cluster_listen.to_string())
+    }
+
     /// Raft settings derived from this configuration.
     pub fn raft_settings(&self) -> RaftSettings {
         RaftSettings {
@@ -293,6 +324,16 @@ impl Config {
             min_copies: self.durability.min_copies,
             upload_idle_timeout: Duration::from_secs(self.limits.upload_idle_timeout_secs),
         }
+    }
+}
+
+/// Whether `s` looks like `host:port` (a name or IP, and a port number).
+fn is_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
+        }
+        None => false,
     }
 }
 
@@ -382,5 +423,18 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
         assert_eq!(err.problems.len(), 4, "{text}");
+    }
+
+    #[test]
+    fn cluster_addresses_are_checked() {
+        let c = Config::load("", &env(&[("BERTH_JOIN", "10.0.0.1:7000")])).unwrap();
+        assert_eq!(c.join.as_deref(), Some("10.0.0.1:7000"));
+        assert_eq!(c.cluster_listen.to_string(), "127.0.0.1:7000");
+        let err = Config::load(
+            "join = \"http://x\"\nadvertise_cluster = \"node-1\"\n",
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
     }
 }

@@ -40,6 +40,29 @@ struct ServeArgs {
     /// Log format [default: text].
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// This node's id in the cluster, at least 1, never reused [default: 1].
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Address of the cluster gRPC endpoint [default: 127.0.0.1:7000].
+    #[arg(long)]
+    cluster_listen: Option<SocketAddr>,
+    /// URL clients and peers use to reach this node's HTTP front [default: http://<listen>].
+    #[arg(long)]
+    advertise_url: Option<String>,
+    /// host:port peers and clusterctl use to reach the cluster endpoint
+    /// [default: the cluster-listen address].
+    #[arg(long)]
+    advertise_cluster: Option<String>,
+    /// Region this node is placed in [default: default].
+    #[arg(long)]
+    region: Option<String>,
+    /// Zone within the region [default: default].
+    #[arg(long)]
+    zone: Option<String>,
+    /// Cluster address of any member: on first start (empty data directory), ask it to add
+    /// this node as a learner instead of starting a new cluster.
+    #[arg(long)]
+    join: Option<String>,
 }
 
 fn load_config(args: &ServeArgs) -> Result<Config, String> {
@@ -58,6 +81,29 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
     }
     if let Some(format) = args.log_format {
         config.log_format = format;
+    }
+    if let Some(id) = args.node_id {
+        config.node_id = id;
+    }
+    if let Some(addr) = args.cluster_listen {
+        config.cluster_listen = addr;
+    }
+    for (flag, field) in [
+        (&args.advertise_url, &mut config.advertise_url),
+        (&args.advertise_cluster, &mut config.advertise_cluster),
+        (&args.join, &mut config.join),
+    ] {
+        if let Some(v) = flag {
+            *field = Some(v.clone());
+        }
+    }
+    for (flag, field) in [
+        (&args.region, &mut config.region),
+        (&args.zone, &mut config.zone),
+    ] {
+        if let Some(v) = flag {
+            *field = v.clone();
+        }
     }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
@@ -118,7 +164,14 @@ async fn serve() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match berth_node::run(config, listener, shutdown_signal()).await {
+    let cluster_listener = match tokio::net::TcpListener::bind(config.cluster_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(cluster_listen = %config.cluster_listen, error = %e, "failed to bind");
+            return ExitCode::FAILURE;
+        }
+    };
+    match berth_node::run(config, listener, cluster_listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let mut msg = e.to_string();

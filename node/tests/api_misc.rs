@@ -329,7 +329,9 @@ async fn error_bodies_have_the_oci_shape() {
     let location = t.start_upload("r").await;
     let d = t.push_blob("r", b"0123456789").await;
     // One request per error code the API produces, with the code and status expected.
-    let cases: Vec<(Method, String, Vec<(&str, &str)>, &str, StatusCode, &str)> = vec![
+    // (method, path, headers, body, expected status, expected code)
+    type Case<'a> = (Method, String, Vec<(&'a str, &'a str)>, &'a str, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
         (
             Method::GET,
             format!("/v2/r/blobs/{ABSENT_DIGEST}"),

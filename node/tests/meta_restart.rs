@@ -9,8 +9,10 @@ use berth_node::types::{Digest, Reference, RepositoryName};
 use bytes::Bytes;
 
 fn config(dir: &std::path::Path, snapshot_every: u64) -> Config {
-    let mut c = Config::default();
-    c.data_dir = dir.to_path_buf();
+    let mut c = Config {
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
     c.raft.heartbeat_ms = 50;
     c.raft.election_timeout_min_ms = 150;
     c.raft.election_timeout_max_ms = 300;

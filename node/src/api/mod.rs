@@ -7,6 +7,7 @@ mod blobs;
 pub mod error;
 mod manifests;
 pub mod path;
+pub mod relay;
 mod telemetry;
 
 use std::sync::Arc;
@@ -91,6 +92,11 @@ async fn dispatch(
     route: Route<'_>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    if let Route::Upload(_, id) = route
+        && let Some(owner) = relay::owner_elsewhere(registry, id, &req)
+    {
+        return relay::relay(registry, owner, id, req).await;
+    }
     let method = req.method().clone();
     match (route, method) {
         (Route::Base, Method::GET | Method::HEAD) => {

@@ -1,22 +1,42 @@
-//! The cluster: this node's Raft instance and the proposal of metadata writes through it.
+//! The cluster: this node's Raft instance, its connections to peers, and the proposal of
+//! metadata writes through Raft.
 //!
 //! It owns the `openraft::Raft` handle; the registry proposes [`Command`]s through
 //! [`Cluster::write`] and gets back what applying them answered, after the entry is committed
-//! and applied on this node (so the node that answered a write reads its own write).
+//! and applied on this node (so the node that answered a write reads its own write). A write
+//! proposed at a follower is forwarded to the leader over `berth.peer.v1.Peer/ForwardWrite`;
+//! the follower answers once it has applied the entry itself.
 //!
-//! A node started on an empty data directory initialises a cluster of one voter (itself); on
-//! restart it reopens its log and state. One node is a cluster of one, never a separate mode.
+//! A node started on an empty data directory either initialises a cluster of one voter
+//! (itself), or — with `--join` — waits to be added by a member. On restart it reopens its log
+//! and state. One node is a cluster of one, never a separate mode.
+//!
+//! Submodules: `network` (Raft's client side over gRPC), `raft_service` (its server side),
+//! `peers` (channels, deadlines, the test partition filter), `membership` (add, promote,
+//! demote, remove, transfer leadership, status), `fetch` (streaming a blob from a holder).
 
+mod fetch;
+mod membership;
 mod network;
+mod peers;
+mod raft_service;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use berth_proto::LEADER_ID_HEADER;
+use berth_proto::peer::ForwardWriteRequest;
+use berth_proto::peer::peer_client::PeerClient;
 use openraft::Raft;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
+
+pub use fetch::BlobStream;
+pub use membership::{MemberView, MembershipError, NodeStatus, Progress, Role};
+pub use peers::{CONNECT_TIMEOUT, PeerError, Peers};
+pub use raft_service::RaftService;
 
 use crate::meta::{Command, LogStore, NodeId, NodeInfo, StateMachine, TypeConfig, WriteResult};
 
@@ -54,12 +74,37 @@ pub enum ClusterError {
     Start(String),
 }
 
+/// How a node with a never-initialised store enters a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Initialise a new cluster whose only voter is this node.
+    Initialize,
+    /// Wait for a member to add this node (`--join`).
+    Join,
+}
+
+/// Errors of the leader-side half of a forwarded write.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderWriteError {
+    /// This node does not lead; the id is the leader it knows of.
+    #[error("this node is not the leader")]
+    NotLeader(Option<NodeId>),
+    /// As for a local write.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
 /// This node's membership in the cluster and its Raft instance.
 #[derive(Clone)]
 pub struct Cluster {
     raft: Raft<TypeConfig, StateMachine>,
     node_id: NodeId,
     write_timeout: Duration,
+    /// How long a write waits for a leader to be elected before it answers "no quorum".
+    leader_wait: Duration,
+    peers: Arc<Peers>,
+    /// Started on an empty store with [`Bootstrap::Join`]: waits to be added by a member.
+    awaiting_join: bool,
     /// Set by [`Cluster::shutdown`]; openraft's metrics keep their last value after it.
     stopped: Arc<AtomicBool>,
 }
@@ -72,21 +117,33 @@ impl std::fmt::Debug for Cluster {
     }
 }
 
+fn no_quorum(reason: impl Into<String>) -> ClusterError {
+    ClusterError::NoQuorum {
+        reason: reason.into(),
+    }
+}
+
 impl Cluster {
-    /// Starts Raft over the given storage; on a never-initialised store, initialises a cluster
-    /// whose only voter is this node. Returns once the stored state is recovered.
+    /// Starts Raft over the given storage. A never-initialised store is initialised as a
+    /// cluster whose only voter is this node, or left to be added by a member
+    /// ([`Bootstrap::Join`]). Returns once the stored state is recovered.
     pub async fn start(
         node_id: NodeId,
         me: NodeInfo,
         log_store: LogStore,
         state_machine: StateMachine,
         settings: &RaftSettings,
+        peers: Arc<Peers>,
+        bootstrap: Bootstrap,
     ) -> Result<Cluster, ClusterError> {
         let config = openraft::Config {
             cluster_name: "berth".to_string(),
             heartbeat_interval: settings.heartbeat.as_millis() as u64,
             election_timeout_min: settings.election_timeout_min.as_millis() as u64,
             election_timeout_max: settings.election_timeout_max.as_millis() as u64,
+            // A node cut off by a partition must not disturb the majority when it returns.
+            enable_pre_vote: Some(true),
+            install_snapshot_timeout: network::SNAPSHOT_TIMEOUT.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
                 settings.snapshot_every_entries,
             ),
@@ -101,7 +158,7 @@ impl Cluster {
         let raft = Raft::new(
             node_id,
             config,
-            network::PeerNetwork,
+            network::PeerNetwork::new(peers.clone()),
             log_store,
             state_machine,
         )
@@ -111,12 +168,19 @@ impl Cluster {
             .is_initialized()
             .await
             .map_err(|e| ClusterError::Start(e.to_string()))?;
+        let awaiting_join = !initialized && bootstrap == Bootstrap::Join;
         if initialized {
-            // Re-apply what was committed before the restart before serving reads.
-            raft.wait_for_recovery(Some(Duration::from_secs(60)))
+            // Re-apply what this node knows was committed before the restart, before serving
+            // reads. (Not openraft's `wait_for_recovery`: that waits for the cluster to commit
+            // the whole local log, which needs peers — and they may be restarting too.)
+            raft.wait(Some(Duration::from_secs(60)))
+                .metrics(
+                    |m| m.last_applied >= m.local_committed,
+                    "locally committed entries are applied",
+                )
                 .await
                 .map_err(|e| ClusterError::Start(e.to_string()))?;
-        } else {
+        } else if bootstrap == Bootstrap::Initialize {
             tracing::info!(
                 node_id,
                 "initialising a new cluster with this node as its only voter"
@@ -124,18 +188,39 @@ impl Cluster {
             raft.initialize(BTreeMap::from([(node_id, me)]))
                 .await
                 .map_err(|e| ClusterError::Start(e.to_string()))?;
+        } else {
+            tracing::info!(node_id, "empty store: waiting to be added to a cluster");
         }
         Ok(Cluster {
             raft,
             node_id,
             write_timeout: settings.write_timeout,
+            leader_wait: settings.election_timeout_max * 3,
+            peers,
+            awaiting_join,
             stopped: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// Whether this node started on an empty store to join an existing cluster (it has no
+    /// leader until a member adds it).
+    pub fn awaiting_join(&self) -> bool {
+        self.awaiting_join
     }
 
     /// This node's id.
     pub fn node_id(&self) -> NodeId {
         self.node_id
+    }
+
+    /// This node's connections to its peers.
+    pub fn peers(&self) -> &Arc<Peers> {
+        &self.peers
+    }
+
+    /// The gRPC service that hands peers' Raft messages to this node.
+    pub fn raft_service(&self, snapshot_dir: std::path::PathBuf) -> RaftService {
+        RaftService::new(self.raft.clone(), self.peers.clone(), snapshot_dir)
     }
 
     /// Waits until a leader is known, up to `timeout`. Returns whether one is.
@@ -149,40 +234,184 @@ impl Cluster {
 
     /// Whether Raft is running and this node knows a leader now.
     pub fn has_leader(&self) -> bool {
+        self.current_leader().is_some()
+    }
+
+    /// The leader this node knows of, if Raft is running.
+    pub fn current_leader(&self) -> Option<NodeId> {
         if self.stopped.load(Ordering::Relaxed) {
-            return false;
+            return None;
         }
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
-        m.running_state.is_ok() && m.current_leader.is_some()
+        if m.running_state.is_err() {
+            return None;
+        }
+        m.current_leader
     }
 
-    /// Proposes a command and waits until it is committed and applied on this node.
+    /// What the cluster records of a member (from the membership this node knows).
+    pub fn member(&self, id: NodeId) -> Option<NodeInfo> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        m.membership_config.membership().get_node(&id).cloned()
+    }
+
+    /// Proposes a command and waits until it is committed and applied on this node. At a
+    /// follower the command is forwarded to the leader.
     ///
-    /// Errors: [`ClusterError::NoQuorum`] when there is no leader or the write cannot commit
-    /// within the write timeout; [`ClusterError::Stopped`] when Raft has stopped.
+    /// Errors: [`ClusterError::NoQuorum`] when there is no leader (after a short wait for an
+    /// election), the leader cannot be reached, or the write cannot commit within the write
+    /// timeout; [`ClusterError::Stopped`] when Raft has stopped.
     pub async fn write(&self, command: Command) -> Result<WriteResult, ClusterError> {
+        let deadline = Instant::now() + self.write_timeout;
+        let mut last_reason = String::from("no leader is elected");
+        // Each round either answers, or learns of a (new) leader; bounded by the deadline and
+        // a few rounds, so a flapping leadership cannot keep a client waiting.
+        for _ in 0..4 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let res = tokio::time::timeout(left, self.raft.client_write(command.clone())).await;
+            let forward = match res {
+                Err(_) => {
+                    return Err(no_quorum(format!(
+                        "the write was not committed within {} ms",
+                        self.write_timeout.as_millis()
+                    )));
+                }
+                Ok(Ok(resp)) => return Ok(resp.data),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => f,
+                Ok(Err(RaftError::APIError(e))) => return Err(no_quorum(e.to_string())),
+                Ok(Err(RaftError::Fatal(e))) => return Err(ClusterError::Stopped(Box::new(e))),
+            };
+            match (forward.leader_id, forward.leader_node) {
+                (Some(leader), Some(node)) if leader != self.node_id => {
+                    match self.forward_write(leader, &node, &command, deadline).await {
+                        Ok(r) => return Ok(r),
+                        Err(ForwardOutcome::Failed(e)) => return Err(e),
+                        Err(ForwardOutcome::Retry(reason)) => last_reason = reason,
+                    }
+                }
+                _ => {
+                    let wait = self.leader_wait.min(left);
+                    if !self.wait_for_leader(wait).await {
+                        return Err(no_quorum("no leader is elected"));
+                    }
+                }
+            }
+        }
+        Err(no_quorum(last_reason))
+    }
+
+    /// Sends a command to the leader and waits until this node has applied it.
+    async fn forward_write(
+        &self,
+        leader: NodeId,
+        node: &NodeInfo,
+        command: &Command,
+        deadline: Instant,
+    ) -> Result<WriteResult, ForwardOutcome> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let req = ForwardWriteRequest {
+            command: postcard::to_allocvec(command).expect("commands serialise"),
+        };
+        let resp = match self.peers.channel(leader, &node.cluster_addr) {
+            Ok(channel) => PeerClient::new(channel)
+                .forward_write(self.peers.request(req, left))
+                .await
+                .map_err(|status| Peers::call_error(leader, &node.cluster_addr, status)),
+            Err(e) => Err(e),
+        };
+        let resp = match resp {
+            Ok(r) => r.into_inner(),
+            Err(e)
+                if e.status()
+                    .is_some_and(|s| s.code() == tonic::Code::FailedPrecondition) =>
+            {
+                let status = e.status().expect("checked");
+                // Leadership moved; wait for this node to learn the new leader and retry.
+                let hint = status
+                    .metadata()
+                    .get(LEADER_ID_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<NodeId>().ok());
+                let _ = self
+                    .raft
+                    .wait(Some(self.leader_wait.min(left)))
+                    .metrics(
+                        |m| m.current_leader.is_some() && m.current_leader != Some(leader),
+                        "a new leader is known",
+                    )
+                    .await;
+                return Err(ForwardOutcome::Retry(format!(
+                    "node {leader} no longer leads (it names {hint:?})"
+                )));
+            }
+            Err(e) => {
+                if !e.is_unreachable() {
+                    return Err(ForwardOutcome::Failed(no_quorum(format!(
+                        "the leader cannot commit the write: {e}"
+                    ))));
+                }
+                // The leader is gone or cut off: give the others the time of an election to
+                // choose another before answering "no quorum".
+                let elected = self
+                    .raft
+                    .wait(Some(self.leader_wait.min(left)))
+                    .metrics(
+                        |m| m.current_leader.is_some() && m.current_leader != Some(leader),
+                        "another leader is known",
+                    )
+                    .await
+                    .is_ok();
+                if elected {
+                    return Err(ForwardOutcome::Retry(format!(
+                        "leader {leader} is unreachable"
+                    )));
+                }
+                return Err(ForwardOutcome::Failed(no_quorum(format!(
+                    "leader {leader} cannot be reached and no other was elected: {e}"
+                ))));
+            }
+        };
+        let result: WriteResult = postcard::from_bytes(&resp.result)
+            .map_err(|e| ForwardOutcome::Failed(ClusterError::Stopped(Box::new(e))))?;
+        // Read-your-write: answer once this node has applied the entry too.
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(resp.log_index), "the forwarded write is applied")
+            .await
+            .map_err(|_| {
+                ForwardOutcome::Failed(no_quorum(format!(
+                    "the write committed (log index {}) but this node did not apply it in time",
+                    resp.log_index
+                )))
+            })?;
+        Ok(result)
+    }
+
+    /// The leader's half of a forwarded write: proposes the command here and returns what
+    /// applying it answered and its log index.
+    pub async fn leader_write(
+        &self,
+        command: Command,
+    ) -> Result<(WriteResult, u64), LeaderWriteError> {
         let res = tokio::time::timeout(self.write_timeout, self.raft.client_write(command)).await;
         match res {
-            Err(_) => Err(ClusterError::NoQuorum {
-                reason: format!(
-                    "the write was not committed within {} ms",
-                    self.write_timeout.as_millis()
-                ),
-            }),
-            Ok(Ok(resp)) => Ok(resp.data),
+            Err(_) => Err(no_quorum(format!(
+                "the write was not committed within {} ms",
+                self.write_timeout.as_millis()
+            ))
+            .into()),
+            Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(ClusterError::NoQuorum {
-                    reason: match f.leader_id {
-                        Some(id) => format!("node {id} leads; forwarding writes is not available"),
-                        None => "no leader is elected".to_string(),
-                    },
-                })
+                Err(LeaderWriteError::NotLeader(f.leader_id))
             }
-            Ok(Err(RaftError::APIError(e))) => Err(ClusterError::NoQuorum {
-                reason: e.to_string(),
-            }),
-            Ok(Err(RaftError::Fatal(e))) => Err(ClusterError::Stopped(Box::new(e))),
+            Ok(Err(RaftError::APIError(e))) => Err(no_quorum(e.to_string()).into()),
+            Ok(Err(RaftError::Fatal(e))) => Err(ClusterError::Stopped(Box::new(e)).into()),
         }
     }
 
@@ -202,4 +431,12 @@ impl Cluster {
             tracing::warn!(error = %e, "failed to shut raft down cleanly");
         }
     }
+}
+
+/// How a forwarded write ended when it did not answer.
+enum ForwardOutcome {
+    /// Give up with this error.
+    Failed(ClusterError),
+    /// Leadership moved; try again.
+    Retry(String),
 }

@@ -73,6 +73,15 @@ pub enum CommandV1 {
         /// The manifest.
         digest: Digest,
     },
+    /// `node` now holds a verified copy of a blob the cluster already knows (it fetched the
+    /// bytes from a peer). Adds the holder; links nothing. Answers [`WriteResult::Done`], or
+    /// [`Rejection::BlobUnknown`] when the cluster has no record of the blob.
+    BlobCopied {
+        /// The blob.
+        digest: Digest,
+        /// The node that now holds it.
+        node: NodeId,
+    },
 }
 
 /// The payload of [`CommandV1::PutManifest`].
@@ -109,6 +118,9 @@ impl fmt::Display for Command {
                 CommandV1::DeleteTag { repo, tag } => write!(f, "delete-tag {repo}:{tag}"),
                 CommandV1::DeleteManifest { repo, digest } => {
                     write!(f, "delete-manifest {repo} {digest}")
+                }
+                CommandV1::BlobCopied { digest, node } => {
+                    write!(f, "blob-copied {digest} to node {node}")
                 }
             },
         }

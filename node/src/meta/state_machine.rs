@@ -154,6 +154,18 @@ fn apply_command(
             ensure_link(db, cf, batch, repo, digest, *at_ms)?;
             Ok(WriteResult::Done)
         }
+        CommandV1::BlobCopied { digest, node } => {
+            let key = keys::blob(digest);
+            let Some(mut record) = get::<BlobRecord>(db, "blob record", &key)? else {
+                return Ok(WriteResult::Rejected(Rejection::BlobUnknown(
+                    digest.clone(),
+                )));
+            };
+            if record.holders.insert(*node) {
+                put(batch, cf, &key, &record);
+            }
+            Ok(WriteResult::Done)
+        }
         CommandV1::MountBlob {
             from,
             to,

@@ -13,6 +13,7 @@
 //! - Any error leaves the metadata unchanged.
 
 mod error;
+mod fetch;
 mod uploads;
 
 use std::sync::Arc;
@@ -22,9 +23,9 @@ use bytes::Bytes;
 use futures::Stream;
 
 pub use error::{ErrorKind, RegistryError};
-pub use uploads::UploadStatus;
+pub use uploads::{UploadStatus, owner_of};
 
-use crate::blobstore::{BlobBody, BlobStore};
+use crate::blobstore::{BlobBody, BlobStore, BlobStoreError};
 use crate::cluster::Cluster;
 use crate::meta::{
     Command, CommandV1, ManifestRecord, MetaReader, Page, ReferrerRecord, Rejection, WriteResult,
@@ -91,6 +92,7 @@ pub struct Registry {
     cluster: Cluster,
     settings: RegistrySettings,
     uploads: uploads::Uploads,
+    fetcher: fetch::BlobFetcher,
 }
 
 fn now_ms() -> u64 {
@@ -135,6 +137,7 @@ impl Registry {
             cluster,
             settings,
             uploads,
+            fetcher: fetch::BlobFetcher::default(),
         })
     }
 
@@ -159,7 +162,8 @@ impl Registry {
 
     // ---- blobs -------------------------------------------------------------------------
 
-    /// Size of a blob the repository may serve.
+    /// Size of a blob the repository may serve. When this node has no copy yet, one is
+    /// fetched from a holder in the background (the size comes from the cluster's record).
     ///
     /// Errors: [`RegistryError::BlobUnknown`] when it is not in the repository.
     pub async fn stat_blob(
@@ -167,23 +171,44 @@ impl Registry {
         repo: &RepositoryName,
         digest: &Digest,
     ) -> Result<u64, RegistryError> {
-        match self.meta.linked_blob(repo, digest).await? {
-            Some(record) => Ok(record.size),
-            None => Err(RegistryError::BlobUnknown(digest.clone())),
+        let record = self.linked_record(repo, digest).await?;
+        if self.blobs.stat(digest).await?.is_none() {
+            let (cluster, blobs) = (self.cluster.clone(), self.blobs.clone());
+            let holders: Vec<_> = record.holders.iter().copied().collect();
+            let digest = digest.clone();
+            let fetcher = self.fetcher.clone_handle();
+            tokio::spawn(async move {
+                let _ = fetcher.ensure(&cluster, &blobs, &digest, holders).await;
+            });
         }
+        Ok(record.size)
     }
 
-    /// Opens a blob (or the range the `Range` header names) for streaming.
+    async fn linked_record(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<crate::meta::BlobRecord, RegistryError> {
+        self.meta
+            .linked_blob(repo, digest)
+            .await?
+            .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))
+    }
+
+    /// Opens a blob (or the range the `Range` header names) for streaming. A blob the cluster
+    /// holds elsewhere is first fetched from a holder (and kept).
     ///
     /// Errors: [`RegistryError::BlobUnknown`]; [`RegistryError::RangeNotSatisfiable`] for a
-    /// range outside the blob. A malformed or multi-range header is ignored (whole blob).
+    /// range outside the blob; [`RegistryError::Unavailable`] when no node holding it can
+    /// provide it. A malformed or multi-range header is ignored (whole blob).
     pub async fn read_blob(
         &self,
         repo: &RepositoryName,
         digest: &Digest,
         range: Option<&str>,
     ) -> Result<BlobRead, RegistryError> {
-        let size = self.stat_blob(repo, digest).await?;
+        let record = self.linked_record(repo, digest).await?;
+        let size = record.size;
         let range = match range.map(ByteRangeSpec::parse) {
             Some(Ok(spec)) => match spec.resolve(size) {
                 Some(r) => Some((r.start, r.end_inclusive)),
@@ -192,7 +217,21 @@ impl Registry {
             // RFC 9110: a server may ignore a Range header it does not understand.
             Some(Err(_)) | None => None,
         };
-        let body = self.blobs.read(digest, range).await?;
+        let body = match self.blobs.read(digest, range).await {
+            Err(BlobStoreError::NotFound(_)) => {
+                let holders = record.holders.iter().copied().collect();
+                self.fetcher
+                    .ensure(&self.cluster, &self.blobs, digest, holders)
+                    .await
+                    .map_err(|why| {
+                        RegistryError::Unavailable(format!(
+                            "no node holding blob {digest} could provide it ({why})"
+                        ))
+                    })?;
+                self.blobs.read(digest, range).await?
+            }
+            other => other?,
+        };
         Ok(BlobRead { size, range, body })
     }
 

@@ -30,6 +30,15 @@ pub(super) fn new_id(node: NodeId) -> String {
     format!("{node:x}-{}", uuid::Uuid::new_v4().simple())
 }
 
+/// The node that owns a session id, if the id has the shape of one.
+pub fn owner_of(id: &str) -> Option<NodeId> {
+    if !valid_id(id) {
+        return None;
+    }
+    let (node, _) = id.split_once('-')?;
+    NodeId::from_str_radix(node, 16).ok()
+}
+
 /// Whether `id` has the shape of a session id (safe as a file name).
 fn valid_id(id: &str) -> bool {
     let Some((node, rand)) = id.split_once('-') else {
@@ -241,6 +250,9 @@ mod tests {
             "2A-0123456789abcdef0123456789abcdef",
         ] {
             assert!(!valid_id(bad), "{bad}");
+            assert_eq!(owner_of(bad), None, "{bad}");
         }
+        assert_eq!(owner_of(&id), Some(0x2a));
+        assert_eq!(owner_of(&new_id(u64::MAX)), Some(u64::MAX));
     }
 }

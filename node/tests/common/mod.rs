@@ -49,8 +49,10 @@ impl TestNode {
     /// Starts a single-node cluster in a fresh temporary directory.
     pub async fn start() -> TestNode {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = berth_node::config::Config::default();
-        config.data_dir = dir.path().to_path_buf();
+        let mut config = berth_node::config::Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
         config.raft.heartbeat_ms = 50;
         config.raft.election_timeout_min_ms = 150;
         config.raft.election_timeout_max_ms = 300;

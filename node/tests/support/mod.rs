@@ -138,6 +138,9 @@ impl BerthProcess {
                 .arg(format!("127.0.0.1:{}", self.port))
                 .arg("--data-dir")
                 .arg(&self.data_dir)
+                // A single node: its cluster endpoint on any free port.
+                .arg("--cluster-listen")
+                .arg("127.0.0.1:0")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(stderr));

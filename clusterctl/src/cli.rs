@@ -1,0 +1,468 @@
+//! The command line: clap definitions and client-side argument validation.
+//!
+//! Every argument is checked here, before anything is contacted: node ids are ≥ 1, URLs
+//! start with `http://` or `https://`, cluster addresses are non-empty `host:port`. A bad
+//! argument is a usage error, which clap reports with exit status 2. The validators are
+//! plain functions (`&str -> Result<T, String>`) so they are tested without clap.
+
+use std::fmt;
+use std::time::Duration;
+
+use berth_proto::admin::AddNodeRequest;
+use clap::{Args, Parser, Subcommand};
+
+use crate::change::Change;
+
+/// Default `--timeout` for `status` and `nodes list`.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `--timeout` for membership changes (adding a node waits for it to catch up).
+pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Operate a berth cluster through any member's admin service.
+#[derive(Debug, Parser)]
+#[command(name = "clusterctl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Cluster address (gRPC) of any member, `host:port` with or without `http://`.
+    #[arg(
+        long,
+        global = true,
+        env = "CLUSTERCTL_ENDPOINT",
+        default_value = "127.0.0.1:7000",
+        value_name = "ADDR",
+        value_parser = parse_endpoint
+    )]
+    pub endpoint: Endpoint,
+
+    /// Print JSON instead of tables and lines (JSON lines for progress).
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Deadline for the whole command, in seconds [default: 10 for status and nodes list,
+    /// 300 for membership changes].
+    #[arg(long, global = true, value_name = "SECS", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show every member's role, Raft position and reachability.
+    Status,
+    /// List and change the members.
+    #[command(subcommand)]
+    Nodes(NodesCommand),
+    /// Move leadership.
+    #[command(subcommand)]
+    Leader(LeaderCommand),
+}
+
+/// `clusterctl nodes …`.
+#[derive(Debug, Subcommand)]
+pub enum NodesCommand {
+    /// List the members.
+    List,
+    /// Add a node as a learner and wait until it has caught up with the leader.
+    Add(AddArgs),
+    /// Make a learner a voter.
+    Promote {
+        /// The node's id.
+        #[arg(value_parser = parse_node_id)]
+        id: u64,
+    },
+    /// Make a voter a learner.
+    Demote {
+        /// The node's id.
+        #[arg(value_parser = parse_node_id)]
+        id: u64,
+    },
+    /// Remove a node (voter or learner) from the cluster.
+    Remove {
+        /// The node's id.
+        #[arg(value_parser = parse_node_id)]
+        id: u64,
+    },
+}
+
+/// `clusterctl nodes add …`.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The new node's id (≥ 1, never reused).
+    #[arg(value_parser = parse_node_id)]
+    pub id: u64,
+    /// The new node's cluster address (gRPC), `host:port`.
+    #[arg(long = "cluster", value_name = "ADDR", value_parser = parse_cluster_addr)]
+    pub cluster_addr: String,
+    /// The new node's registry URL, `http://…` or `https://…`.
+    #[arg(long, value_parser = parse_url)]
+    pub url: String,
+    /// The new node's region.
+    #[arg(long, default_value = "default", value_parser = parse_label)]
+    pub region: String,
+    /// The new node's zone.
+    #[arg(long, default_value = "default", value_parser = parse_label)]
+    pub zone: String,
+}
+
+/// `clusterctl leader …`.
+#[derive(Debug, Subcommand)]
+pub enum LeaderCommand {
+    /// Hand leadership to another voter and wait until it leads.
+    Transfer {
+        /// The voter that should lead.
+        #[arg(long, value_parser = parse_node_id)]
+        to: u64,
+    },
+}
+
+/// What a command does, independent of how it was spelled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `status`.
+    Status,
+    /// `nodes list`.
+    ListNodes,
+    /// A membership change (`nodes add|promote|demote|remove`, `leader transfer`).
+    Change(Change),
+}
+
+impl Cli {
+    /// The deadline of the whole command: `--timeout`, or the command's default.
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(match self.command.action() {
+            Action::Status | Action::ListNodes => READ_TIMEOUT,
+            Action::Change(_) => CHANGE_TIMEOUT,
+        })
+    }
+}
+
+impl Command {
+    /// What this command does.
+    pub fn action(&self) -> Action {
+        match self {
+            Command::Status => Action::Status,
+            Command::Nodes(NodesCommand::List) => Action::ListNodes,
+            Command::Nodes(NodesCommand::Add(args)) => {
+                Action::Change(Change::Add(AddNodeRequest {
+                    id: args.id,
+                    cluster_addr: args.cluster_addr.clone(),
+                    url: args.url.clone(),
+                    region: args.region.clone(),
+                    zone: args.zone.clone(),
+                }))
+            }
+            Command::Nodes(NodesCommand::Promote { id }) => {
+                Action::Change(Change::Promote { id: *id })
+            }
+            Command::Nodes(NodesCommand::Demote { id }) => {
+                Action::Change(Change::Demote { id: *id })
+            }
+            Command::Nodes(NodesCommand::Remove { id }) => {
+                Action::Change(Change::Remove { id: *id })
+            }
+            Command::Leader(LeaderCommand::Transfer { to }) => {
+                Action::Change(Change::TransferLeader { to: *to })
+            }
+        }
+    }
+}
+
+/// A member's cluster address to connect to; shown as `host:port`, dialled as
+/// `http://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    addr: String,
+}
+
+impl Endpoint {
+    /// `host:port`, as the user gave it without the scheme.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The URI tonic dials: `http://host:port`.
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+/// Parses `--endpoint`: `host:port` or `http://host:port` (a trailing `/` is dropped).
+/// `https://` is refused: this build of clusterctl speaks plain HTTP/2 only.
+pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    let s = s.trim();
+    if s.starts_with("https://") {
+        return Err("https endpoints are not supported; give host:port".into());
+    }
+    let addr = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
+    if addr.contains("://") {
+        return Err("expected host:port, optionally prefixed with http://".into());
+    }
+    check_host_port(addr)?;
+    Ok(Endpoint {
+        addr: addr.to_owned(),
+    })
+}
+
+/// Parses a node id: a whole number ≥ 1.
+pub fn parse_node_id(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(0) => Err("node ids start at 1".into()),
+        Ok(id) => Ok(id),
+        Err(_) => Err("expected a node id (a whole number ≥ 1)".into()),
+    }
+}
+
+/// Parses a cluster address: a non-empty `host:port`, without a scheme.
+pub fn parse_cluster_addr(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.contains("://") {
+        return Err("expected host:port without a scheme".into());
+    }
+    check_host_port(s)?;
+    Ok(s.to_owned())
+}
+
+/// Parses a registry URL: `http://` or `https://` followed by a host.
+pub fn parse_url(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let rest = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .ok_or("expected a URL starting with http:// or https://")?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || rest.chars().any(char::is_whitespace) {
+        return Err("expected a URL like http://host:port".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// Parses a region or zone name: non-empty, no whitespace.
+pub fn parse_label(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().any(char::is_whitespace) {
+        return Err("expected a non-empty name without spaces".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// Parses `--timeout`: seconds, > 0, fractions allowed.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| "expected a number of seconds")?;
+    if secs.is_nan() || secs <= 0.0 {
+        return Err("the timeout must be more than 0 seconds".into());
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| "the timeout is too large".into())
+}
+
+/// Checks `host:port`: a non-empty host (IPv6 in brackets) and a port from 1 to 65535.
+fn check_host_port(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("expected host:port, got nothing".into());
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or("expected host:port (the port is missing)")?;
+    if host.is_empty() || host == "[]" {
+        return Err("expected host:port (the host is missing)".into());
+    }
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    if host.contains(':') && !bracketed {
+        return Err("an IPv6 address needs brackets, e.g. [::1]:7000".into());
+    }
+    if host.contains(['/', '@', '?', '#']) || host.chars().any(char::is_whitespace) {
+        return Err("expected host:port".into());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err("the port must be a number from 1 to 65535".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_start_at_one() {
+        assert_eq!(parse_node_id("1"), Ok(1));
+        assert_eq!(parse_node_id("42"), Ok(42));
+        assert!(parse_node_id("0").unwrap_err().contains("start at 1"));
+        assert!(parse_node_id("-1").is_err());
+        assert!(parse_node_id("four").is_err());
+        assert!(parse_node_id("").is_err());
+    }
+
+    #[test]
+    fn urls_need_an_http_scheme_and_a_host() {
+        assert_eq!(
+            parse_url("http://10.0.0.4:5000"),
+            Ok("http://10.0.0.4:5000".into())
+        );
+        assert!(parse_url("https://registry.example/").is_ok());
+        assert!(parse_url("10.0.0.4:5000").is_err());
+        assert!(parse_url("ftp://x").is_err());
+        assert!(parse_url("http://").is_err());
+        assert!(parse_url("http:///path").is_err());
+        assert!(parse_url("http://a b").is_err());
+    }
+
+    #[test]
+    fn cluster_addrs_are_host_port() {
+        assert_eq!(
+            parse_cluster_addr("10.0.0.4:7000"),
+            Ok("10.0.0.4:7000".into())
+        );
+        assert!(parse_cluster_addr("node-4.internal:7000").is_ok());
+        assert!(parse_cluster_addr("[::1]:7000").is_ok());
+        for bad in [
+            "",
+            "10.0.0.4",
+            ":7000",
+            "10.0.0.4:",
+            "10.0.0.4:0",
+            "10.0.0.4:70000",
+            "::1:7000",
+            "http://10.0.0.4:7000",
+            "a/b:7000",
+        ] {
+            assert!(
+                parse_cluster_addr(bad).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn endpoints_accept_an_optional_http_scheme() {
+        let plain = parse_endpoint("127.0.0.1:7000").unwrap();
+        assert_eq!(plain.addr(), "127.0.0.1:7000");
+        assert_eq!(plain.uri(), "http://127.0.0.1:7000");
+        assert_eq!(parse_endpoint("http://127.0.0.1:7000/"), Ok(plain));
+        assert!(parse_endpoint("https://127.0.0.1:7000").is_err());
+        assert!(parse_endpoint("grpc://127.0.0.1:7000").is_err());
+        assert!(parse_endpoint("127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn timeouts_are_positive_seconds() {
+        assert_eq!(parse_timeout("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_timeout("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_timeout("0").is_err());
+        assert!(parse_timeout("-3").is_err());
+        assert!(parse_timeout("NaN").is_err());
+        assert!(parse_timeout("soon").is_err());
+    }
+
+    #[test]
+    fn labels_are_non_empty_words() {
+        assert_eq!(parse_label("eu-west"), Ok("eu-west".into()));
+        assert!(parse_label("").is_err());
+        assert!(parse_label("eu west").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_work_after_the_subcommand() {
+        let cli = Cli::try_parse_from([
+            "clusterctl",
+            "nodes",
+            "list",
+            "--json",
+            "--endpoint",
+            "http://10.0.0.1:7000",
+            "--timeout",
+            "3",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.endpoint.addr(), "10.0.0.1:7000");
+        assert_eq!(cli.timeout(), Duration::from_secs(3));
+        assert_eq!(cli.command.action(), Action::ListNodes);
+    }
+
+    #[test]
+    fn default_timeouts_depend_on_the_command() {
+        let status = Cli::try_parse_from(["clusterctl", "status"]).unwrap();
+        assert_eq!(status.timeout(), READ_TIMEOUT);
+        let promote = Cli::try_parse_from(["clusterctl", "nodes", "promote", "2"]).unwrap();
+        assert_eq!(promote.timeout(), CHANGE_TIMEOUT);
+        assert_eq!(
+            promote.command.action(),
+            Action::Change(Change::Promote { id: 2 })
+        );
+    }
+
+    #[test]
+    fn add_defaults_region_and_zone() {
+        let cli = Cli::try_parse_from([
+            "clusterctl",
+            "nodes",
+            "add",
+            "4",
+            "--cluster",
+            "10.0.0.4:7000",
+            "--url",
+            "http://10.0.0.4:5000",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.command.action(),
+            Action::Change(Change::Add(AddNodeRequest {
+                id: 4,
+                cluster_addr: "10.0.0.4:7000".into(),
+                url: "http://10.0.0.4:5000".into(),
+                region: "default".into(),
+                zone: "default".into(),
+            }))
+        );
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        for args in [
+            &["clusterctl", "nodes", "promote", "0"][..],
+            &["clusterctl", "leader", "transfer", "--to", "0"],
+            &[
+                "clusterctl",
+                "nodes",
+                "add",
+                "4",
+                "--cluster",
+                "x",
+                "--url",
+                "http://a",
+            ],
+            &[
+                "clusterctl",
+                "nodes",
+                "add",
+                "4",
+                "--cluster",
+                "a:1",
+                "--url",
+                "a:5000",
+            ],
+            &["clusterctl", "nodes", "add", "4", "--url", "http://a:5000"],
+            &["clusterctl", "--endpoint", "nowhere", "status"],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The gRPC calls to one member's Admin service, all under one deadline.
+//!
+//! [`AdminConn::connect`] fixes the deadline of the whole command (`--timeout`); every later
+//! call sends what is left of it as the gRPC timeout (so the server knows it) and is also
+//! wrapped in a tokio timeout (so a silent server cannot hold the CLI). Nothing is printed
+//! here: progress goes to the caller's callback. Which error comes when:
+//!
+//! - no connection → [`Error::Connect`] / [`Error::ConnectTimedOut`] (`cannot reach …`);
+//! - an error status from the server, or mid-stream → [`Error::Rpc`] with the server's code;
+//! - the deadline passes first → [`Error::TimedOut`];
+//! - a membership stream ends without `done = true` → [`Error::Incomplete`].
+
+use std::time::Duration;
+
+use berth_proto::admin::admin_client::AdminClient;
+use berth_proto::admin::{NodeRef, Progress, StatusRequest, StatusResponse, TransferLeaderRequest};
+use tokio::time::{Instant, timeout_at};
+use tonic::transport::Channel;
+
+use crate::change::Change;
+use crate::cli::Endpoint;
+use crate::error::Error;
+
+/// What `status` and `nodes list` are called in error messages.
+const STATUS_WHAT: &str = "get the cluster status";
+
+/// A connection to one member's Admin service with the command's deadline.
+#[derive(Debug)]
+pub struct AdminConn {
+    client: AdminClient<Channel>,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl AdminConn {
+    /// Connects to `endpoint`; `timeout` is the deadline of the whole command, counted from
+    /// now. Fails with [`Error::Connect`] or [`Error::ConnectTimedOut`].
+    pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Self, Error> {
+        let deadline = Instant::now() + timeout;
+        let connect_error = |source| Error::Connect {
+            endpoint: endpoint.to_string(),
+            source,
+        };
+        let target = tonic::transport::Endpoint::from_shared(endpoint.uri())
+            .map_err(connect_error)?
+            .connect_timeout(timeout);
+        let channel = match timeout_at(deadline, target.connect()).await {
+            Ok(connected) => connected.map_err(connect_error)?,
+            Err(_) => {
+                return Err(Error::ConnectTimedOut {
+                    endpoint: endpoint.to_string(),
+                    after: timeout,
+                });
+            }
+        };
+        Ok(Self {
+            client: AdminClient::new(channel),
+            deadline,
+            timeout,
+        })
+    }
+
+    /// `Admin.Status`: the whole cluster as the answering member sees it.
+    pub async fn status(&mut self) -> Result<StatusResponse, Error> {
+        let request = request(StatusRequest {}, self.deadline);
+        match timeout_at(self.deadline, self.client.status(request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.rpc_error(STATUS_WHAT, status, false)),
+            Err(_) => Err(self.timed_out(STATUS_WHAT, false)),
+        }
+    }
+
+    /// Runs one membership change, calling `on_progress` with every `Progress` message as
+    /// it arrives (the final `done` one included), and returns the final message. An error
+    /// from `on_progress` stops the stream and is returned as is.
+    pub async fn apply(
+        &mut self,
+        change: &Change,
+        mut on_progress: impl FnMut(&Progress) -> Result<(), Error>,
+    ) -> Result<Progress, Error> {
+        let what = change.what();
+        let deadline = self.deadline;
+        let client = &mut self.client;
+        let run = async {
+            let response = match change {
+                Change::Add(req) => client.add_node(request(req.clone(), deadline)).await,
+                Change::Promote { id } => {
+                    client
+                        .promote_node(request(NodeRef { id: *id }, deadline))
+                        .await
+                }
+                Change::Demote { id } => {
+                    client
+                        .demote_node(request(NodeRef { id: *id }, deadline))
+                        .await
+                }
+                Change::Remove { id } => {
+                    client
+                        .remove_node(request(NodeRef { id: *id }, deadline))
+                        .await
+                }
+                Change::TransferLeader { to } => {
+                    client
+                        .transfer_leader(request(TransferLeaderRequest { to: *to }, deadline))
+                        .await
+                }
+            };
+            let mut stream = response.map_err(Failure::Status)?.into_inner();
+            while let Some(progress) = stream.message().await.map_err(Failure::Status)? {
+                on_progress(&progress).map_err(Failure::Local)?;
+                if progress.done {
+                    return Ok(progress);
+                }
+            }
+            Err(Failure::Local(Error::Incomplete { what: what.clone() }))
+        };
+        match timeout_at(deadline, run).await {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(Failure::Status(status))) => Err(self.rpc_error(&what, status, true)),
+            Ok(Err(Failure::Local(err))) => Err(err),
+            Err(_) => Err(self.timed_out(&what, true)),
+        }
+    }
+
+    /// Maps an error status. tonic reports its own client-side expiry of the gRPC timeout
+    /// as `CANCELLED "Timeout expired"`; once the deadline has passed that is our timeout.
+    fn rpc_error(&self, what: &str, status: tonic::Status, may_complete: bool) -> Error {
+        if status.code() == tonic::Code::Cancelled && Instant::now() >= self.deadline {
+            return self.timed_out(what, may_complete);
+        }
+        Error::Rpc {
+            what: what.to_owned(),
+            status,
+        }
+    }
+
+    fn timed_out(&self, what: &str, may_complete: bool) -> Error {
+        Error::TimedOut {
+            what: what.to_owned(),
+            after: self.timeout,
+            may_complete,
+        }
+    }
+}
+
+/// Why a membership stream stopped early: the server's status, or our own error.
+enum Failure {
+    Status(tonic::Status),
+    Local(Error),
+}
+
+/// A request carrying what is left until `deadline` as its gRPC timeout.
+fn request<T>(message: T, deadline: Instant) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    request
+}

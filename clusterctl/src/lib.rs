@@ -1,0 +1,23 @@
+//! `clusterctl`: the operator CLI for a berth cluster.
+//!
+//! It speaks only the admin contract of `berth-proto` (`berth.admin.v1`) to one member's
+//! cluster address; it never depends on `berth-node`. The layers point down:
+//!
+//! - [`cli`]: the command line (clap) and client-side argument validation;
+//! - [`run`]: one function per command, gluing the client to the renderer;
+//! - [`client`]: the gRPC calls, with the overall deadline applied;
+//! - [`render`]: pure functions from proto messages to tables, lines and JSON;
+//! - [`change`]: the membership changes and how messages name them;
+//! - [`error`]: the one error type, which keeps the gRPC code.
+//!
+//! `main.rs` only parses the arguments, calls [`run::run`] and maps the error to an exit
+//! status (0 success, 1 failed or refused, 2 usage).
+
+pub mod change;
+pub mod cli;
+pub mod client;
+pub mod error;
+pub mod render;
+pub mod run;
+
+pub use error::Error;

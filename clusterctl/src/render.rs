@@ -1,0 +1,455 @@
+//! Output: pure functions from admin proto messages to tables, lines and JSON.
+//!
+//! No IO and no gRPC calls: everything takes the proto structs (or an [`Error`]) and returns
+//! a `String` or a `serde_json::Value`, so it is tested without a server.
+//!
+//! - Tables have a header row of upper-case names, columns separated by two spaces, text
+//!   left-aligned, numbers right-aligned, no trailing spaces; an empty field shows as `-`.
+//! - Fields of an unreachable member other than its membership (id, role, addresses,
+//!   placement) are not meaningful and show as `-`; the status table then gets a trailing
+//!   `ERROR` column with the reason.
+//! - JSON mirrors the proto messages with their snake_case field names; the final object of
+//!   a command that reports success or failure has `ok`.
+
+use berth_proto::admin::{Member, Progress, StatusResponse};
+use serde_json::{Value, json};
+
+use crate::change::Change;
+use crate::error::{Error, code_name};
+
+/// `status` for humans: a header line, then one row per member, ordered by id.
+pub fn status_text(status: &StatusResponse) -> String {
+    let mut columns = vec![
+        ("ID", Align::Right),
+        ("ROLE", Align::Left),
+        ("URL", Align::Left),
+        ("CLUSTER ADDR", Align::Left),
+        ("REGION", Align::Left),
+        ("ZONE", Align::Left),
+        ("TERM", Align::Right),
+        ("LAST LOG", Align::Right),
+        ("APPLIED", Align::Right),
+        ("LAG", Align::Right),
+        ("REACHABLE", Align::Left),
+    ];
+    let any_unreachable = status.members.iter().any(|m| !m.reachable);
+    if any_unreachable {
+        columns.push(("ERROR", Align::Left));
+    }
+    let rows = by_id(&status.members)
+        .into_iter()
+        .map(|m| {
+            let raft = |n: u64| {
+                if m.reachable {
+                    n.to_string()
+                } else {
+                    "-".into()
+                }
+            };
+            let mut row = vec![
+                m.id.to_string(),
+                or_dash(&m.role),
+                or_dash(&m.url),
+                or_dash(&m.cluster_addr),
+                or_dash(&m.region),
+                or_dash(&m.zone),
+                raft(m.term),
+                raft(m.last_log_index),
+                raft(m.applied_index),
+                raft(m.lag),
+                yes_no(m.reachable),
+            ];
+            if any_unreachable {
+                row.push(match (m.reachable, m.error.trim()) {
+                    (true, _) => String::new(),
+                    (false, "") => "-".into(),
+                    (false, error) => error.to_owned(),
+                });
+            }
+            row
+        })
+        .collect();
+    format!(
+        "{}\n{}",
+        status_header(status),
+        Table { columns, rows }.render()
+    )
+}
+
+/// The first line of `status`: who answered, whom it knows as leader, and its Raft position.
+pub fn status_header(status: &StatusResponse) -> String {
+    let leader = match status.leader_id {
+        0 => "none known".to_owned(),
+        id => format!("node {id}"),
+    };
+    format!(
+        "node {} answered; leader: {leader}; term: {}; last log: {}; applied: {}",
+        status.node_id, status.term, status.last_log_index, status.applied_index
+    )
+}
+
+/// `nodes list` for humans: one row per member, ordered by id.
+pub fn members_text(members: &[Member]) -> String {
+    let columns = vec![
+        ("ID", Align::Right),
+        ("ROLE", Align::Left),
+        ("URL", Align::Left),
+        ("CLUSTER ADDR", Align::Left),
+        ("REGION", Align::Left),
+        ("ZONE", Align::Left),
+        ("REACHABLE", Align::Left),
+    ];
+    let rows = by_id(members)
+        .into_iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                or_dash(&m.role),
+                or_dash(&m.url),
+                or_dash(&m.cluster_addr),
+                or_dash(&m.region),
+                or_dash(&m.zone),
+                yes_no(m.reachable),
+            ]
+        })
+        .collect();
+    Table { columns, rows }.render()
+}
+
+/// `status --json`: `StatusResponse` field for field, members in the server's order.
+pub fn status_json(status: &StatusResponse) -> Value {
+    json!({
+        "node_id": status.node_id,
+        "term": status.term,
+        "leader_id": status.leader_id,
+        "last_log_index": status.last_log_index,
+        "applied_index": status.applied_index,
+        "members": members_json(&status.members),
+    })
+}
+
+/// `nodes list --json`: an array of members, each `Member` field for field.
+pub fn members_json(members: &[Member]) -> Value {
+    Value::Array(members.iter().map(member_json).collect())
+}
+
+/// One `Member` as JSON, field for field.
+pub fn member_json(m: &Member) -> Value {
+    json!({
+        "id": m.id,
+        "role": m.role,
+        "url": m.url,
+        "cluster_addr": m.cluster_addr,
+        "region": m.region,
+        "zone": m.zone,
+        "reachable": m.reachable,
+        "term": m.term,
+        "last_log_index": m.last_log_index,
+        "applied_index": m.applied_index,
+        "lag": m.lag,
+        "error": m.error,
+    })
+}
+
+/// One progress line for humans: the message, then `matched/target` when the server gave a
+/// target (`catching up: 1200/5000`).
+pub fn progress_text(progress: &Progress) -> String {
+    let message = progress.message.trim();
+    match (message, progress.target_index) {
+        ("", 0) => "in progress".to_owned(),
+        (message, 0) => message.to_owned(),
+        ("", target) => format!("{}/{target}", progress.matched_index),
+        (message, target) => format!("{message}: {}/{target}", progress.matched_index),
+    }
+}
+
+/// One progress message as a JSON line, field for field.
+pub fn progress_json(progress: &Progress) -> Value {
+    json!({
+        "message": progress.message,
+        "done": progress.done,
+        "matched_index": progress.matched_index,
+        "target_index": progress.target_index,
+    })
+}
+
+/// The last line of a successful change: `ok: ` and the server's final message, or a
+/// default such as `ok: node 4 added as a learner` when that message is empty.
+pub fn outcome_text(change: &Change, done: &Progress) -> String {
+    format!("ok: {}", outcome_message(change, done))
+}
+
+/// The last JSON line of a successful change:
+/// `{"ok":true,"operation":"add_node","node_id":4,"message":"…"}`.
+pub fn outcome_json(change: &Change, done: &Progress) -> Value {
+    json!({
+        "ok": true,
+        "operation": change.name(),
+        "node_id": change.node_id(),
+        "message": outcome_message(change, done),
+    })
+}
+
+/// The JSON line of any failure: `{"ok":false,"error":"…","code":"FAILED_PRECONDITION"}`;
+/// `error` is the same text as on stderr without the `clusterctl: ` prefix.
+pub fn error_json(err: &Error) -> Value {
+    json!({
+        "ok": false,
+        "error": err.to_string(),
+        "code": code_name(err.code()),
+    })
+}
+
+fn outcome_message(change: &Change, done: &Progress) -> String {
+    match done.message.trim() {
+        "" => change.done_text(),
+        message => message.to_owned(),
+    }
+}
+
+fn by_id(members: &[Member]) -> Vec<&Member> {
+    let mut sorted: Vec<&Member> = members.iter().collect();
+    sorted.sort_by_key(|m| m.id);
+    sorted
+}
+
+fn or_dash(s: &str) -> String {
+    match s.trim() {
+        "" => "-".to_owned(),
+        s => s.to_owned(),
+    }
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_owned()
+}
+
+/// How a column's cells are padded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// A text table: a header row and rows of cells, rendered with aligned columns.
+struct Table {
+    columns: Vec<(&'static str, Align)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// Each column as wide as its widest cell (in chars), two spaces between columns,
+    /// trailing spaces trimmed, one `\n` after every line.
+    fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.columns.iter().map(|(h, _)| h.len()).collect();
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let header: Vec<&str> = self.columns.iter().map(|(h, _)| *h).collect();
+        let mut out = String::new();
+        for row in std::iter::once(header).chain(
+            self.rows
+                .iter()
+                .map(|r| r.iter().map(String::as_str).collect()),
+        ) {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .zip(&self.columns)
+                .map(|((cell, &width), (_, align))| match align {
+                    Align::Left => format!("{cell:<width$}"),
+                    Align::Right => format!("{cell:>width$}"),
+                })
+                .collect();
+            out.push_str(cells.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, role: &str, reachable: bool) -> Member {
+        Member {
+            id,
+            url: format!("http://10.0.0.{id}:5000"),
+            cluster_addr: format!("10.0.0.{id}:7000"),
+            region: if id == 3 { "us-east" } else { "eu-west" }.into(),
+            zone: format!("z{id}"),
+            role: role.into(),
+            reachable,
+            term: if reachable { 7 } else { 0 },
+            last_log_index: if reachable { 5000 - (id - 1) * 100 } else { 0 },
+            applied_index: if reachable { 5000 - (id - 1) * 100 } else { 0 },
+            lag: if reachable { (id - 1) * 100 } else { 0 },
+            error: if reachable {
+                String::new()
+            } else {
+                "connection refused".into()
+            },
+        }
+    }
+
+    fn three_members() -> StatusResponse {
+        StatusResponse {
+            node_id: 2,
+            term: 7,
+            leader_id: 1,
+            last_log_index: 4900,
+            applied_index: 4900,
+            // Out of order on purpose: the table sorts by id.
+            members: vec![
+                member(2, "voter", true),
+                member(1, "leader", true),
+                member(3, "learner", false),
+            ],
+        }
+    }
+
+    #[test]
+    fn status_table_aligns_columns_and_shows_unreachable_members() {
+        let text = status_text(&three_members());
+        let expected = "\
+node 2 answered; leader: node 1; term: 7; last log: 4900; applied: 4900
+ID  ROLE     URL                   CLUSTER ADDR   REGION   ZONE  TERM  LAST LOG  APPLIED  LAG  REACHABLE  ERROR
+ 1  leader   http://10.0.0.1:5000  10.0.0.1:7000  eu-west  z1       7      5000     5000    0  yes
+ 2  voter    http://10.0.0.2:5000  10.0.0.2:7000  eu-west  z2       7      4900     4900  100  yes
+ 3  learner  http://10.0.0.3:5000  10.0.0.3:7000  us-east  z3       -         -        -    -  no         connection refused
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn status_table_without_unreachable_members_has_no_error_column() {
+        let mut status = three_members();
+        status.members[2] = member(3, "learner", true);
+        status.leader_id = 0;
+        let text = status_text(&status);
+        assert!(text.starts_with("node 2 answered; leader: none known; term: 7"));
+        assert!(!text.contains("ERROR"));
+        let header = text.lines().nth(1).unwrap();
+        assert!(header.ends_with("REACHABLE"));
+        // Every line is as long as the header or shorter only by the trimmed "yes" padding.
+        for line in text.lines().skip(2) {
+            assert!(line.ends_with("yes"), "{line:?}");
+            assert_eq!(line.len(), header.len() - "REACHABLE".len() + "yes".len());
+        }
+    }
+
+    #[test]
+    fn empty_fields_show_as_dash() {
+        let mut m = member(5, "", true);
+        m.url.clear();
+        let text = members_text(&[m]);
+        let row = text.lines().nth(1).unwrap();
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            ["5", "-", "-", "10.0.0.5:7000", "eu-west", "z5", "yes"]
+        );
+    }
+
+    #[test]
+    fn nodes_table_lists_membership_only() {
+        let text = members_text(&three_members().members);
+        let expected = "\
+ID  ROLE     URL                   CLUSTER ADDR   REGION   ZONE  REACHABLE
+ 1  leader   http://10.0.0.1:5000  10.0.0.1:7000  eu-west  z1    yes
+ 2  voter    http://10.0.0.2:5000  10.0.0.2:7000  eu-west  z2    yes
+ 3  learner  http://10.0.0.3:5000  10.0.0.3:7000  us-east  z3    no
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn status_json_mirrors_the_response() {
+        let value = status_json(&three_members());
+        assert_eq!(value["node_id"], 2);
+        assert_eq!(value["term"], 7);
+        assert_eq!(value["leader_id"], 1);
+        assert_eq!(value["last_log_index"], 4900);
+        assert_eq!(value["applied_index"], 4900);
+        let members = value["members"].as_array().unwrap();
+        assert_eq!(members.len(), 3);
+        assert_eq!(
+            members[2],
+            json!({
+                "id": 3, "role": "learner", "url": "http://10.0.0.3:5000",
+                "cluster_addr": "10.0.0.3:7000", "region": "us-east", "zone": "z3",
+                "reachable": false, "term": 0, "last_log_index": 0, "applied_index": 0,
+                "lag": 0, "error": "connection refused",
+            })
+        );
+        assert_eq!(members_json(&three_members().members), value["members"]);
+    }
+
+    #[test]
+    fn progress_lines_show_the_index_when_there_is_a_target() {
+        let p = |message: &str, matched, target| Progress {
+            message: message.into(),
+            done: false,
+            matched_index: matched,
+            target_index: target,
+        };
+        assert_eq!(
+            progress_text(&p("catching up", 1200, 5000)),
+            "catching up: 1200/5000"
+        );
+        assert_eq!(
+            progress_text(&p("adding node 4 as a learner", 0, 0)),
+            "adding node 4 as a learner"
+        );
+        assert_eq!(progress_text(&p("", 3, 9)), "3/9");
+        assert_eq!(progress_text(&p("", 0, 0)), "in progress");
+        assert_eq!(
+            progress_json(&p("catching up", 1200, 5000)),
+            json!({"message": "catching up", "done": false, "matched_index": 1200, "target_index": 5000})
+        );
+    }
+
+    #[test]
+    fn outcome_uses_the_server_message_or_a_default() {
+        let add = Change::Add(berth_proto::admin::AddNodeRequest {
+            id: 4,
+            ..Default::default()
+        });
+        let silent = Progress {
+            done: true,
+            ..Default::default()
+        };
+        assert_eq!(outcome_text(&add, &silent), "ok: node 4 added as a learner");
+        let said = Progress {
+            message: "node 4 is a learner at index 5000".into(),
+            done: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            outcome_text(&add, &said),
+            "ok: node 4 is a learner at index 5000"
+        );
+        assert_eq!(
+            outcome_json(&Change::Remove { id: 3 }, &silent),
+            json!({"ok": true, "operation": "remove_node", "node_id": 3, "message": "node 3 removed"})
+        );
+    }
+
+    #[test]
+    fn error_json_keeps_the_code() {
+        let err = Error::Rpc {
+            what: "remove node 1".into(),
+            status: tonic::Status::failed_precondition("cannot remove the last voter"),
+        };
+        assert_eq!(
+            error_json(&err),
+            json!({
+                "ok": false,
+                "error": "failed to remove node 1: refused: cannot remove the last voter",
+                "code": "FAILED_PRECONDITION",
+            })
+        );
+    }
+}

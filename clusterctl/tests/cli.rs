@@ -1,0 +1,612 @@
+//! End-to-end tests of the `clusterctl` binary.
+//!
+//! Each test runs the built binary as a process. Those that need a server start a fake
+//! Admin service in-process (tonic on 127.0.0.1:0, its own thread and runtime) that gives
+//! canned answers keyed by node id:
+//!
+//! - `Status`: three members, node 3 unreachable (refuses calls without a gRPC timeout);
+//! - `AddNode` 4: three progress messages, then `done`; 9: one message, then
+//!   FAILED_PRECONDITION mid-stream; other ids: INVALID_ARGUMENT;
+//! - `PromoteNode` 2: FAILED_PRECONDITION before any message; others: `done` with no text;
+//! - `DemoteNode`: one message, then the stream ends without `done`;
+//! - `RemoveNode`: UNAVAILABLE;
+//! - `TransferLeader`: one message, then nothing ever (for `--timeout`).
+
+use std::net::{SocketAddr, TcpListener};
+use std::pin::Pin;
+use std::process::{Command, Output};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use berth_proto::admin::admin_server::{Admin, AdminServer};
+use berth_proto::admin::{
+    AddNodeRequest, Member, NodeRef, NodeStatusRequest, NodeStatusResponse, Progress,
+    StatusRequest, StatusResponse, TransferLeaderRequest,
+};
+use futures::{Stream, StreamExt, stream};
+use serde_json::{Value, json};
+use tonic::{Request, Response, Status};
+
+/// Runs `clusterctl` with `args` (and no `CLUSTERCTL_ENDPOINT` from the environment).
+fn clusterctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clusterctl"))
+        .args(args)
+        .env_remove("CLUSTERCTL_ENDPOINT")
+        .output()
+        .expect("failed to run the clusterctl binary")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).expect("stdout is UTF-8")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8(out.stderr.clone()).expect("stderr is UTF-8")
+}
+
+/// Asserts the exit status, showing both streams when it differs.
+#[track_caller]
+fn must_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// Every stdout line parsed as JSON.
+fn json_lines(out: &Output) -> Vec<Value> {
+    stdout(out)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Without a server.
+
+#[test]
+fn help_lists_the_commands() {
+    let out = clusterctl(&["--help"]);
+    must_exit(&out, 0);
+    let text = stdout(&out);
+    for word in [
+        "status",
+        "nodes",
+        "leader",
+        "--endpoint",
+        "--json",
+        "--timeout",
+    ] {
+        assert!(text.contains(word), "--help lacks {word}:\n{text}");
+    }
+    let out = clusterctl(&["nodes", "add", "--help"]);
+    must_exit(&out, 0);
+    for word in ["--cluster", "--url", "--region", "--zone"] {
+        assert!(stdout(&out).contains(word), "nodes add --help lacks {word}");
+    }
+}
+
+#[test]
+fn unreachable_endpoint_exits_1_with_cannot_reach() {
+    let out = clusterctl(&["--endpoint", "127.0.0.1:1", "status"]);
+    must_exit(&out, 1);
+    assert!(
+        stderr(&out).starts_with("clusterctl: cannot reach 127.0.0.1:1: "),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out), "");
+
+    let out = clusterctl(&[
+        "nodes",
+        "remove",
+        "3",
+        "--endpoint",
+        "127.0.0.1:1",
+        "--json",
+    ]);
+    must_exit(&out, 1);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["ok"], false);
+    assert_eq!(lines[0]["code"], "UNAVAILABLE");
+    assert!(
+        lines[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("cannot reach 127.0.0.1:1")
+    );
+}
+
+#[test]
+fn bad_arguments_are_refused_before_contacting_anything() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    let cases: [&[&str]; 4] = [
+        &["nodes", "promote", "0"],
+        &["leader", "transfer", "--to", "0"],
+        &[
+            "nodes",
+            "add",
+            "4",
+            "--cluster",
+            "10.0.0.4",
+            "--url",
+            "http://a",
+        ],
+        &[
+            "nodes",
+            "add",
+            "4",
+            "--cluster",
+            "a:7000",
+            "--url",
+            "a:5000",
+        ],
+    ];
+    for args in cases {
+        let mut all = vec!["--endpoint", endpoint.as_str()];
+        all.extend_from_slice(args);
+        let out = clusterctl(&all);
+        must_exit(&out, 2);
+        assert!(stderr(&out).contains("invalid value"), "{}", stderr(&out));
+    }
+    assert!(
+        stderr(&clusterctl(&["nodes", "promote", "0"])).contains("node ids start at 1"),
+        "the reason is shown"
+    );
+    listener.set_nonblocking(true).unwrap();
+    let accepted = listener.accept();
+    assert!(
+        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "clusterctl connected although its arguments were bad: {accepted:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Against the fake Admin service.
+
+#[test]
+fn status_prints_a_header_and_an_aligned_table() {
+    let addr = start_fake_admin();
+    let out = clusterctl(&["--endpoint", &addr.to_string(), "status"]);
+    must_exit(&out, 0);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "node 1 answered; leader: node 1; term: 7; last log: 5000; applied: 5000"
+    );
+    assert!(lines[1].starts_with("ID  ROLE     URL"), "{text}");
+    assert!(lines[1].ends_with("REACHABLE  ERROR"), "{text}");
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(lines[2].starts_with(" 1  leader "), "{text}");
+    assert!(lines[4].starts_with(" 3  learner"), "{text}");
+    assert!(
+        lines[4].ends_with("  no         connection refused"),
+        "{text}"
+    );
+    // Columns line up: every row has its URL where the header has "URL".
+    let url_col = lines[1].find("URL").unwrap();
+    for row in &lines[2..] {
+        assert_eq!(row.find("http://"), Some(url_col), "{text}");
+    }
+}
+
+#[test]
+fn status_json_is_one_object() {
+    let addr = start_fake_admin();
+    // http:// prefix, endpoint from the environment, --json after the subcommand.
+    let out = Command::new(env!("CARGO_BIN_EXE_clusterctl"))
+        .args(["status", "--json"])
+        .env("CLUSTERCTL_ENDPOINT", format!("http://{addr}"))
+        .output()
+        .unwrap();
+    must_exit(&out, 0);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1);
+    let status = &lines[0];
+    assert_eq!(status["node_id"], 1);
+    assert_eq!(status["leader_id"], 1);
+    assert_eq!(status["members"].as_array().unwrap().len(), 3);
+    assert_eq!(status["members"][2]["reachable"], false);
+    assert_eq!(status["members"][2]["error"], "connection refused");
+}
+
+#[test]
+fn nodes_list_as_table_and_json() {
+    let addr = start_fake_admin();
+    let endpoint = addr.to_string();
+    let out = clusterctl(&["--endpoint", &endpoint, "nodes", "list"]);
+    must_exit(&out, 0);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0]
+            .split("  ")
+            .filter(|c| !c.is_empty())
+            .map(str::trim)
+            .collect::<Vec<_>>(),
+        [
+            "ID",
+            "ROLE",
+            "URL",
+            "CLUSTER ADDR",
+            "REGION",
+            "ZONE",
+            "REACHABLE"
+        ]
+    );
+    assert_eq!(lines.len(), 4);
+    assert!(lines[3].ends_with("no"), "{text}");
+
+    let out = clusterctl(&["--endpoint", &endpoint, "nodes", "list", "--json"]);
+    must_exit(&out, 0);
+    let members = json_lines(&out).remove(0);
+    let ids: Vec<u64> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+}
+
+#[test]
+fn add_prints_progress_and_the_outcome() {
+    let addr = start_fake_admin();
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr.to_string(),
+        "nodes",
+        "add",
+        "4",
+        "--cluster",
+        "127.0.0.1:7004",
+        "--url",
+        "http://127.0.0.1:5004",
+    ]);
+    must_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "\
+adding node 4: cluster 127.0.0.1:7004, url http://127.0.0.1:5004, region default, zone default
+catching up: 1200/5000
+catching up: 5000/5000
+ok: node 4 added as a learner
+"
+    );
+    assert_eq!(stderr(&out), "");
+}
+
+#[test]
+fn add_in_json_prints_json_lines() {
+    let addr = start_fake_admin();
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr.to_string(),
+        "--json",
+        "nodes",
+        "add",
+        "4",
+        "--cluster",
+        "127.0.0.1:7004",
+        "--url",
+        "https://registry-4.example",
+        "--region",
+        "eu-west",
+        "--zone",
+        "b",
+    ]);
+    must_exit(&out, 0);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 5, "{}", stdout(&out));
+    assert_eq!(
+        lines[0]["message"],
+        "adding node 4: cluster 127.0.0.1:7004, url https://registry-4.example, region eu-west, zone b"
+    );
+    assert_eq!(
+        lines[1],
+        json!({"message": "catching up", "done": false, "matched_index": 1200, "target_index": 5000})
+    );
+    assert_eq!(lines[3]["done"], true);
+    assert_eq!(
+        lines[4],
+        json!({"ok": true, "operation": "add_node", "node_id": 4, "message": "node 4 added as a learner"})
+    );
+}
+
+#[test]
+fn add_refused_mid_stream_exits_1() {
+    let addr = start_fake_admin();
+    let endpoint = addr.to_string();
+    let args = [
+        "--endpoint",
+        &endpoint,
+        "nodes",
+        "add",
+        "9",
+        "--cluster",
+        "10.0.0.9:7000",
+        "--url",
+        "http://10.0.0.9:5000",
+    ];
+    let out = clusterctl(&args);
+    must_exit(&out, 1);
+    assert_eq!(stdout(&out), "adding node 9\n");
+    assert_eq!(
+        stderr(&out),
+        "clusterctl: failed to add node 9: refused: node 9 cannot be reached at 10.0.0.9:7000\n"
+    );
+
+    let mut with_json = args.to_vec();
+    with_json.push("--json");
+    let out = clusterctl(&with_json);
+    must_exit(&out, 1);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        lines[1],
+        json!({
+            "ok": false,
+            "error": "failed to add node 9: refused: node 9 cannot be reached at 10.0.0.9:7000",
+            "code": "FAILED_PRECONDITION",
+        })
+    );
+}
+
+#[test]
+fn server_errors_map_to_words() {
+    let addr = start_fake_admin();
+    let endpoint = addr.to_string();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["nodes", "promote", "2"],
+            "clusterctl: failed to promote node 2: refused: node 2 is not a learner\n",
+        ),
+        (
+            &["nodes", "remove", "3"],
+            "clusterctl: failed to remove node 3: unavailable: no leader is known\n",
+        ),
+        (
+            &["nodes", "demote", "2"],
+            "clusterctl: failed to demote node 2: the server ended the stream before the operation finished\n",
+        ),
+        (
+            &["nodes", "add", "5", "--cluster", "a:1", "--url", "http://a"],
+            "clusterctl: failed to add node 5: invalid request: node 5 is not expected\n",
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut all = vec!["--endpoint", endpoint.as_str()];
+        all.extend_from_slice(args);
+        let out = clusterctl(&all);
+        must_exit(&out, 1);
+        assert_eq!(stderr(&out), expected, "{args:?}");
+    }
+}
+
+#[test]
+fn promote_with_an_empty_final_message_says_ok() {
+    let addr = start_fake_admin();
+    let out = clusterctl(&["--endpoint", &addr.to_string(), "nodes", "promote", "3"]);
+    must_exit(&out, 0);
+    assert_eq!(stdout(&out), "ok: node 3 promoted to voter\n");
+}
+
+#[test]
+fn timeout_ends_a_stalled_change() {
+    let addr = start_fake_admin();
+    let started = Instant::now();
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr.to_string(),
+        "--timeout",
+        "1",
+        "leader",
+        "transfer",
+        "--to",
+        "2",
+    ]);
+    must_exit(&out, 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(stdout(&out), "transferring leadership to node 2\n");
+    assert!(
+        stderr(&out)
+            .starts_with("clusterctl: failed to transfer leadership to node 2: timed out after 1s"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The fake Admin service.
+
+/// Starts the fake on 127.0.0.1:0 in its own thread; returns its address once it listens.
+/// The thread lives until the test process exits.
+fn start_fake_admin() -> SocketAddr {
+    let (addr_tx, addr_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("failed to build the fake's runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("failed to bind the fake");
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            tonic::transport::Server::builder()
+                .add_service(AdminServer::new(FakeAdmin))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await
+                .expect("the fake admin server failed");
+        });
+    });
+    addr_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the fake admin server did not start")
+}
+
+struct FakeAdmin;
+
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<Progress, Status>> + Send>>;
+
+fn progress(message: &str, matched_index: u64, target_index: u64, done: bool) -> Progress {
+    Progress {
+        message: message.into(),
+        done,
+        matched_index,
+        target_index,
+    }
+}
+
+fn answer(items: Vec<Result<Progress, Status>>) -> Result<Response<ProgressStream>, Status> {
+    Ok(Response::new(Box::pin(stream::iter(items))))
+}
+
+fn fake_member(id: u64, role: &str, reachable: bool) -> Member {
+    Member {
+        id,
+        url: format!("http://127.0.0.1:500{id}"),
+        cluster_addr: format!("127.0.0.1:700{id}"),
+        region: "default".into(),
+        zone: "default".into(),
+        role: role.into(),
+        reachable,
+        term: if reachable { 7 } else { 0 },
+        last_log_index: if reachable { 5000 } else { 0 },
+        applied_index: if reachable { 5000 } else { 0 },
+        lag: 0,
+        error: if reachable {
+            String::new()
+        } else {
+            "connection refused".into()
+        },
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for FakeAdmin {
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        // clusterctl must pass its deadline on as the gRPC timeout.
+        if request.metadata().get("grpc-timeout").is_none() {
+            return Err(Status::invalid_argument("no grpc-timeout header"));
+        }
+        Ok(Response::new(StatusResponse {
+            node_id: 1,
+            term: 7,
+            leader_id: 1,
+            last_log_index: 5000,
+            applied_index: 5000,
+            members: vec![
+                fake_member(1, "leader", true),
+                fake_member(2, "voter", true),
+                fake_member(3, "learner", false),
+            ],
+        }))
+    }
+
+    async fn node_status(
+        &self,
+        _request: Request<NodeStatusRequest>,
+    ) -> Result<Response<NodeStatusResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    type AddNodeStream = ProgressStream;
+
+    async fn add_node(
+        &self,
+        request: Request<AddNodeRequest>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        let req = request.into_inner();
+        match req.id {
+            4 => answer(vec![
+                Ok(progress(
+                    &format!(
+                        "adding node 4: cluster {}, url {}, region {}, zone {}",
+                        req.cluster_addr, req.url, req.region, req.zone
+                    ),
+                    0,
+                    0,
+                    false,
+                )),
+                Ok(progress("catching up", 1200, 5000, false)),
+                Ok(progress("catching up", 5000, 5000, false)),
+                Ok(progress("node 4 added as a learner", 5000, 5000, true)),
+            ]),
+            9 => answer(vec![
+                Ok(progress("adding node 9", 0, 0, false)),
+                Err(Status::failed_precondition(
+                    "node 9 cannot be reached at 10.0.0.9:7000",
+                )),
+            ]),
+            id => Err(Status::invalid_argument(format!(
+                "node {id} is not expected"
+            ))),
+        }
+    }
+
+    type PromoteNodeStream = ProgressStream;
+
+    async fn promote_node(
+        &self,
+        request: Request<NodeRef>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        match request.into_inner().id {
+            2 => Err(Status::failed_precondition("node 2 is not a learner")),
+            _ => answer(vec![Ok(progress("", 0, 0, true))]),
+        }
+    }
+
+    type DemoteNodeStream = ProgressStream;
+
+    async fn demote_node(
+        &self,
+        request: Request<NodeRef>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        let id = request.into_inner().id;
+        answer(vec![Ok(progress(
+            &format!("demoting node {id}"),
+            0,
+            0,
+            false,
+        ))])
+    }
+
+    type RemoveNodeStream = ProgressStream;
+
+    async fn remove_node(
+        &self,
+        _request: Request<NodeRef>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        Err(Status::unavailable("no leader is known"))
+    }
+
+    type TransferLeaderStream = ProgressStream;
+
+    async fn transfer_leader(
+        &self,
+        request: Request<TransferLeaderRequest>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        let to = request.into_inner().to;
+        let first = stream::iter(vec![Ok(progress(
+            &format!("transferring leadership to node {to}"),
+            0,
+            0,
+            false,
+        ))]);
+        Ok(Response::new(Box::pin(first.chain(stream::pending()))))
+    }
+}

@@ -1,0 +1,173 @@
+//! Connections to the other nodes' cluster endpoints (gRPC), shared by every node-to-node
+//! caller: Raft replication, write forwarding, blob fetches and admin relays.
+//!
+//! One lazily connected channel per address, reused; every call gets a deadline and the
+//! `berth-from-node` metadata naming this node. With the `fault-injection` feature, a set of
+//! blocked peers makes calls to them fail at once and calls from them be refused — the
+//! partition the cluster tests create (docs/adr/007).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use berth_proto::FROM_NODE_HEADER;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::meta::NodeId;
+
+/// How long connecting to a peer may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Why a peer could not be called.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// The address is not usable.
+    #[error("bad cluster address {addr:?}: {reason}")]
+    BadAddress {
+        /// The address.
+        addr: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A test partition cuts this node off from the peer.
+    #[error("node {0} is cut off by a test partition")]
+    Partitioned(NodeId),
+    /// The call failed.
+    #[error("call to node {node} at {addr} failed: {}", status.message())]
+    Call {
+        /// The peer.
+        node: NodeId,
+        /// Its address.
+        addr: String,
+        /// What the peer or the transport answered.
+        status: Box<tonic::Status>,
+    },
+}
+
+impl PeerError {
+    /// The gRPC status, when the call got that far.
+    pub fn status(&self) -> Option<&tonic::Status> {
+        match self {
+            PeerError::Call { status, .. } => Some(status),
+            _ => None,
+        }
+    }
+
+    /// Whether the peer could not be reached at all (as opposed to answering an error).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            PeerError::BadAddress { .. } | PeerError::Partitioned(_) => true,
+            PeerError::Call { status, .. } => status.code() == tonic::Code::Unavailable,
+        }
+    }
+}
+
+/// This node's connections to its peers.
+#[derive(Debug)]
+pub struct Peers {
+    me: NodeId,
+    channels: Mutex<HashMap<String, Channel>>,
+    /// Peers a test partition cuts off (always empty without `fault-injection`).
+    blocked: Mutex<BTreeSet<NodeId>>,
+}
+
+impl Peers {
+    /// Connections made on behalf of node `me`.
+    pub fn new(me: NodeId) -> Peers {
+        Peers {
+            me,
+            channels: Mutex::default(),
+            blocked: Mutex::default(),
+        }
+    }
+
+    /// This node's id.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// A channel to `addr` (`host:port`) for a call to `node`, unless a test partition cuts it.
+    pub fn channel(&self, node: NodeId, addr: &str) -> Result<Channel, PeerError> {
+        if self.is_blocked(node) {
+            return Err(PeerError::Partitioned(node));
+        }
+        let mut channels = self.channels.lock().expect("peer channel map poisoned");
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let bad = |reason: String| PeerError::BadAddress {
+            addr: addr.to_string(),
+            reason,
+        };
+        if addr.is_empty() {
+            return Err(bad("empty".to_string()));
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Wraps a message into a request with a deadline and this node's id.
+    pub fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.set_timeout(timeout);
+        req.metadata_mut().insert(
+            FROM_NODE_HEADER,
+            self.me
+                .to_string()
+                .parse()
+                .expect("digits are valid metadata"),
+        );
+        req
+    }
+
+    /// Turns a failed call into a [`PeerError`].
+    pub fn call_error(node: NodeId, addr: &str, status: tonic::Status) -> PeerError {
+        PeerError::Call {
+            node,
+            addr: addr.to_string(),
+            status: Box::new(status),
+        }
+    }
+
+    /// Refuses an incoming call from a peer a test partition cuts off.
+    #[allow(clippy::result_large_err)]
+    pub fn admit<T>(&self, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
+        let from = req
+            .metadata()
+            .get(FROM_NODE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<NodeId>().ok());
+        match from {
+            Some(n) if self.is_blocked(n) => Err(tonic::Status::unavailable(format!(
+                "node {n} is cut off by a test partition"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn is_blocked(&self, node: NodeId) -> bool {
+        self.blocked
+            .lock()
+            .expect("blocked set poisoned")
+            .contains(&node)
+    }
+
+    /// Replaces the set of peers cut off from this node (fault injection; empty heals).
+    #[cfg(feature = "fault-injection")]
+    pub fn set_blocked(&self, nodes: BTreeSet<NodeId>) {
+        tracing::warn!(?nodes, "test partition: peers cut off");
+        *self.blocked.lock().expect("blocked set poisoned") = nodes;
+    }
+
+    /// Whether a test partition cuts `node` off (the HTTP relay checks it too).
+    pub fn cut_off(&self, node: NodeId) -> bool {
+        self.is_blocked(node)
+    }
+}

@@ -1,0 +1,331 @@
+//! `berth.admin.v1.Admin`: cluster status and membership changes for `clusterctl` (and for
+//! `berth serve --join`), plus the test-only `Faults` service.
+//!
+//! Status is gathered from every member with a short deadline each; a member that does not
+//! answer is reported unreachable. A membership change that reaches a follower is relayed
+//! once to the leader, its progress stream passed through.
+
+use std::future::Future;
+use std::time::Duration;
+
+use berth_proto::admin::admin_client::AdminClient;
+use berth_proto::admin::admin_server::Admin;
+use berth_proto::admin::{
+    AddNodeRequest, Member, NodeRef, NodeStatusRequest, NodeStatusResponse, Progress,
+    StatusRequest, StatusResponse, TransferLeaderRequest,
+};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::cluster::{self, Cluster, MembershipError};
+use crate::meta::{NodeId, NodeInfo};
+
+/// Deadline for one member's NodeStatus during a Status call.
+const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// Deadline for a membership change relayed to the leader.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(600);
+/// Metadata on a call one node relayed to the leader; it is never relayed again.
+const RELAYED: &str = "berth-admin-relayed";
+
+type ProgressStream = BoxStream<'static, Result<Progress, Status>>;
+
+/// The admin service of this node.
+pub(super) struct AdminService {
+    cluster: Cluster,
+}
+
+impl AdminService {
+    pub(super) fn new(cluster: Cluster) -> AdminService {
+        AdminService { cluster }
+    }
+}
+
+fn node_status_message(s: &cluster::NodeStatus) -> NodeStatusResponse {
+    NodeStatusResponse {
+        node_id: s.node_id,
+        term: s.term,
+        leader_id: s.leader_id.unwrap_or(0),
+        last_log_index: s.last_log_index,
+        applied_index: s.applied_index,
+        state: s.state.to_string(),
+    }
+}
+
+fn status_of(e: MembershipError) -> Status {
+    match e {
+        MembershipError::Invalid(m) => Status::invalid_argument(m),
+        MembershipError::Refused(m) => Status::failed_precondition(m),
+        MembershipError::Unavailable(m) => Status::unavailable(m),
+        MembershipError::Timeout(m) => Status::deadline_exceeded(m),
+    }
+}
+
+fn progress_message(p: cluster::Progress) -> Progress {
+    Progress {
+        message: p.message,
+        done: p.done,
+        matched_index: p.matched,
+        target_index: p.target,
+    }
+}
+
+impl AdminService {
+    /// Asks one member for its own view.
+    async fn member_status(
+        &self,
+        id: NodeId,
+        info: &NodeInfo,
+    ) -> Result<NodeStatusResponse, String> {
+        if id == self.cluster.node_id() {
+            return Ok(node_status_message(&self.cluster.node_status()));
+        }
+        let peers = self.cluster.peers();
+        let channel = peers
+            .channel(id, &info.cluster_addr)
+            .map_err(|e| e.to_string())?;
+        let req = peers.request(NodeStatusRequest {}, MEMBER_STATUS_TIMEOUT);
+        match tokio::time::timeout(
+            MEMBER_STATUS_TIMEOUT,
+            AdminClient::new(channel).node_status(req),
+        )
+        .await
+        {
+            Err(_) => Err("no answer within 1 s".to_string()),
+            Ok(Err(status)) => Err(status.message().to_string()),
+            Ok(Ok(r)) => Ok(r.into_inner()),
+        }
+    }
+
+    /// Runs a membership operation here if this node leads, else relays it to the leader.
+    async fn operate<Req, Op, Fut, Relay, RFut>(
+        &self,
+        req: Request<Req>,
+        op: Op,
+        relay: Relay,
+    ) -> Result<Response<ProgressStream>, Status>
+    where
+        Req: Clone + Send + 'static,
+        Op: FnOnce(Cluster, Req, mpsc::Sender<cluster::Progress>) -> Fut,
+        Fut: Future<Output = Result<(), MembershipError>> + Send + 'static,
+        Relay: FnOnce(AdminClient<tonic::transport::Channel>, Request<Req>) -> RFut,
+        RFut: Future<Output = Result<Response<tonic::Streaming<Progress>>, Status>>,
+    {
+        self.cluster.peers().admit(&req)?;
+        if self.cluster.is_leader() {
+            let (ptx, mut prx) = mpsc::channel::<cluster::Progress>(16);
+            let (otx, orx) = mpsc::channel::<Result<Progress, Status>>(16);
+            let work = op(self.cluster.clone(), req.into_inner(), ptx);
+            tokio::spawn(async move {
+                let forward = async {
+                    while let Some(p) = prx.recv().await {
+                        let _ = otx.send(Ok(progress_message(p))).await;
+                    }
+                };
+                let (res, ()) = tokio::join!(work, forward);
+                if let Err(e) = res {
+                    let _ = otx.send(Err(status_of(e))).await;
+                }
+            });
+            return Ok(Response::new(
+                tokio_stream::wrappers::ReceiverStream::new(orx).boxed(),
+            ));
+        }
+        if req.metadata().contains_key(RELAYED) {
+            return Err(Status::unavailable(
+                "leadership is changing; try again (a relayed call reached a non-leader)",
+            ));
+        }
+        let Some(leader) = self.cluster.current_leader() else {
+            return Err(Status::unavailable(
+                "no leader is known; the cluster may have no quorum",
+            ));
+        };
+        let Some(info) = self.cluster.member(leader) else {
+            return Err(Status::unavailable(format!(
+                "leader {leader} is not in the membership this node knows"
+            )));
+        };
+        let peers = self.cluster.peers();
+        let channel = peers
+            .channel(leader, &info.cluster_addr)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut relayed = peers.request(req.into_inner(), RELAY_TIMEOUT);
+        relayed
+            .metadata_mut()
+            .insert(RELAYED, "1".parse().expect("valid metadata"));
+        let stream = relay(AdminClient::new(channel), relayed)
+            .await?
+            .into_inner();
+        Ok(Response::new(stream.boxed()))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(
+        &self,
+        req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        self.cluster.peers().admit(&req)?;
+        let me = self.cluster.node_status();
+        let members = self.cluster.members();
+        let answers =
+            futures::future::join_all(members.iter().map(|m| self.member_status(m.id, &m.info)))
+                .await;
+        // Lag is measured against the leader's log, as the leader reports it.
+        let leader_last = members.iter().zip(&answers).find_map(|(m, a)| match a {
+            Ok(s) if s.state == "leader" => Some((m.id, s.last_log_index)),
+            _ => None,
+        });
+        let out = members
+            .iter()
+            .zip(answers)
+            .map(|(m, a)| {
+                let mut member = Member {
+                    id: m.id,
+                    url: m.info.url.clone(),
+                    cluster_addr: m.info.cluster_addr.clone(),
+                    region: m.info.region.clone(),
+                    zone: m.info.zone.clone(),
+                    role: m.role.as_str().to_string(),
+                    ..Member::default()
+                };
+                match a {
+                    Ok(s) => {
+                        member.reachable = true;
+                        member.term = s.term;
+                        member.last_log_index = s.last_log_index;
+                        member.applied_index = s.applied_index;
+                        member.lag =
+                            leader_last.map_or(0, |(_, last)| last.saturating_sub(s.applied_index));
+                        if s.state == "leader" {
+                            member.role = "leader".to_string();
+                        } else if member.role == "leader" {
+                            member.role = "voter".to_string();
+                        }
+                    }
+                    Err(e) => member.error = e,
+                }
+                member
+            })
+            .collect();
+        Ok(Response::new(StatusResponse {
+            node_id: me.node_id,
+            term: me.term,
+            leader_id: me.leader_id.unwrap_or(0),
+            last_log_index: me.last_log_index,
+            applied_index: me.applied_index,
+            members: out,
+        }))
+    }
+
+    async fn node_status(
+        &self,
+        req: Request<NodeStatusRequest>,
+    ) -> Result<Response<NodeStatusResponse>, Status> {
+        self.cluster.peers().admit(&req)?;
+        Ok(Response::new(node_status_message(
+            &self.cluster.node_status(),
+        )))
+    }
+
+    type AddNodeStream = ProgressStream;
+
+    async fn add_node(
+        &self,
+        req: Request<AddNodeRequest>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        self.operate(
+            req,
+            |c, r, tx| async move {
+                let info = NodeInfo {
+                    url: r.url,
+                    cluster_addr: r.cluster_addr,
+                    region: r.region,
+                    zone: r.zone,
+                };
+                c.add_node(r.id, info, tx).await
+            },
+            |mut client, r| async move { client.add_node(r).await },
+        )
+        .await
+    }
+
+    type PromoteNodeStream = ProgressStream;
+
+    async fn promote_node(
+        &self,
+        req: Request<NodeRef>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        self.operate(
+            req,
+            |c, r, tx| async move { c.promote(r.id, tx).await },
+            |mut client, r| async move { client.promote_node(r).await },
+        )
+        .await
+    }
+
+    type DemoteNodeStream = ProgressStream;
+
+    async fn demote_node(&self, req: Request<NodeRef>) -> Result<Response<ProgressStream>, Status> {
+        self.operate(
+            req,
+            |c, r, tx| async move { c.demote(r.id, tx).await },
+            |mut client, r| async move { client.demote_node(r).await },
+        )
+        .await
+    }
+
+    type RemoveNodeStream = ProgressStream;
+
+    async fn remove_node(&self, req: Request<NodeRef>) -> Result<Response<ProgressStream>, Status> {
+        self.operate(
+            req,
+            |c, r, tx| async move { c.remove(r.id, tx).await },
+            |mut client, r| async move { client.remove_node(r).await },
+        )
+        .await
+    }
+
+    type TransferLeaderStream = ProgressStream;
+
+    async fn transfer_leader(
+        &self,
+        req: Request<TransferLeaderRequest>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        self.operate(
+            req,
+            |c, r, tx| async move { c.transfer_leader(r.to, tx).await },
+            |mut client, r| async move { client.transfer_leader(r).await },
+        )
+        .await
+    }
+}
+
+/// The test-only fault-injection service.
+#[cfg(feature = "fault-injection")]
+pub(super) struct FaultsService {
+    cluster: Cluster,
+}
+
+#[cfg(feature = "fault-injection")]
+impl FaultsService {
+    pub(super) fn new(cluster: Cluster) -> FaultsService {
+        FaultsService { cluster }
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+#[tonic::async_trait]
+impl berth_proto::admin::faults_server::Faults for FaultsService {
+    async fn set_partition(
+        &self,
+        req: Request<berth_proto::admin::SetPartitionRequest>,
+    ) -> Result<Response<berth_proto::admin::SetPartitionResponse>, Status> {
+        let blocked = req.into_inner().blocked_node_ids.into_iter().collect();
+        self.cluster.peers().set_blocked(blocked);
+        Ok(Response::new(berth_proto::admin::SetPartitionResponse {}))
+    }
+}

@@ -1,0 +1,120 @@
+//! `berth.peer.v1.Peer`: the leader's half of write forwarding, and blob streaming to peers
+//! that lack a blob.
+
+use std::sync::Arc;
+
+use berth_proto::LEADER_ID_HEADER;
+use berth_proto::peer::peer_server::Peer;
+use berth_proto::peer::{BlobChunk, FetchBlobRequest, ForwardWriteRequest, ForwardWriteResponse};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tonic::{Request, Response, Status};
+
+use crate::blobstore::BlobStoreError;
+use crate::cluster::{ClusterError, LeaderWriteError};
+use crate::meta::Command;
+use crate::registry::Registry;
+use crate::types::Digest;
+
+/// Bytes of blob per stream message (well under gRPC's default 4 MiB message limit).
+const CHUNK: usize = 1024 * 1024;
+
+/// The Peer service of this node.
+pub(super) struct PeerService {
+    registry: Arc<Registry>,
+}
+
+impl PeerService {
+    pub(super) fn new(registry: Arc<Registry>) -> PeerService {
+        PeerService { registry }
+    }
+}
+
+/// Splits a blob body's pieces into messages of at most [`CHUNK`] bytes.
+fn split(b: Bytes) -> impl Iterator<Item = Bytes> {
+    let n = b.len().div_ceil(CHUNK);
+    (0..n).map(move |i| b.slice(i * CHUNK..((i + 1) * CHUNK).min(b.len())))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn forward_write(
+        &self,
+        req: Request<ForwardWriteRequest>,
+    ) -> Result<Response<ForwardWriteResponse>, Status> {
+        let cluster = self.registry.cluster();
+        cluster.peers().admit(&req)?;
+        let command: Command = postcard::from_bytes(&req.into_inner().command)
+            .map_err(|e| Status::invalid_argument(format!("failed to decode command: {e}")))?;
+        match cluster.leader_write(command).await {
+            Ok((result, log_index)) => Ok(Response::new(ForwardWriteResponse {
+                result: postcard::to_allocvec(&result).expect("results serialise"),
+                log_index,
+            })),
+            Err(LeaderWriteError::NotLeader(leader)) => {
+                let mut status = Status::failed_precondition("this node is not the leader");
+                if let Some(id) = leader {
+                    status.metadata_mut().insert(
+                        LEADER_ID_HEADER,
+                        id.to_string().parse().expect("digits are valid metadata"),
+                    );
+                }
+                Err(status)
+            }
+            Err(LeaderWriteError::Cluster(ClusterError::NoQuorum { reason })) => {
+                Err(Status::unavailable(reason))
+            }
+            Err(LeaderWriteError::Cluster(e)) => Err(Status::internal(e.to_string())),
+        }
+    }
+
+    type FetchBlobStream = BoxStream<'static, Result<BlobChunk, Status>>;
+
+    async fn fetch_blob(
+        &self,
+        req: Request<FetchBlobRequest>,
+    ) -> Result<Response<Self::FetchBlobStream>, Status> {
+        self.registry.cluster().peers().admit(&req)?;
+        let digest = Digest::parse(&req.get_ref().digest)
+            .map_err(|e| Status::invalid_argument(format!("bad digest: {e}")))?;
+        let body = match self.registry.blob_store().read(&digest, None).await {
+            Ok(b) => b,
+            Err(BlobStoreError::NotFound(d)) => {
+                return Err(Status::not_found(format!("this node does not hold {d}")));
+            }
+            Err(e) => return Err(Status::internal(e.to_string())),
+        };
+        let size = body.len();
+        let mut first = true;
+        let chunks = body
+            .map(|piece| match piece {
+                Ok(b) => futures::stream::iter(split(b).map(Ok).collect::<Vec<_>>()),
+                Err(e) => futures::stream::iter(vec![Err(Status::internal(format!(
+                    "failed to read blob: {e}"
+                )))]),
+            })
+            .flatten()
+            .map(move |r| {
+                r.map(|data| {
+                    let chunk = BlobChunk {
+                        size: if first { size } else { 0 },
+                        data,
+                    };
+                    first = false;
+                    chunk
+                })
+            });
+        // An empty blob still sends one message: the receiver learns the size from it.
+        let stream = if size == 0 {
+            futures::stream::iter(vec![Ok(BlobChunk {
+                size: 0,
+                data: Bytes::new(),
+            })])
+            .boxed()
+        } else {
+            chunks.boxed()
+        };
+        Ok(Response::new(stream))
+    }
+}
