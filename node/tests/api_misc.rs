@@ -330,7 +330,14 @@ async fn error_bodies_have_the_oci_shape() {
     let d = t.push_blob("r", b"0123456789").await;
     // One request per error code the API produces, with the code and status expected.
     // (method, path, headers, body, expected status, expected code)
-    type Case<'a> = (Method, String, Vec<(&'a str, &'a str)>, &'a str, StatusCode, &'a str);
+    type Case<'a> = (
+        Method,
+        String,
+        Vec<(&'a str, &'a str)>,
+        &'a str,
+        StatusCode,
+        &'a str,
+    );
     let cases: Vec<Case> = vec![
         (
             Method::GET,

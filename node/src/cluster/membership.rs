@@ -220,19 +220,28 @@ impl Cluster {
         (matched, m.last_log_index.unwrap_or(0))
     }
 
-    /// Whether `id` acknowledged the leader's heartbeats recently.
-    fn answers_heartbeats(&self, id: NodeId) -> bool {
+    /// Whether `id` acknowledges the leader's heartbeats: one acknowledged within the last
+    /// election-timeout span, waiting that long for one (a just-added learner may not have
+    /// answered a heartbeat yet).
+    async fn answers_heartbeats(&self, id: NodeId) -> bool {
         if id == self.node_id {
             return true;
         }
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow_watched();
         let recent = self.leader_wait;
-        m.heartbeat
-            .as_ref()
-            .and_then(|h: &BTreeMap<NodeId, Option<_>>| h.get(&id).cloned())
-            .flatten()
-            .is_some_and(|at| at.elapsed() <= recent)
+        self.raft
+            .wait(Some(recent))
+            .metrics(
+                |m| {
+                    m.heartbeat
+                        .as_ref()
+                        .and_then(|h: &BTreeMap<NodeId, Option<_>>| h.get(&id).cloned())
+                        .flatten()
+                        .is_some_and(|at| at.elapsed() <= recent)
+                },
+                "the node acknowledges heartbeats",
+            )
+            .await
+            .is_ok()
     }
 
     /// Adds a node as a learner and waits until it has caught up with the log.
@@ -335,7 +344,7 @@ impl Cluster {
             }
             Some(Role::Learner) => {}
         }
-        if !self.answers_heartbeats(id) {
+        if !self.answers_heartbeats(id).await {
             return Err(MembershipError::Refused(format!(
                 "node {id} does not answer the leader; a voter that cannot be reached would \
                  weaken the quorum"
@@ -422,7 +431,7 @@ impl Cluster {
                 "node {to} is not a voter"
             )));
         }
-        if !self.answers_heartbeats(to) {
+        if !self.answers_heartbeats(to).await {
             return Err(MembershipError::Refused(format!(
                 "node {to} does not answer the leader"
             )));

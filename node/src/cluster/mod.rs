@@ -27,8 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_proto::LEADER_ID_HEADER;
-use berth_proto::peer::ForwardWriteRequest;
 use berth_proto::peer::peer_client::PeerClient;
+use berth_proto::peer::{ForwardWriteRequest, ReadIndexRequest};
 use openraft::Raft;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
@@ -143,6 +143,8 @@ impl Cluster {
             election_timeout_max: settings.election_timeout_max.as_millis() as u64,
             // A node cut off by a partition must not disturb the majority when it returns.
             enable_pre_vote: Some(true),
+            // Replicate entries while the leader's own log write is still being flushed.
+            broadcast_submitted_on_append: Some(true),
             install_snapshot_timeout: network::SNAPSHOT_TIMEOUT.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
                 settings.snapshot_every_entries,
@@ -391,6 +393,61 @@ impl Cluster {
                 )))
             })?;
         Ok(result)
+    }
+
+    /// Waits until this node has applied every write the cluster committed before the call
+    /// (Raft's ReadIndex: the leader confirms its leadership and names the index). Used when
+    /// local state may lag, e.g. a manifest PUT whose blobs were just pushed at another node.
+    ///
+    /// Errors: [`ClusterError::NoQuorum`] when no leader can confirm within the write timeout.
+    pub async fn catch_up_with_leader(&self) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + self.write_timeout;
+        let index = match self.current_leader() {
+            Some(l) if l == self.node_id => self.read_index().await?,
+            Some(l) => {
+                let node = self
+                    .member(l)
+                    .ok_or_else(|| no_quorum(format!("leader {l} is not in the membership")))?;
+                let left = deadline.saturating_duration_since(Instant::now());
+                let channel = self
+                    .peers
+                    .channel(l, &node.cluster_addr)
+                    .map_err(|e| no_quorum(e.to_string()))?;
+                PeerClient::new(channel)
+                    .read_index(self.peers.request(ReadIndexRequest {}, left))
+                    .await
+                    .map_err(|s| {
+                        no_quorum(Peers::call_error(l, &node.cluster_addr, s).to_string())
+                    })?
+                    .into_inner()
+                    .log_index
+            }
+            None => return Err(no_quorum("no leader is elected")),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "caught up with the leader")
+            .await
+            .map(|_| ())
+            .map_err(|_| no_quorum("this node did not catch up with the leader in time"))
+    }
+
+    /// The leader's half of [`Cluster::catch_up_with_leader`]: confirms leadership and returns
+    /// the index a linearizable read must have applied.
+    ///
+    /// Errors: [`ClusterError::NoQuorum`] when this node is not the leader or cannot confirm it.
+    pub async fn read_index(&self) -> Result<u64, ClusterError> {
+        let res = tokio::time::timeout(
+            self.write_timeout,
+            self.raft.get_read_log_id(openraft::ReadPolicy::ReadIndex),
+        )
+        .await
+        .map_err(|_| no_quorum("leadership was not confirmed in time"))?;
+        match res {
+            Ok((read, _)) => Ok(read.index()),
+            Err(e) => Err(no_quorum(e.to_string())),
+        }
     }
 
     /// The leader's half of a forwarded write: proposes the command here and returns what

@@ -11,12 +11,15 @@ use std::time::Duration;
 
 use berth_proto::raft::raft_client::RaftClient;
 use berth_proto::raft::{RaftPayload, SnapshotChunk, snapshot_chunk};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 use openraft::alias::{SnapshotOf, VoteOf};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{OptionalSend, RaftNetworkV2};
 use serde::Serialize;
@@ -139,6 +142,52 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             c.append_entries(r).await
         })
         .await
+    }
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<
+        's,
+        Result<
+            BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>,
+            RPCError<TypeConfig>,
+        >,
+    >
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        Box::pin(async move {
+            let mut client = self.client().map_err(rpc_error)?;
+            let (target, peers) = (self.target, self.peers.clone());
+            // Stop feeding the stream as soon as a test partition cuts the peer off.
+            let requests = input
+                .take_while(move |_| std::future::ready(!peers.cut_off(target)))
+                .map(|r| RaftPayload {
+                    postcard: encode(&r),
+                });
+            let req = self.peers.stream_request(requests);
+            let resp = tokio::time::timeout(option.soft_ttl(), client.stream_append(req))
+                .await
+                .map_err(|_| {
+                    rpc_error(self.fail(tonic::Status::deadline_exceeded(
+                        "replication stream setup timed out",
+                    )))
+                })?
+                .map_err(|s| rpc_error(self.fail(s)))?
+                .into_inner();
+            let (target, addr, peers) = (self.target, self.addr.clone(), self.peers.clone());
+            let results = resp.map(move |item| {
+                if peers.cut_off(target) {
+                    return Err(rpc_error(PeerError::Partitioned(target)));
+                }
+                let payload = item.map_err(|s| rpc_error(Peers::call_error(target, &addr, s)))?;
+                decode::<StreamAppendResult<TypeConfig>>(&payload.postcard)
+                    .map_err(|e| RPCError::Network(NetworkError::new(&e)))
+            });
+            Ok(results.boxed())
+        })
     }
 
     async fn vote(

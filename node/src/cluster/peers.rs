@@ -17,6 +17,10 @@ use crate::meta::NodeId;
 
 /// How long connecting to a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// HTTP/2 keep-alive ping interval on peer connections.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// A peer that does not answer a keep-alive ping within this is dead to its streams.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a peer could not be called.
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +110,10 @@ impl Peers {
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
+            // Long-lived replication streams notice a dead or hung peer by keep-alive.
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Ok(channel)
@@ -115,8 +121,15 @@ impl Peers {
 
     /// Wraps a message into a request with a deadline and this node's id.
     pub fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(message);
+        let mut req = self.stream_request(message);
         req.set_timeout(timeout);
+        req
+    }
+
+    /// Wraps a long-lived stream into a request carrying this node's id, without a deadline
+    /// on the whole call (the caller bounds its setup; keep-alive bounds the rest).
+    pub fn stream_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
         req.metadata_mut().insert(
             FROM_NODE_HEADER,
             self.me
@@ -136,15 +149,18 @@ impl Peers {
         }
     }
 
+    /// The node an incoming call names as its sender.
+    pub fn sender<T>(req: &tonic::Request<T>) -> Option<NodeId> {
+        req.metadata()
+            .get(FROM_NODE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<NodeId>().ok())
+    }
+
     /// Refuses an incoming call from a peer a test partition cuts off.
     #[allow(clippy::result_large_err)]
     pub fn admit<T>(&self, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
-        let from = req
-            .metadata()
-            .get(FROM_NODE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<NodeId>().ok());
-        match from {
+        match Self::sender(req) {
             Some(n) if self.is_blocked(n) => Err(tonic::Status::unavailable(format!(
                 "node {n} is cut off by a test partition"
             ))),

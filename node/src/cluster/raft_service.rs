@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use berth_proto::raft::raft_server::Raft as RaftRpc;
 use berth_proto::raft::{RaftPayload, SnapshotChunk, snapshot_chunk};
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use openraft::Raft;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
+use openraft::raft::AppendEntriesRequest;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
@@ -71,6 +73,41 @@ impl RaftRpc for RaftService {
     ) -> Result<Response<RaftPayload>, Status> {
         self.peers.admit(&req)?;
         answer(self.raft.append_entries(payload(req)?).await)
+    }
+
+    type StreamAppendStream = BoxStream<'static, Result<RaftPayload, Status>>;
+
+    async fn stream_append(
+        &self,
+        req: Request<Streaming<RaftPayload>>,
+    ) -> Result<Response<Self::StreamAppendStream>, Status> {
+        self.peers.admit(&req)?;
+        let from = Peers::sender(&req);
+        let peers = self.peers.clone();
+        // Requests until the first one that fails to arrive or decode, or a test partition.
+        let requests = req.into_inner().scan((), move |(), item| {
+            let cut = from.is_some_and(|n| peers.cut_off(n));
+            let next = match item {
+                Ok(p) if !cut => decode::<AppendEntriesRequest<TypeConfig>>(&p.postcard).ok(),
+                _ => None,
+            };
+            std::future::ready(next)
+        });
+        let peers = self.peers.clone();
+        let results = self.raft.stream_append(requests).map(move |r| {
+            if from.is_some_and(|n| peers.cut_off(n)) {
+                return Err(Status::unavailable(
+                    "the sender is cut off by a test partition",
+                ));
+            }
+            match r {
+                Ok(result) => Ok(RaftPayload {
+                    postcard: encode(&result),
+                }),
+                Err(fatal) => Err(Status::unavailable(format!("raft: {fatal}"))),
+            }
+        });
+        Ok(Response::new(results.boxed()))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

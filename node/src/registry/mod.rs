@@ -264,7 +264,12 @@ impl Registry {
         digest: &Digest,
     ) -> Result<bool, RegistryError> {
         if self.meta.linked_blob(from, digest).await?.is_none() {
-            return Ok(false);
+            // As for a manifest PUT: the source may have the blob through a write this node
+            // has not applied yet.
+            self.cluster.catch_up_with_leader().await?;
+            if self.meta.linked_blob(from, digest).await?.is_none() {
+                return Ok(false);
+            }
         }
         let cmd = CommandV1::MountBlob {
             from: from.clone(),
@@ -426,8 +431,17 @@ impl Registry {
             .referenced_blobs()
             .map(|d| d.digest.clone())
             .collect();
+        let mut caught_up = false;
         for blob in &blobs {
-            match self.meta.linked_blob(repo, blob).await? {
+            let mut record = self.meta.linked_blob(repo, blob).await?;
+            if record.is_none() && !caught_up {
+                // This node's state may lag: the blob may have been pushed at another node a
+                // moment ago. Catch up with what the cluster committed, then look again.
+                self.cluster.catch_up_with_leader().await?;
+                caught_up = true;
+                record = self.meta.linked_blob(repo, blob).await?;
+            }
+            match record {
                 None => return Err(RegistryError::ManifestBlobUnknown(blob.clone())),
                 Some(r) if r.holders.len() < self.settings.min_copies => {
                     return Err(RegistryError::Unavailable(format!(

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use berth_proto::LEADER_ID_HEADER;
 use berth_proto::peer::peer_server::Peer;
-use berth_proto::peer::{BlobChunk, FetchBlobRequest, ForwardWriteRequest, ForwardWriteResponse};
+use berth_proto::peer::{
+    BlobChunk, FetchBlobRequest, ForwardWriteRequest, ForwardWriteResponse, ReadIndexRequest,
+    ReadIndexResponse,
+};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -66,6 +69,21 @@ impl Peer for PeerService {
                 Err(Status::unavailable(reason))
             }
             Err(LeaderWriteError::Cluster(e)) => Err(Status::internal(e.to_string())),
+        }
+    }
+
+    async fn read_index(
+        &self,
+        req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexResponse>, Status> {
+        let cluster = self.registry.cluster();
+        cluster.peers().admit(&req)?;
+        if !cluster.is_leader() {
+            return Err(Status::failed_precondition("this node is not the leader"));
+        }
+        match cluster.read_index().await {
+            Ok(log_index) => Ok(Response::new(ReadIndexResponse { log_index })),
+            Err(e) => Err(Status::unavailable(e.to_string())),
         }
     }
 
