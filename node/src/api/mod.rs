@@ -44,10 +44,24 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(registry): State<Arc<Registry>>) -> Response {
+    if !registry.cluster().is_member() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: this node is not a member of the cluster\n",
+        )
+            .into_response();
+    }
     if !registry.cluster().has_leader() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: raft has no leader\n",
+        )
+            .into_response();
+    }
+    if !registry.cluster().hears_from_leader() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no contact with the raft leader\n",
         )
             .into_response();
     }

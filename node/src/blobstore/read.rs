@@ -39,6 +39,12 @@ pub struct BlobBody {
 }
 
 impl BlobBody {
+    /// A body fed by another producer (e.g. a copy streaming in from a peer): `len` bytes, in
+    /// order, then the end of the channel. An `Err` item aborts the response.
+    pub fn from_channel(rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>, len: u64) -> BlobBody {
+        BlobBody { rx, len }
+    }
+
     /// How many bytes the stream yields.
     pub fn len(&self) -> u64 {
         self.len

@@ -105,6 +105,8 @@ pub struct Cluster {
     peers: Arc<Peers>,
     /// Started on an empty store with [`Bootstrap::Join`]: waits to be added by a member.
     awaiting_join: bool,
+    /// When a leader last replicated to this node (see [`Cluster::hears_from_leader`]).
+    leader_contact: Arc<LeaderContact>,
     /// Set by [`Cluster::shutdown`]; openraft's metrics keep their last value after it.
     stopped: Arc<AtomicBool>,
 }
@@ -200,6 +202,7 @@ impl Cluster {
             leader_wait: settings.election_timeout_max * 3,
             peers,
             awaiting_join,
+            leader_contact: Arc::new(LeaderContact::new()),
             stopped: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -222,7 +225,19 @@ impl Cluster {
 
     /// The gRPC service that hands peers' Raft messages to this node.
     pub fn raft_service(&self, snapshot_dir: std::path::PathBuf) -> RaftService {
-        RaftService::new(self.raft.clone(), self.peers.clone(), snapshot_dir)
+        RaftService::new(
+            self.raft.clone(),
+            self.peers.clone(),
+            self.leader_contact.clone(),
+            snapshot_dir,
+        )
+    }
+
+    /// Whether this node leads, or a leader replicated to it within the last three election
+    /// timeouts. False on a node cut off from the leader, or removed from the cluster while
+    /// still running (the leader no longer replicates to it).
+    pub fn hears_from_leader(&self) -> bool {
+        self.is_leader() || self.leader_contact.within(self.leader_wait)
     }
 
     /// Waits until a leader is known, up to `timeout`. Returns whether one is.
@@ -252,6 +267,12 @@ impl Cluster {
         m.current_leader
     }
 
+    /// Whether this node is in the membership it knows (false once it was removed, or before
+    /// it was added).
+    pub fn is_member(&self) -> bool {
+        self.member(self.node_id).is_some()
+    }
+
     /// What the cluster records of a member (from the membership this node knows).
     pub fn member(&self, id: NodeId) -> Option<NodeInfo> {
         let metrics = self.raft.metrics();
@@ -266,6 +287,13 @@ impl Cluster {
     /// election), the leader cannot be reached, or the write cannot commit within the write
     /// timeout; [`ClusterError::Stopped`] when Raft has stopped.
     pub async fn write(&self, command: Command) -> Result<WriteResult, ClusterError> {
+        if !self.is_member() {
+            // A removed node no longer receives the log: it could not apply its own write.
+            return Err(no_quorum(format!(
+                "node {} is not a member of the cluster",
+                self.node_id
+            )));
+        }
         let deadline = Instant::now() + self.write_timeout;
         let mut last_reason = String::from("no leader is elected");
         // Each round either answers, or learns of a (new) leader; bounded by the deadline and
@@ -487,6 +515,33 @@ impl Cluster {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "failed to shut raft down cleanly");
         }
+    }
+}
+
+/// When a leader last replicated to this node (milliseconds since the node started).
+#[derive(Debug)]
+pub struct LeaderContact {
+    start: Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl LeaderContact {
+    fn new() -> LeaderContact {
+        LeaderContact {
+            start: Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Records a message from the leader now.
+    pub fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn within(&self, span: Duration) -> bool {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last) <= span
     }
 }
 

@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::LeaderContact;
 use super::network::{decode, encode};
 use super::peers::Peers;
 use crate::meta::{StateMachine, TypeConfig};
@@ -29,6 +30,7 @@ use crate::meta::{StateMachine, TypeConfig};
 pub struct RaftService {
     raft: Raft<TypeConfig, StateMachine>,
     peers: Arc<Peers>,
+    leader_contact: Arc<LeaderContact>,
     snapshot_dir: Arc<PathBuf>,
     seq: Arc<AtomicU64>,
 }
@@ -37,11 +39,13 @@ impl RaftService {
     pub(super) fn new(
         raft: Raft<TypeConfig, StateMachine>,
         peers: Arc<Peers>,
+        leader_contact: Arc<LeaderContact>,
         snapshot_dir: PathBuf,
     ) -> RaftService {
         RaftService {
             raft,
             peers,
+            leader_contact,
             snapshot_dir: Arc::new(snapshot_dir),
             seq: Arc::default(),
         }
@@ -72,6 +76,7 @@ impl RaftRpc for RaftService {
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         self.peers.admit(&req)?;
+        self.leader_contact.touch();
         answer(self.raft.append_entries(payload(req)?).await)
     }
 
@@ -84,8 +89,10 @@ impl RaftRpc for RaftService {
         self.peers.admit(&req)?;
         let from = Peers::sender(&req);
         let peers = self.peers.clone();
+        let contact = self.leader_contact.clone();
         // Requests until the first one that fails to arrive or decode, or a test partition.
         let requests = req.into_inner().scan((), move |(), item| {
+            contact.touch();
             let cut = from.is_some_and(|n| peers.cut_off(n));
             let next = match item {
                 Ok(p) if !cut => decode::<AppendEntriesRequest<TypeConfig>>(&p.postcard).ok(),

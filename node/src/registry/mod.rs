@@ -220,15 +220,37 @@ impl Registry {
         let body = match self.blobs.read(digest, range).await {
             Err(BlobStoreError::NotFound(_)) => {
                 let holders = record.holders.iter().copied().collect();
-                self.fetcher
-                    .ensure(&self.cluster, &self.blobs, digest, holders)
-                    .await
-                    .map_err(|why| {
-                        RegistryError::Unavailable(format!(
-                            "no node holding blob {digest} could provide it ({why})"
-                        ))
-                    })?;
-                self.blobs.read(digest, range).await?
+                let unavailable = |why: Arc<String>| {
+                    RegistryError::Unavailable(format!(
+                        "no node holding blob {digest} could provide it ({why})"
+                    ))
+                };
+                // A whole-blob GET is served while the copy streams in; a range waits for it.
+                let streaming = if range.is_none() {
+                    self.fetcher
+                        .ensure_streaming(&self.cluster, &self.blobs, digest, holders)
+                        .await
+                        .map_err(unavailable)?
+                } else {
+                    self.fetcher
+                        .ensure(&self.cluster, &self.blobs, digest, holders)
+                        .await
+                        .map_err(unavailable)?;
+                    None
+                };
+                match streaming {
+                    Some(body) if body.len() == size => body,
+                    Some(body) => {
+                        return Err(RegistryError::Storage(
+                            format!(
+                                "holder announced {} bytes for a blob recorded as {size}",
+                                body.len()
+                            )
+                            .into(),
+                        ));
+                    }
+                    None => self.blobs.read(digest, range).await?,
+                }
             }
             other => other?,
         };

@@ -1,0 +1,217 @@
+//! Blocking calls to a node's gRPC services (`berth.admin.v1`: Admin and Faults).
+//!
+//! The harness and the tests are synchronous (plain `#[test]` functions and std threads); gRPC
+//! calls run on one process-wide tokio runtime through [`block_on`]. Each call opens its own
+//! connection and is bounded by a deadline, so a dead or partitioned node costs at most that
+//! deadline. Errors come back as `Err(String)` with the gRPC code and message; the `must`
+//! wrappers live on [`crate::Cluster`].
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use berth_proto::admin::admin_client::AdminClient;
+use berth_proto::admin::faults_client::FaultsClient;
+use berth_proto::admin::{
+    AddNodeRequest, NodeRef, NodeStatusRequest, NodeStatusResponse, Progress, SetPartitionRequest,
+    StatusRequest, StatusResponse, TransferLeaderRequest,
+};
+use tonic::transport::{Channel, Endpoint};
+
+/// How long connecting to a node's cluster address may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Deadline of a `NodeStatus` call (one node's own view).
+pub const NODE_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of a `Status` call (the answering node asks every member).
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of a `SetPartition` call.
+pub const FAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("cluster-tests-grpc")
+            .enable_all()
+            .build()
+            .expect("failed to build the harness tokio runtime")
+    })
+}
+
+/// Runs a future to completion on the harness runtime (from any non-async thread).
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    runtime().block_on(f)
+}
+
+async fn channel(addr: &str) -> Result<Channel, String> {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| format!("bad cluster address {addr}: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| format!("failed to connect to {addr}: {e}"))
+}
+
+fn status_text(s: &tonic::Status) -> String {
+    format!("{:?}: {}", s.code(), s.message())
+}
+
+async fn bounded<T>(
+    addr: &str,
+    what: &str,
+    timeout: Duration,
+    f: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(r) => r.map_err(|e| format!("{what} at {addr}: {e}")),
+        Err(_) => Err(format!("{what} at {addr}: no answer within {timeout:?}")),
+    }
+}
+
+/// `Admin.NodeStatus` at `addr`: that node's own Raft view.
+pub fn node_status(addr: &str) -> Result<NodeStatusResponse, String> {
+    block_on(bounded(addr, "NodeStatus", NODE_STATUS_TIMEOUT, async {
+        let mut c = AdminClient::new(channel(addr).await?);
+        c.node_status(NodeStatusRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| status_text(&s))
+    }))
+}
+
+/// `Admin.Status` at `addr`: the whole cluster as that node sees it.
+pub fn status(addr: &str) -> Result<StatusResponse, String> {
+    block_on(bounded(addr, "Status", STATUS_TIMEOUT, async {
+        let mut c = AdminClient::new(channel(addr).await?);
+        c.status(StatusRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| status_text(&s))
+    }))
+}
+
+/// A membership operation of the admin service.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// `AddNode`: add as a learner and wait until it caught up.
+    Add(AddNodeRequest),
+    /// `PromoteNode`: learner → voter.
+    Promote(u64),
+    /// `DemoteNode`: voter → learner.
+    Demote(u64),
+    /// `RemoveNode`.
+    Remove(u64),
+    /// `TransferLeader` to this voter.
+    TransferLeader(u64),
+}
+
+/// Why a membership operation did not complete.
+#[derive(Debug, Clone)]
+pub struct ChangeError {
+    /// The gRPC code the stream (or the call) ended with; `None` for a transport problem or a
+    /// stream that ended without `done`.
+    pub code: Option<tonic::Code>,
+    /// What happened, with the progress seen so far.
+    pub message: String,
+}
+
+impl std::fmt::Display for ChangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.code {
+            Some(c) => write!(f, "{c:?}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Runs a membership operation at `addr` and consumes its `Progress` stream until the message
+/// with `done = true`. Returns every progress message; `Err` when the call or the stream ends
+/// with an error status, the stream ends without `done`, or `timeout` passes.
+pub fn change(addr: &str, op: Change, timeout: Duration) -> Result<Vec<Progress>, ChangeError> {
+    block_on(async {
+        let run = async {
+            let mut seen: Vec<Progress> = Vec::new();
+            let ch = channel(addr).await.map_err(|message| ChangeError {
+                code: None,
+                message,
+            })?;
+            let mut c = AdminClient::new(ch);
+            let started = match op.clone() {
+                Change::Add(req) => c.add_node(req).await,
+                Change::Promote(id) => c.promote_node(NodeRef { id }).await,
+                Change::Demote(id) => c.demote_node(NodeRef { id }).await,
+                Change::Remove(id) => c.remove_node(NodeRef { id }).await,
+                Change::TransferLeader(to) => c.transfer_leader(TransferLeaderRequest { to }).await,
+            };
+            let mut stream = started
+                .map_err(|s| ChangeError {
+                    code: Some(s.code()),
+                    message: s.message().to_string(),
+                })?
+                .into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(p)) => {
+                        let done = p.done;
+                        seen.push(p);
+                        if done {
+                            return Ok(seen);
+                        }
+                    }
+                    Ok(None) => {
+                        return Err(ChangeError {
+                            code: None,
+                            message: format!(
+                                "the stream ended without done; progress: {:?}",
+                                messages(&seen)
+                            ),
+                        });
+                    }
+                    Err(s) => {
+                        return Err(ChangeError {
+                            code: Some(s.code()),
+                            message: format!(
+                                "{}; progress before: {:?}",
+                                s.message(),
+                                messages(&seen)
+                            ),
+                        });
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(r) => r,
+            Err(_) => Err(ChangeError {
+                code: None,
+                message: format!("{op:?} at {addr}: not done within {timeout:?}"),
+            }),
+        }
+    })
+}
+
+fn messages(p: &[Progress]) -> Vec<&str> {
+    p.iter().map(|p| p.message.as_str()).collect()
+}
+
+/// `Faults.SetPartition` at `addr`: the node refuses calls from, and fails calls to, the
+/// `blocked` peers (empty: heals). Needs a berth built with `--features fault-injection`.
+pub fn set_partition(addr: &str, blocked: Vec<u64>) -> Result<(), String> {
+    block_on(bounded(addr, "SetPartition", FAULT_TIMEOUT, async {
+        let mut c = FaultsClient::new(channel(addr).await?);
+        c.set_partition(SetPartitionRequest {
+            blocked_node_ids: blocked,
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| {
+            let hint = if s.code() == tonic::Code::Unimplemented {
+                " (is BERTH_BIN built with `--features fault-injection`?)"
+            } else {
+                ""
+            };
+            format!("{}{hint}", status_text(&s))
+        })
+    }))
+}
