@@ -123,14 +123,18 @@ class Bench:
         return json.loads(self.ctl(node, "status"))
 
     def leader(self):
+        """The node that leads, as the members themselves report it (each member's role in
+        `status` comes from its own answer); None until exactly one reachable member leads."""
         for n in self.nodes:
-            if n.proc.poll() is None:
-                try:
-                    lid = self.status(n)["leader_id"]
-                    if lid:
-                        return next(x for x in self.nodes if x.id == lid)
-                except SystemExit:
-                    continue
+            if n.proc.poll() is not None:
+                continue
+            try:
+                members = self.status(n)["members"]
+            except SystemExit:
+                continue
+            leaders = [m["id"] for m in members if m.get("reachable") and m["role"] == "leader"]
+            if len(leaders) == 1:
+                return next(x for x in self.nodes if x.id == leaders[0])
         return None
 
     def start_cluster(self):
