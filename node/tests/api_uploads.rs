@@ -389,6 +389,19 @@ async fn unknown_or_garbage_upload_id_is_404() {
     t.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_of_a_node_that_is_not_a_member_is_unknown() {
+    // Sessions of other members are relayed to them (cluster-tests s1); an id naming a node
+    // the cluster does not have cannot be relayed anywhere: nobody holds that session.
+    let t = TestNode::start().await;
+    let live = t.start_upload("r").await;
+    assert!(id_of(&live).starts_with("1-"), "{live}");
+    assert_session_unknown(&t, "/v2/r/blobs/uploads/2a-0123456789abcdef0123456789abcdef").await;
+    let s = t.get(&live).await;
+    assert_session(&s, StatusCode::NO_CONTENT, "r", &live, "0-0");
+    t.stop().await;
+}
+
 /// GET, PATCH, PUT and DELETE of the session at `location` all answer 404 BLOB_UPLOAD_UNKNOWN.
 async fn assert_session_unknown(t: &TestNode, location: &str) {
     let d = digest_of(b"x");

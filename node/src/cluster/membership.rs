@@ -220,25 +220,26 @@ impl Cluster {
         (matched, m.last_log_index.unwrap_or(0))
     }
 
-    /// Whether `id` acknowledges the leader's heartbeats: one acknowledged within the last
-    /// election-timeout span, waiting that long for one (a just-added learner may not have
-    /// answered a heartbeat yet).
+    /// Whether `id` acknowledges the leader's heartbeats now: an acknowledgement received after
+    /// this call started, waiting up to an election-timeout span for one. (An acknowledgement
+    /// from just before is not enough: a node that died a moment ago would pass, and promoting
+    /// it would leave a membership change that cannot commit.)
     async fn answers_heartbeats(&self, id: NodeId) -> bool {
         if id == self.node_id {
             return true;
         }
-        let recent = self.leader_wait;
+        let asked = std::time::Instant::now();
         self.raft
-            .wait(Some(recent))
+            .wait(Some(self.leader_wait))
             .metrics(
                 |m| {
                     m.heartbeat
                         .as_ref()
                         .and_then(|h: &BTreeMap<NodeId, Option<_>>| h.get(&id).cloned())
                         .flatten()
-                        .is_some_and(|at| at.elapsed() <= recent)
+                        .is_some_and(|at| at.elapsed() < asked.elapsed())
                 },
-                "the node acknowledges heartbeats",
+                "the node acknowledges a heartbeat",
             )
             .await
             .is_ok()
@@ -271,8 +272,12 @@ impl Cluster {
                 .await;
             } else {
                 return Err(MembershipError::Refused(format!(
-                    "node id {id} is already a member at {}; remove it first",
-                    existing.info.cluster_addr
+                    "node id {id} is already a member with other addresses or placement \
+                     (cluster {}, url {}, region {}, zone {}); remove it first",
+                    existing.info.cluster_addr,
+                    existing.info.url,
+                    existing.info.region,
+                    existing.info.zone
                 )));
             }
         } else {

@@ -106,7 +106,7 @@ impl AdminService {
         relay: Relay,
     ) -> Result<Response<ProgressStream>, Status>
     where
-        Req: Clone + Send + 'static,
+        Req: Send + 'static,
         Op: FnOnce(Cluster, Req, mpsc::Sender<cluster::Progress>) -> Fut,
         Fut: Future<Output = Result<(), MembershipError>> + Send + 'static,
         Relay: FnOnce(AdminClient<tonic::transport::Channel>, Request<Req>) -> RFut,
