@@ -80,3 +80,40 @@ fn one_push_spread_over_three_nodes() {
     c.wait_for_image(1, &expected, VISIBLE_WITHIN);
     c.must_pull_image(1, repo, "v1", &expected);
 }
+
+#[test]
+fn concurrent_misses_at_one_node_fetch_the_blob_once() {
+    let c = ClusterBuilder::new().nodes(3).build();
+    let layer = random_layer(4 * 1024 * 1024);
+    let image = c.must_push_image(1, "s1/once", "v1", std::slice::from_ref(&layer));
+    // Wait through the manifest only: a blob HEAD would itself start the fetch.
+    c.wait_for_image(2, &image, VISIBLE_WITHIN);
+    let digest = sha256_digest(&layer);
+    let path = format!("/v2/s1/once/blobs/{digest}");
+    let client = c.client(2);
+    let bodies: Vec<Result<(u16, Vec<u8>), String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| s.spawn(|| client.get(&path).map(|r| (r.status, r.body))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("GET thread"))
+            .collect()
+    });
+    for b in bodies {
+        let (status, body) = b.unwrap_or_else(|e| panic!("GET at node 2: {e}"));
+        assert_eq!(status, 200);
+        assert!(
+            body == layer,
+            "node 2 served other bytes ({} bytes)",
+            body.len()
+        );
+    }
+    let fetches = c
+        .node(2)
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("fetched a copy of a blob from a peer") && l.contains(&digest))
+        .count();
+    assert_eq!(fetches, 1, "node 2 fetched {digest} {fetches} times");
+}

@@ -77,6 +77,11 @@ fn minority_serves_pulls_refuses_writes_and_converges_after_heal() {
         "body: {}",
         r.text()
     );
+    assert!(
+        r.text().contains("no quorum"),
+        "the error body does not say the cluster has no quorum: {}",
+        r.text()
+    );
 
     // The majority keeps accepting writes, at the leader and at the other follower.
     let other = *majority

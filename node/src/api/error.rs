@@ -229,8 +229,8 @@ impl From<RegistryError> for ApiError {
             E::ManifestUnknown(r) => {
                 ApiError::new(Code::ManifestUnknown).detail(serde_json::json!({ "reference": r }))
             }
-            E::Unavailable(reason) => ApiError::new(Code::Unavailable)
-                .message(format!("cluster cannot accept writes: {reason}"))
+            E::NoQuorum(_) | E::Unavailable(_) => ApiError::new(Code::Unavailable)
+                .message(msg)
                 .header(header::RETRY_AFTER, "1"),
             E::Storage(source) => {
                 tracing::error!(error = %source, "request failed on a storage error");

@@ -74,7 +74,11 @@ pub enum RegistryError {
     /// The manifest (or tag) is not in the repository.
     #[error("manifest {0} is not in the repository")]
     ManifestUnknown(String),
-    /// The cluster cannot accept writes now (no quorum, no leader, too slow).
+    /// The cluster cannot commit writes now (no quorum, no leader, too slow).
+    #[error("the cluster has no quorum for writes: {0}")]
+    NoQuorum(String),
+    /// Something this request needs is out of reach now (the node holding an upload or the
+    /// only copies of a blob, or too few copies for the durability policy).
     #[error("{0}")]
     Unavailable(String),
     /// Local storage failed.
@@ -100,7 +104,7 @@ impl RegistryError {
             ChunkOutOfOrder { .. } | RangeNotSatisfiable { .. } | ManifestBlobUnknown(_) => {
                 ErrorKind::Conflict
             }
-            Unavailable(_) => ErrorKind::Unavailable,
+            NoQuorum(_) | Unavailable(_) => ErrorKind::Unavailable,
             Storage(_) => ErrorKind::Internal,
         }
     }
@@ -129,7 +133,7 @@ impl From<BlobStoreError> for RegistryError {
 impl From<ClusterError> for RegistryError {
     fn from(e: ClusterError) -> Self {
         match e {
-            ClusterError::NoQuorum { reason } => RegistryError::Unavailable(reason),
+            ClusterError::NoQuorum { reason } => RegistryError::NoQuorum(reason),
             other => RegistryError::Storage(Box::new(other)),
         }
     }
