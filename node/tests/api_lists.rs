@@ -265,3 +265,61 @@ async fn catalog_is_lexical_and_pages_with_link() {
     assert_eq!(r.header("link"), None);
     t.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_lists_are_the_same_from_the_cache_and_follow_every_change() {
+    let t = TestNode::start().await;
+    tagged(&t, "c").await;
+    let combos: Vec<String> = [
+        "",
+        "?n=0",
+        "?n=1",
+        "?n=3",
+        "?n=8",
+        "?n=100",
+        "?last=9",
+        "?last=8",
+        "?last=v2",
+        "?last=zzz",
+        "?n=2&last=V1",
+        "?n=3&last=",
+        "?last=1.0&n=7",
+    ]
+    .iter()
+    .map(|q| format!("/v2/c/tags/list{q}"))
+    .collect();
+    let answers = |c: Client| {
+        let combos = combos.clone();
+        async move {
+            let mut out = Vec::new();
+            for uri in &combos {
+                let r = c.get(uri).await;
+                out.push((
+                    r.status,
+                    r.header("link").map(str::to_string),
+                    r.body.clone(),
+                ));
+            }
+            out
+        }
+    };
+    // Pages first (scans), then after a whole-list request has filled the cache.
+    let scanned = answers(t.client.clone()).await;
+    t.get("/v2/c/tags/list").await.expect(StatusCode::OK);
+    let cached = answers(t.client.clone()).await;
+    assert_eq!(scanned, cached);
+
+    // A new tag and a deleted tag show at once in the whole list (the cache was told).
+    let (_, bytes) = t.push_image("c", None, "x").await;
+    let m = serde_json::from_slice(&bytes).unwrap();
+    t.push_manifest("c", "new", &m).await;
+    let all = strings(&t.get("/v2/c/tags/list").await.json()["tags"]);
+    assert!(all.contains(&"new".to_string()), "{all:?}");
+    t.delete("/v2/c/manifests/latest")
+        .await
+        .expect(StatusCode::ACCEPTED);
+    let all = strings(&t.get("/v2/c/tags/list").await.json()["tags"]);
+    assert!(!all.contains(&"latest".to_string()), "{all:?}");
+    assert_eq!(all.len(), TAGS.len(), "{all:?}");
+    t.stop().await;
+}

@@ -396,7 +396,11 @@ async fn session_of_a_node_that_is_not_a_member_is_unknown() {
     let t = TestNode::start().await;
     let live = t.start_upload("r").await;
     assert!(id_of(&live).starts_with("1-"), "{live}");
-    assert_session_unknown(&t, "/v2/r/blobs/uploads/2a-0123456789abcdef0123456789abcdef").await;
+    assert_session_unknown(
+        &t,
+        "/v2/r/blobs/uploads/2a-0123456789abcdef0123456789abcdef",
+    )
+    .await;
     let s = t.get(&live).await;
     assert_session(&s, StatusCode::NO_CONTENT, "r", &live, "0-0");
     t.stop().await;

@@ -34,6 +34,7 @@ mod log_store;
 mod read;
 mod snapshot;
 mod state_machine;
+mod tag_cache;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -132,8 +133,9 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachine, MetaReader), Met
         source,
     })?;
     let db = Arc::new(open_db(&path)?);
-    let sm = StateMachine::open(db.clone(), snapshot_dir)?;
-    Ok((LogStore::new(db.clone()), sm, MetaReader::new(db)))
+    let tags = Arc::new(tag_cache::TagCache::default());
+    let sm = StateMachine::open(db.clone(), snapshot_dir, tags.clone())?;
+    Ok((LogStore::new(db.clone()), sm, MetaReader::new(db, tags)))
 }
 
 fn open_db(path: &Path) -> Result<rocksdb::DB, MetaError> {

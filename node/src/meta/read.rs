@@ -7,6 +7,7 @@ use rocksdb::{DB, Direction, IteratorMode, ReadOptions};
 
 use super::command::{BlobRecord, ManifestRecord, ReferrerRecord, Stored, TagRecord};
 use super::state_machine::{get, state_cf};
+use super::tag_cache::TagCache;
 use super::{MetaError, decode, keys};
 use crate::types::{Digest, RepositoryName, Tag};
 
@@ -66,10 +67,23 @@ fn list_suffixes(db: &DB, prefix: &[u8], page: &Page) -> Result<(Vec<String>, bo
     Ok((out, false))
 }
 
+/// One page of a sorted list, with the same meaning as a scan: the items strictly after
+/// `last`, at most `n` of them, and whether more follow.
+fn page_of(all: &[String], page: &Page) -> (Vec<String>, bool) {
+    let start = match &page.last {
+        Some(last) => all.partition_point(|t| t.as_str() <= last.as_str()),
+        None => 0,
+    };
+    let rest = &all[start..];
+    let n = page.n.unwrap_or(usize::MAX).min(rest.len());
+    (rest[..n].to_vec(), n < rest.len())
+}
+
 /// Read-only view of the applied metadata. Cheap to clone.
 #[derive(Clone)]
 pub struct MetaReader {
     db: Arc<DB>,
+    tags: Arc<TagCache>,
 }
 
 impl std::fmt::Debug for MetaReader {
@@ -79,8 +93,8 @@ impl std::fmt::Debug for MetaReader {
 }
 
 impl MetaReader {
-    pub(super) fn new(db: Arc<DB>) -> MetaReader {
-        MetaReader { db }
+    pub(super) fn new(db: Arc<DB>, tags: Arc<TagCache>) -> MetaReader {
+        MetaReader { db, tags }
     }
 
     /// Runs a point read (a few keys) inline: they are served from RocksDB's memtable and
@@ -155,19 +169,30 @@ impl MetaReader {
         repo: &RepositoryName,
         page: Page,
     ) -> Result<Option<(Vec<String>, bool)>, MetaError> {
+        // A repository is never removed, so a cached list also says that it exists.
+        if let Some(all) = self.tags.get(repo) {
+            return Ok(Some(page_of(&all, &page)));
+        }
         let repo_key = keys::repo(repo);
         let prefix = keys::tag_prefix(repo);
-        self.blocking(move |db| {
-            if db
-                .get_pinned_cf(state_cf(db), repo_key)
-                .map_err(MetaError::db("read state"))?
-                .is_none()
-            {
-                return Ok(None);
-            }
-            list_suffixes(db, &prefix, &page).map(Some)
-        })
-        .await
+        let whole = page.last.is_none() && page.n.is_none();
+        let epoch = self.tags.epoch();
+        let found = self
+            .blocking(move |db| {
+                if db
+                    .get_pinned_cf(state_cf(db), repo_key)
+                    .map_err(MetaError::db("read state"))?
+                    .is_none()
+                {
+                    return Ok(None);
+                }
+                list_suffixes(db, &prefix, &page).map(Some)
+            })
+            .await?;
+        if whole && let Some((list, _)) = &found {
+            self.tags.insert(repo, epoch, Arc::new(list.clone()));
+        }
+        Ok(found)
     }
 
     /// Repository names in lexical order, a page at a time. The flag says whether more follow.

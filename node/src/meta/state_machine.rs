@@ -18,6 +18,7 @@ use super::command::{
     RepositoryRecord, Stored, TagRecord, WriteResult,
 };
 use super::snapshot::{SnapshotBuilder, SnapshotFiles};
+use super::tag_cache::TagCache;
 use super::{CF_STATE, MetaError, TypeConfig, decode, encode, keys};
 use crate::types::{Digest, RepositoryName};
 
@@ -25,12 +26,36 @@ use crate::types::{Digest, RepositoryName};
 pub struct StateMachine {
     db: Arc<DB>,
     snapshots: SnapshotFiles,
+    /// Told which repositories' tags changed (after they are written).
+    tags: Arc<TagCache>,
 }
 
 impl StateMachine {
-    pub(super) fn open(db: Arc<DB>, snapshot_dir: PathBuf) -> Result<StateMachine, MetaError> {
+    pub(super) fn open(
+        db: Arc<DB>,
+        snapshot_dir: PathBuf,
+        tags: Arc<TagCache>,
+    ) -> Result<StateMachine, MetaError> {
         let snapshots = SnapshotFiles::open(snapshot_dir)?;
-        Ok(StateMachine { db, snapshots })
+        Ok(StateMachine {
+            db,
+            snapshots,
+            tags,
+        })
+    }
+}
+
+/// The repository whose tags a command may change, if any.
+fn tags_changed_by(entry: &openraft::alias::EntryOf<TypeConfig>) -> Option<&RepositoryName> {
+    match &entry.payload {
+        EntryPayload::Normal(Command::V1(cmd)) => match cmd {
+            CommandV1::PutManifest(p) if p.tag.is_some() => Some(&p.repo),
+            CommandV1::DeleteTag { repo, .. } | CommandV1::DeleteManifest { repo, .. } => {
+                Some(repo)
+            }
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -73,6 +98,7 @@ pub(super) fn applied_state(
 /// Applies one entry in one write batch (with the new applied log id). Not fsynced.
 fn apply_entry(
     db: &DB,
+    tags: &TagCache,
     entry: &openraft::alias::EntryOf<TypeConfig>,
 ) -> Result<WriteResult, MetaError> {
     let cf = state_cf(db);
@@ -89,6 +115,10 @@ fn apply_entry(
     };
     put(&mut batch, cf, keys::APPLIED, &log_id);
     db.write(batch).map_err(MetaError::db("apply"))?;
+    // After the write: a reader that scans from now on sees it (see `tag_cache`).
+    if let Some(repo) = tags_changed_by(entry) {
+        tags.invalidate(repo);
+    }
     Ok(result)
 }
 
@@ -296,15 +326,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // blocking pool and back (ADR 006). Applying never fsyncs (the log is durable).
             entries
                 .iter()
-                .map(|e| apply_entry(&self.db, e))
+                .map(|e| apply_entry(&self.db, &self.tags, e))
                 .collect::<Result<Vec<_>, _>>()?
         } else {
             // A long catch-up batch goes to the blocking pool in one trip.
-            let db = self.db.clone();
+            let (db, tags) = (self.db.clone(), self.tags.clone());
             tokio::task::spawn_blocking(move || {
                 entries
                     .iter()
-                    .map(|e| apply_entry(&db, e))
+                    .map(|e| apply_entry(&db, &tags, e))
                     .collect::<Result<Vec<_>, _>>()
             })
             .await
@@ -330,10 +360,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let files = self.snapshots.clone();
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || super::snapshot::install(&db, &files, &meta, snapshot))
-            .await
-            .map_err(io::Error::other)?
-            .map_err(io::Error::from)
+        let res = tokio::task::spawn_blocking(move || {
+            super::snapshot::install(&db, &files, &meta, snapshot)
+        })
+        .await
+        .map_err(io::Error::other)?
+        .map_err(io::Error::from);
+        // The whole state was replaced (or partly, on an error): no cached list holds.
+        self.tags.clear();
+        res
     }
 
     async fn get_current_snapshot(
