@@ -57,6 +57,26 @@ async fn push(node: &Node, repo: &RepositoryName, tags: std::ops::Range<u32>) {
     }
 }
 
+/// Starts a node on a data directory a stopped in-process node used. Raft's storage tasks may
+/// still be dropping the previous instance's handles for a moment (RocksDB's LOCK is then
+/// held by this process); retried within a bound.
+async fn reopen(c: &Config) -> Node {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Node::start(c, Duration::from_secs(10)).await {
+            Ok(node) => return node,
+            Err(e) if format!("{e:?}").contains("lock hold by current process") => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the previous instance never released its store: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("failed to restart the node: {e:?}"),
+        }
+    }
+}
+
 async fn tags(node: &Node, repo: &RepositoryName) -> Vec<String> {
     node.registry.tags(repo, Page::default()).await.unwrap().0
 }
@@ -74,9 +94,7 @@ async fn restart_keeps_everything(snapshot_every: u64) {
         node.stop().await;
         t
     };
-    let node = Node::start(&config(dir.path(), snapshot_every), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let node = reopen(&config(dir.path(), snapshot_every)).await;
     assert_eq!(tags(&node, &repo).await, before);
     let m = node
         .registry
@@ -122,9 +140,7 @@ async fn snapshot_file_is_written_and_log_is_compacted() {
     }
     node.stop().await;
     drop(node);
-    let node = Node::start(&config(dir.path(), 1_000_000), Duration::from_secs(10))
-        .await
-        .unwrap();
+    let node = reopen(&config(dir.path(), 1_000_000)).await;
     assert_eq!(tags(&node, &repo).await.len(), 5);
     node.stop().await;
 }
