@@ -60,6 +60,18 @@ fn one_push_spread_over_three_nodes() {
         .unwrap_or_else(|e| panic!("{e}"));
     n3.finish_upload(&location, &sha256_digest(&chunked), &[])
         .unwrap_or_else(|e| panic!("{e}"));
+    // Read-your-write where the client wrote: node 3 relayed the finish to node 1 and answered
+    // only once it had caught up, so the blob is there at once, without waiting.
+    let r = n3
+        .get(&format!("/v2/{repo}/blobs/{}", sha256_digest(&chunked)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r.status,
+        200,
+        "blob GET at node 3 right after finishing there: {}",
+        r.text()
+    );
+    assert!(r.body == chunked, "node 3 served other bytes");
 
     // The manifest at node 3: it references blobs stored at nodes 1 and 2 (and the chunked one
     // wherever node 1 put it).

@@ -1,6 +1,9 @@
 //! Upload sessions behind a load balancer: a request for a session another node owns (the
 //! session id names its owner) is relayed over HTTP to that node, body and answer streamed.
 //!
+//! A finished upload (201 from the owner) is answered only once this node has caught up with
+//! what the cluster committed, so the client reads its blob here, where it wrote it.
+//!
 //! A relayed request carries [`RELAYED_HEADER`]; a node never relays such a request again,
 //! so a disagreement about ownership ends in an error, not a loop. The owner must start
 //! answering within [`RELAY_TIMEOUT`] of the request (body included), so a dead owner costs
@@ -80,11 +83,31 @@ pub async fn relay(
         RELAYED_HEADER,
         HeaderValue::from_str(&me).expect("digits are a valid header value"),
     );
-    req.headers_mut().remove(axum::http::header::HOST);
+    // Hop-by-hop headers describe this connection, not the next one; `Expect` was already
+    // answered here (the body is being received).
+    for h in [
+        axum::http::header::HOST,
+        axum::http::header::CONNECTION,
+        axum::http::header::EXPECT,
+        axum::http::header::TE,
+        axum::http::header::UPGRADE,
+        axum::http::header::PROXY_AUTHORIZATION,
+    ] {
+        req.headers_mut().remove(h);
+    }
+    req.headers_mut().remove("keep-alive");
+    let finishing = req.method() == axum::http::Method::PUT;
     let resp = tokio::time::timeout(RELAY_TIMEOUT, client().request(req))
         .await
         .map_err(|_| unavailable(format!("no answer within {} s", RELAY_TIMEOUT.as_secs())))?
         .map_err(|e| unavailable(e.to_string()))?;
     tracing::debug!(owner, status = %resp.status(), "relayed an upload request");
+    if finishing && resp.status() == axum::http::StatusCode::CREATED {
+        // The owner applied the blob's registration before answering; the client wrote here,
+        // so it must read its write here too.
+        if let Err(e) = cluster.catch_up_with_leader().await {
+            tracing::warn!(owner, error = %e, "failed to catch up after a relayed upload finished");
+        }
+    }
     Ok(resp.map(Body::new))
 }
