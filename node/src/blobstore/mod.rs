@@ -149,6 +149,13 @@ impl BlobStore {
         }
     }
 
+    /// Whether this node holds the blob: one `stat` of its path, run inline (the directory
+    /// entries of recently used blobs are cached by the kernel; a trip to the blocking pool
+    /// would cost more than the call, as for metadata point reads, ADR 006).
+    pub fn holds(&self, digest: &Digest) -> bool {
+        std::fs::symlink_metadata(self.blob_path(digest)).is_ok()
+    }
+
     /// Opens a blob for reading `range` (`None`: the whole blob). The range must lie within the
     /// blob; callers resolve it against [`BlobStore::stat`] first.
     pub async fn read(

@@ -172,7 +172,7 @@ impl Registry {
         digest: &Digest,
     ) -> Result<u64, RegistryError> {
         let record = self.linked_record(repo, digest).await?;
-        if self.blobs.stat(digest).await?.is_none() {
+        if !self.blobs.holds(digest) {
             let (cluster, blobs) = (self.cluster.clone(), self.blobs.clone());
             let holders: Vec<_> = record.holders.iter().copied().collect();
             let digest = digest.clone();
