@@ -174,13 +174,20 @@ impl Load {
             .len()
     }
 
-    /// Stops the clients (each finishes or abandons its current push) and returns the report.
+    /// Stops the clients (each finishes or abandons its current push), prints the report
+    /// (it helps reading a failed run) and returns it.
     pub fn stop(mut self) -> LoadReport {
         self.shared.stop.store(true, Ordering::SeqCst);
         for t in self.threads.drain(..) {
             t.join().expect("a load client panicked");
         }
-        std::mem::take(&mut *self.shared.report.lock().expect("report lock"))
+        let report = std::mem::take(&mut *self.shared.report.lock().expect("report lock"));
+        eprintln!(
+            "load: {}; sample errors: {:?}",
+            report.summary(),
+            report.sample_errors
+        );
+        report
     }
 }
 

@@ -52,11 +52,6 @@ fn leader_kill_under_load_loses_no_acknowledged_push() {
     );
     let after = load.wait_for_acks_sent_after(killed_at, ACKS_AFTER, PHASE_TIMEOUT);
     let report = load.stop();
-    eprintln!(
-        "load: {}; sample errors: {:?}",
-        report.summary(),
-        report.sample_errors
-    );
     assert!(
         report.unexpected.is_empty(),
         "pushes got answers other than 201/503: {:?}",

@@ -148,11 +148,6 @@ fn add_promote_remove_transfer_under_load() {
     );
 
     let report = load.stop();
-    eprintln!(
-        "load: {}; sample errors: {:?}",
-        report.summary(),
-        report.sample_errors
-    );
     assert!(
         after_transfer > 0,
         "no push acknowledged after the transfer: {}",

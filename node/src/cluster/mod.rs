@@ -303,28 +303,23 @@ impl Cluster {
             if left.is_zero() {
                 break;
             }
-            let res = tokio::time::timeout(left, self.raft.client_write(command.clone())).await;
-            let forward = match res {
-                Err(_) => {
-                    return Err(no_quorum(format!(
-                        "the write was not committed within {} ms",
-                        self.write_timeout.as_millis()
-                    )));
-                }
-                Ok(Ok(resp)) => return Ok(resp.data),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => f,
-                Ok(Err(RaftError::APIError(e))) => return Err(no_quorum(e.to_string())),
-                Ok(Err(RaftError::Fatal(e))) => return Err(ClusterError::Stopped(Box::new(e))),
+            let leader = match self.propose(command.clone(), left).await {
+                Ok((result, _)) => return Ok(result),
+                Err(LeaderWriteError::NotLeader(leader)) => leader,
+                Err(LeaderWriteError::Cluster(e)) => return Err(e),
             };
-            match (forward.leader_id, forward.leader_node) {
-                (Some(leader), Some(node)) if leader != self.node_id => {
+            let leader = leader
+                .filter(|l| *l != self.node_id)
+                .and_then(|l| self.member(l).map(|node| (l, node)));
+            match leader {
+                Some((leader, node)) => {
                     match self.forward_write(leader, &node, &command, deadline).await {
                         Ok(r) => return Ok(r),
                         Err(ForwardOutcome::Failed(e)) => return Err(e),
                         Err(ForwardOutcome::Retry(reason)) => last_reason = reason,
                     }
                 }
-                _ => {
+                None => {
                     let wait = self.leader_wait.min(left);
                     if !self.wait_for_leader(wait).await {
                         return Err(no_quorum("no leader is elected"));
@@ -484,7 +479,17 @@ impl Cluster {
         &self,
         command: Command,
     ) -> Result<(WriteResult, u64), LeaderWriteError> {
-        let res = tokio::time::timeout(self.write_timeout, self.raft.client_write(command)).await;
+        self.propose(command, self.write_timeout).await
+    }
+
+    /// Proposes a command to this node's Raft; it answers once the entry is committed and
+    /// applied here, or that this node does not lead.
+    async fn propose(
+        &self,
+        command: Command,
+        timeout: Duration,
+    ) -> Result<(WriteResult, u64), LeaderWriteError> {
+        let res = tokio::time::timeout(timeout, self.raft.client_write(command)).await;
         match res {
             Err(_) => Err(no_quorum(format!(
                 "the write was not committed within {} ms",

@@ -77,20 +77,21 @@ pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, postcard::E
     postcard::from_bytes(bytes)
 }
 
-fn rpc_error(e: PeerError) -> RPCError<TypeConfig> {
+/// A failed call as openraft's error types (`RPCError`, `StreamingError`) say it: unreachable
+/// peers are backed off, other failures retried.
+fn peer_error<E>(e: PeerError) -> E
+where
+    E: From<Unreachable<TypeConfig>> + From<NetworkError<TypeConfig>>,
+{
     if e.is_unreachable() {
-        RPCError::Unreachable(Unreachable::new(&e))
+        Unreachable::new(&e).into()
     } else {
-        RPCError::Network(NetworkError::new(&e))
+        NetworkError::new(&e).into()
     }
 }
 
-fn streaming_error(e: PeerError) -> StreamingError<TypeConfig> {
-    if e.is_unreachable() {
-        StreamingError::Unreachable(Unreachable::new(&e))
-    } else {
-        StreamingError::Network(NetworkError::new(&e))
-    }
+fn rpc_error(e: PeerError) -> RPCError<TypeConfig> {
+    peer_error(e)
 }
 
 impl PeerClient {
@@ -230,7 +231,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let mut client = self.client().map_err(streaming_error)?;
+        let mut client = self
+            .client()
+            .map_err(peer_error::<StreamingError<TypeConfig>>)?;
         let header = encode(&(vote, snapshot.meta.clone()));
         let mut file = tokio::fs::File::from_std(snapshot.snapshot);
         file.seek(std::io::SeekFrom::Start(0))
@@ -279,7 +282,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let res = tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             resp = send => {
-                let resp = resp.map_err(|s| streaming_error(self.fail(s)))?;
+                let resp = resp.map_err(|s| peer_error::<StreamingError<TypeConfig>>(self.fail(s)))?;
                 decode(&resp.into_inner().postcard)
                     .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
             }

@@ -92,7 +92,7 @@ impl Peers {
 
     /// A channel to `addr` (`host:port`) for a call to `node`, unless a test partition cuts it.
     pub fn channel(&self, node: NodeId, addr: &str) -> Result<Channel, PeerError> {
-        if self.is_blocked(node) {
+        if self.cut_off(node) {
             return Err(PeerError::Partitioned(node));
         }
         let mut channels = self.channels.lock().expect("peer channel map poisoned");
@@ -161,18 +161,11 @@ impl Peers {
     #[allow(clippy::result_large_err)]
     pub fn admit<T>(&self, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
         match Self::sender(req) {
-            Some(n) if self.is_blocked(n) => Err(tonic::Status::unavailable(format!(
+            Some(n) if self.cut_off(n) => Err(tonic::Status::unavailable(format!(
                 "node {n} is cut off by a test partition"
             ))),
             _ => Ok(()),
         }
-    }
-
-    fn is_blocked(&self, node: NodeId) -> bool {
-        self.blocked
-            .lock()
-            .expect("blocked set poisoned")
-            .contains(&node)
     }
 
     /// Replaces the set of peers cut off from this node (fault injection; empty heals).
@@ -184,6 +177,9 @@ impl Peers {
 
     /// Whether a test partition cuts `node` off (the HTTP relay checks it too).
     pub fn cut_off(&self, node: NodeId) -> bool {
-        self.is_blocked(node)
+        self.blocked
+            .lock()
+            .expect("blocked set poisoned")
+            .contains(&node)
     }
 }

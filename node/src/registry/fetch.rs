@@ -25,8 +25,8 @@ use crate::types::Digest;
 
 type Fetch = Shared<BoxFuture<'static, Result<(), Arc<String>>>>;
 
-/// The fetches in flight on this node.
-#[derive(Debug, Default)]
+/// The fetches in flight on this node. Clones share them.
+#[derive(Debug, Default, Clone)]
 pub(super) struct BlobFetcher {
     in_flight: Arc<Mutex<HashMap<Digest, Fetch>>>,
 }
@@ -43,13 +43,6 @@ struct Tap {
 const TAP_PIECES: usize = 4;
 
 impl BlobFetcher {
-    /// Another handle on the same set of fetches (for a background task).
-    pub(super) fn clone_handle(&self) -> BlobFetcher {
-        BlobFetcher {
-            in_flight: self.in_flight.clone(),
-        }
-    }
-
     /// Makes sure this node holds `digest`, fetching it from one of `holders` if needed. Joins
     /// a fetch of the same blob already running. Errors: why no holder could provide it.
     pub(super) async fn ensure(

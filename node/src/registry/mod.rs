@@ -176,7 +176,7 @@ impl Registry {
             let (cluster, blobs) = (self.cluster.clone(), self.blobs.clone());
             let holders: Vec<_> = record.holders.iter().copied().collect();
             let digest = digest.clone();
-            let fetcher = self.fetcher.clone_handle();
+            let fetcher = self.fetcher.clone();
             tokio::spawn(async move {
                 let _ = fetcher.ensure(&cluster, &blobs, &digest, holders).await;
             });
