@@ -70,7 +70,9 @@ impl Node {
     /// (without waiting when the node is waiting to join a cluster). The node advertises
     /// `config.advertised_url()` and `config.advertised_cluster()`.
     pub async fn start(config: &Config, leader_wait: Duration) -> Result<Node, RunError> {
-        let blobs = Arc::new(BlobStore::open(&config.data_dir)?);
+        let blobs = Arc::new(
+            BlobStore::open(&config.data_dir)?.with_direct_writes(config.storage.direct_writes),
+        );
         let (log_store, state_machine, reader) = meta::open(&config.data_dir)?;
         let bootstrap = if config.join.is_some() {
             Bootstrap::Join

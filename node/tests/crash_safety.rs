@@ -2,7 +2,8 @@
 //!
 //! - `kill -9` while 16 clients push: after a restart on the same data directory, every push
 //!   the server acknowledged (201 for the manifest) is served byte for byte, listings show
-//!   nothing half-written, staging files are gone and new pushes work.
+//!   nothing half-written, staging files are gone and new pushes work. Run twice: with blobs
+//!   written through the page cache (the default) and with direct writes.
 //! - SIGTERM while a slow upload is in flight: the upload completes (or gets a clean error
 //!   response) and the process exits 0 within the grace period.
 
@@ -92,9 +93,31 @@ impl Noise {
     }
 }
 
-/// A blob size from 4 KiB to 1 MiB, log-uniform (most blobs are small, some are large).
-fn blob_size(rng: &mut impl Rng) -> usize {
-    let shift = rng.random_range(12..20);
+/// How the server under test writes blobs, and how large the test's blobs get.
+#[derive(Clone, Copy)]
+struct Mode {
+    env: &'static [(&'static str, &'static str)],
+    /// Blobs are up to `2 << (max_shift - 1)` bytes.
+    max_shift: u32,
+}
+
+/// The default server: blobs written through the page cache; blobs of 4 KiB to 1 MiB.
+const BUFFERED: Mode = Mode {
+    env: &[],
+    max_shift: 20,
+};
+
+/// Direct writes (`storage.direct_writes`); blobs of 4 KiB to 2 MiB, so that many span more
+/// than one 1 MiB block and end in a padded tail.
+const DIRECT: Mode = Mode {
+    env: &[("BERTH_STORAGE__DIRECT_WRITES", "true")],
+    max_shift: 21,
+};
+
+/// A blob size from 4 KiB up to `2 << (max_shift - 1)`, log-uniform (most blobs are small,
+/// some are large).
+fn blob_size(rng: &mut impl Rng, max_shift: u32) -> usize {
+    let shift = rng.random_range(12..max_shift);
     rng.random_range(1 << shift..=2 << shift)
 }
 
@@ -106,6 +129,7 @@ fn push_one(
     repo: &str,
     tag: &str,
     seq: usize,
+    max_shift: u32,
 ) -> Result<Push, String> {
     // Leave a half-done upload behind on each pusher's second push and sometimes later: a
     // staging file the restart must clean. Over 1 MiB, so that it reaches the disk (the server
@@ -118,7 +142,7 @@ fn push_one(
     let n_layers = rng.random_range(1..=3);
     let layers: Vec<Vec<u8>> = (0..n_layers)
         .map(|_| {
-            let len = blob_size(rng);
+            let len = blob_size(rng, max_shift);
             noise.bytes(rng, len)
         })
         .collect();
@@ -169,6 +193,7 @@ fn pusher(
     noise: Arc<Noise>,
     shared: Arc<Shared>,
     acks: mpsc::Sender<()>,
+    max_shift: u32,
 ) {
     let client = Client {
         agent: support::agent_with_timeout(CALL_TIMEOUT),
@@ -181,7 +206,7 @@ fn pusher(
             return;
         }
         let tag = format!("r{round}-{seq}");
-        match push_one(&client, &mut rng, &noise, &repo, &tag, seq) {
+        match push_one(&client, &mut rng, &noise, &repo, &tag, seq, max_shift) {
             Ok(p) => {
                 shared.acked.lock().unwrap().push(p);
                 let _ = acks.send(());
@@ -306,11 +331,25 @@ fn assert_no_staging(data: &std::path::Path) {
 
 #[test]
 fn kill9_during_concurrent_pushes_keeps_every_acknowledged_push() {
-    let test = "kill9_during_concurrent_pushes_keeps_every_acknowledged_push";
+    kill9_during_concurrent_pushes(
+        "kill9_during_concurrent_pushes_keeps_every_acknowledged_push",
+        BUFFERED,
+    );
+}
+
+#[test]
+fn kill9_during_concurrent_direct_write_pushes_keeps_every_acknowledged_push() {
+    kill9_during_concurrent_pushes(
+        "kill9_during_concurrent_direct_write_pushes_keeps_every_acknowledged_push",
+        DIRECT,
+    );
+}
+
+fn kill9_during_concurrent_pushes(test: &str, mode: Mode) {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let mut berth = BerthProcess::start(&data);
+    let mut berth = BerthProcess::start_with_env(&data, mode.env);
     let mut all_acked: Vec<Push> = Vec::new();
     let noise = Arc::new(Noise::new(&mut rand::rng()));
 
@@ -323,7 +362,9 @@ fn kill9_during_concurrent_pushes_keeps_every_acknowledged_push() {
                 let tx = tx.clone();
                 let base = berth.base_url();
                 let noise = noise.clone();
-                std::thread::spawn(move || pusher(w, round, base, noise, shared, tx))
+                std::thread::spawn(move || {
+                    pusher(w, round, base, noise, shared, tx, mode.max_shift)
+                })
             })
             .collect();
         drop(tx);
@@ -426,6 +467,7 @@ fn kill9_during_concurrent_pushes_keeps_every_acknowledged_push() {
             "crash/after",
             &format!("new-{i}"),
             i,
+            mode.max_shift,
         )
         .unwrap_or_else(|e| panic!("push after restart ({style:?}): {e}"));
         verify_acked(&client, &p);

@@ -18,6 +18,7 @@
 //! - An upload streams into its staging file while it is hashed: nothing is buffered whole.
 //! - Everything in `uploads/` is removed at start-up: uploads do not survive a restart.
 
+mod aligned;
 mod read;
 mod upload;
 
@@ -92,6 +93,8 @@ pub struct BlobStore {
     /// reader, an upload's writer). Bounded below the blocking pool's size, so that slow
     /// clients can never take every blocking thread from Raft and metadata work.
     transfers: Arc<tokio::sync::Semaphore>,
+    /// Whether large uploads are written with direct I/O (see `upload.rs`, ADR 008).
+    direct_writes: bool,
 }
 
 /// Blob transfers that may hold a blocking thread at once (the runtime's blocking pool is
@@ -132,7 +135,15 @@ impl BlobStore {
             uploads,
             _lock: lock,
             transfers: Arc::new(tokio::sync::Semaphore::new(MAX_TRANSFER_THREADS)),
+            direct_writes: false,
         })
+    }
+
+    /// Sets whether uploads larger than one block are written with direct I/O or (the
+    /// default) through the page cache.
+    pub fn with_direct_writes(mut self, direct: bool) -> BlobStore {
+        self.direct_writes = direct;
+        self
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -191,7 +202,11 @@ impl BlobStore {
     /// and dashes).
     pub fn begin_upload(&self, id: &str) -> StagedUpload {
         debug_assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
-        StagedUpload::new(self.uploads.join(id), self.transfers.clone())
+        StagedUpload::new(
+            self.uploads.join(id),
+            self.direct_writes,
+            self.transfers.clone(),
+        )
     }
 }
 
@@ -322,8 +337,51 @@ mod tests {
 
     #[tokio::test]
     async fn large_upload_in_uneven_chunks() {
+        large_upload_in_uneven_chunks_with(false).await;
+    }
+
+    #[tokio::test]
+    async fn large_upload_in_uneven_chunks_direct() {
+        large_upload_in_uneven_chunks_with(true).await;
+    }
+
+    #[tokio::test]
+    async fn direct_uploads_of_whole_blocks_and_of_a_small_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = BlobStore::open(dir.path())
+            .unwrap()
+            .with_direct_writes(true);
+        for len in [
+            2 * 1024 * 1024,
+            1024 * 1024 + 1,
+            1024 * 1024 + 4096,
+            1024 * 1024 - 1,
+            3,
+        ] {
+            let data: &'static [u8] = Box::leak(
+                (0..len)
+                    .map(|i| (i % 253) as u8)
+                    .collect::<Vec<_>>()
+                    .into_boxed_slice(),
+            );
+            let mut up = store.begin_upload(&format!("whole-{len}"));
+            up.append(body(&[data])).await.unwrap();
+            let d = Digest::sha256_of(data);
+            assert_eq!(up.finish(&store, &d).await.unwrap().size, len as u64);
+            assert_eq!(
+                store.stat(&d).await.unwrap(),
+                Some(BlobInfo { size: len as u64 }),
+                "{len}: the padding of the tail was cut off"
+            );
+            assert_eq!(read_all(&store, &d, None).await, data, "{len}");
+        }
+    }
+
+    async fn large_upload_in_uneven_chunks_with(direct: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path())
+            .unwrap()
+            .with_direct_writes(direct);
         let data: Vec<u8> = (0..5 * 1024 * 1024 + 123)
             .map(|i| (i * 31 % 251) as u8)
             .collect();
