@@ -76,7 +76,7 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
-    /// Write uploads larger than 1 MiB with direct I/O (`O_DIRECT`), bypassing the page cache.
+    /// Write uploads of 1 MiB or more with direct I/O (`O_DIRECT`), bypassing the page cache.
     /// Pushes get faster and cheaper; the first pull of a freshly pushed blob then reads it from
     /// disk. Default false (ADR 008 has the measurements).
     pub direct_writes: bool,

@@ -350,6 +350,15 @@ fn kill9_during_concurrent_pushes(test: &str, mode: Mode) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let mut berth = BerthProcess::start_with_env(&data, mode.env);
+    if !mode.env.is_empty() {
+        let log = berth.stderr();
+        assert!(
+            log.contains("uploads are written with direct I/O")
+                || log.contains("refuses direct I/O"),
+            "the server did not report whether direct writes are in effect:\n{}",
+            berth.stderr_tail(20)
+        );
+    }
     let mut all_acked: Vec<Push> = Vec::new();
     let noise = Arc::new(Noise::new(&mut rand::rng()));
 

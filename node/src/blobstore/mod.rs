@@ -139,10 +139,25 @@ impl BlobStore {
         })
     }
 
-    /// Sets whether uploads larger than one block are written with direct I/O or (the
-    /// default) through the page cache.
+    /// Sets whether uploads of one block (1 MiB) or more are written with direct I/O or (the
+    /// default) through the page cache. Direct I/O is probed once here: where the file system
+    /// refuses it, a warning says so and uploads go through the page cache.
     pub fn with_direct_writes(mut self, direct: bool) -> BlobStore {
-        self.direct_writes = direct;
+        self.direct_writes = direct
+            && match upload::probe_direct(&self.uploads) {
+                Ok(()) => {
+                    tracing::info!(dir = %self.uploads.display(), "uploads are written with direct I/O");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        dir = %self.uploads.display(), error = %e,
+                        "storage.direct_writes is set, but this file system refuses direct I/O; \
+                         uploads go through the page cache"
+                    );
+                    false
+                }
+            };
         self
     }
 
@@ -346,12 +361,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn direct_uploads_of_whole_blocks_and_of_a_small_tail() {
+    async fn direct_uploads_of_whole_blocks_and_of_tails() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path())
             .unwrap()
             .with_direct_writes(true);
         for len in [
+            1024 * 1024,
             2 * 1024 * 1024,
             1024 * 1024 + 1,
             1024 * 1024 + 4096,
@@ -371,7 +387,7 @@ mod tests {
             assert_eq!(
                 store.stat(&d).await.unwrap(),
                 Some(BlobInfo { size: len as u64 }),
-                "{len}: the padding of the tail was cut off"
+                "{len}: the stored blob has the wrong size"
             );
             assert_eq!(read_all(&store, &d, None).await, data, "{len}");
         }
