@@ -419,8 +419,19 @@ mod tests {
 
     #[tokio::test]
     async fn an_append_dropped_half_way_breaks_the_upload() {
+        an_append_dropped_half_way_breaks_the_upload_with(false).await;
+    }
+
+    #[tokio::test]
+    async fn an_append_dropped_half_way_breaks_the_upload_direct() {
+        an_append_dropped_half_way_breaks_the_upload_with(true).await;
+    }
+
+    async fn an_append_dropped_half_way_breaks_the_upload_with(direct: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path()).unwrap();
+        let store = BlobStore::open(dir.path())
+            .unwrap()
+            .with_direct_writes(direct);
         let mut up = store.begin_upload("cut");
         let sent: &'static [u8] = Box::leak(vec![3u8; 3 * 1024 * 1024].into_boxed_slice());
         // The body delivers 3 MiB, then never ends: the client went silent.
@@ -439,6 +450,14 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, BlobStoreError::Io { .. }), "{err}");
         assert_eq!(store.stat(&Digest::sha256_of(sent)).await.unwrap(), None);
+        // The failed finish removed the staging file, after the cut-off writer was done.
+        assert!(
+            std::fs::read_dir(dir.path().join("uploads"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "a staging file outlived the upload"
+        );
     }
 
     #[tokio::test]

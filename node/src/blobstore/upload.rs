@@ -53,6 +53,9 @@ pub struct StagedUpload {
     writeback_done: u64,
     /// Set once a write failed: the file no longer matches the hash state.
     broken: bool,
+    /// The writer thread of the `append` in progress, or of one that was dropped half-way
+    /// (then `abort` waits for it, so that it cannot create the file after the removal).
+    writer: Option<BlockWriter>,
     /// Where the writer thread gets its permit (see `BlobStore::transfers`).
     transfers: Arc<tokio::sync::Semaphore>,
 }
@@ -221,6 +224,7 @@ fn set_direct(_file: &File, on: bool) -> io::Result<()> {
 type WriterOutcome = Result<(StagingFile, u64, u64), BlobStoreError>;
 
 /// The writer thread of one `append`: writes full blocks at increasing offsets.
+#[derive(Debug)]
 struct BlockWriter {
     tx: tokio::sync::mpsc::Sender<AlignedBuf>,
     /// Emptied blocks come back here for reuse.
@@ -305,6 +309,7 @@ impl StagedUpload {
             written: 0,
             writeback_done: 0,
             broken: false,
+            writer: None,
             transfers,
         }
     }
@@ -329,7 +334,6 @@ impl StagedUpload {
         // shutdown deadline passed), the hash, the in-flight blocks and the file no longer
         // agree. The upload stays marked broken unless this call returns normally.
         self.broken = true;
-        let mut writer: Option<BlockWriter> = None;
         let mut body_err = None;
         let mut writer_gone = false;
         'frames: while let Some(frame) = body.next().await {
@@ -351,14 +355,14 @@ impl StagedUpload {
                 self.pending.extend_from_slice(&chunk[..n]);
                 chunk.advance(n);
                 if self.pending.len() == BLOCK {
-                    if writer.is_none() {
+                    if self.writer.is_none() {
                         let permit = self
                             .transfers
                             .clone()
                             .acquire_owned()
                             .await
                             .expect("never closed");
-                        writer = Some(BlockWriter::start(
+                        self.writer = Some(BlockWriter::start(
                             self.path.clone(),
                             self.file.take(),
                             self.direct_requested,
@@ -367,7 +371,7 @@ impl StagedUpload {
                             permit,
                         ));
                     }
-                    let w = writer.as_mut().expect("just started");
+                    let w = self.writer.as_mut().expect("just started");
                     let Some(next) = w.empty_block().await else {
                         writer_gone = true;
                         break 'frames;
@@ -380,7 +384,7 @@ impl StagedUpload {
                 }
             }
         }
-        if let Some(w) = writer {
+        if let Some(w) = self.writer.take() {
             drop(w.tx);
             let joined = w
                 .thread
@@ -473,6 +477,12 @@ impl StagedUpload {
     pub async fn abort(mut self) {
         let path = std::mem::take(&mut self.path);
         drop(self.file.take());
+        // A writer left by an append that was dropped half-way: let it finish (at most the
+        // blocks in flight) so that the file is not created or written after the removal.
+        if let Some(w) = self.writer.take() {
+            drop(w.tx);
+            let _ = w.thread.await;
+        }
         // Whether or not this handle knows of a file: a failed or interrupted writer may
         // have created it.
         remove_quietly(&path).await;
