@@ -10,133 +10,11 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rand::RngCore;
 use serde_json::Value;
-use support::{BerthProcess, Client, OCI_INDEX, must_run, run_cmd, sha256_digest};
-
-/// Bound of any one skopeo or umoci command.
-const CMD_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// Whether skopeo and umoci are here; prints why the test is skipped when not.
-fn tools_present(test: &str) -> bool {
-    let missing: Vec<&str> = ["skopeo", "umoci"]
-        .into_iter()
-        .filter(|t| !support::tool_available(t))
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("BERTH_REQUIRE_CLIENT_TOOLS").is_ok_and(|v| v == "1") {
-        panic!("{test}: required tools are missing: {missing:?}");
-    }
-    eprintln!(
-        "SKIPPED {test}: {missing:?} not installed (set BERTH_REQUIRE_CLIENT_TOOLS=1 to fail)"
-    );
-    false
-}
-
-fn skopeo(args: &[&str]) -> support::CmdOutput {
-    let mut all = vec!["--insecure-policy"];
-    all.extend_from_slice(args);
-    must_run("skopeo", &all, CMD_TIMEOUT)
-}
-
-fn umoci(args: &[&str]) {
-    must_run("umoci", args, CMD_TIMEOUT);
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 temp path")
-}
-
-/// An OCI image layout on disk.
-struct Layout {
-    dir: PathBuf,
-}
-
-impl Layout {
-    fn at(dir: PathBuf) -> Layout {
-        Layout { dir }
-    }
-
-    fn image(&self, tag: &str) -> String {
-        format!("{}:{tag}", path_str(&self.dir))
-    }
-
-    fn oci(&self, tag: &str) -> String {
-        format!("oci:{}", self.image(tag))
-    }
-
-    fn index(&self) -> Value {
-        let bytes = std::fs::read(self.dir.join("index.json")).expect("read index.json");
-        serde_json::from_slice(&bytes).expect("index.json is JSON")
-    }
-
-    /// The descriptor `index.json` holds for a tag.
-    fn descriptor(&self, tag: &str) -> Value {
-        let index = self.index();
-        let found: Vec<&Value> = index["manifests"]
-            .as_array()
-            .expect("index.json has manifests")
-            .iter()
-            .filter(|d| d["annotations"]["org.opencontainers.image.ref.name"] == tag)
-            .collect();
-        assert_eq!(found.len(), 1, "tag {tag} in {index}");
-        found[0].clone()
-    }
-
-    fn blob_path(&self, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
-        self.dir.join("blobs").join("sha256").join(hex)
-    }
-
-    /// A blob's bytes; asserts they hash to the digest.
-    fn blob(&self, digest: &str) -> Vec<u8> {
-        let path = self.blob_path(digest);
-        let bytes = std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("blob {digest} missing in {}: {e}", self.dir.display()));
-        assert_eq!(
-            sha256_digest(&bytes),
-            digest,
-            "blob file {}",
-            path.display()
-        );
-        bytes
-    }
-
-    /// (digest, bytes) of the manifest or index a tag names.
-    fn tagged(&self, tag: &str) -> (String, Vec<u8>) {
-        let d = self.descriptor(tag);
-        let digest = d["digest"].as_str().expect("digest").to_string();
-        let bytes = self.blob(&digest);
-        assert_eq!(
-            d["size"].as_u64(),
-            Some(bytes.len() as u64),
-            "size of {digest}"
-        );
-        (digest, bytes)
-    }
-
-    /// Every blob file of the layout hashes to its name.
-    fn verify_all_blobs(&self) -> usize {
-        let mut n = 0;
-        for p in support::dir_entries(&self.dir.join("blobs").join("sha256")) {
-            let bytes = std::fs::read(&p).expect("read blob");
-            let name = p.file_name().unwrap().to_str().unwrap();
-            assert_eq!(
-                sha256_digest(&bytes),
-                format!("sha256:{name}"),
-                "{}",
-                p.display()
-            );
-            n += 1;
-        }
-        n
-    }
-}
+use support::images::{CMD_TIMEOUT, Layout, build_image, skopeo, tools_present, umoci};
+use support::{BerthProcess, Client, OCI_INDEX, run_cmd, sha256_digest};
 
 fn json(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).expect("JSON document")
@@ -157,45 +35,10 @@ fn manifest_blobs(manifest: &Value) -> (String, Vec<String>) {
     (config, layers)
 }
 
-/// Builds `layout:tag` with umoci: one layer per entry of `layer_sizes`, each holding a file of
-/// that many random bytes, a small text file and a nested directory.
-fn build_image(work: &Path, layout: &Layout, tag: &str, layer_sizes: &[usize]) {
-    if !layout.dir.join("index.json").exists() {
-        umoci(&["init", "--layout", path_str(&layout.dir)]);
-    }
-    umoci(&["new", "--image", &layout.image(tag)]);
-    let mut rng = rand::rng();
-    for (i, size) in layer_sizes.iter().enumerate() {
-        let bundle = work.join(format!("bundle-{tag}-{i}"));
-        umoci(&[
-            "unpack",
-            "--rootless",
-            "--image",
-            &layout.image(tag),
-            path_str(&bundle),
-        ]);
-        let rootfs = bundle.join("rootfs");
-        let mut data = vec![0u8; *size];
-        rng.fill_bytes(&mut data);
-        std::fs::write(rootfs.join(format!("random-{i}.bin")), &data).unwrap();
-        std::fs::write(
-            rootfs.join(format!("layer-{i}.txt")),
-            format!("layer {i} of {tag}\n"),
-        )
-        .unwrap();
-        let nested = rootfs.join("etc").join(format!("conf-{i}"));
-        std::fs::create_dir_all(&nested).unwrap();
-        std::fs::write(nested.join("settings"), format!("value = {i}\n")).unwrap();
-        umoci(&["repack", "--image", &layout.image(tag), path_str(&bundle)]);
-        // The bundle is no longer needed; drop it to keep the temp dir small.
-        let _ = std::fs::remove_dir_all(&bundle);
-    }
-}
-
 #[test]
 fn skopeo_push_pull_roundtrip_inspect_list_tags_delete() {
     let test = "skopeo_push_pull_roundtrip_inspect_list_tags_delete";
-    if !tools_present(test) {
+    if !tools_present(test, &["skopeo", "umoci"]) {
         return;
     }
     let started = Instant::now();
@@ -349,7 +192,7 @@ fn skopeo_push_pull_roundtrip_inspect_list_tags_delete() {
 #[test]
 fn skopeo_copy_all_multi_arch_index() {
     let test = "skopeo_copy_all_multi_arch_index";
-    if !tools_present(test) {
+    if !tools_present(test, &["skopeo", "umoci"]) {
         return;
     }
     let started = Instant::now();

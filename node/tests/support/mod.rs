@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod images;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,259 @@
+//! Tier 4: containerd (through its `ctr` client) pulls from and pushes to real `berth serve`
+//! processes over real sockets — the resolver, fetcher and pusher Kubernetes nodes use.
+//!
+//! An image built offline with umoci is pushed to berth with skopeo; containerd pulls it
+//! (and unpacks it into a snapshot), pushes it under another name to the same berth (its pusher
+//! mounts the blobs across repositories) and to a second, empty berth (every blob uploaded),
+//! and pulls it back by digest. Digests must match throughout.
+//!
+//! Runs when `ctr` is installed and a containerd daemon answers on one of the usual sockets
+//! (the Docker engine's own containerd counts; `BERTH_TEST_CONTAINERD_SOCK` names another);
+//! otherwise it prints why and passes. Everything happens in a containerd namespace of its own,
+//! removed at the end.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::images::{Layout, build_image, skopeo, tools_present};
+use support::{BerthProcess, Client, run_cmd};
+
+/// Bound of any one `ctr` command.
+const CTR_TIMEOUT: Duration = Duration::from_secs(120);
+/// Sockets tried when `BERTH_TEST_CONTAINERD_SOCK` is not set.
+const SOCKETS: &[&str] = &[
+    "/run/containerd/containerd.sock",
+    "/run/docker/containerd/containerd.sock",
+];
+
+/// `ctr` bound to one daemon and one namespace.
+struct Ctr {
+    socket: String,
+    namespace: String,
+}
+
+impl Ctr {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.args(["--address", &self.socket, "--namespace", &self.namespace])
+            .args(args);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Result<support::CmdOutput, String> {
+        run_cmd(&mut self.command(args), CTR_TIMEOUT)
+    }
+
+    fn must(&self, args: &[&str]) -> String {
+        let out = self
+            .run(args)
+            .unwrap_or_else(|e| panic!("ctr {args:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed: {}\n{}",
+            out.stderr_text(),
+            out.stdout_text()
+        );
+        out.stdout_text()
+    }
+
+    /// The digest containerd recorded for an image reference.
+    fn image_digest(&self, reference: &str) -> String {
+        let listing = self.must(&["images", "ls"]);
+        let line = listing
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(reference))
+            .unwrap_or_else(|| panic!("{reference} not in containerd's images:\n{listing}"));
+        line.split_whitespace()
+            .find(|w| w.starts_with("sha256:"))
+            .unwrap_or_else(|| panic!("no digest in {line:?}"))
+            .to_string()
+    }
+
+    fn remove_all_images(&self) {
+        if let Ok(out) = self.run(&["images", "ls", "--quiet"]) {
+            for r in out.stdout_text().lines().filter(|l| !l.is_empty()) {
+                let _ = self.run(&["images", "rm", r]);
+            }
+        }
+    }
+}
+
+impl Drop for Ctr {
+    /// Removes the test's images and, once containerd's garbage collector has emptied it, the
+    /// namespace (bounded; a namespace left behind holds nothing but is reported).
+    fn drop(&mut self) {
+        self.remove_all_images();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for _ in 0..100 {
+            let gone = run_cmd(
+                Command::new("ctr").args([
+                    "--address",
+                    &self.socket,
+                    "namespaces",
+                    "rm",
+                    &self.namespace,
+                ]),
+                CTR_TIMEOUT,
+            )
+            .is_ok_and(|o| o.status.success());
+            if gone || Instant::now() > deadline {
+                if !gone {
+                    eprintln!(
+                        "containerd namespace {} could not be removed",
+                        self.namespace
+                    );
+                }
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The socket of a containerd daemon that answers, or why there is none.
+fn containerd_socket() -> Result<String, String> {
+    if !support::tool_available("ctr") {
+        return Err("ctr is not installed".into());
+    }
+    let candidates: Vec<String> = match std::env::var("BERTH_TEST_CONTAINERD_SOCK") {
+        Ok(s) => vec![s],
+        Err(_) => SOCKETS.iter().map(|s| s.to_string()).collect(),
+    };
+    for socket in &candidates {
+        if !std::path::Path::new(socket).exists() {
+            continue;
+        }
+        let answered = run_cmd(
+            Command::new("ctr").args(["--address", socket, "--timeout", "5s", "version"]),
+            Duration::from_secs(20),
+        )
+        .is_ok_and(|o| o.status.success() && o.stdout_text().contains("Server:"));
+        if answered {
+            return Ok(socket.clone());
+        }
+    }
+    Err(format!("no containerd answers on {candidates:?}"))
+}
+
+/// The manifest digest berth serves for `repo:reference`.
+fn served_digest(client: &Client, repo: &str, reference: &str) -> String {
+    let r = client
+        .get_manifest(repo, reference)
+        .unwrap_or_else(|e| panic!("GET manifest {repo}:{reference}: {e}"));
+    assert_eq!(
+        r.status,
+        200,
+        "GET manifest {repo}:{reference}: {}",
+        r.text()
+    );
+    r.header("docker-content-digest")
+        .expect("Docker-Content-Digest")
+        .to_string()
+}
+
+/// Config and layer digests of the image manifest berth serves for `repo@digest`.
+fn blob_digests(client: &Client, repo: &str, digest: &str) -> Vec<String> {
+    let m = client
+        .get_manifest(repo, digest)
+        .expect("GET manifest")
+        .json();
+    let mut all = vec![m["config"]["digest"].as_str().expect("config").to_string()];
+    for l in m["layers"].as_array().expect("layers") {
+        all.push(l["digest"].as_str().expect("layer digest").to_string());
+    }
+    all
+}
+
+/// Tags the local image `src` as `host/repo:tag`, has containerd push it, and checks that the
+/// registry serves the same manifest digest and every blob of it, byte for byte.
+fn push_copy(
+    ctr: &Ctr,
+    src: &str,
+    client: &Client,
+    host: &str,
+    repo: &str,
+    tag: &str,
+    digest: &str,
+) {
+    let target = format!("{host}/{repo}:{tag}");
+    ctr.must(&["images", "tag", src, &target]);
+    ctr.must(&["images", "push", "--plain-http", &target]);
+    assert_eq!(served_digest(client, repo, tag), digest, "{target}");
+    for d in blob_digests(client, repo, digest) {
+        let r = client.get_blob(repo, &d).expect("GET blob");
+        assert_eq!(
+            r.status, 200,
+            "{d} missing in {repo} after containerd's push"
+        );
+        assert_eq!(support::sha256_digest(&r.body), d, "{d} changed on the way");
+    }
+}
+
+#[test]
+fn containerd_pull_unpack_push_mount_and_upload_pull_by_digest() {
+    let test = "containerd_pull_unpack_push_mount_and_upload_pull_by_digest";
+    let socket = match containerd_socket() {
+        Ok(s) => s,
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            return;
+        }
+    };
+    if !tools_present(test, &["skopeo", "umoci"]) {
+        return;
+    }
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout::at(tmp.path().join("layout"));
+    build_image(tmp.path(), &layout, "v1", &[300 * 1024, 64 * 1024]);
+
+    let first = BerthProcess::start(&tmp.path().join("data-1"));
+    let second = BerthProcess::start(&tmp.path().join("data-2"));
+    let (c1, c2) = (
+        Client::new(&first.base_url()),
+        Client::new(&second.base_url()),
+    );
+    let (h1, h2) = (first.host_port(), second.host_port());
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &layout.oci("v1"),
+        &format!("docker://{h1}/ctr/src:v1"),
+    ]);
+    let pushed = served_digest(&c1, "ctr/src", "v1");
+
+    let ctr = Ctr {
+        socket,
+        namespace: format!(
+            "berth-test-{}-{}",
+            std::process::id(),
+            started.elapsed().as_nanos()
+        ),
+    };
+
+    // Pull by tag, unpacked into a snapshot for this machine's platform.
+    let src = format!("{h1}/ctr/src:v1");
+    let out = ctr.must(&["images", "pull", "--plain-http", &src]);
+    assert!(out.contains("unpacking"), "the pull did not unpack:\n{out}");
+    assert_eq!(ctr.image_digest(&src), pushed);
+    assert!(
+        ctr.must(&["snapshots", "ls"]).contains("Committed"),
+        "no committed snapshot after the unpack"
+    );
+
+    // Push under another repository of the same registry: the blobs are mounted from ctr/src.
+    push_copy(&ctr, &src, &c1, &h1, "ctr/dst", "v2", &pushed);
+    // Push to the empty second registry: every blob is uploaded.
+    push_copy(&ctr, &src, &c2, &h2, "ctr/far", "v3", &pushed);
+
+    // Forget everything locally and pull by digest from the second registry.
+    ctr.remove_all_images();
+    let by_digest = format!("{h2}/ctr/far@{pushed}");
+    ctr.must(&["images", "pull", "--plain-http", &by_digest]);
+    assert_eq!(ctr.image_digest(&by_digest), pushed);
+
+    drop(ctr);
+    eprintln!("{test}: ok in {:?}", started.elapsed());
+}
