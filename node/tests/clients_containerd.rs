@@ -227,9 +227,9 @@ fn containerd_pull_unpack_push_mount_and_upload_pull_by_digest() {
     let ctr = Ctr {
         socket,
         namespace: format!(
-            "berth-test-{}-{}",
+            "berth-test-{}-{:08x}",
             std::process::id(),
-            started.elapsed().as_nanos()
+            rand::random::<u32>()
         ),
     };
 

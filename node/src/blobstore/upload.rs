@@ -88,14 +88,18 @@ struct StagingFile {
     direct: bool,
 }
 
+/// Creates a new file for writing; fails if `path` exists.
+fn create_new(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
 impl StagingFile {
     /// Creates the staging file, with direct I/O if `direct` and the file system allows it.
     fn create(path: &Path, direct: bool) -> Result<StagingFile, BlobStoreError> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(BlobStoreError::io("create", path))?;
+        let file = create_new(path).map_err(BlobStoreError::io("create", path))?;
         let mut staging = StagingFile {
             file,
             direct: false,
@@ -170,10 +174,7 @@ impl StagingFile {
 pub(super) fn probe_direct(dir: &Path) -> io::Result<()> {
     let path = dir.join(format!(".direct-probe-{}", uuid::Uuid::new_v4().simple()));
     let res = (|| {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let file = create_new(&path)?;
         set_direct(&file, true)?;
         let mut block = AlignedBuf::with_capacity(ALIGN);
         block.extend_from_slice(&[0u8; ALIGN]);
