@@ -89,17 +89,57 @@ pub struct BlobStore {
     uploads: PathBuf,
     /// Held open for the store's lifetime: an exclusive lock on the data directory.
     _lock: std::fs::File,
-    /// Permits for threads that stream a blob for as long as a client takes (a download's
-    /// reader, an upload's writer). Bounded below the blocking pool's size, so that slow
-    /// clients can never take every blocking thread from Raft and metadata work.
-    transfers: Arc<tokio::sync::Semaphore>,
+    /// What uploads and reads of this store share.
+    shared: Arc<Shared>,
     /// Whether large uploads are written with direct I/O (see `upload.rs`, ADR 008).
     direct_writes: bool,
 }
 
-/// Blob transfers that may hold a blocking thread at once (the runtime's blocking pool is
-/// larger: see `main.rs`); further transfers wait for a permit.
-pub const MAX_TRANSFER_THREADS: usize = 256;
+/// Limits and counters shared by every upload and read of one store.
+#[derive(Debug)]
+struct Shared {
+    /// Permits for blob disk operations on the blocking pool (writing one block, preparing one
+    /// read window). A permit is held only while the disk works, never while a client is
+    /// waited for; bounded below the blocking pool's size, so that blob transfers can never
+    /// take every blocking thread from Raft and metadata work.
+    disk: Arc<tokio::sync::Semaphore>,
+    /// Bytes of partial blocks that uploads keep in memory between two requests (see
+    /// `upload.rs`); bounded by [`HELD_TAILS_BUDGET`].
+    held_tails: std::sync::atomic::AtomicUsize,
+    /// Blocks written with direct I/O since the store was opened (tests assert with it).
+    direct_blocks: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            disk: Arc::new(tokio::sync::Semaphore::new(MAX_TRANSFER_THREADS)),
+            held_tails: Default::default(),
+            direct_blocks: Default::default(),
+        })
+    }
+}
+
+/// Whether `dir` is on tmpfs, which keeps every page in memory and refuses direct I/O: the one
+/// file system on which the tests of direct I/O and of page residency have nothing to observe.
+#[cfg(test)]
+fn on_tmpfs(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path and a zeroed statfs for the kernel to fill.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut st) }, 0);
+    st.f_type == libc::TMPFS_MAGIC
+}
+
+/// Blob disk operations (one block written, one read window prepared) that may run on the
+/// blocking pool at once (the pool is larger: see `main.rs`); further ones wait for a permit.
+/// Transfers hold a thread only while the disk works, so slow clients hold none.
+pub const MAX_TRANSFER_THREADS: usize = 64;
+
+/// Total bytes of upload tails (partial blocks under [`upload::MAX_HELD_TAIL`]) kept in memory
+/// between requests; past it, tails are written to their staging files.
+const HELD_TAILS_BUDGET: usize = 32 * 1024 * 1024;
 
 impl BlobStore {
     /// Opens (creating if needed) the store under `data_dir`, removing every staging leftover.
@@ -134,7 +174,7 @@ impl BlobStore {
             blobs,
             uploads,
             _lock: lock,
-            transfers: Arc::new(tokio::sync::Semaphore::new(MAX_TRANSFER_THREADS)),
+            shared: Shared::new(),
             direct_writes: false,
         })
     }
@@ -191,15 +231,29 @@ impl BlobStore {
     ) -> Result<BlobBody, BlobStoreError> {
         let path = self.blob_path(digest);
         let digest = digest.clone();
-        let permit = self
-            .transfers
-            .clone()
-            .acquire_owned()
+        let opened = tokio::task::spawn_blocking(move || read::open(&path, digest, range))
             .await
-            .expect("never closed");
-        tokio::task::spawn_blocking(move || read::open(&path, digest, range, permit))
-            .await
-            .map_err(|e| BlobStoreError::io("read", Path::new("blob"))(io::Error::other(e)))?
+            .map_err(|e| BlobStoreError::io("read", Path::new("blob"))(io::Error::other(e)))??;
+        Ok(read::body(opened, self.shared.disk.clone()))
+    }
+
+    /// Whether uploads are written with direct I/O (set, and the file system allows it).
+    pub fn writes_direct(&self) -> bool {
+        self.direct_writes
+    }
+
+    /// Blocks written with direct I/O since the store was opened.
+    pub fn direct_blocks_written(&self) -> u64 {
+        self.shared
+            .direct_blocks
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes of upload tails held in memory between requests now.
+    pub fn held_tail_bytes(&self) -> usize {
+        self.shared
+            .held_tails
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Removes a blob file. Removing a blob that is not there is not an error.
@@ -220,7 +274,7 @@ impl BlobStore {
         StagedUpload::new(
             self.uploads.join(id),
             self.direct_writes,
-            self.transfers.clone(),
+            self.shared.clone(),
         )
     }
 }
@@ -319,6 +373,33 @@ mod tests {
         )
     }
 
+    /// A store in the write mode asked for; direct I/O is asserted to be in use except on
+    /// tmpfs, the one file system measured to refuse it.
+    fn store_with(dir: &Path, direct: bool) -> BlobStore {
+        let store = BlobStore::open(dir).unwrap().with_direct_writes(direct);
+        if direct && on_tmpfs(dir) {
+            eprintln!(
+                "note: {} is tmpfs; direct writes fall back to the page cache",
+                dir.display()
+            );
+        } else {
+            assert_eq!(store.writes_direct(), direct, "write mode of the store");
+        }
+        store
+    }
+
+    /// Asserts that blocks were written with direct I/O when the store does so.
+    fn assert_direct_used(store: &BlobStore) {
+        if store.writes_direct() {
+            assert!(
+                store.direct_blocks_written() > 0,
+                "no block was written with direct I/O"
+            );
+        } else {
+            assert_eq!(store.direct_blocks_written(), 0);
+        }
+    }
+
     async fn read_all(store: &BlobStore, d: &Digest, range: Option<(u64, u64)>) -> Vec<u8> {
         let mut out = Vec::new();
         let mut b = store.read(d, range).await.unwrap();
@@ -363,9 +444,7 @@ mod tests {
     #[tokio::test]
     async fn direct_uploads_of_whole_blocks_and_of_tails() {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path())
-            .unwrap()
-            .with_direct_writes(true);
+        let store = store_with(dir.path(), true);
         for len in [
             1024 * 1024,
             2 * 1024 * 1024,
@@ -391,13 +470,12 @@ mod tests {
             );
             assert_eq!(read_all(&store, &d, None).await, data, "{len}");
         }
+        assert_direct_used(&store);
     }
 
     async fn large_upload_in_uneven_chunks_with(direct: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path())
-            .unwrap()
-            .with_direct_writes(direct);
+        let store = store_with(dir.path(), direct);
         let data: Vec<u8> = (0..5 * 1024 * 1024 + 123)
             .map(|i| (i * 31 % 251) as u8)
             .collect();
@@ -415,6 +493,7 @@ mod tests {
         let d = Digest::sha256_of(data);
         up.finish(&store, &d).await.unwrap();
         assert_eq!(read_all(&store, &d, None).await, data);
+        assert_direct_used(&store);
     }
 
     #[tokio::test]
@@ -429,9 +508,7 @@ mod tests {
 
     async fn an_append_dropped_half_way_breaks_the_upload_with(direct: bool) {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(dir.path())
-            .unwrap()
-            .with_direct_writes(direct);
+        let store = store_with(dir.path(), direct);
         let mut up = store.begin_upload("cut");
         let sent: &'static [u8] = Box::leak(vec![3u8; 3 * 1024 * 1024].into_boxed_slice());
         // The body delivers 3 MiB, then never ends: the client went silent.
@@ -458,6 +535,7 @@ mod tests {
                 .is_none(),
             "a staging file outlived the upload"
         );
+        assert_direct_used(&store);
     }
 
     #[tokio::test]

@@ -3,8 +3,15 @@
 //! The blob file is mapped into memory a window at a time and each window is handed to the
 //! HTTP layer as `Bytes` without copying: the socket send is the only copy of the data. A
 //! window is unmapped when the HTTP layer drops it, so what is mapped at once is bounded by
-//! the windows in flight, never by the blob's size. Windows are prepared on a blocking thread
-//! (mapping with `MAP_POPULATE` faults the pages in up front, reading from disk if needed).
+//! the windows in flight, never by the blob's size.
+//!
+//! Threads: a window is prepared by one short task on the blocking pool (mapping with
+//! `MAP_POPULATE` faults the pages in up front, reading from disk if needed), started when
+//! the window before it is handed to the client. No thread waits for the client: a reader that
+//! stops reading holds one prepared window in memory and nothing else, so any number of slow
+//! clients cannot take threads from other reads, from uploads or from Raft. Windows after the
+//! first take a permit of the store's disk-operation limit while they are prepared; the first
+//! window (all of a small blob) does not, so a small read never queues behind large ones.
 //!
 //! Safety of the mapping: blob files are immutable once renamed into place (content-addressed;
 //! nothing ever writes to or truncates them), and removing a file does not invalidate a mapping.
@@ -20,10 +27,14 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::Stream;
+use futures::stream::BoxStream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
 use super::BlobStoreError;
 use crate::types::Digest;
@@ -32,21 +43,41 @@ use crate::types::Digest;
 /// process's RSS while a window is alive: 1 MiB keeps four parallel pulls around 8 MiB of
 /// mappings (2 MiB windows measured ~16 MiB more peak RSS, and no faster pulls).
 const WINDOW: u64 = 1024 * 1024;
-/// Windows prepared ahead of the client.
-const WINDOWS_AHEAD: usize = 1;
 
 /// A stream of a blob's bytes; its length is known up front.
-#[derive(Debug)]
 pub struct BlobBody {
-    rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
+    source: Source,
     len: u64,
+}
+
+enum Source {
+    /// Fed by another producer (a copy streaming in from a peer).
+    Channel(tokio::sync::mpsc::Receiver<io::Result<Bytes>>),
+    /// Windows of a local file.
+    File(BoxStream<'static, io::Result<Bytes>>),
+}
+
+impl std::fmt::Debug for BlobBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match self.source {
+            Source::Channel(_) => "channel",
+            Source::File(_) => "file",
+        };
+        f.debug_struct("BlobBody")
+            .field("source", &source)
+            .field("len", &self.len)
+            .finish()
+    }
 }
 
 impl BlobBody {
     /// A body fed by another producer (e.g. a copy streaming in from a peer): `len` bytes, in
     /// order, then the end of the channel. An `Err` item aborts the response.
     pub fn from_channel(rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>, len: u64) -> BlobBody {
-        BlobBody { rx, len }
+        BlobBody {
+            source: Source::Channel(rx),
+            len,
+        }
     }
 
     /// How many bytes the stream yields.
@@ -64,17 +95,30 @@ impl Stream for BlobBody {
     type Item = io::Result<Bytes>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx)
+        match &mut self.source {
+            Source::Channel(rx) => rx.poll_recv(cx),
+            Source::File(s) => s.as_mut().poll_next(cx),
+        }
     }
 }
 
-/// Opens the blob file and starts preparing windows of `range` (inclusive bounds).
+/// An opened blob file and its first window, prepared on a blocking thread.
+pub(super) struct Opened {
+    file: Arc<File>,
+    first: Option<Bytes>,
+    /// Where the window after the first starts, and how many bytes follow it.
+    next: u64,
+    left: u64,
+    len: u64,
+}
+
+/// Opens the blob file and prepares the first window of `range` (inclusive bounds). Runs on a
+/// blocking thread.
 pub(super) fn open(
     path: &Path,
     digest: Digest,
     range: Option<(u64, u64)>,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) -> Result<BlobBody, BlobStoreError> {
+) -> Result<Opened, BlobStoreError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -90,14 +134,82 @@ pub(super) fn open(
         Some((start, end)) => (start, end + 1 - start),
         None => (0, size),
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(WINDOWS_AHEAD);
-    if len > 0 {
-        tokio::task::spawn_blocking(move || {
-            pump(file, start, len, tx);
-            drop(permit);
-        });
+    let want = len.min(WINDOW);
+    let first = if want > 0 {
+        Some(map_window(&file, start, want).map_err(BlobStoreError::io("read", path))?)
+    } else {
+        None
+    };
+    Ok(Opened {
+        file: Arc::new(file),
+        first,
+        next: start + want,
+        left: len - want,
+        len,
+    })
+}
+
+/// The body of an opened blob: the first window, then each next window prepared by a short
+/// blocking task started when the one before it is handed out.
+pub(super) fn body(opened: Opened, disk: Arc<Semaphore>) -> BlobBody {
+    struct Windows {
+        file: Arc<File>,
+        first: Option<Bytes>,
+        ahead: Option<JoinHandle<io::Result<Bytes>>>,
+        next: u64,
+        left: u64,
+        disk: Arc<Semaphore>,
     }
-    Ok(BlobBody { rx, len })
+    impl Windows {
+        /// Starts preparing the next window, if any.
+        async fn read_ahead(&mut self) {
+            if self.left == 0 {
+                return;
+            }
+            let want = self.left.min(WINDOW);
+            let offset = self.next;
+            self.next += want;
+            self.left -= want;
+            let permit = self
+                .disk
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed");
+            let file = self.file.clone();
+            self.ahead = Some(tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                map_window(&file, offset, want)
+            }));
+        }
+    }
+    let len = opened.len;
+    let windows = Windows {
+        file: opened.file,
+        first: opened.first,
+        ahead: None,
+        next: opened.next,
+        left: opened.left,
+        disk,
+    };
+    let stream = futures::stream::unfold(windows, |mut w| async move {
+        let window = match (w.first.take(), w.ahead.take()) {
+            (Some(first), _) => Ok(first),
+            (None, Some(ahead)) => ahead.await.unwrap_or_else(|e| Err(io::Error::other(e))),
+            (None, None) => return None,
+        };
+        if window.is_err() {
+            // Reported once; the response ends there.
+            w.left = 0;
+        } else {
+            w.read_ahead().await;
+        }
+        Some((window, w))
+    });
+    BlobBody {
+        source: Source::File(Box::pin(stream)),
+        len,
+    }
 }
 
 /// Maps `len` bytes of `file` from `offset` (any offset: the map starts at the page below).
@@ -153,24 +265,6 @@ fn page_size() -> u64 {
     if p > 0 { p as u64 } else { 4096 }
 }
 
-fn pump(
-    file: File,
-    mut offset: u64,
-    mut left: u64,
-    tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
-) {
-    while left > 0 {
-        let want = left.min(WINDOW);
-        let res = map_window(&file, offset, want);
-        let failed = res.is_err();
-        if tx.blocking_send(res).is_err() || failed {
-            return; // client went away, or the map failed and was reported
-        }
-        offset += want;
-        left -= want;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,15 +301,6 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
-    fn on_tmpfs(dir: &Path) -> bool {
-        use std::os::unix::ffi::OsStrExt;
-        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
-        // SAFETY: a NUL-terminated path and a zeroed statfs for the kernel to fill.
-        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut st) }, 0);
-        st.f_type == libc::TMPFS_MAGIC
-    }
-
     #[test]
     fn pages_out_of_memory_are_not_resident() {
         use std::os::fd::AsRawFd;
@@ -227,7 +312,7 @@ mod tests {
         // SAFETY: advice on a descriptor we own; no memory is passed.
         let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         assert_eq!(rc, 0);
-        if on_tmpfs(dir.path()) {
+        if super::super::on_tmpfs(dir.path()) {
             // tmpfs keeps its pages whatever the advice: nothing to observe there.
             eprintln!("skipped: {} is tmpfs", dir.path().display());
             return;
