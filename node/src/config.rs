@@ -99,6 +99,12 @@ pub struct Limits {
     pub max_manifest_bytes: usize,
     /// Seconds an upload session may stay idle before it is cancelled. Default 3600.
     pub upload_idle_timeout_secs: u64,
+    /// Upload sessions open on this node at once; past it, new ones get 429
+    /// `TOOMANYREQUESTS`. Default 10000.
+    pub max_upload_sessions: usize,
+    /// Upload sessions open at once per client IP address; past it, new ones get 429.
+    /// Default 1000.
+    pub max_upload_sessions_per_client: usize,
 }
 
 /// Raft timing.
@@ -153,6 +159,8 @@ impl Default for Limits {
         Limits {
             max_manifest_bytes: 4 * 1024 * 1024,
             upload_idle_timeout_secs: 3600,
+            max_upload_sessions: 10_000,
+            max_upload_sessions_per_client: 1000,
         }
     }
 }
@@ -280,6 +288,13 @@ impl Config {
         if self.limits.upload_idle_timeout_secs == 0 {
             p.push("limits.upload_idle_timeout_secs: must be at least 1".to_string());
         }
+        if self.limits.max_upload_sessions == 0 || self.limits.max_upload_sessions_per_client == 0 {
+            p.push(
+                "limits.max_upload_sessions and limits.max_upload_sessions_per_client: must be \
+                 at least 1"
+                    .to_string(),
+            );
+        }
         let r = &self.raft;
         if r.heartbeat_ms == 0 {
             p.push("raft.heartbeat_ms: must be at least 1".to_string());
@@ -336,6 +351,10 @@ impl Config {
             max_manifest_bytes: self.limits.max_manifest_bytes,
             min_copies: self.durability.min_copies,
             upload_idle_timeout: Duration::from_secs(self.limits.upload_idle_timeout_secs),
+            upload_limits: crate::registry::UploadLimits {
+                max_sessions: self.limits.max_upload_sessions,
+                max_sessions_per_client: self.limits.max_upload_sessions_per_client,
+            },
         }
     }
 }

@@ -640,9 +640,10 @@ async fn body_error_mid_stream_is_reported_and_stores_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_requests_on_one_session_are_serialised() {
+async fn racing_requests_on_one_session_get_one_writer() {
     let t = TestNode::start().await;
-    // Concurrent streamed PATCHes: each is appended whole, none is lost.
+    // Concurrent streamed PATCHes: one request writes at a time; a competing one is refused
+    // with 409 and appends nothing, so the session holds exactly the accepted chunks.
     let location = t.start_upload("r").await;
     let chunks: Vec<Vec<u8>> = (0..4u8).map(|i| vec![b'a' + i; 50_000]).collect();
     let mut tasks = Vec::new();
@@ -650,16 +651,24 @@ async fn racing_requests_on_one_session_are_serialised() {
         let c = t.client.clone();
         let location = location.clone();
         tasks.push(tokio::spawn(async move {
-            c.patch(&location, None, &chunk).await.status
+            c.patch(&location, None, &chunk).await
         }));
     }
+    let mut accepted = 0u64;
     for task in tasks {
-        assert_eq!(task.await.unwrap(), StatusCode::ACCEPTED);
+        let r = task.await.unwrap();
+        if r.status == StatusCode::ACCEPTED {
+            accepted += 1;
+        } else {
+            assert_error(&r, StatusCode::CONFLICT, "BLOB_UPLOAD_INVALID");
+        }
     }
+    assert!(accepted >= 1);
     let s = t.get(&location).await;
-    assert_session(&s, StatusCode::NO_CONTENT, "r", &location, "0-199999");
+    let want = format!("0-{}", accepted * 50_000 - 1);
+    assert_session(&s, StatusCode::NO_CONTENT, "r", &location, &want);
     // Concurrent PUTs closing the same session: exactly one stores the blob; the others find
-    // the session gone.
+    // the session busy or gone.
     let content: Vec<u8> = (0..30_000u32).map(|i| (i % 256) as u8).collect();
     let location = t.start_upload("r").await;
     t.patch(&location, None, &content)
@@ -680,6 +689,8 @@ async fn racing_requests_on_one_session_are_serialised() {
         if r.status == StatusCode::CREATED {
             created += 1;
             assert_stored(&t, &r, "r", &content).await;
+        } else if r.status == StatusCode::CONFLICT {
+            assert_error(&r, StatusCode::CONFLICT, "BLOB_UPLOAD_INVALID");
         } else {
             assert_error(&r, StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN");
         }

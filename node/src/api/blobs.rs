@@ -1,6 +1,7 @@
 //! Blob and upload endpoints.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -14,7 +15,7 @@ use http_body::{Frame, SizeHint};
 use super::error::{ApiError, range_header};
 use super::{empty, query, query_param, set_header};
 use crate::blobstore::BlobBody;
-use crate::registry::{self, Registry, RegistryError, UploadStatus};
+use crate::registry::{self, Chunk, Registry, RegistryError, UploadStatus};
 use crate::types::{ContentRange, Digest, RepositoryName};
 
 const DIGEST_HEADER: &str = "docker-content-digest";
@@ -131,9 +132,17 @@ fn upload_response(status: StatusCode, repo: &RepositoryName, upload: &UploadSta
     resp
 }
 
+/// The client's address, when the server recorded it (`ConnectInfo`). Forwarding headers are
+/// not trusted: any client could set them.
+fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
 /// POST: mount (`?mount=&from=`), single-request upload (`?digest=`), or open a session.
 pub(super) async fn start_upload(
-    registry: &Registry,
+    registry: &Arc<Registry>,
     name: &str,
     req: Request,
 ) -> Result<Response, ApiError> {
@@ -156,7 +165,7 @@ pub(super) async fn start_upload(
             .await?;
         return Ok(blob_created(&repo, &digest));
     }
-    let upload = registry.start_upload(&repo).await?;
+    let upload = registry.start_upload(&repo, client_ip(&req)).await?;
     Ok(upload_response(StatusCode::ACCEPTED, &repo, &upload))
 }
 
@@ -170,10 +179,11 @@ pub(super) async fn upload_status(
     Ok(upload_response(StatusCode::NO_CONTENT, &repo, &upload))
 }
 
-/// Where a chunk says it starts, from `Content-Range`; checks it against `Content-Length`.
-fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+/// Where a chunk says it belongs, from `Content-Range`; checks it against `Content-Length`
+/// (an empty body may declare `N-N`, as some clients send `0-0` with nothing).
+fn chunk(headers: &HeaderMap) -> Result<Chunk, ApiError> {
     let Some(v) = headers.get(header::CONTENT_RANGE) else {
-        return Ok(None);
+        return Ok(Chunk::default());
     };
     let text = v.to_str().unwrap_or("");
     let range = ContentRange::parse(text)
@@ -183,8 +193,8 @@ fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(len) = declared
-        && len > 0
         && len != range.len()
+        && !(len == 0 && range.len() == 1)
     {
         return Err(RegistryError::SizeInvalid(format!(
             "Content-Range {text} covers {} bytes but Content-Length is {len}",
@@ -192,24 +202,27 @@ fn chunk_start(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         ))
         .into());
     }
-    Ok(Some(range.start))
+    Ok(Chunk {
+        start: Some(range.start),
+        len: Some(range.len()),
+    })
 }
 
 pub(super) async fn patch_upload(
-    registry: &Registry,
+    registry: &Arc<Registry>,
     name: &str,
     id: &str,
     req: Request,
 ) -> Result<Response, ApiError> {
     let repo = registry::parse_name(name)?;
-    let start = chunk_start(req.headers())?;
+    let chunk = chunk(req.headers())?;
     let body = req.into_body().into_data_stream();
-    let upload = registry.append_upload(&repo, id, start, body).await?;
+    let upload = registry.append_upload(&repo, id, chunk, body).await?;
     Ok(upload_response(StatusCode::ACCEPTED, &repo, &upload))
 }
 
 pub(super) async fn finish_upload(
-    registry: &Registry,
+    registry: &Arc<Registry>,
     name: &str,
     id: &str,
     req: Request,
@@ -222,10 +235,10 @@ pub(super) async fn finish_upload(
         );
     };
     let digest = registry::parse_digest(digest)?;
-    let start = chunk_start(req.headers())?;
+    let chunk = chunk(req.headers())?;
     let body = req.into_body().into_data_stream();
     registry
-        .finish_upload(&repo, id, &digest, start, body)
+        .finish_upload(&repo, id, &digest, chunk, body)
         .await?;
     Ok(blob_created(&repo, &digest))
 }

@@ -39,6 +39,8 @@ pub enum Code {
     PaginationNumberInvalid,
     /// The manifest is too large (413; `MANIFEST_INVALID` code).
     ManifestTooLarge,
+    /// Too many requests, or too many open upload sessions (429 `TOOMANYREQUESTS`).
+    TooManyRequests,
     /// The service is unavailable (Distribution's `UNAVAILABLE`).
     Unavailable,
     /// An internal error (Distribution's `UNKNOWN`).
@@ -119,6 +121,11 @@ impl Code {
                 "MANIFEST_INVALID",
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "manifest too large",
+            ),
+            TooManyRequests => (
+                "TOOMANYREQUESTS",
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests",
             ),
             Unavailable => (
                 "UNAVAILABLE",
@@ -229,6 +236,12 @@ impl From<RegistryError> for ApiError {
             E::ManifestUnknown(r) => {
                 ApiError::new(Code::ManifestUnknown).detail(serde_json::json!({ "reference": r }))
             }
+            E::UploadBusy(_) => ApiError::new(Code::BlobUploadInvalid)
+                .status(StatusCode::CONFLICT)
+                .message(msg),
+            E::TooManyUploads(_) => ApiError::new(Code::TooManyRequests)
+                .message(msg)
+                .header(header::RETRY_AFTER, "10"),
             E::NoQuorum(_) | E::Unavailable(_) => ApiError::new(Code::Unavailable)
                 .message(msg)
                 .header(header::RETRY_AFTER, "1"),

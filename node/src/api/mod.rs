@@ -102,7 +102,7 @@ async fn v2(State(registry): State<Arc<Registry>>, req: Request) -> Response {
 }
 
 async fn dispatch(
-    registry: &Registry,
+    registry: &Arc<Registry>,
     route: Route<'_>,
     req: Request,
 ) -> Result<Response, ApiError> {

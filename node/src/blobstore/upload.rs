@@ -268,6 +268,11 @@ impl StagedUpload {
         self.written + self.pending.len() as u64
     }
 
+    /// Whether a write failed or an append was cut off: the upload can only be aborted.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     /// Appends a streamed body. Returns the new offset. On a body error the bytes received
     /// before it stay appended (the offset says how many); on a write error the upload is
     /// broken and every later call fails. The last partial block stays in memory: call

@@ -74,6 +74,12 @@ pub enum RegistryError {
     /// The manifest (or tag) is not in the repository.
     #[error("manifest {0} is not in the repository")]
     ManifestUnknown(String),
+    /// Another request is writing to the upload session now.
+    #[error("upload {0} is busy: another request is writing to it; retry once it ended")]
+    UploadBusy(String),
+    /// Too many upload sessions are open (on the node, or for this client).
+    #[error("too many upload sessions: {0}")]
+    TooManyUploads(String),
     /// The cluster cannot commit writes now (no quorum, no leader, too slow).
     #[error("the cluster has no quorum for writes: {0}")]
     NoQuorum(String),
@@ -101,10 +107,11 @@ impl RegistryError {
             | SizeInvalid(_)
             | ManifestInvalid(_)
             | ManifestTooLarge { .. } => ErrorKind::Invalid,
-            ChunkOutOfOrder { .. } | RangeNotSatisfiable { .. } | ManifestBlobUnknown(_) => {
-                ErrorKind::Conflict
-            }
-            NoQuorum(_) | Unavailable(_) => ErrorKind::Unavailable,
+            ChunkOutOfOrder { .. }
+            | RangeNotSatisfiable { .. }
+            | ManifestBlobUnknown(_)
+            | UploadBusy(_) => ErrorKind::Conflict,
+            NoQuorum(_) | Unavailable(_) | TooManyUploads(_) => ErrorKind::Unavailable,
             Storage(_) => ErrorKind::Internal,
         }
     }
@@ -123,7 +130,15 @@ impl From<BlobStoreError> for RegistryError {
                 format!("uploaded content has digest {actual}, not {expected}"),
             ),
             BlobStoreError::Body(e) => {
-                RegistryError::BlobUploadInvalid(format!("failed to receive the body: {e}"))
+                match e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<super::uploads::LengthMismatch>())
+                {
+                    Some(mismatch) => RegistryError::SizeInvalid(mismatch.to_string()),
+                    None => {
+                        RegistryError::BlobUploadInvalid(format!("failed to receive the body: {e}"))
+                    }
+                }
             }
             other => RegistryError::Storage(Box::new(other)),
         }

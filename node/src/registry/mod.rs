@@ -23,9 +23,9 @@ use bytes::Bytes;
 use futures::Stream;
 
 pub use error::{ErrorKind, RegistryError};
-pub use uploads::{UploadStatus, owner_of};
+pub use uploads::{UploadLimits, UploadStatus, owner_of};
 
-use crate::blobstore::{BlobBody, BlobStore, BlobStoreError};
+use crate::blobstore::{BlobBody, BlobStore, BlobStoreError, StagedUpload};
 use crate::cluster::Cluster;
 use crate::meta::{
     Command, CommandV1, ManifestRecord, MetaReader, Page, ReferrerRecord, Rejection, WriteResult,
@@ -42,6 +42,28 @@ pub struct RegistrySettings {
     pub min_copies: usize,
     /// An upload with no activity for this long is cancelled.
     pub upload_idle_timeout: std::time::Duration,
+    /// Bounds on upload sessions.
+    pub upload_limits: UploadLimits,
+}
+
+/// Where a chunk of an upload says it belongs (from `Content-Range`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Chunk {
+    /// Offset of its first byte in the blob.
+    pub start: Option<u64>,
+    /// Its length: the body must carry exactly this many bytes (a declared length of 1 also
+    /// admits an empty body, for clients that send `0-0` with nothing).
+    pub len: Option<u64>,
+}
+
+/// Runs a use case in a task of its own and waits for it: dropping the caller (a client that
+/// hung up) does not cut the work off half-way.
+async fn run_detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, RegistryError>> + Send + 'static,
+) -> Result<T, RegistryError> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| RegistryError::Storage(Box::new(e)))?
 }
 
 /// A blob to stream to a client.
@@ -130,7 +152,7 @@ impl Registry {
         cluster: Cluster,
         settings: RegistrySettings,
     ) -> Arc<Registry> {
-        let uploads = uploads::Uploads::new(cluster.node_id());
+        let uploads = uploads::Uploads::new(cluster.node_id(), settings.upload_limits);
         Arc::new(Registry {
             blobs,
             meta,
@@ -321,12 +343,18 @@ impl Registry {
 
     // ---- uploads -----------------------------------------------------------------------
 
-    /// Opens an upload session in the repository.
-    pub async fn start_upload(&self, repo: &RepositoryName) -> Result<UploadStatus, RegistryError> {
-        self.uploads.start(&self.blobs, repo).await
+    /// Opens an upload session in the repository for `client` (its address, when known).
+    ///
+    /// Errors: [`RegistryError::TooManyUploads`] past the node's or the client's bound.
+    pub async fn start_upload(
+        &self,
+        repo: &RepositoryName,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<UploadStatus, RegistryError> {
+        self.uploads.start(&self.blobs, repo, client)
     }
 
-    /// The state of an upload session.
+    /// The state of an upload session; answers at once, also while a request writes to it.
     ///
     /// Errors: [`RegistryError::BlobUploadUnknown`].
     pub async fn upload_status(
@@ -334,74 +362,126 @@ impl Registry {
         repo: &RepositoryName,
         id: &str,
     ) -> Result<UploadStatus, RegistryError> {
-        self.uploads.status(repo, id).await
+        self.uploads.status(repo, id)
     }
 
-    /// Appends a chunk to an upload. `start` is where the client says the chunk begins (from
-    /// `Content-Range`), `len` its declared length if known.
+    /// Appends a chunk to an upload. The work runs in a task of its own, so a client that
+    /// hangs up cannot leave the session half-written.
     ///
-    /// Errors: [`RegistryError::BlobUploadUnknown`]; [`RegistryError::ChunkOutOfOrder`] when
-    /// `start` is not the current offset (nothing is appended).
+    /// Errors: [`RegistryError::BlobUploadUnknown`] (also when the session is cancelled
+    /// meanwhile); [`RegistryError::UploadBusy`] while another request writes to it;
+    /// [`RegistryError::ChunkOutOfOrder`] when the chunk does not start at the current offset
+    /// (nothing is appended); [`RegistryError::SizeInvalid`] when the body is longer or shorter
+    /// than the chunk declared (what arrived up to the declared end stays appended);
+    /// [`RegistryError::BlobUploadInvalid`] when the body failed (what arrived stays appended).
     pub async fn append_upload<S, E>(
-        &self,
+        self: &Arc<Self>,
         repo: &RepositoryName,
         id: &str,
-        start: Option<u64>,
+        chunk: Chunk,
         body: S,
     ) -> Result<UploadStatus, RegistryError>
     where
-        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
-        self.uploads.append(repo, id, start, body).await
+        let mut lease = self.uploads.lease(repo, id)?;
+        lease.check_start(chunk.start)?;
+        let body = uploads::declared(body, chunk.len);
+        let id = id.to_string();
+        run_detached(async move {
+            let cancelled = lease.cancelled();
+            let appended = tokio::select! {
+                r = lease.staged().append(body) => r,
+                () = cancelled => return Err(RegistryError::BlobUploadUnknown(id)),
+            };
+            let parked = lease.staged().park().await;
+            let status = lease.release().await;
+            appended?;
+            parked?;
+            status
+        })
+        .await
     }
 
-    /// Completes an upload: appends the final chunk (which must start at `start` if given),
-    /// verifies the digest, stores the blob and
-    /// records it. On a digest mismatch the upload is discarded and nothing is stored.
+    /// Completes an upload: appends the final chunk (declared as for
+    /// [`Registry::append_upload`]), verifies the digest, stores the blob and records it. On a
+    /// digest mismatch the upload is discarded and nothing is stored. Runs in a task of its
+    /// own: once the body has arrived, the blob is stored and recorded whether or not the
+    /// client waits for the answer.
     pub async fn finish_upload<S, E>(
-        &self,
+        self: &Arc<Self>,
         repo: &RepositoryName,
         id: &str,
         digest: &Digest,
-        start: Option<u64>,
+        chunk: Chunk,
         final_chunk: S,
     ) -> Result<(), RegistryError>
     where
-        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
-        let staged = self
-            .uploads
-            .take_for_finish(repo, id, start, final_chunk)
-            .await?;
-        let info = staged.finish(&self.blobs, digest).await?;
-        self.register_blob(repo, digest, info.size).await
+        let mut lease = self.uploads.lease(repo, id)?;
+        lease.check_start(chunk.start)?;
+        let body = uploads::declared(final_chunk, chunk.len);
+        let (this, repo, digest, id) = (self.clone(), repo.clone(), digest.clone(), id.to_string());
+        run_detached(async move {
+            let cancelled = lease.cancelled();
+            let appended = tokio::select! {
+                r = lease.staged().append(body) => r,
+                () = cancelled => return Err(RegistryError::BlobUploadUnknown(id)),
+            };
+            if let Err(e) = appended {
+                // The session stays (unless the upload broke): the client may retry the PUT.
+                let _ = lease.release().await;
+                return Err(e.into());
+            }
+            let staged = lease.take();
+            this.commit_blob(&repo, &digest, staged).await
+        })
+        .await
     }
 
-    /// Uploads a whole blob in one request.
+    /// Uploads a whole blob in one request (in a task of its own, as a finish).
     pub async fn upload_blob<S, E>(
-        &self,
+        self: &Arc<Self>,
         repo: &RepositoryName,
         digest: &Digest,
         body: S,
     ) -> Result<(), RegistryError>
     where
-        S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
-        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Stream<Item = Result<Bytes, E>> + Unpin + Send + 'static,
+        E: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
     {
-        let mut staged = self
-            .blobs
-            .begin_upload(&uploads::new_id(self.cluster.node_id()));
-        if let Err(e) = staged.append(body).await {
-            staged.abort().await;
-            return Err(e.into());
-        }
+        let (this, repo, digest) = (self.clone(), repo.clone(), digest.clone());
+        run_detached(async move {
+            let mut staged = this
+                .blobs
+                .begin_upload(&uploads::new_id(this.cluster.node_id()));
+            if let Err(e) = staged.append(body).await {
+                staged.abort().await;
+                return Err(e.into());
+            }
+            this.commit_blob(&repo, &digest, staged).await
+        })
+        .await
+    }
+
+    /// Verifies and stores a received blob, then records it. If the record cannot be
+    /// committed (no quorum), the file stays: the outcome of a timed-out write is unknown, and
+    /// removing a file that the record may still name would lose the blob; a retried push
+    /// records it.
+    async fn commit_blob(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+        staged: StagedUpload,
+    ) -> Result<(), RegistryError> {
         let info = staged.finish(&self.blobs, digest).await?;
         self.register_blob(repo, digest, info.size).await
     }
 
-    /// Cancels an upload.
+    /// Cancels an upload at once (a request writing to it is stopped).
     ///
     /// Errors: [`RegistryError::BlobUploadUnknown`].
     pub async fn cancel_upload(
@@ -415,6 +495,11 @@ impl Registry {
     /// Cancels uploads idle for longer than the configured timeout. Returns how many.
     pub async fn expire_idle_uploads(&self) -> usize {
         self.uploads.expire(self.settings.upload_idle_timeout).await
+    }
+
+    /// Upload sessions open on this node.
+    pub fn open_uploads(&self) -> usize {
+        self.uploads.open_sessions()
     }
 
     // ---- manifests ---------------------------------------------------------------------
