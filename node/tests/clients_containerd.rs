@@ -47,16 +47,7 @@ impl Ctr {
     }
 
     fn must(&self, args: &[&str]) -> String {
-        let out = self
-            .run(args)
-            .unwrap_or_else(|e| panic!("ctr {args:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "ctr {args:?} failed: {}\n{}",
-            out.stderr_text(),
-            out.stdout_text()
-        );
-        out.stdout_text()
+        support::must_succeed(&mut self.command(args), CTR_TIMEOUT).stdout_text()
     }
 
     /// The digest containerd recorded for an image reference.

@@ -23,18 +23,12 @@ fn docker(args: &[&str]) -> support::CmdOutput {
 
 /// Whether the Docker engine answers (`Err`: why not).
 fn docker_available() -> Result<(), String> {
-    let out = run_cmd(
-        Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]),
-        Duration::from_secs(30),
-    )?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "the Docker engine does not answer: docker info failed: {}",
-            out.stderr_text().trim()
-        ))
-    }
+    support::tools::succeeds(Command::new("docker").args([
+        "info",
+        "--format",
+        "{{.ServerVersion}}",
+    ]))
+    .map_err(|e| format!("the Docker engine does not answer: {e}"))
 }
 
 /// The engine's image id of a reference, `None` when it has no such image.

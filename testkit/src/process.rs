@@ -69,11 +69,16 @@ pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> Result<CmdOutput, String
 
 /// Runs `program args…` with a time bound and panics unless it exits 0.
 pub fn must_run(program: &str, args: &[&str], timeout: Duration) -> CmdOutput {
-    let out = run_cmd(Command::new(program).args(args), timeout).unwrap_or_else(|e| panic!("{e}"));
+    must_succeed(Command::new(program).args(args), timeout)
+}
+
+/// Runs a command with a time bound and panics, with the command and its output, unless it
+/// exits 0.
+pub fn must_succeed(cmd: &mut Command, timeout: Duration) -> CmdOutput {
+    let out = run_cmd(cmd, timeout).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         out.status.success(),
-        "`{program} {}` failed with {}:\nstdout:\n{}\nstderr:\n{}",
-        args.join(" "),
+        "{cmd:?} failed with {}:\nstdout:\n{}\nstderr:\n{}",
         out.status,
         out.stdout_text(),
         out.stderr_text()

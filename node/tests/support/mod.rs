@@ -24,7 +24,7 @@ pub use berth_testkit::oci::{
     string_list,
 };
 #[allow(unused_imports)]
-pub use berth_testkit::process::{CmdOutput, must_run, run_cmd};
+pub use berth_testkit::process::{CmdOutput, must_run, must_succeed, run_cmd};
 pub use berth_testkit::{free_port, sha256_digest};
 #[allow(unused_imports)]
 pub use tools::ready;

@@ -103,16 +103,20 @@ pub fn ready(test: &str, probes: &[(&str, Result<(), String>)]) -> bool {
 
 /// Probe of an installed program: `program --version` runs and exits 0.
 pub fn installed(program: &str) -> Result<(), String> {
-    match super::run_cmd(
-        Command::new(program).arg("--version"),
-        Duration::from_secs(30),
-    ) {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "`{program} --version` failed with {}: {}",
-            o.status,
-            o.stderr_text().trim()
-        )),
-        Err(e) => Err(format!("{program} is not installed ({e})")),
+    succeeds(Command::new(program).arg("--version"))
+}
+
+/// Probe by a command (a daemon's `info`, an `import`): it runs within 30 s and exits 0;
+/// `Err` with what it printed on stderr otherwise.
+pub fn succeeds(cmd: &mut Command) -> Result<(), String> {
+    let out = super::run_cmd(cmd, Duration::from_secs(30))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?} failed with {}: {}",
+            out.status,
+            out.stderr_text().trim()
+        ))
     }
 }
