@@ -2,11 +2,13 @@
 //! over a real socket, in both manifest formats it writes: Docker's v2 schema 2 and OCI.
 //!
 //! An image built offline with umoci (two layers) is loaded (`podman load` of an OCI archive)
-//! into a podman store of the test's
-//! own (`--root`/`--runroot`/`--tmpdir` in a temp dir, the `vfs` driver, no events, no cgroups
-//! needed: nothing runs a container), pushed with `--format v2s2` and `--format oci`, removed,
-//! and pulled back by tag and by digest. The digests podman reports must be the ones berth
-//! serves, with the media type of the format asked for, and every blob must be there.
+//! into a podman store of the test's own (`--root`/`--runroot`/`--tmpdir` in a temp dir, the
+//! `vfs` driver, no events, no cgroups needed: nothing runs a container), pushed with
+//! `--format v2s2` and `--format oci`, removed, and pulled back by tag and by digest. The
+//! digests podman reports must be the ones berth serves, with the media type of the format
+//! asked for, and every blob must be there. What podman still writes outside the temp dir is
+//! containers/image's blob-info cache (`/var/lib/containers/cache` for root), which these
+//! flags do not move.
 //!
 //! Skipped (with the reason) when podman or umoci is missing or podman cannot start, unless
 //! `BERTH_REQUIRE_CLIENT_TOOLS` names them (`scripts/test` does when they are installed): then
