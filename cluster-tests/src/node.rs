@@ -9,11 +9,13 @@
 //! Every start writes stderr to its own file `node-<id>/stderr-<n>.log` in the cluster's
 //! temporary directory. Dropping a handle SIGKILLs its process.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use berth_testkit::free_port;
 
 use crate::oci::Client;
 use crate::wait::POLL_INTERVAL;
@@ -42,14 +44,6 @@ pub fn berth_bin() -> PathBuf {
         p.display()
     );
     p
-}
-
-/// Reserves a free loopback port: binds port 0, reads the port, drops the listener.
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("failed to bind 127.0.0.1:0");
-    l.local_addr()
-        .expect("failed to read the local address")
-        .port()
 }
 
 /// What a node is started with; the same on every (re)start.
@@ -257,18 +251,7 @@ impl NodeHandle {
         // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
         let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         assert_eq!(rc, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait().expect("failed to wait for berth") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        berth_testkit::process::wait_exit(&mut child, STOP_TIMEOUT)
     }
 
     /// Starts the process again with the same flags, ports and data directory, and waits

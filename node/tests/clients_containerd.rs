@@ -8,15 +8,16 @@
 //!
 //! Runs when `ctr` is installed and a containerd daemon answers on one of the usual sockets
 //! (the Docker engine's own containerd counts; `BERTH_TEST_CONTAINERD_SOCK` names another);
-//! otherwise it prints why and passes. Everything happens in a containerd namespace of its own,
-//! removed at the end.
+//! otherwise it prints why and passes, unless `BERTH_REQUIRE_CLIENT_TOOLS` names containerd
+//! (then it fails). Everything happens in a containerd namespace of its own, removed at the end.
 
 mod support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::images::{Layout, build_image, skopeo, tools_present};
+use support::images::{Layout, build_image, skopeo};
+use support::tools;
 use support::{BerthProcess, Client, run_cmd};
 
 /// Bound of any one `ctr` command.
@@ -46,16 +47,7 @@ impl Ctr {
     }
 
     fn must(&self, args: &[&str]) -> String {
-        let out = self
-            .run(args)
-            .unwrap_or_else(|e| panic!("ctr {args:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "ctr {args:?} failed: {}\n{}",
-            out.stderr_text(),
-            out.stdout_text()
-        );
-        out.stdout_text()
+        support::must_succeed(&mut self.command(args), CTR_TIMEOUT).stdout_text()
     }
 
     /// The digest containerd recorded for an image reference.
@@ -114,9 +106,7 @@ impl Drop for Ctr {
 
 /// The socket of a containerd daemon that answers, or why there is none.
 fn containerd_socket() -> Result<String, String> {
-    if !support::tool_available("ctr") {
-        return Err("ctr is not installed".into());
-    }
+    tools::installed("ctr")?;
     let candidates: Vec<String> = match std::env::var("BERTH_TEST_CONTAINERD_SOCK") {
         Ok(s) => vec![s],
         Err(_) => SOCKETS.iter().map(|s| s.to_string()).collect(),
@@ -194,16 +184,16 @@ fn push_copy(
 #[test]
 fn containerd_pull_unpack_push_mount_and_upload_pull_by_digest() {
     let test = "containerd_pull_unpack_push_mount_and_upload_pull_by_digest";
-    let socket = match containerd_socket() {
-        Ok(s) => s,
-        Err(why) => {
-            eprintln!("SKIPPED {test}: {why}");
-            return;
-        }
-    };
-    if !tools_present(test, &["skopeo", "umoci"]) {
+    let socket = containerd_socket();
+    let probes = [
+        ("containerd", socket.clone().map(drop)),
+        ("skopeo", tools::installed("skopeo")),
+        ("umoci", tools::installed("umoci")),
+    ];
+    if !tools::ready(test, &probes) {
         return;
     }
+    let socket = socket.expect("probed above");
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let layout = Layout::at(tmp.path().join("layout"));

@@ -151,7 +151,7 @@ fn skopeo_push_pull_roundtrip_inspect_list_tags_delete() {
         ["v1", "v2", "v3"].map(String::from).into(),
         "{listed}"
     );
-    assert!(client.catalog().contains(&"ns/app".to_string()));
+    assert!(client.must_catalog().contains(&"ns/app".to_string()));
 
     // Delete v3 (skopeo deletes by digest): v3 and its manifest are gone, v1/v2 stay.
     skopeo(&["delete", "--tls-verify=false", &reg("v3")]);

@@ -195,10 +195,7 @@ fn pusher(
     acks: mpsc::Sender<()>,
     max_shift: u32,
 ) {
-    let client = Client {
-        agent: support::agent_with_timeout(CALL_TIMEOUT),
-        base,
-    };
+    let client = Client::with_agent(support::agent_with_timeout(CALL_TIMEOUT), &base);
     let mut rng = rand::rng();
     let repo = format!("crash/w{worker:02}");
     for seq in 0..MAX_PUSHES_PER_PUSHER {
@@ -281,8 +278,8 @@ fn verify_acked(client: &Client, p: &Push) {
 /// blob it references is served and verifies. Returns how many tags were checked.
 fn verify_listings(client: &Client) -> usize {
     let mut checked = 0;
-    for repo in client.catalog() {
-        for tag in client.tags(&repo) {
+    for repo in client.must_catalog() {
+        for tag in client.must_tags(&repo) {
             let what = format!("listed tag {repo}:{tag}");
             let r = client.get_manifest(&repo, &tag).unwrap();
             assert_eq!(r.status, 200, "{what}: manifest: {}", r.text());
@@ -444,7 +441,7 @@ fn kill9_during_concurrent_pushes(test: &str, mode: Mode) {
         );
         for p in &all_acked {
             assert!(
-                client.tags(&p.repo).contains(&p.tag),
+                client.must_tags(&p.repo).contains(&p.tag),
                 "acknowledged tag {}:{} is not listed",
                 p.repo,
                 p.tag

@@ -12,23 +12,14 @@ use super::{must_run, sha256_digest};
 /// Bound of any one skopeo or umoci command.
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Whether `tools` are installed; prints why the test is skipped when not.
-pub fn tools_present(test: &str, tools: &[&'static str]) -> bool {
-    let missing: Vec<&str> = tools
+/// Whether `tools` are installed; prints why the test is skipped when not, and panics when
+/// `BERTH_REQUIRE_CLIENT_TOOLS` requires a missing one (see [`super::tools`]).
+pub fn tools_present(test: &str, tools: &[&str]) -> bool {
+    let probes: Vec<(&str, Result<(), String>)> = tools
         .iter()
-        .copied()
-        .filter(|t| !super::tool_available(t))
+        .map(|t| (*t, super::tools::installed(t)))
         .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("BERTH_REQUIRE_CLIENT_TOOLS").is_ok_and(|v| v == "1") {
-        panic!("{test}: required tools are missing: {missing:?}");
-    }
-    eprintln!(
-        "SKIPPED {test}: {missing:?} not installed (set BERTH_REQUIRE_CLIENT_TOOLS=1 to fail)"
-    );
-    false
+    super::tools::ready(test, &probes)
 }
 
 pub fn skopeo(args: &[&str]) -> super::CmdOutput {

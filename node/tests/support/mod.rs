@@ -1,5 +1,7 @@
-//! Shared harness of the tier-4 tests: a real `berth serve` process on a real socket, a small
-//! blocking HTTP client, OCI push helpers and bounded external commands.
+//! Shared harness of the tier-4 tests: a real `berth serve` process on a real socket, and the
+//! policy for real clients that may be missing ([`tools`]). The OCI client, the HTTP agent and
+//! bounded external commands are the workspace's one test kit (`berth-testkit`), re-exported
+//! here under the names the tests use.
 //!
 //! Every wait here is a deadline poller (bounded in time and count), never a fixed sleep, and
 //! every process started here is killed when its handle drops.
@@ -7,41 +9,30 @@
 #![allow(dead_code)]
 
 pub mod images;
+pub mod tools;
 
-use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use sha2::Digest as _;
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use berth_testkit::http::{Resp, agent_with_timeout, read_resp};
+#[allow(unused_imports)]
+pub use berth_testkit::oci::{
+    Client, MANIFEST_ACCEPT, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST, UploadStyle,
+    string_list,
+};
+#[allow(unused_imports)]
+pub use berth_testkit::process::{CmdOutput, must_run, must_succeed, run_cmd};
+pub use berth_testkit::{free_port, sha256_digest};
+#[allow(unused_imports)]
+pub use tools::ready;
 
 /// How long a node may take from spawn to a 200 from `/readyz`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `terminate` waits for the process to exit after SIGTERM by default.
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// OCI media types used by the tests.
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-/// The `Accept` header of a manifest GET that takes any manifest kind the tests push.
-pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, \
-     application/vnd.oci.image.index.v1+json, \
-     application/vnd.docker.distribution.manifest.v2+json, \
-     application/vnd.docker.distribution.manifest.list.v2+json";
-
-/// Picks a free loopback port: bind port 0, read the port, drop the listener.
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
-}
-
-/// `sha256:<hex>` of bytes.
-pub fn sha256_digest(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
 
 /// A running (or stopped) `berth serve` process over one data directory.
 pub struct BerthProcess {
@@ -232,18 +223,7 @@ impl BerthProcess {
     /// (it is then SIGKILLed, so that the handle is stopped either way).
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let mut child = self.child.take().expect("berth is not running");
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait berth") {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        berth_testkit::process::wait_exit(&mut child, timeout)
     }
 
     /// SIGTERM, then wait for the exit. Panics when it does not exit within [`EXIT_TIMEOUT`].
@@ -293,273 +273,6 @@ impl Drop for BerthProcess {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// HTTP
-
-/// A blocking HTTP client that returns every status as a response (no error on 4xx/5xx), uses
-/// no proxy, and gives up on any call after `timeout`.
-pub fn agent_with_timeout(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .max_redirects(0)
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
-}
-
-/// [`agent_with_timeout`] of 60 s.
-pub fn agent() -> ureq::Agent {
-    agent_with_timeout(Duration::from_secs(60))
-}
-
-/// A whole HTTP response.
-#[derive(Debug)]
-pub struct Resp {
-    pub status: u16,
-    pub headers: ureq::http::HeaderMap,
-    pub body: Vec<u8>,
-}
-
-impl Resp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", self.text()))
-    }
-}
-
-/// Largest response body read.
-const BODY_LIMIT: u64 = 256 * 1024 * 1024;
-
-/// Reads a ureq result into a [`Resp`].
-pub fn read_resp(r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Resp, String> {
-    let mut resp = r.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(BODY_LIMIT)
-        .read_to_vec()
-        .map_err(|e| e.to_string())?;
-    Ok(Resp {
-        status,
-        headers,
-        body,
-    })
-}
-
-/// Resolves a `Location` header (absolute or absolute-path) against `base`.
-pub fn resolve(base: &str, location: &str) -> String {
-    if location.starts_with("http://") || location.starts_with("https://") {
-        location.to_string()
-    } else {
-        format!("{base}{location}")
-    }
-}
-
-/// Appends a query parameter to a URL that may already have a query.
-pub fn with_query(url: &str, key: &str, value: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}{key}={value}")
-}
-
-/// How a blob is uploaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UploadStyle {
-    /// `POST …/uploads/?digest=` with the whole body.
-    Monolithic,
-    /// `POST` a session, then `PUT ?digest=` with the whole body.
-    PostPut,
-    /// `POST` a session, `PATCH` in chunks, then an empty `PUT ?digest=`.
-    Chunked,
-}
-
-/// A small OCI client over one agent and one registry base URL.
-pub struct Client {
-    pub agent: ureq::Agent,
-    pub base: String,
-}
-
-impl Client {
-    pub fn new(base: &str) -> Client {
-        Client {
-            agent: agent(),
-            base: base.to_string(),
-        }
-    }
-
-    pub fn get(&self, path: &str) -> Result<Resp, String> {
-        read_resp(self.agent.get(format!("{}{path}", self.base)).call())
-    }
-
-    pub fn head(&self, path: &str) -> Result<Resp, String> {
-        read_resp(self.agent.head(format!("{}{path}", self.base)).call())
-    }
-
-    pub fn get_manifest(&self, repo: &str, reference: &str) -> Result<Resp, String> {
-        read_resp(
-            self.agent
-                .get(format!("{}/v2/{repo}/manifests/{reference}", self.base))
-                .header("Accept", MANIFEST_ACCEPT)
-                .call(),
-        )
-    }
-
-    pub fn get_blob(&self, repo: &str, digest: &str) -> Result<Resp, String> {
-        self.get(&format!("/v2/{repo}/blobs/{digest}"))
-    }
-
-    /// Uploads a blob; `Ok(())` on 201, `Err` with what happened otherwise.
-    pub fn push_blob(&self, repo: &str, data: &[u8], style: UploadStyle) -> Result<(), String> {
-        let digest = sha256_digest(data);
-        let uploads = format!("{}/v2/{repo}/blobs/uploads/", self.base);
-        let expect = |r: Resp, want: u16, what: &str| -> Result<Resp, String> {
-            if r.status == want {
-                Ok(r)
-            } else {
-                Err(format!(
-                    "{what}: status {} (want {want}): {}",
-                    r.status,
-                    r.text()
-                ))
-            }
-        };
-        match style {
-            UploadStyle::Monolithic => {
-                let r = read_resp(
-                    self.agent
-                        .post(with_query(&uploads, "digest", &digest))
-                        .header("Content-Type", "application/octet-stream")
-                        .send(data),
-                )?;
-                expect(r, 201, "monolithic POST")?;
-            }
-            UploadStyle::PostPut | UploadStyle::Chunked => {
-                let r = expect(
-                    read_resp(self.agent.post(&uploads).send_empty())?,
-                    202,
-                    "POST session",
-                )?;
-                let mut location = resolve(
-                    &self.base,
-                    r.header("location").ok_or("POST session: no Location")?,
-                );
-                let final_body: &[u8] = if style == UploadStyle::Chunked {
-                    let mid = data.len() / 2;
-                    let mut offset = 0usize;
-                    for chunk in [&data[..mid], &data[mid..]] {
-                        if chunk.is_empty() {
-                            continue;
-                        }
-                        let end = offset + chunk.len() - 1;
-                        let r = expect(
-                            read_resp(
-                                self.agent
-                                    .patch(&location)
-                                    .header("Content-Type", "application/octet-stream")
-                                    .header("Content-Range", format!("{offset}-{end}"))
-                                    .send(chunk),
-                            )?,
-                            202,
-                            "PATCH chunk",
-                        )?;
-                        location = resolve(
-                            &self.base,
-                            r.header("location").ok_or("PATCH: no Location")?,
-                        );
-                        offset += chunk.len();
-                    }
-                    &[]
-                } else {
-                    data
-                };
-                let r = read_resp(
-                    self.agent
-                        .put(with_query(&location, "digest", &digest))
-                        .header("Content-Type", "application/octet-stream")
-                        .send(final_body),
-                )?;
-                expect(r, 201, "PUT ?digest=")?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Opens an upload session and sends part of a blob, never finishing it (leaves a staging
-    /// file on the server). Returns the session URL.
-    pub fn abandon_upload(&self, repo: &str, partial: &[u8]) -> Result<String, String> {
-        let uploads = format!("{}/v2/{repo}/blobs/uploads/", self.base);
-        let r = read_resp(self.agent.post(&uploads).send_empty())?;
-        if r.status != 202 {
-            return Err(format!("POST session: {}", r.status));
-        }
-        let location = resolve(&self.base, r.header("location").ok_or("no Location")?);
-        let r = read_resp(
-            self.agent
-                .patch(&location)
-                .header("Content-Type", "application/octet-stream")
-                .send(partial),
-        )?;
-        if r.status != 202 {
-            return Err(format!("PATCH: {}", r.status));
-        }
-        Ok(location)
-    }
-
-    /// PUTs a manifest; returns the response (201 expected by callers).
-    pub fn put_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-        media_type: &str,
-        bytes: &[u8],
-    ) -> Result<Resp, String> {
-        read_resp(
-            self.agent
-                .put(format!("{}/v2/{repo}/manifests/{reference}", self.base))
-                .header("Content-Type", media_type)
-                .send(bytes),
-        )
-    }
-
-    /// Every tag of a repository (one unpaginated request).
-    pub fn tags(&self, repo: &str) -> Vec<String> {
-        let r = self
-            .get(&format!("/v2/{repo}/tags/list"))
-            .expect("tags list");
-        assert_eq!(r.status, 200, "tags list of {repo}: {}", r.text());
-        string_list(&r.json()["tags"])
-    }
-
-    /// Every repository of the catalog (one unpaginated request).
-    pub fn catalog(&self) -> Vec<String> {
-        let r = self.get("/v2/_catalog").expect("catalog");
-        assert_eq!(r.status, 200, "catalog: {}", r.text());
-        string_list(&r.json()["repositories"])
-    }
-}
-
-/// A JSON array of strings (`null`: empty).
-pub fn string_list(v: &serde_json::Value) -> Vec<String> {
-    match v {
-        serde_json::Value::Null => Vec::new(),
-        serde_json::Value::Array(a) => a
-            .iter()
-            .map(|s| s.as_str().expect("string item").to_string())
-            .collect(),
-        other => panic!("expected an array of strings, got {other}"),
-    }
-}
-
 /// An OCI image manifest over a config and layers (descriptors of the given blobs).
 pub fn image_manifest(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
     let desc = |media_type: &str, data: &[u8]| {
@@ -580,97 +293,6 @@ pub fn image_manifest(config: &[u8], layers: &[&[u8]]) -> Vec<u8> {
 
 // ---------------------------------------------------------------------------------------------
 // External commands
-
-/// What a finished external command did.
-#[derive(Debug)]
-pub struct CmdOutput {
-    pub status: ExitStatus,
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-}
-
-impl CmdOutput {
-    pub fn stdout_text(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
-    }
-
-    pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr).into_owned()
-    }
-}
-
-/// Runs a command with a time bound; `Err` when it could not start or overran (it is then
-/// killed). A non-zero exit is an `Ok` with that status.
-pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> Result<CmdOutput, String> {
-    let shown = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("failed to start {shown}: {e}"))?;
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = out.read_to_end(&mut b);
-        b
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = err.read_to_end(&mut b);
-        b
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
-            break Some(s);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stdout = out_t.join().unwrap_or_default();
-    let stderr = err_t.join().unwrap_or_default();
-    match status {
-        Some(status) => Ok(CmdOutput {
-            status,
-            stdout,
-            stderr,
-        }),
-        None => Err(format!(
-            "{shown} did not finish within {timeout:?} (killed); stdout:\n{}\nstderr:\n{}",
-            String::from_utf8_lossy(&stdout),
-            String::from_utf8_lossy(&stderr)
-        )),
-    }
-}
-
-/// Runs `program args…` with a time bound and panics unless it exits 0.
-pub fn must_run(program: &str, args: &[&str], timeout: Duration) -> CmdOutput {
-    let out = run_cmd(Command::new(program).args(args), timeout).unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "`{program} {}` failed with {}:\nstdout:\n{}\nstderr:\n{}",
-        args.join(" "),
-        out.status,
-        out.stdout_text(),
-        out.stderr_text()
-    );
-    out
-}
-
-/// Whether `program --version` runs (the tool is installed).
-pub fn tool_available(program: &str) -> bool {
-    run_cmd(
-        Command::new(program).arg("--version"),
-        Duration::from_secs(30),
-    )
-    .is_ok_and(|o| o.status.success())
-}
 
 /// The entries directly in a directory, as paths; empty when it does not exist.
 pub fn dir_entries(dir: &Path) -> Vec<PathBuf> {
