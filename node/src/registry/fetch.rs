@@ -41,6 +41,9 @@ struct Tap {
 
 /// Pieces of a streaming fetch buffered for the client that started it.
 const TAP_PIECES: usize = 4;
+/// Longest the fetch waits for the client that started it to take a piece; a client slower
+/// than that is cut off rather than slowing the copy down for everyone.
+const TAP_STALL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl BlobFetcher {
     /// Makes sure this node holds `digest`, fetching it from one of `holders` if needed. Joins
@@ -205,9 +208,20 @@ async fn copy_from(
                     if let Some(tx) = &client {
                         if seen >= size {
                             held = Some(piece.clone());
-                        } else if tx.send(Ok(piece.clone())).await.is_err() {
-                            // The client hung up; the copy goes on.
-                            client = None;
+                        } else {
+                            match tokio::time::timeout(TAP_STALL, tx.send(Ok(piece.clone()))).await
+                            {
+                                Ok(Ok(())) => {}
+                                // The client hung up; the copy goes on.
+                                Ok(Err(_)) => client = None,
+                                Err(_) => {
+                                    // The client stopped reading: it must not hold the copy
+                                    // (and the clients waiting for it) back. Its response
+                                    // ends short, which it sees as a broken transfer.
+                                    tracing::info!(%digest, "a client reading a blob as it is fetched stalled; the fetch goes on without it");
+                                    client = None;
+                                }
+                            }
                         }
                     }
                     if to_file.send(Ok(piece)).await.is_err() {
