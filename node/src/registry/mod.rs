@@ -172,7 +172,7 @@ impl Registry {
         digest: &Digest,
     ) -> Result<u64, RegistryError> {
         let record = self.linked_record(repo, digest).await?;
-        if !self.blobs.holds(digest) {
+        if !self.blobs.holds(digest) && self.blobs.check_space(record.size).is_ok() {
             let (cluster, blobs) = (self.cluster.clone(), self.blobs.clone());
             let holders: Vec<_> = record.holders.iter().copied().collect();
             let digest = digest.clone();
@@ -219,6 +219,9 @@ impl Registry {
         };
         let body = match self.blobs.read(digest, range).await {
             Err(BlobStoreError::NotFound(_)) => {
+                // The copy this read makes must leave the reserve too (best effort: a fetch
+                // already running for another request is joined all the same).
+                self.blobs.check_space(size)?;
                 let holders = record.holders.iter().copied().collect();
                 let unavailable = |why: Arc<String>| {
                     RegistryError::Unavailable(format!(
@@ -321,6 +324,30 @@ impl Registry {
 
     // ---- uploads -----------------------------------------------------------------------
 
+    /// Refuses to store `incoming` more bytes of blobs (0: unknown, or a new session) when that
+    /// would leave less than the reserve free on this node's disk (ADR 009). Upload handlers
+    /// call it before they read a body.
+    ///
+    /// Errors: [`RegistryError::InsufficientStorage`].
+    pub fn check_upload_space(&self, incoming: u64) -> Result<(), RegistryError> {
+        Ok(self.blobs.check_space(incoming)?)
+    }
+
+    /// Ends a session whose staging file the disk refused: it cannot continue (its file no
+    /// longer matches what was received), and its bytes are better freed now than at expiry.
+    async fn end_if_out_of_space<T>(
+        &self,
+        repo: &RepositoryName,
+        id: &str,
+        res: Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        if let Err(RegistryError::InsufficientStorage(why)) = &res {
+            tracing::warn!(upload = id, reason = %why, "cancelled an upload the disk refused");
+            let _ = self.uploads.cancel(repo, id).await;
+        }
+        res
+    }
+
     /// Opens an upload session in the repository.
     pub async fn start_upload(&self, repo: &RepositoryName) -> Result<UploadStatus, RegistryError> {
         self.uploads.start(&self.blobs, repo).await
@@ -353,7 +380,8 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Unpin + Send,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        self.uploads.append(repo, id, start, body).await
+        let res = self.uploads.append(repo, id, start, body).await;
+        self.end_if_out_of_space(repo, id, res).await
     }
 
     /// Completes an upload: appends the final chunk (which must start at `start` if given),
@@ -374,7 +402,8 @@ impl Registry {
         let staged = self
             .uploads
             .take_for_finish(repo, id, start, final_chunk)
-            .await?;
+            .await;
+        let staged = self.end_if_out_of_space(repo, id, staged).await?;
         let info = staged.finish(&self.blobs, digest).await?;
         self.register_blob(repo, digest, info.size).await
     }
