@@ -72,14 +72,42 @@ pub struct Config {
     pub storage: Storage,
 }
 
-/// How blobs are written.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// How blobs are written, and the free space kept back from them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Storage {
     /// Write uploads of 1 MiB or more with direct I/O (`O_DIRECT`), bypassing the page cache.
     /// Pushes get faster and cheaper; the first pull of a freshly pushed blob then reads it from
     /// disk. Default false (ADR 008 has the measurements).
     pub direct_writes: bool,
+    /// Free space, in bytes, kept back from blob uploads on the data directory's file system
+    /// so that metadata can still be written: below the reserve, uploads answer 503. The
+    /// reserve is the larger of this and `reserve_percent`, capped at half the file system.
+    /// 0 (with `reserve_percent = 0`) turns it off. Default 1073741824 (1 GiB). ADR 010.
+    pub reserve_bytes: u64,
+    /// Share of the data directory's file system kept back from blob uploads, in percent
+    /// (0–50). Default 5.
+    pub reserve_percent: u8,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            direct_writes: false,
+            reserve_bytes: 1024 * 1024 * 1024,
+            reserve_percent: 5,
+        }
+    }
+}
+
+impl Storage {
+    /// The upload reserve this section configures.
+    pub fn reserve(&self) -> crate::space::Reserve {
+        crate::space::Reserve {
+            bytes: self.reserve_bytes,
+            percent: self.reserve_percent,
+        }
+    }
 }
 
 /// Durability policy.
@@ -295,6 +323,12 @@ impl Config {
                     .to_string(),
             );
         }
+        if self.storage.reserve_percent > 50 {
+            p.push(format!(
+                "storage.reserve_percent: {} is more than 50",
+                self.storage.reserve_percent
+            ));
+        }
         let r = &self.raft;
         if r.heartbeat_ms == 0 {
             p.push("raft.heartbeat_ms: must be at least 1".to_string());
@@ -414,8 +448,28 @@ mod tests {
         assert_eq!(c.durability.min_copies, 1);
         assert_eq!(c.limits.max_manifest_bytes, 4 * 1024 * 1024);
         assert!(!c.storage.direct_writes);
+        assert_eq!(c.storage.reserve_bytes, 1024 * 1024 * 1024);
+        assert_eq!(c.storage.reserve_percent, 5);
         let c = Config::load("", &env(&[("BERTH_STORAGE__DIRECT_WRITES", "true")])).unwrap();
         assert!(c.storage.direct_writes);
+    }
+
+    #[test]
+    fn storage_reserve_is_configurable_and_checked() {
+        let c = Config::load(
+            "[storage]\nreserve_bytes = 0\n",
+            &env(&[("BERTH_STORAGE__RESERVE_PERCENT", "10")]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.storage.reserve(),
+            crate::space::Reserve {
+                bytes: 0,
+                percent: 10
+            }
+        );
+        let err = Config::load("[storage]\nreserve_percent = 51\n", &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("storage.reserve_percent"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`api`]: the HTTP adapter (axum) of the OCI Distribution API.
 //! - [`rpc`]: the gRPC adapter (tonic) of the cluster endpoint: Raft, forwarding, blob
 //!   streaming, admin.
+//! - [`space`]: free space of the data directory's file system (upload reserve, metadata
+//!   write floor).
 //! - [`config`]: configuration loading and validation.
 //!
 //! [`run`] is the composition root: it wires the concrete parts and serves until shutdown.
@@ -21,6 +23,7 @@ pub mod config;
 pub mod meta;
 pub mod registry;
 pub mod rpc;
+pub mod space;
 pub mod types;
 
 use std::future::Future;
@@ -71,7 +74,9 @@ impl Node {
     /// `config.advertised_url()` and `config.advertised_cluster()`.
     pub async fn start(config: &Config, leader_wait: Duration) -> Result<Node, RunError> {
         let blobs = Arc::new(
-            BlobStore::open(&config.data_dir)?.with_direct_writes(config.storage.direct_writes),
+            BlobStore::open(&config.data_dir)?
+                .with_direct_writes(config.storage.direct_writes)
+                .with_reserve(config.storage.reserve()),
         );
         let (log_store, state_machine, reader) = meta::open(&config.data_dir)?;
         let bootstrap = if config.join.is_some() {

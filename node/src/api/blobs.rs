@@ -140,6 +140,20 @@ fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
         .map(|c| c.0.ip())
 }
 
+/// Refuses an upload request while the disk is below the reserve (ADR 010). `opens`: the
+/// request starts an upload (checked even without a body); else an empty body is let through
+/// (it finishes what is already stored).
+fn check_space(registry: &Registry, headers: &HeaderMap, opens: bool) -> Result<(), ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if opens || declared != Some(0) {
+        registry.check_upload_space(declared.unwrap_or(0))?;
+    }
+    Ok(())
+}
+
 /// POST: mount (`?mount=&from=`), single-request upload (`?digest=`), or open a session.
 pub(super) async fn start_upload(
     registry: &Arc<Registry>,
@@ -160,11 +174,13 @@ pub(super) async fn start_upload(
         }
     } else if let Some(digest) = query_param(&q, "digest") {
         let digest = registry::parse_digest(digest)?;
+        check_space(registry, req.headers(), true)?;
         registry
             .upload_blob(&repo, &digest, req.into_body().into_data_stream())
             .await?;
         return Ok(blob_created(&repo, &digest));
     }
+    check_space(registry, req.headers(), true)?;
     let upload = registry.start_upload(&repo, client_ip(&req)).await?;
     Ok(upload_response(StatusCode::ACCEPTED, &repo, &upload))
 }
@@ -216,6 +232,7 @@ pub(super) async fn patch_upload(
 ) -> Result<Response, ApiError> {
     let repo = registry::parse_name(name)?;
     let chunk = chunk(req.headers())?;
+    check_space(registry, req.headers(), false)?;
     let body = req.into_body().into_data_stream();
     let upload = registry.append_upload(&repo, id, chunk, body).await?;
     Ok(upload_response(StatusCode::ACCEPTED, &repo, &upload))
@@ -236,6 +253,7 @@ pub(super) async fn finish_upload(
     };
     let digest = registry::parse_digest(digest)?;
     let chunk = chunk(req.headers())?;
+    check_space(registry, req.headers(), false)?;
     let body = req.into_body().into_data_stream();
     registry
         .finish_upload(&repo, id, &digest, chunk, body)

@@ -245,6 +245,11 @@ impl From<RegistryError> for ApiError {
             E::NoQuorum(_) | E::Unavailable(_) => ApiError::new(Code::Unavailable)
                 .message(msg)
                 .header(header::RETRY_AFTER, "1"),
+            // 503, not WebDAV's 507: clients know UNAVAILABLE and retry it (ADR 010).
+            E::InsufficientStorage(_) => ApiError::new(Code::Unavailable)
+                .message(msg)
+                .detail(serde_json::json!({ "reason": "insufficient storage" }))
+                .header(header::RETRY_AFTER, "30"),
             E::Storage(source) => {
                 tracing::error!(error = %source, "request failed on a storage error");
                 ApiError::new(Code::Unknown)

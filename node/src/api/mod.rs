@@ -65,11 +65,23 @@ async fn readyz(State(registry): State<Arc<Registry>>) -> Response {
         )
             .into_response();
     }
-    if let Err(e) = registry.blob_store().check_writable().await {
-        tracing::warn!(error = %e, "readiness check failed");
+    // Raft's metrics keep saying "leader" while its log waits for space: ask the disk.
+    if let Some(full) = registry.cluster().disk_full() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: storage is not writable\n",
+            format!("not ready: disk full ({full})\n"),
+        )
+            .into_response();
+    }
+    if let Err(e) = registry.blob_store().check_writable().await {
+        tracing::warn!(error = %e, "readiness check failed");
+        let why = match registry::RegistryError::from(e) {
+            registry::RegistryError::InsufficientStorage(why) => format!("disk full ({why})"),
+            _ => "storage is not writable".to_string(),
+        };
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
         )
             .into_response();
     }

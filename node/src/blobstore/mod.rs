@@ -29,6 +29,7 @@ use std::sync::Arc;
 pub use read::BlobBody;
 pub use upload::StagedUpload;
 
+use crate::space::{DiskSpace, Reserve};
 use crate::types::Digest;
 
 /// Bytes written between two requests to start write-back of a staging file, so that the fsync
@@ -52,6 +53,22 @@ pub enum BlobStoreError {
     /// The request body failed while it was being received.
     #[error("failed to receive upload body")]
     Body(#[source] io::Error),
+    /// Free space on the data directory's file system is below the upload reserve (ADR 010).
+    #[error(
+        "the disk holding {} is nearly full: {available} bytes free, storing the blob needs \
+         {needed} (a reserve of {reserve} bytes is kept for metadata)",
+        path.display()
+    )]
+    NoSpace {
+        /// The data directory.
+        path: PathBuf,
+        /// Bytes free now.
+        available: u64,
+        /// Bytes the upload needs free: the reserve and what the client declared it sends.
+        needed: u64,
+        /// The reserve, in bytes.
+        reserve: u64,
+    },
     /// A file system operation failed.
     #[error("failed to {op} {path}")]
     Io {
@@ -93,6 +110,9 @@ pub struct BlobStore {
     shared: Arc<Shared>,
     /// Whether large uploads are written with direct I/O (see `upload.rs`, ADR 008).
     direct_writes: bool,
+    /// Free space of the data directory's file system, and what uploads leave of it.
+    space: DiskSpace,
+    reserve: Reserve,
 }
 
 /// Limits and counters shared by every upload and read of one store.
@@ -176,6 +196,8 @@ impl BlobStore {
             _lock: lock,
             shared: Shared::new(),
             direct_writes: false,
+            space: DiskSpace::new(data_dir),
+            reserve: Reserve::NONE,
         })
     }
 
@@ -299,18 +321,61 @@ fn commit_staged(blobs: &Path, staged: &Path, digest: &Digest) -> Result<(), Blo
 }
 
 impl BlobStore {
-    /// Writes and removes a probe file: is the data directory writable?
+    /// Writes and removes a probe file: is the data directory writable? The probe runs to its
+    /// end on a blocking thread even if the caller gives up, and its file is removed whether
+    /// or not the write succeeded (a full disk creates the file and then refuses the bytes).
     pub async fn check_writable(&self) -> Result<(), BlobStoreError> {
         // A name per probe: concurrent probes must not remove each other's file.
         let path = self
             .uploads
             .join(format!(".readyz-probe-{}", uuid::Uuid::new_v4().simple()));
-        tokio::fs::write(&path, b"ok")
-            .await
-            .map_err(BlobStoreError::io("write", &path))?;
-        tokio::fs::remove_file(&path)
-            .await
-            .map_err(BlobStoreError::io("remove", &path))
+        tokio::task::spawn_blocking(move || {
+            let written = std::fs::write(&path, b"ok");
+            let removed = match std::fs::remove_file(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && written.is_err() => Ok(()),
+                other => other,
+            };
+            written.map_err(BlobStoreError::io("write", &path))?;
+            removed.map_err(BlobStoreError::io("remove", &path))
+        })
+        .await
+        .map_err(|e| BlobStoreError::io("probe", Path::new("uploads"))(io::Error::other(e)))?
+    }
+
+    /// Refuses a blob write of `incoming` bytes (0 when unknown) that would leave less than
+    /// the reserve free ([`BlobStore::with_reserve`]). Uses a measurement at most
+    /// [`crate::space::MAX_AGE`] old, so it may be called on every request.
+    ///
+    /// Errors: [`BlobStoreError::NoSpace`]. A failed `statvfs` is logged and lets the write
+    /// go ahead.
+    pub fn check_space(&self, incoming: u64) -> Result<(), BlobStoreError> {
+        if self.reserve == Reserve::NONE {
+            return Ok(());
+        }
+        let usage = match self.space.usage() {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(dir = %self.space.path().display(), error = %e, "failed to measure free space");
+                return Ok(());
+            }
+        };
+        let reserve = self.reserve.of(usage.total);
+        let needed = reserve.saturating_add(incoming);
+        if usage.available < needed {
+            return Err(BlobStoreError::NoSpace {
+                path: self.space.path().to_path_buf(),
+                available: usage.available,
+                needed,
+                reserve,
+            });
+        }
+        Ok(())
+    }
+
+    /// Sets the free space kept back from uploads (default: none).
+    pub fn with_reserve(mut self, reserve: Reserve) -> BlobStore {
+        self.reserve = reserve;
+        self
     }
 }
 

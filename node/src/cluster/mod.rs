@@ -38,7 +38,9 @@ pub use membership::{MemberView, MembershipError, NodeStatus, Progress, Role};
 pub use peers::{CONNECT_TIMEOUT, PeerError, Peers};
 pub use raft_service::RaftService;
 
-use crate::meta::{Command, LogStore, NodeId, NodeInfo, StateMachine, TypeConfig, WriteResult};
+use crate::meta::{
+    Command, DiskFull, LogStore, NodeId, NodeInfo, StateMachine, TypeConfig, WriteGate, WriteResult,
+};
 
 /// Raft timing and snapshot settings.
 #[derive(Debug, Clone)]
@@ -66,6 +68,9 @@ pub enum ClusterError {
         /// Why, for the client and the log.
         reason: String,
     },
+    /// This node's disk is too full to write metadata: writes wait for space (ADR 010).
+    #[error("cluster cannot commit writes on this node now: {0}")]
+    DiskFull(#[source] DiskFull),
     /// Raft stopped (storage failure or shutdown).
     #[error("raft stopped")]
     Stopped(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -109,6 +114,8 @@ pub struct Cluster {
     leader_contact: Arc<LeaderContact>,
     /// Set by [`Cluster::shutdown`]; openraft's metrics keep their last value after it.
     stopped: Arc<AtomicBool>,
+    /// Where metadata writes wait while the disk is full.
+    gate: WriteGate,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -159,6 +166,7 @@ impl Cluster {
                 .validate()
                 .map_err(|e| ClusterError::Start(e.to_string()))?,
         );
+        let gate = log_store.write_gate();
         let raft = Raft::new(
             node_id,
             config,
@@ -204,7 +212,24 @@ impl Cluster {
             awaiting_join,
             leader_contact: Arc::new(LeaderContact::new()),
             stopped: Arc::new(AtomicBool::new(false)),
+            gate,
         })
+    }
+
+    /// Why this node cannot write metadata now, if its disk is full (then its Raft log waits
+    /// for space, and writes through this node answer at once with
+    /// [`ClusterError::DiskFull`]). Measured at most 100 ms ago.
+    pub fn disk_full(&self) -> Option<DiskFull> {
+        self.gate.full()
+    }
+
+    /// Refuses a write at once while this node's disk is full: it could neither append it to
+    /// its log nor apply it.
+    fn check_disk(&self) -> Result<(), ClusterError> {
+        match self.gate.full() {
+            Some(full) => Err(ClusterError::DiskFull(full)),
+            None => Ok(()),
+        }
     }
 
     /// Whether this node started on an empty store to join an existing cluster (it has no
@@ -285,8 +310,10 @@ impl Cluster {
     ///
     /// Errors: [`ClusterError::NoQuorum`] when there is no leader (after a short wait for an
     /// election), the leader cannot be reached, or the write cannot commit within the write
-    /// timeout; [`ClusterError::Stopped`] when Raft has stopped.
+    /// timeout; [`ClusterError::DiskFull`] when this node's disk is too full for metadata;
+    /// [`ClusterError::Stopped`] when Raft has stopped.
     pub async fn write(&self, command: Command) -> Result<WriteResult, ClusterError> {
+        self.check_disk()?;
         if !self.is_member() {
             // A removed node no longer receives the log: it could not apply its own write.
             return Err(no_quorum(format!(
@@ -479,6 +506,7 @@ impl Cluster {
         &self,
         command: Command,
     ) -> Result<(WriteResult, u64), LeaderWriteError> {
+        self.check_disk()?;
         self.propose(command, self.write_timeout).await
     }
 
@@ -491,10 +519,14 @@ impl Cluster {
     ) -> Result<(WriteResult, u64), LeaderWriteError> {
         let res = tokio::time::timeout(timeout, self.raft.client_write(command)).await;
         match res {
-            Err(_) => Err(no_quorum(format!(
-                "the write was not committed within {} ms",
-                self.write_timeout.as_millis()
-            ))
+            // The disk filled up while the write waited: say so rather than "too slow".
+            Err(_) => Err(match self.gate.full() {
+                Some(full) => ClusterError::DiskFull(full),
+                None => no_quorum(format!(
+                    "the write was not committed within {} ms",
+                    self.write_timeout.as_millis()
+                )),
+            }
             .into()),
             Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
@@ -517,6 +549,8 @@ impl Cluster {
     /// Stops Raft.
     pub async fn shutdown(&self) {
         self.stopped.store(true, Ordering::Relaxed);
+        // A log write waiting for disk space holds Raft's core: end the wait so it can stop.
+        self.gate.stop();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "failed to shut raft down cleanly");
         }

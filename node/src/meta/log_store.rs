@@ -11,6 +11,7 @@ use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader};
 use rocksdb::{DB, Direction, IteratorMode, WriteBatch, WriteOptions};
 
+use super::write_gate::WriteGate;
 use super::{CF_LOGS, CF_RAFT, MetaError, TypeConfig, decode, encode, keys};
 
 const VOTE: &[u8] = b"vote";
@@ -18,14 +19,24 @@ const COMMITTED: &[u8] = b"committed";
 const PURGED: &[u8] = b"purged";
 
 /// The Raft log store. Cheap to clone: clones share the database.
+///
+/// Every write first passes the [`WriteGate`]: on a full disk it waits for space instead of
+/// failing, since openraft stops Raft for good on a storage error.
 #[derive(Debug, Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    gate: WriteGate,
 }
 
 impl LogStore {
-    pub(super) fn new(db: Arc<DB>) -> LogStore {
-        LogStore { db }
+    pub(super) fn new(db: Arc<DB>, gate: WriteGate) -> LogStore {
+        LogStore { db, gate }
+    }
+
+    /// The gate this store's writes (and the state machine's) pass: the cluster asks it
+    /// whether the disk is full, and stops it at shutdown.
+    pub fn write_gate(&self) -> WriteGate {
+        self.gate.clone()
     }
 
     /// Runs a RocksDB operation on the blocking pool.
@@ -134,6 +145,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> io::Result<()> {
         let vote = *vote;
+        self.gate.wait_for_room().await?;
         self.blocking(move |db| Self::put_raft(db, VOTE, &vote, true))
             .await
     }
@@ -141,6 +153,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
         // Not fsynced: after a crash openraft re-derives what is committed; this only lets a
         // restarted node re-apply what it already knew was committed sooner.
+        self.gate.wait_for_room().await?;
         self.blocking(move |db| Self::put_raft(db, COMMITTED, &committed, false))
             .await
     }
@@ -164,14 +177,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 batch.put_cf(cf, keys::log(entry.index()), encode(&entry));
             }
         }
-        let res = self
-            .blocking(move |db| {
-                let mut wo = WriteOptions::default();
-                wo.set_sync(true);
-                db.write_opt(batch, &wo)
-                    .map_err(MetaError::db("append log"))
-            })
-            .await;
+        let res = match self.gate.wait_for_room().await {
+            Ok(()) => {
+                self.blocking(move |db| {
+                    let mut wo = WriteOptions::default();
+                    wo.set_sync(true);
+                    db.write_opt(batch, &wo)
+                        .map_err(MetaError::db("append log"))
+                })
+                .await
+            }
+            Err(e) => Err(e),
+        };
         match res {
             Ok(()) => {
                 callback.io_completed(Ok(()));
@@ -186,6 +203,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<TypeConfig>>) -> io::Result<()> {
         let from = last_log_id.map_or(0, |id| id.index() + 1);
+        self.gate.wait_for_room().await?;
         self.blocking(move |db| {
             let cf = db.cf_handle(CF_LOGS).expect("logs column family");
             let mut batch = WriteBatch::default();
@@ -200,6 +218,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> io::Result<()> {
+        self.gate.wait_for_room().await?;
         self.blocking(move |db| {
             // The purge point and the deletion in one synced batch: a crash never leaves
             // entries at or before the recorded purge point.

@@ -27,6 +27,8 @@
 //! - Each applied entry is written in one RocksDB write batch together with `_sm/applied`.
 //! - Log appends are fsynced before openraft is told they are flushed; state-machine writes are
 //!   not (a crash re-applies committed entries from the log).
+//! - No write reaches RocksDB while the disk is nearly full: it waits at the [`WriteGate`]
+//!   (RocksDB cannot recover from `ENOSPC` in its log files without a restart; ADR 010).
 
 mod command;
 mod keys;
@@ -35,6 +37,7 @@ mod read;
 mod snapshot;
 mod state_machine;
 mod tag_cache;
+mod write_gate;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -46,6 +49,7 @@ pub use command::{
 pub use log_store::LogStore;
 pub use read::{MetaReader, Page};
 pub use state_machine::StateMachine;
+pub use write_gate::{DiskFull, WriteGate};
 
 /// A node's id in the cluster.
 pub type NodeId = u64;
@@ -105,6 +109,9 @@ pub enum MetaError {
     /// A blocking task failed.
     #[error("metadata task failed")]
     Task(#[source] tokio::task::JoinError),
+    /// The disk is full and the node is stopping: the write waited for space and gave up.
+    #[error("failed to write metadata")]
+    DiskFull(#[source] DiskFull),
 }
 
 impl MetaError {
@@ -134,8 +141,14 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachine, MetaReader), Met
     })?;
     let db = Arc::new(open_db(&path)?);
     let tags = Arc::new(tag_cache::TagCache::default());
-    let sm = StateMachine::open(db.clone(), snapshot_dir, tags.clone())?;
-    Ok((LogStore::new(db.clone()), sm, MetaReader::new(db, tags)))
+    // One gate for both writers: the log store and the state machine share the disk.
+    let gate = WriteGate::new(&path);
+    let sm = StateMachine::open(db.clone(), snapshot_dir, tags.clone(), gate.clone())?;
+    Ok((
+        LogStore::new(db.clone(), gate),
+        sm,
+        MetaReader::new(db, tags),
+    ))
 }
 
 fn open_db(path: &Path) -> Result<rocksdb::DB, MetaError> {
@@ -159,6 +172,10 @@ fn open_db(path: &Path) -> Result<rocksdb::DB, MetaError> {
     db_opts.set_max_background_jobs(2);
     db_opts.set_max_open_files(256);
     db_opts.set_keep_log_file_num(3);
+    // No periodic stats lines in RocksDB's info log: on a full disk, the second failed write
+    // to that log aborts the process (see `write_gate`), and the gate holds back every write
+    // of ours but cannot hold back a timer.
+    db_opts.set_stats_dump_period_sec(0);
     let cfs = vec![
         ColumnFamilyDescriptor::new(CF_LOGS, cf_opts(4 * 1024 * 1024)),
         ColumnFamilyDescriptor::new(CF_RAFT, cf_opts(1024 * 1024)),

@@ -19,6 +19,7 @@ use super::command::{
 };
 use super::snapshot::{SnapshotBuilder, SnapshotFiles};
 use super::tag_cache::TagCache;
+use super::write_gate::WriteGate;
 use super::{CF_STATE, MetaError, TypeConfig, decode, encode, keys};
 use crate::types::{Digest, RepositoryName};
 
@@ -28,6 +29,8 @@ pub struct StateMachine {
     snapshots: SnapshotFiles,
     /// Told which repositories' tags changed (after they are written).
     tags: Arc<TagCache>,
+    /// Applies wait here while the disk is full (shared with the log store).
+    gate: WriteGate,
 }
 
 impl StateMachine {
@@ -35,12 +38,14 @@ impl StateMachine {
         db: Arc<DB>,
         snapshot_dir: PathBuf,
         tags: Arc<TagCache>,
+        gate: WriteGate,
     ) -> Result<StateMachine, MetaError> {
         let snapshots = SnapshotFiles::open(snapshot_dir)?;
         Ok(StateMachine {
             db,
             snapshots,
             tags,
+            gate,
         })
     }
 }
@@ -321,6 +326,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let (entries, responders): (Vec<_>, Vec<_>) =
             entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
+        self.gate.wait_for_room().await?;
         let results = if entries.len() <= INLINE_APPLY_MAX {
             // A few memtable writes take microseconds: less than two thread hand-offs to the
             // blocking pool and back (ADR 006). Applying never fsyncs (the log is durable).
@@ -357,6 +363,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMetaOf<TypeConfig>,
         snapshot: std::fs::File,
     ) -> io::Result<()> {
+        self.gate.wait_for_room().await?;
         let db = self.db.clone();
         let files = self.snapshots.clone();
         let meta = meta.clone();

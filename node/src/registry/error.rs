@@ -87,6 +87,10 @@ pub enum RegistryError {
     /// only copies of a blob, or too few copies for the durability policy).
     #[error("{0}")]
     Unavailable(String),
+    /// This node's disk is too full for the write: below the upload reserve, or too full for
+    /// metadata, or the file system refused bytes (`ENOSPC`). Retry later or elsewhere.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// Local storage failed.
     #[error("storage failure")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -111,7 +115,9 @@ impl RegistryError {
             | RangeNotSatisfiable { .. }
             | ManifestBlobUnknown(_)
             | UploadBusy(_) => ErrorKind::Conflict,
-            NoQuorum(_) | Unavailable(_) | TooManyUploads(_) => ErrorKind::Unavailable,
+            NoQuorum(_) | Unavailable(_) | TooManyUploads(_) | InsufficientStorage(_) => {
+                ErrorKind::Unavailable
+            }
             Storage(_) => ErrorKind::Internal,
         }
     }
@@ -119,8 +125,16 @@ impl RegistryError {
 
 impl From<MetaError> for RegistryError {
     fn from(e: MetaError) -> Self {
-        RegistryError::Storage(Box::new(e))
+        match e {
+            MetaError::DiskFull(full) => RegistryError::InsufficientStorage(full.to_string()),
+            other => RegistryError::Storage(Box::new(other)),
+        }
     }
+}
+
+/// Whether a file system error means the disk (or the user's quota) is full.
+fn is_out_of_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 impl From<BlobStoreError> for RegistryError {
@@ -140,6 +154,13 @@ impl From<BlobStoreError> for RegistryError {
                     }
                 }
             }
+            e @ BlobStoreError::NoSpace { .. } => RegistryError::InsufficientStorage(e.to_string()),
+            BlobStoreError::Io { op, path, source } if is_out_of_space(&source) => {
+                RegistryError::InsufficientStorage(format!(
+                    "failed to {op} {}: the disk is full ({source})",
+                    path.display()
+                ))
+            }
             other => RegistryError::Storage(Box::new(other)),
         }
     }
@@ -149,6 +170,9 @@ impl From<ClusterError> for RegistryError {
     fn from(e: ClusterError) -> Self {
         match e {
             ClusterError::NoQuorum { reason } => RegistryError::NoQuorum(reason),
+            ClusterError::DiskFull(full) => RegistryError::InsufficientStorage(format!(
+                "this node cannot write metadata now: {full}"
+            )),
             other => RegistryError::Storage(Box::new(other)),
         }
     }

@@ -194,7 +194,7 @@ impl Registry {
         digest: &Digest,
     ) -> Result<u64, RegistryError> {
         let record = self.linked_record(repo, digest).await?;
-        if !self.blobs.holds(digest) {
+        if !self.blobs.holds(digest) && self.blobs.check_space(record.size).is_ok() {
             let (cluster, blobs) = (self.cluster.clone(), self.blobs.clone());
             let holders: Vec<_> = record.holders.iter().copied().collect();
             let digest = digest.clone();
@@ -241,6 +241,9 @@ impl Registry {
         };
         let body = match self.blobs.read(digest, range).await {
             Err(BlobStoreError::NotFound(_)) => {
+                // The copy this read makes must leave the reserve too (best effort: a fetch
+                // already running for another request is joined all the same).
+                self.blobs.check_space(size)?;
                 let holders = record.holders.iter().copied().collect();
                 let unavailable = |why: Arc<String>| {
                     RegistryError::Unavailable(format!(
@@ -342,6 +345,16 @@ impl Registry {
     }
 
     // ---- uploads -----------------------------------------------------------------------
+
+    /// Refuses to store `incoming` more bytes of blobs (0: unknown, or a new session) when that
+    /// would leave less than the reserve free on this node's disk (ADR 010). Upload handlers
+    /// call it before they read a body. (An upload the disk refuses half-way breaks, and its
+    /// session ends with its staging file removed: see `uploads::Lease::release`.)
+    ///
+    /// Errors: [`RegistryError::InsufficientStorage`].
+    pub fn check_upload_space(&self, incoming: u64) -> Result<(), RegistryError> {
+        Ok(self.blobs.check_space(incoming)?)
+    }
 
     /// Opens an upload session in the repository for `client` (its address, when known).
     ///
