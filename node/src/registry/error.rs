@@ -71,6 +71,17 @@ pub enum RegistryError {
     /// A blob the manifest references is not in the repository.
     #[error("manifest references blob {0} which is not in the repository")]
     ManifestBlobUnknown(Digest),
+    /// A descriptor in the manifest gives a size other than that of the content its digest
+    /// names (a stored blob, or a child manifest's bytes).
+    #[error("manifest describes {digest} as {declared} bytes, but it is {stored} bytes")]
+    DescriptorSizeInvalid {
+        /// The described content.
+        digest: Digest,
+        /// The size the descriptor gives.
+        declared: u64,
+        /// The size of the stored content.
+        stored: u64,
+    },
     /// The manifest (or tag) is not in the repository.
     #[error("manifest {0} is not in the repository")]
     ManifestUnknown(String),
@@ -100,6 +111,7 @@ impl RegistryError {
             | BlobUploadInvalid(_)
             | SizeInvalid(_)
             | ManifestInvalid(_)
+            | DescriptorSizeInvalid { .. }
             | ManifestTooLarge { .. } => ErrorKind::Invalid,
             ChunkOutOfOrder { .. } | RangeNotSatisfiable { .. } | ManifestBlobUnknown(_) => {
                 ErrorKind::Conflict
