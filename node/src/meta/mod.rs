@@ -47,6 +47,7 @@ pub use command::{
 };
 pub use log_store::LogStore;
 pub use read::{MetaReader, Page};
+pub use snapshot::IncomingSnapshot;
 pub use state_machine::StateMachine;
 
 /// A node's id in the cluster.

@@ -153,6 +153,61 @@ fn write_chunk(w: &mut impl Write, b: &[u8]) -> io::Result<()> {
     w.write_all(b)
 }
 
+/// A snapshot being received from the leader, spooled to `incoming-<pid>-<n>.tmp` in the
+/// snapshot directory until openraft installs it. The file is removed when this is dropped
+/// (after [`IncomingSnapshot::finish`] the open handle still reads it), and at start-up if a
+/// crash interrupts the transfer.
+#[derive(Debug)]
+pub struct IncomingSnapshot {
+    path: PathBuf,
+    file: Option<tokio::fs::File>,
+}
+
+impl IncomingSnapshot {
+    /// Creates the spool file in `dir`.
+    pub async fn create(dir: &std::path::Path) -> Result<IncomingSnapshot, MetaError> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("incoming-{}-{n}.tmp", std::process::id()));
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(io_err("store incoming snapshot"))?;
+        Ok(IncomingSnapshot {
+            path,
+            file: Some(file),
+        })
+    }
+
+    /// Appends received bytes.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), MetaError> {
+        use tokio::io::AsyncWriteExt;
+        let file = self.file.as_mut().expect("written before finish");
+        file.write_all(data)
+            .await
+            .map_err(io_err("store incoming snapshot"))
+    }
+
+    /// Ends the transfer and returns the file to read the snapshot from.
+    pub async fn finish(mut self) -> Result<File, MetaError> {
+        use tokio::io::AsyncWriteExt;
+        let mut file = self.file.take().expect("finished once");
+        file.flush()
+            .await
+            .map_err(io_err("store incoming snapshot"))?;
+        drop(file);
+        let file = tokio::fs::File::open(&self.path)
+            .await
+            .map_err(io_err("store incoming snapshot"))?;
+        Ok(file.into_std().await)
+    }
+}
+
+impl Drop for IncomingSnapshot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Builds a snapshot from a consistent RocksDB snapshot of the state.
 pub struct SnapshotBuilder {
     db: Arc<DB>,

@@ -3,22 +3,8 @@
 use crate::blobstore::BlobStoreError;
 use crate::cluster::ClusterError;
 use crate::meta::MetaError;
+pub use crate::types::ErrorKind;
 use crate::types::Digest;
-
-/// The broad class of a [`RegistryError`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The thing asked for does not exist.
-    NotFound,
-    /// The request is malformed or inconsistent.
-    Invalid,
-    /// The request is well formed but cannot be satisfied as it stands.
-    Conflict,
-    /// The cluster cannot serve this now; retry later.
-    Unavailable,
-    /// A bug or a local storage failure.
-    Internal,
-}
 
 /// Why a registry operation failed. Every variant leaves the registry unchanged.
 #[derive(Debug, thiserror::Error)]
