@@ -500,7 +500,12 @@ async fn descriptor_size_must_match_the_stored_content() {
     let (child, child_bytes) = t.push_image("r", Some("keep"), "0").await;
     let good = image(&t, "r", "1").await;
     let mut cases = Vec::new();
-    for (field, delta) in [("config", 1i64), ("config", -1), ("layers", 1), ("layers", -3)] {
+    for (field, delta) in [
+        ("config", 1i64),
+        ("config", -1),
+        ("layers", 1),
+        ("layers", -3),
+    ] {
         let mut m = good.clone();
         let d = if field == "config" {
             &mut m["config"]
@@ -510,7 +515,13 @@ async fn descriptor_size_must_match_the_stored_content() {
         let real = d["size"].as_i64().unwrap();
         d["size"] = json!(real + delta);
         let digest = d["digest"].clone();
-        cases.push((format!("{field} {delta:+}"), OCI_MANIFEST, m, digest, real + delta));
+        cases.push((
+            format!("{field} {delta:+}"),
+            OCI_MANIFEST,
+            m,
+            digest,
+            real + delta,
+        ));
     }
     for delta in [1i64, -1] {
         let size = child_bytes.len() as i64 + delta;
@@ -519,7 +530,13 @@ async fn descriptor_size_must_match_the_stored_content() {
             "mediaType": OCI_INDEX,
             "manifests": [{ "mediaType": OCI_MANIFEST, "digest": child, "size": size }],
         });
-        cases.push((format!("child {delta:+}"), OCI_INDEX, index, json!(child), size));
+        cases.push((
+            format!("child {delta:+}"),
+            OCI_INDEX,
+            index,
+            json!(child),
+            size,
+        ));
     }
     let before = t.snapshot(&["r"], &[("r", "keep")]).await;
     for (what, media_type, m, digest, size) in &cases {

@@ -230,11 +230,13 @@ impl From<RegistryError> for ApiError {
                 ref digest,
                 declared,
                 stored,
-            } => ApiError::new(Code::ManifestInvalid).message(msg).detail(serde_json::json!({
-                "digest": digest.as_str(),
-                "size": declared,
-                "stored_size": stored,
-            })),
+            } => ApiError::new(Code::ManifestInvalid)
+                .message(msg)
+                .detail(serde_json::json!({
+                    "digest": digest.as_str(),
+                    "size": declared,
+                    "stored_size": stored,
+                })),
             E::ManifestBlobUnknown(d) => ApiError::new(Code::ManifestBlobUnknown)
                 .message(msg)
                 .detail(serde_json::json!({ "digest": d.as_str() })),

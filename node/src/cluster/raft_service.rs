@@ -59,9 +59,7 @@ impl RaftServiceError {
             RaftServiceError::Decode { .. } | RaftServiceError::SnapshotStream(_) => {
                 ErrorKind::Invalid
             }
-            RaftServiceError::Raft(_) | RaftServiceError::Partitioned(_) => {
-                ErrorKind::Unavailable
-            }
+            RaftServiceError::Raft(_) | RaftServiceError::Partitioned(_) => ErrorKind::Unavailable,
             RaftServiceError::Snapshot(_) => ErrorKind::Internal,
         }
     }
@@ -203,11 +201,16 @@ impl RaftRpc for RaftService {
                     .await
                     .map_err(RaftServiceError::Snapshot)?,
                 _ => {
-                    return Err(RaftServiceError::SnapshotStream("unexpected snapshot chunk").into());
+                    return Err(
+                        RaftServiceError::SnapshotStream("unexpected snapshot chunk").into(),
+                    );
                 }
             }
         }
-        let file = incoming.finish().await.map_err(RaftServiceError::Snapshot)?;
+        let file = incoming
+            .finish()
+            .await
+            .map_err(RaftServiceError::Snapshot)?;
         let snapshot = SnapshotOf::<TypeConfig, std::fs::File> {
             meta,
             snapshot: file,

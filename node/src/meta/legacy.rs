@@ -39,7 +39,10 @@ fn membership(
 fn stored_membership(
     m: &LegacyStoredMembership,
 ) -> Result<openraft::alias::StoredMembershipOf<TypeConfig>, MetaError> {
-    Ok(StoredMembership::new(*m.log_id(), membership(m.membership())?))
+    Ok(StoredMembership::new(
+        *m.log_id(),
+        membership(m.membership())?,
+    ))
 }
 
 /// A log entry written before format 1, as an entry of this build.

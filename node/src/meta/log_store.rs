@@ -35,7 +35,10 @@ fn encode_raft<T: serde::Serialize>(v: &T) -> Vec<u8> {
 }
 
 /// Decodes a value of the `logs` or `raft` column family.
-fn decode_raft<T: serde::de::DeserializeOwned>(what: &'static str, b: &[u8]) -> Result<T, MetaError> {
+fn decode_raft<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    b: &[u8],
+) -> Result<T, MetaError> {
     match decode::<Stored<T>>(what, b)? {
         Stored::V1(v) => Ok(v),
     }
@@ -69,11 +72,17 @@ pub(super) fn upgrade(db: &DB) -> Result<(), MetaError> {
         entries += 1;
     }
     for (key, upgraded) in [
-        (VOTE, legacy::vote as fn(&[u8]) -> Result<Vec<u8>, MetaError>),
+        (
+            VOTE,
+            legacy::vote as fn(&[u8]) -> Result<Vec<u8>, MetaError>,
+        ),
         (COMMITTED, legacy::committed),
         (PURGED, legacy::purged),
     ] {
-        if let Some(v) = db.get_cf(raft, key).map_err(MetaError::db("read raft state"))? {
+        if let Some(v) = db
+            .get_cf(raft, key)
+            .map_err(MetaError::db("read raft state"))?
+        {
             batch.put_cf(raft, key, upgraded(&v)?);
         }
     }
@@ -362,9 +371,11 @@ mod tests {
     async fn reads_a_log_written_in_the_unversioned_format() {
         let dir = tempfile::tempdir().unwrap();
         let configs = vec![BTreeSet::from([1u64])];
-        let old_membership: Membership<NodeId, OldNodeInfo> =
-            Membership::new(configs.clone(), BTreeMap::from([(1, old_node(1)), (2, old_node(2))]))
-                .unwrap();
+        let old_membership: Membership<NodeId, OldNodeInfo> = Membership::new(
+            configs.clone(),
+            BTreeMap::from([(1, old_node(1)), (2, old_node(2))]),
+        )
+        .unwrap();
         let membership: Membership<NodeId, NodeInfo> =
             Membership::new(configs, BTreeMap::from([(1, node(1)), (2, node(2))])).unwrap();
         let vote = Vote::new_committed(3, 1);
@@ -387,13 +398,15 @@ mod tests {
                 },
             ];
             for e in &old_entries {
-                db.put_cf(logs, keys::log(e.log_id.index), legacy(e)).unwrap();
+                db.put_cf(logs, keys::log(e.log_id.index), legacy(e))
+                    .unwrap();
             }
             let raft = db.cf_handle(CF_RAFT).unwrap();
             db.put_cf(raft, VOTE, legacy(&vote)).unwrap();
             db.put_cf(raft, COMMITTED, legacy(&committed)).unwrap();
             let state = db.cf_handle(CF_STATE).unwrap();
-            let applied = StoredMembership::new(Some(log_id::<TypeConfig>(1, 1, 0)), old_membership);
+            let applied =
+                StoredMembership::new(Some(log_id::<TypeConfig>(1, 1, 0)), old_membership);
             db.put_cf(state, keys::MEMBERSHIP, legacy(&Stored::V1(applied)))
                 .unwrap();
             db.put_cf(

@@ -3,8 +3,8 @@
 use crate::blobstore::BlobStoreError;
 use crate::cluster::ClusterError;
 use crate::meta::MetaError;
-pub use crate::types::ErrorKind;
 use crate::types::Digest;
+pub use crate::types::ErrorKind;
 
 /// Why a registry operation failed. Every variant leaves the registry unchanged.
 #[derive(Debug, thiserror::Error)]

@@ -543,7 +543,11 @@ impl Registry {
     /// Looks something up in the applied state; when it is absent, catches up once per request
     /// with what the cluster committed (it may have been pushed at another node a moment ago)
     /// and looks again.
-    async fn look_up<T, F, Fut>(&self, caught_up: &mut bool, read: F) -> Result<Option<T>, RegistryError>
+    async fn look_up<T, F, Fut>(
+        &self,
+        caught_up: &mut bool,
+        read: F,
+    ) -> Result<Option<T>, RegistryError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>, crate::meta::MetaError>>,

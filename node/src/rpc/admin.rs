@@ -19,8 +19,8 @@ use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::cluster::{self, Cluster, MembershipError};
 use super::status::status;
+use crate::cluster::{self, Cluster, MembershipError};
 use crate::meta::{NodeId, NodeInfo};
 use crate::types::ErrorKind;
 

@@ -13,8 +13,8 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use tonic::{Request, Response, Status};
 
-use crate::blobstore::BlobStoreError;
 use super::status::status;
+use crate::blobstore::BlobStoreError;
 use crate::cluster::LeaderWriteError;
 use crate::meta::Command;
 use crate::registry::Registry;
@@ -48,12 +48,8 @@ impl Peer for PeerService {
     ) -> Result<Response<ForwardWriteResponse>, Status> {
         let cluster = self.registry.cluster();
         cluster.peers().admit(&req)?;
-        let command: Command = postcard::from_bytes(&req.into_inner().command).map_err(|e| {
-            status(
-                ErrorKind::Invalid,
-                format!("failed to decode command: {e}"),
-            )
-        })?;
+        let command: Command = postcard::from_bytes(&req.into_inner().command)
+            .map_err(|e| status(ErrorKind::Invalid, format!("failed to decode command: {e}")))?;
         let (result, log_index) = cluster.leader_write(command).await?;
         Ok(Response::new(ForwardWriteResponse {
             result: postcard::to_allocvec(&result).expect("results serialise"),

@@ -6,7 +6,9 @@
 use berth_proto::LEADER_ID_HEADER;
 use tonic::{Code, Status};
 
-use crate::cluster::{ClusterError, LeaderWriteError, MembershipError, PeerError, RaftServiceError};
+use crate::cluster::{
+    ClusterError, LeaderWriteError, MembershipError, PeerError, RaftServiceError,
+};
 use crate::types::ErrorKind;
 
 /// The gRPC code of each kind of error.
@@ -104,17 +106,35 @@ mod tests {
                 Code::Unavailable,
             ),
             (ClusterError::Start("x".into()).into(), Code::Internal),
-            (LeaderWriteError::NotLeader(None).into(), Code::FailedPrecondition),
-            (MembershipError::Invalid("bad".into()).into(), Code::InvalidArgument),
-            (MembershipError::Refused("no".into()).into(), Code::FailedPrecondition),
-            (MembershipError::Unavailable("down".into()).into(), Code::Unavailable),
-            (MembershipError::Timeout("slow".into()).into(), Code::DeadlineExceeded),
+            (
+                LeaderWriteError::NotLeader(None).into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                MembershipError::Invalid("bad".into()).into(),
+                Code::InvalidArgument,
+            ),
+            (
+                MembershipError::Refused("no".into()).into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                MembershipError::Unavailable("down".into()).into(),
+                Code::Unavailable,
+            ),
+            (
+                MembershipError::Timeout("slow".into()).into(),
+                Code::DeadlineExceeded,
+            ),
             (PeerError::Partitioned(3).into(), Code::Unavailable),
             (
                 RaftServiceError::SnapshotStream("empty snapshot stream").into(),
                 Code::InvalidArgument,
             ),
-            (RaftServiceError::Raft("stopped".into()).into(), Code::Unavailable),
+            (
+                RaftServiceError::Raft("stopped".into()).into(),
+                Code::Unavailable,
+            ),
             (RaftServiceError::Partitioned(2).into(), Code::Unavailable),
         ];
         for (s, expected) in cases {

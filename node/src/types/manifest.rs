@@ -1515,17 +1515,17 @@ mod tests {
     #[test]
     fn duplicate_keys_are_refused_at_any_depth() {
         let cases = [
-            ("top level", r#""schemaVersion": 2,"#, r#""schemaVersion": 2, "schemaVersion": 2,"#),
+            (
+                "top level",
+                r#""schemaVersion": 2,"#,
+                r#""schemaVersion": 2, "schemaVersion": 2,"#,
+            ),
             (
                 "escaped top-level key",
                 r#""schemaVersion": 2,"#,
                 r#""schemaVersion": 2, "\u0073chemaVersion": 3,"#,
             ),
-            (
-                "config",
-                r#""size": 7023,"#,
-                r#""size": 7023, "size": 1,"#,
-            ),
+            ("config", r#""size": 7023,"#, r#""size": 7023, "size": 1,"#),
             (
                 "layer descriptor",
                 r#""size": 32654,"#,
@@ -1596,7 +1596,10 @@ mod tests {
                         }
                         _ => key(&k),
                     };
-                    members.insert(dup.position.index(members.len() + 1), format!("{written}:{v}"));
+                    members.insert(
+                        dup.position.index(members.len() + 1),
+                        format!("{written}:{v}"),
+                    );
                 }
                 out.push_str(&members.join(","));
                 out.push('}');
