@@ -327,7 +327,21 @@ async fn invalid_manifests_are_manifest_invalid_and_change_nothing() {
     wrong_data["config"]["data"] = json!("e30="); // "{}", not the config
     let mut bad_body_type = good.clone();
     bad_body_type["mediaType"] = json!("application/vnd.example.not-a-manifest");
+    // The same key twice: parsers disagree on which value counts.
+    let mut duplicate_key = b"{\"schemaVersion\":2,".to_vec();
+    duplicate_key.extend_from_slice(&bytes_of(&good)[1..]);
+    let nested_duplicate = String::from_utf8(bytes_of(&good)).unwrap().replacen(
+        "\"size\":",
+        "\"size\":1,\"size\":",
+        1,
+    );
     let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("duplicate key", OCI_MANIFEST, duplicate_key),
+        (
+            "duplicate key in a descriptor",
+            OCI_MANIFEST,
+            nested_duplicate.into_bytes(),
+        ),
         ("not json", OCI_MANIFEST, b"{this is not json".to_vec()),
         ("json array", OCI_MANIFEST, b"[]".to_vec()),
         ("empty body", OCI_MANIFEST, Vec::new()),
@@ -473,6 +487,78 @@ async fn index_with_missing_child_is_manifest_blob_unknown() {
         assert_error(&r, StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN");
         assert_eq!(t.snapshot(&["r"], &[("r", "keep")]).await, before);
     }
+    t.stop().await;
+}
+
+/// A descriptor whose `size` is not the size of the content its digest names is refused with
+/// 400 `MANIFEST_INVALID` (the content is known, so not `MANIFEST_BLOB_UNKNOWN`; image-spec:
+/// content whose length differs from `size` must not be trusted), whether it describes a blob
+/// or an index's child manifest, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptor_size_must_match_the_stored_content() {
+    let t = TestNode::start().await;
+    let (child, child_bytes) = t.push_image("r", Some("keep"), "0").await;
+    let good = image(&t, "r", "1").await;
+    let mut cases = Vec::new();
+    for (field, delta) in [
+        ("config", 1i64),
+        ("config", -1),
+        ("layers", 1),
+        ("layers", -3),
+    ] {
+        let mut m = good.clone();
+        let d = if field == "config" {
+            &mut m["config"]
+        } else {
+            &mut m["layers"][0]
+        };
+        let real = d["size"].as_i64().unwrap();
+        d["size"] = json!(real + delta);
+        let digest = d["digest"].clone();
+        cases.push((
+            format!("{field} {delta:+}"),
+            OCI_MANIFEST,
+            m,
+            digest,
+            real + delta,
+        ));
+    }
+    for delta in [1i64, -1] {
+        let size = child_bytes.len() as i64 + delta;
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [{ "mediaType": OCI_MANIFEST, "digest": child, "size": size }],
+        });
+        cases.push((
+            format!("child {delta:+}"),
+            OCI_INDEX,
+            index,
+            json!(child),
+            size,
+        ));
+    }
+    let before = t.snapshot(&["r"], &[("r", "keep")]).await;
+    for (what, media_type, m, digest, size) in &cases {
+        for reference in ["new".to_string(), digest_of(&bytes_of(m))] {
+            let r = t
+                .put_manifest("r", &reference, media_type, &bytes_of(m))
+                .await;
+            assert_error(&r, StatusCode::BAD_REQUEST, "MANIFEST_INVALID");
+            let detail = &r.json()["errors"][0]["detail"];
+            assert_eq!(detail["digest"], *digest, "{what}");
+            assert_eq!(detail["size"], json!(size), "{what}");
+        }
+    }
+    assert_eq!(t.snapshot(&["r"], &[("r", "keep")]).await, before);
+    // With the right sizes both are accepted.
+    t.push_manifest("r", "new", &good).await;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{ "mediaType": OCI_MANIFEST, "digest": child, "size": child_bytes.len() }],
+    });
+    t.push_manifest("r", "idx", &index).await;
     t.stop().await;
 }
 
@@ -652,25 +738,49 @@ async fn invalid_name_or_reference_on_manifest_endpoints() {
         let r = t.put_manifest(name, "v1", OCI_MANIFEST, &bytes).await;
         assert_error(&r, StatusCode::BAD_REQUEST, "NAME_INVALID");
     }
+    assert_eq!(t.snapshot(&["r"], &[("r", "v1")]).await, before);
+    assert_read_back(&t, "r", &["v1", &d], OCI_MANIFEST, &bytes).await;
+    t.stop().await;
+}
+
+/// A reference that is neither a tag nor a digest names nothing that can exist: GET and HEAD
+/// answer 404 `MANIFEST_UNKNOWN` (the OCI conformance suite asks for `.INVALID_MANIFEST_NAME`
+/// that way), and so does DELETE (the spec: a manifest that is not found is 404). Only a PUT,
+/// which would create the name, refuses it with 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_references_are_manifest_unknown_except_on_put() {
+    let t = TestNode::start().await;
+    let (_, bytes) = t.push_image("r", Some("v1"), "1").await;
+    let before = t.snapshot(&["r"], &[("r", "v1")]).await;
     for bad in [
+        ".INVALID_MANIFEST_NAME",
+        "-dash",
+        "a+b",
+        "a:b",
         "sha256:abc",
+        "sha256:totallywrong",
         "md5:d41d8cd98f00b204e9800998ecf8427e",
         "sha256:",
     ] {
         let uri = format!("/v2/r/manifests/{bad}");
-        assert_error(
-            &t.get(&uri).await,
-            StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
-        );
-        assert_error(
-            &t.delete(&uri).await,
-            StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
-        );
+        for r in [t.get(&uri).await, t.delete(&uri).await] {
+            assert_error(&r, StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN");
+            assert_eq!(r.json()["errors"][0]["detail"]["reference"], json!(bad));
+        }
+        let h = t.head(&uri).await;
+        h.expect(StatusCode::NOT_FOUND);
+        assert!(h.body.is_empty(), "{bad}: HEAD has no body");
+        let r = t.put_manifest("r", bad, OCI_MANIFEST, &bytes).await;
+        r.expect(StatusCode::BAD_REQUEST);
+        let code = error_code(&r);
+        let expected = if bad.contains(':') {
+            "DIGEST_INVALID"
+        } else {
+            "MANIFEST_INVALID"
+        };
+        assert_eq!(code, expected, "PUT {bad}");
     }
     assert_eq!(t.snapshot(&["r"], &[("r", "v1")]).await, before);
-    assert_read_back(&t, "r", &["v1", &d], OCI_MANIFEST, &bytes).await;
     t.stop().await;
 }
 

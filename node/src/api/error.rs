@@ -230,6 +230,20 @@ impl From<RegistryError> for ApiError {
             E::ManifestTooLarge { limit } => ApiError::new(Code::ManifestTooLarge)
                 .message(msg)
                 .detail(serde_json::json!({ "limit": limit })),
+            // MANIFEST_INVALID, not MANIFEST_BLOB_UNKNOWN: the content is known, the
+            // descriptor is wrong (image-spec: content whose length differs from `size` must
+            // not be trusted).
+            E::DescriptorSizeInvalid {
+                ref digest,
+                declared,
+                stored,
+            } => ApiError::new(Code::ManifestInvalid)
+                .message(msg)
+                .detail(serde_json::json!({
+                    "digest": digest.as_str(),
+                    "size": declared,
+                    "stored_size": stored,
+                })),
             E::ManifestBlobUnknown(d) => ApiError::new(Code::ManifestBlobUnknown)
                 .message(msg)
                 .detail(serde_json::json!({ "digest": d.as_str() })),

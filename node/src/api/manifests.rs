@@ -8,10 +8,17 @@ use axum::response::Response;
 use super::error::ApiError;
 use super::{empty, json_response, query_param, set_header};
 use crate::registry::{self, Registry, RegistryError};
+use crate::types::Reference;
 use crate::types::manifest::OCI_INDEX;
 
-/// Upper bound of a manifest body this endpoint reads; the registry enforces its own limit.
-const READ_LIMIT_SLACK: usize = 1;
+/// The reference of a GET, HEAD or DELETE. A reference that is neither a valid tag nor a
+/// digest names nothing that can exist, so it is [`RegistryError::ManifestUnknown`] (404), as
+/// the OCI conformance suite expects of `.INVALID_MANIFEST_NAME`; only a PUT, which would create
+/// the name, refuses it as invalid (400).
+fn existing_reference(reference: &str) -> Result<Reference, RegistryError> {
+    registry::parse_reference(reference)
+        .map_err(|_| RegistryError::ManifestUnknown(reference.to_string()))
+}
 
 pub(super) async fn get(
     registry: &Registry,
@@ -21,7 +28,7 @@ pub(super) async fn get(
     with_body: bool,
 ) -> Result<Response, ApiError> {
     let repo = registry::parse_name(name)?;
-    let reference = registry::parse_reference(reference)?;
+    let reference = existing_reference(reference)?;
     // `Accept` may come as several headers, each a comma-separated list with parameters.
     let accept: Vec<&str> = headers
         .get_all(header::ACCEPT)
@@ -74,7 +81,8 @@ pub(super) async fn put(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let bytes = axum::body::to_bytes(req.into_body(), limit + READ_LIMIT_SLACK)
+    // At most `limit` bytes are read: one more fails the read with a length-limit error (413).
+    let bytes = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|e| {
             if std::error::Error::source(&e)
@@ -116,7 +124,7 @@ pub(super) async fn delete(
     reference: &str,
 ) -> Result<Response, ApiError> {
     let repo = registry::parse_name(name)?;
-    let reference = registry::parse_reference(reference)?;
+    let reference = existing_reference(reference)?;
     registry.delete_manifest(&repo, &reference).await?;
     Ok(empty(StatusCode::ACCEPTED))
 }

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::Cluster;
 use crate::meta::{NodeId, NodeInfo};
+use crate::types::ErrorKind;
 
 /// A member's role in the membership.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +114,18 @@ pub enum MembershipError {
     /// It did not finish in time (it may still complete).
     #[error("{0}")]
     Timeout(String),
+}
+
+impl MembershipError {
+    /// The broad class of the error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            MembershipError::Invalid(_) => ErrorKind::Invalid,
+            MembershipError::Refused(_) => ErrorKind::Conflict,
+            MembershipError::Unavailable(_) => ErrorKind::Unavailable,
+            MembershipError::Timeout(_) => ErrorKind::Timeout,
+        }
+    }
 }
 
 /// How long a membership operation may take on the leader.

@@ -36,11 +36,12 @@ use openraft::error::{ClientWriteError, RaftError};
 pub use fetch::BlobStream;
 pub use membership::{MemberView, MembershipError, NodeStatus, Progress, Role};
 pub use peers::{CONNECT_TIMEOUT, PeerError, Peers};
-pub use raft_service::RaftService;
+pub use raft_service::{RaftService, RaftServiceError};
 
 use crate::meta::{
     Command, DiskFull, LogStore, NodeId, NodeInfo, StateMachine, TypeConfig, WriteGate, WriteResult,
 };
+use crate::types::ErrorKind;
 
 /// Raft timing and snapshot settings.
 #[derive(Debug, Clone)]
@@ -79,6 +80,16 @@ pub enum ClusterError {
     Start(String),
 }
 
+impl ClusterError {
+    /// The broad class of the error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ClusterError::NoQuorum { .. } | ClusterError::DiskFull(_) => ErrorKind::Unavailable,
+            ClusterError::Stopped(_) | ClusterError::Start(_) => ErrorKind::Internal,
+        }
+    }
+}
+
 /// How a node with a never-initialised store enters a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bootstrap {
@@ -97,6 +108,16 @@ pub enum LeaderWriteError {
     /// As for a local write.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+}
+
+impl LeaderWriteError {
+    /// The broad class of the error: [`ErrorKind::Conflict`] when this node does not lead.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            LeaderWriteError::NotLeader(_) => ErrorKind::Conflict,
+            LeaderWriteError::Cluster(e) => e.kind(),
+        }
+    }
 }
 
 /// This node's membership in the cluster and its Raft instance.

@@ -14,6 +14,7 @@ use berth_proto::FROM_NODE_HEADER;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::meta::NodeId;
+use crate::types::ErrorKind;
 
 /// How long connecting to a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -49,6 +50,15 @@ pub enum PeerError {
 }
 
 impl PeerError {
+    /// The broad class of the error. A failed call is [`ErrorKind::Unavailable`] from this
+    /// node's side whatever the peer answered (its status is kept in the error).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            PeerError::BadAddress { .. } => ErrorKind::Invalid,
+            PeerError::Partitioned(_) | PeerError::Call { .. } => ErrorKind::Unavailable,
+        }
+    }
+
     /// The gRPC status, when the call got that far.
     pub fn status(&self) -> Option<&tonic::Status> {
         match self {
@@ -157,13 +167,11 @@ impl Peers {
             .and_then(|v| v.parse::<NodeId>().ok())
     }
 
-    /// Refuses an incoming call from a peer a test partition cuts off.
-    #[allow(clippy::result_large_err)]
-    pub fn admit<T>(&self, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
+    /// Refuses an incoming call from a peer a test partition cuts off
+    /// ([`PeerError::Partitioned`]).
+    pub fn admit<T>(&self, req: &tonic::Request<T>) -> Result<(), PeerError> {
         match Self::sender(req) {
-            Some(n) if self.cut_off(n) => Err(tonic::Status::unavailable(format!(
-                "node {n} is cut off by a test partition"
-            ))),
+            Some(n) if self.cut_off(n) => Err(PeerError::Partitioned(n)),
             _ => Ok(()),
         }
     }

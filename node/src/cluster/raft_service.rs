@@ -1,12 +1,13 @@
 //! The server side of Raft's transport: the `berth.raft.v1.Raft` gRPC service handing peers'
 //! messages to this node's openraft instance.
 //!
-//! An incoming snapshot is written to a temporary file in the snapshot directory (cleaned at
-//! start-up if a crash interrupts it) and handed to openraft, which installs it.
+//! An incoming snapshot is spooled by `meta` ([`IncomingSnapshot`]) and handed to openraft,
+//! which installs it; this module touches no file itself. Failures are [`RaftServiceError`]s;
+//! their gRPC codes come from the one table in `rpc/status.rs` (the `From` conversion to
+//! `tonic::Status` lives there).
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use berth_proto::raft::raft_server::Raft as RaftRpc;
 use berth_proto::raft::{RaftPayload, SnapshotChunk, snapshot_chunk};
@@ -17,13 +18,52 @@ use openraft::alias::{SnapshotMetaOf, SnapshotOf, VoteOf};
 use openraft::raft::AppendEntriesRequest;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::LeaderContact;
 use super::network::{decode, encode};
 use super::peers::Peers;
-use crate::meta::{StateMachine, TypeConfig};
+use crate::meta::{IncomingSnapshot, MetaError, NodeId, StateMachine, TypeConfig};
+use crate::types::ErrorKind;
+
+/// Why the Raft service refused or failed a call.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftServiceError {
+    /// A message did not decode.
+    #[error("failed to decode {what}: {source}")]
+    Decode {
+        /// Which message.
+        what: &'static str,
+        /// The decoder's error.
+        #[source]
+        source: postcard::Error,
+    },
+    /// A snapshot stream did not have the expected shape.
+    #[error("{0}")]
+    SnapshotStream(&'static str),
+    /// openraft answered with an error (it stopped, or refused the message).
+    #[error("raft: {0}")]
+    Raft(String),
+    /// A test partition cuts the sender off.
+    #[error("node {0} is cut off by a test partition")]
+    Partitioned(NodeId),
+    /// Spooling an incoming snapshot failed.
+    #[error("failed to receive snapshot")]
+    Snapshot(#[source] MetaError),
+}
+
+impl RaftServiceError {
+    /// The broad class of the error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RaftServiceError::Decode { .. } | RaftServiceError::SnapshotStream(_) => {
+                ErrorKind::Invalid
+            }
+            RaftServiceError::Raft(_) | RaftServiceError::Partitioned(_) => ErrorKind::Unavailable,
+            RaftServiceError::Snapshot(_) => ErrorKind::Internal,
+        }
+    }
+}
 
 /// The Raft gRPC service of this node.
 #[derive(Clone)]
@@ -32,7 +72,6 @@ pub struct RaftService {
     peers: Arc<Peers>,
     leader_contact: Arc<LeaderContact>,
     snapshot_dir: Arc<PathBuf>,
-    seq: Arc<AtomicU64>,
 }
 
 impl RaftService {
@@ -47,15 +86,17 @@ impl RaftService {
             peers,
             leader_contact,
             snapshot_dir: Arc::new(snapshot_dir),
-            seq: Arc::default(),
         }
     }
 }
 
+fn decoded<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, RaftServiceError> {
+    decode(bytes).map_err(|source| RaftServiceError::Decode { what, source })
+}
+
 #[allow(clippy::result_large_err)]
 fn payload<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
-    decode(&req.into_inner().postcard)
-        .map_err(|e| Status::invalid_argument(format!("failed to decode raft message: {e}")))
+    Ok(decoded("raft message", &req.into_inner().postcard)?)
 }
 
 fn answer<T: Serialize, E: std::fmt::Display>(
@@ -65,7 +106,7 @@ fn answer<T: Serialize, E: std::fmt::Display>(
         Ok(v) => Ok(Response::new(RaftPayload {
             postcard: encode(&v),
         })),
-        Err(e) => Err(Status::unavailable(format!("raft: {e}"))),
+        Err(e) => Err(RaftServiceError::Raft(e.to_string()).into()),
     }
 }
 
@@ -102,16 +143,14 @@ impl RaftRpc for RaftService {
         });
         let peers = self.peers.clone();
         let results = self.raft.stream_append(requests).map(move |r| {
-            if from.is_some_and(|n| peers.cut_off(n)) {
-                return Err(Status::unavailable(
-                    "the sender is cut off by a test partition",
-                ));
+            if let Some(n) = from.filter(|n| peers.cut_off(*n)) {
+                return Err(RaftServiceError::Partitioned(n).into());
             }
             match r {
                 Ok(result) => Ok(RaftPayload {
                     postcard: encode(&result),
                 }),
-                Err(fatal) => Err(Status::unavailable(format!("raft: {fatal}"))),
+                Err(fatal) => Err(RaftServiceError::Raft(fatal.to_string()).into()),
             }
         });
         Ok(Response::new(results.boxed()))
@@ -142,48 +181,36 @@ impl RaftRpc for RaftService {
         self.peers.admit(&req)?;
         let mut stream = req.into_inner();
         let Some(first) = stream.next().await.transpose()? else {
-            return Err(Status::invalid_argument("empty snapshot stream"));
+            return Err(RaftServiceError::SnapshotStream("empty snapshot stream").into());
         };
         let Some(snapshot_chunk::Part::Header(header)) = first.part else {
-            return Err(Status::invalid_argument(
+            return Err(RaftServiceError::SnapshotStream(
                 "a snapshot stream must start with its header",
-            ));
+            )
+            .into());
         };
-        let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) = decode(&header)
-            .map_err(|e| {
-                Status::invalid_argument(format!("failed to decode snapshot header: {e}"))
-            })?;
-        let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .snapshot_dir
-            .join(format!("incoming-{}-{n}.tmp", std::process::id()));
-        let res = self.receive(&mut stream, &path, vote, meta).await;
-        let _ = tokio::fs::remove_file(&path).await;
-        res
-    }
-}
-
-impl RaftService {
-    async fn receive(
-        &self,
-        stream: &mut Streaming<SnapshotChunk>,
-        path: &std::path::Path,
-        vote: VoteOf<TypeConfig>,
-        meta: SnapshotMetaOf<TypeConfig>,
-    ) -> Result<Response<RaftPayload>, Status> {
-        let io = |e: std::io::Error| Status::internal(format!("failed to store snapshot: {e}"));
-        let mut file = tokio::fs::File::create(path).await.map_err(io)?;
+        let (vote, meta): (VoteOf<TypeConfig>, SnapshotMetaOf<TypeConfig>) =
+            decoded("snapshot header", &header)?;
+        let mut incoming = IncomingSnapshot::create(&self.snapshot_dir)
+            .await
+            .map_err(RaftServiceError::Snapshot)?;
         while let Some(chunk) = stream.next().await.transpose()? {
             match chunk.part {
-                Some(snapshot_chunk::Part::Data(data)) => {
-                    file.write_all(&data).await.map_err(io)?;
+                Some(snapshot_chunk::Part::Data(data)) => incoming
+                    .write(&data)
+                    .await
+                    .map_err(RaftServiceError::Snapshot)?,
+                _ => {
+                    return Err(
+                        RaftServiceError::SnapshotStream("unexpected snapshot chunk").into(),
+                    );
                 }
-                _ => return Err(Status::invalid_argument("unexpected snapshot chunk")),
             }
         }
-        file.flush().await.map_err(io)?;
-        drop(file);
-        let file = std::fs::File::open(path).map_err(io)?;
+        let file = incoming
+            .finish()
+            .await
+            .map_err(RaftServiceError::Snapshot)?;
         let snapshot = SnapshotOf::<TypeConfig, std::fs::File> {
             meta,
             snapshot: file,

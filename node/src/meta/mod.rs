@@ -12,6 +12,7 @@
 //! column family  key                                   value (postcard, versioned)
 //! logs           <index: u64 big-endian>               Raft log entry
 //! raft           "vote" | "committed" | "purged"       Vote / LogId
+//! raft           "format"                              u32: format of `logs` and `raft` (1)
 //! state          "_sm/applied" | "_sm/membership"      last applied LogId / StoredMembership
 //! state          "r/" repo                             RepositoryRecord
 //! state          "m/" repo \0 digest                   ManifestRecord (the exact bytes)
@@ -32,6 +33,7 @@
 
 mod command;
 mod keys;
+mod legacy;
 mod log_store;
 mod read;
 mod snapshot;
@@ -48,6 +50,7 @@ pub use command::{
 };
 pub use log_store::LogStore;
 pub use read::{MetaReader, Page};
+pub use snapshot::IncomingSnapshot;
 pub use state_machine::StateMachine;
 pub use write_gate::{DiskFull, WriteGate};
 
@@ -55,7 +58,12 @@ pub use write_gate::{DiskFull, WriteGate};
 pub type NodeId = u64;
 
 /// What the cluster records of each member: how to reach it and where it is.
+///
+/// It is written inside membership entries of the Raft log, the applied membership and
+/// snapshot metadata, so it carries its own version: it is encoded as
+/// `NodeInfoVersions::V1(..)`; a new field adds `V2` and decodes `V1` by upgrading it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "NodeInfoVersions", into = "NodeInfoVersions")]
 pub struct NodeInfo {
     /// Base URL of the node's registry HTTP front, e.g. `http://10.0.0.1:5000`.
     pub url: String,
@@ -65,6 +73,52 @@ pub struct NodeInfo {
     pub region: String,
     /// Zone within the region.
     pub zone: String,
+}
+
+/// The versioned encoding of [`NodeInfo`].
+#[derive(serde::Serialize, serde::Deserialize)]
+enum NodeInfoVersions {
+    /// Version 1.
+    V1(NodeInfoV1),
+}
+
+/// Version 1 of [`NodeInfo`]: frozen; a change adds a version.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct NodeInfoV1 {
+    url: String,
+    cluster_addr: String,
+    region: String,
+    zone: String,
+}
+
+impl From<NodeInfoVersions> for NodeInfo {
+    fn from(v: NodeInfoVersions) -> NodeInfo {
+        match v {
+            NodeInfoVersions::V1(n) => n.into(),
+        }
+    }
+}
+
+impl From<NodeInfo> for NodeInfoVersions {
+    fn from(n: NodeInfo) -> NodeInfoVersions {
+        NodeInfoVersions::V1(NodeInfoV1 {
+            url: n.url,
+            cluster_addr: n.cluster_addr,
+            region: n.region,
+            zone: n.zone,
+        })
+    }
+}
+
+impl From<NodeInfoV1> for NodeInfo {
+    fn from(n: NodeInfoV1) -> NodeInfo {
+        NodeInfo {
+            url: n.url,
+            cluster_addr: n.cluster_addr,
+            region: n.region,
+            zone: n.zone,
+        }
+    }
 }
 
 openraft::declare_raft_types!(
@@ -106,6 +160,22 @@ pub enum MetaError {
         #[source]
         source: std::io::Error,
     },
+    /// A stored value decoded but does not hold together.
+    #[error("failed to decode stored {what}: {reason}")]
+    Invalid {
+        /// Which kind of value.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The Raft storage was written in a format this build does not know (a newer berth).
+    #[error("failed to open metadata: raft storage format {found} is newer than {supported}")]
+    UnknownFormat {
+        /// The format found.
+        found: u32,
+        /// The newest format this build reads.
+        supported: u32,
+    },
     /// A blocking task failed.
     #[error("metadata task failed")]
     Task(#[source] tokio::task::JoinError),
@@ -140,6 +210,7 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachine, MetaReader), Met
         source,
     })?;
     let db = Arc::new(open_db(&path)?);
+    log_store::upgrade(&db)?;
     let tags = Arc::new(tag_cache::TagCache::default());
     // One gate for both writers: the log store and the state machine share the disk.
     let gate = WriteGate::new(&path);

@@ -1,11 +1,14 @@
 //! Snapshots of the state machine: one file holding every record of the `state` column family.
 //!
-//! File format (version 1), `<data-dir>/snapshots/current.snap`:
+//! File format (version 2), `<data-dir>/snapshots/current.snap`:
 //!
 //! ```text
-//! "BERTHSNP" | u32 BE format version (1) | u32 BE meta length | meta (postcard SnapshotMeta)
+//! "BERTHSNP" | u32 BE format version (2) | u32 BE meta length | meta (postcard Stored::V1(SnapshotMeta))
 //! then records until end of file: u32 BE key length | key | u32 BE value length | value
 //! ```
+//!
+//! Version 1 (read, never written) had the meta as plain postcard with unversioned node
+//! infos (see `legacy.rs`); the records are the same.
 //!
 //! A snapshot is written to a temporary file, fsynced and renamed over `current.snap`; an
 //! installed snapshot is first made the current one, then loaded, so a crash half-way through
@@ -21,11 +24,14 @@ use openraft::RaftSnapshotBuilder;
 use openraft::alias::{SnapshotMetaOf, SnapshotOf};
 use rocksdb::{DB, IteratorMode, WriteBatch};
 
+use super::command::Stored;
 use super::state_machine::{put, state_cf};
 use super::{MetaError, TypeConfig, decode, encode, keys};
 
 const MAGIC: &[u8; 8] = b"BERTHSNP";
-const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION: u32 = 2;
+/// The format before snapshot metadata was versioned.
+const LEGACY_FORMAT_VERSION: u32 = 1;
 /// Bytes of records gathered into one write batch while installing.
 const INSTALL_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
@@ -99,13 +105,18 @@ fn read_header(r: &mut impl Read) -> Result<SnapshotMetaOf<TypeConfig>, MetaErro
         )));
     }
     let version = read_u32(r)?.ok_or_else(|| io_err("read snapshot header")(eof()))?;
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != LEGACY_FORMAT_VERSION {
         return Err(io_err("read snapshot header")(io::Error::other(format!(
             "unknown snapshot format version {version}"
         ))));
     }
     let meta = read_chunk(r)?.ok_or_else(|| io_err("read snapshot header")(eof()))?;
-    decode("snapshot meta", &meta)
+    if version == LEGACY_FORMAT_VERSION {
+        return super::legacy::snapshot_meta(&meta);
+    }
+    match decode::<Stored<SnapshotMetaOf<TypeConfig>>>("snapshot meta", &meta)? {
+        Stored::V1(m) => Ok(m),
+    }
 }
 
 fn eof() -> io::Error {
@@ -142,6 +153,61 @@ fn write_chunk(w: &mut impl Write, b: &[u8]) -> io::Result<()> {
     w.write_all(b)
 }
 
+/// A snapshot being received from the leader, spooled to `incoming-<pid>-<n>.tmp` in the
+/// snapshot directory until openraft installs it. The file is removed when this is dropped
+/// (after [`IncomingSnapshot::finish`] the open handle still reads it), and at start-up if a
+/// crash interrupts the transfer.
+#[derive(Debug)]
+pub struct IncomingSnapshot {
+    path: PathBuf,
+    file: Option<tokio::fs::File>,
+}
+
+impl IncomingSnapshot {
+    /// Creates the spool file in `dir`.
+    pub async fn create(dir: &std::path::Path) -> Result<IncomingSnapshot, MetaError> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("incoming-{}-{n}.tmp", std::process::id()));
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(io_err("store incoming snapshot"))?;
+        Ok(IncomingSnapshot {
+            path,
+            file: Some(file),
+        })
+    }
+
+    /// Appends received bytes.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), MetaError> {
+        use tokio::io::AsyncWriteExt;
+        let file = self.file.as_mut().expect("written before finish");
+        file.write_all(data)
+            .await
+            .map_err(io_err("store incoming snapshot"))
+    }
+
+    /// Ends the transfer and returns the file to read the snapshot from.
+    pub async fn finish(mut self) -> Result<File, MetaError> {
+        use tokio::io::AsyncWriteExt;
+        let mut file = self.file.take().expect("finished once");
+        file.flush()
+            .await
+            .map_err(io_err("store incoming snapshot"))?;
+        drop(file);
+        let file = tokio::fs::File::open(&self.path)
+            .await
+            .map_err(io_err("store incoming snapshot"))?;
+        Ok(file.into_std().await)
+    }
+}
+
+impl Drop for IncomingSnapshot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Builds a snapshot from a consistent RocksDB snapshot of the state.
 pub struct SnapshotBuilder {
     db: Arc<DB>,
@@ -159,14 +225,14 @@ fn build(db: &DB, files: &SnapshotFiles) -> Result<SnapshotOf<TypeConfig, File>,
     let cf = state_cf(db);
     let get = |key: &[u8]| snap.get_cf(cf, key).map_err(MetaError::db("read state"));
     let last_log_id = match get(keys::APPLIED)? {
-        Some(b) => match decode::<super::command::Stored<_>>("applied log id", &b)? {
-            super::command::Stored::V1(v) => Some(v),
+        Some(b) => match decode::<Stored<_>>("applied log id", &b)? {
+            Stored::V1(v) => Some(v),
         },
         None => None,
     };
     let last_membership = match get(keys::MEMBERSHIP)? {
-        Some(b) => match decode::<super::command::Stored<_>>("membership", &b)? {
-            super::command::Stored::V1(v) => v,
+        Some(b) => match decode::<Stored<_>>("membership", &b)? {
+            Stored::V1(v) => v,
         },
         None => Default::default(),
     };
@@ -182,7 +248,7 @@ fn build(db: &DB, files: &SnapshotFiles) -> Result<SnapshotOf<TypeConfig, File>,
         w.write_all(MAGIC).map_err(io_err("write snapshot"))?;
         w.write_all(&FORMAT_VERSION.to_be_bytes())
             .map_err(io_err("write snapshot"))?;
-        write_chunk(w, &encode(&meta)).map_err(io_err("write snapshot"))?;
+        write_chunk(w, &encode(&Stored::V1(&meta))).map_err(io_err("write snapshot"))?;
         for item in snap.iterator_cf(cf, IteratorMode::Start) {
             let (k, v) = item.map_err(MetaError::db("read state"))?;
             if k.starts_with(keys::SM_PREFIX) {
@@ -271,4 +337,61 @@ pub(super) fn install(
         .map_err(MetaError::db("install snapshot"))?;
     tracing::info!(last_log_id = ?meta.last_log_id, "installed metadata snapshot");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::storage::SnapshotMeta;
+    use openraft::testing::log_id;
+    use openraft::{Membership, StoredMembership};
+
+    use super::*;
+    use crate::meta::{NodeId, NodeInfo, NodeInfoV1};
+
+    /// A snapshot file of format 1 (meta as plain postcard, node infos unversioned), as the
+    /// code before format 2 wrote it, still opens: its meta reads back with the members.
+    #[test]
+    fn reads_a_format_1_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = NodeInfoV1 {
+            url: "http://a:5000".into(),
+            cluster_addr: "a:7000".into(),
+            region: "r".into(),
+            zone: "z".into(),
+        };
+        let configs = vec![BTreeSet::from([1u64])];
+        let old = SnapshotMeta {
+            last_log_id: Some(log_id::<TypeConfig>(2, 1, 9)),
+            last_membership: StoredMembership::new(
+                Some(log_id::<TypeConfig>(1, 1, 0)),
+                Membership::<NodeId, NodeInfoV1>::new(
+                    configs.clone(),
+                    BTreeMap::from([(1, info.clone())]),
+                )
+                .unwrap(),
+            ),
+        };
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&1u32.to_be_bytes());
+        write_chunk(&mut bytes, &postcard::to_stdvec(&old).unwrap()).unwrap();
+        write_chunk(&mut bytes, b"r/x").unwrap();
+        write_chunk(&mut bytes, b"v").unwrap();
+        std::fs::write(dir.path().join("current.snap"), &bytes).unwrap();
+
+        let files = SnapshotFiles::open(dir.path().to_path_buf()).unwrap();
+        let snap = files.current().unwrap().unwrap();
+        assert_eq!(snap.meta.last_log_id, old.last_log_id);
+        let expected = Membership::<NodeId, NodeInfo>::new(
+            configs,
+            BTreeMap::from([(1, NodeInfo::from(info))]),
+        )
+        .unwrap();
+        assert_eq!(snap.meta.last_membership.membership(), &expected);
+        // A file of an unknown format is refused.
+        bytes[8..12].copy_from_slice(&3u32.to_be_bytes());
+        std::fs::write(dir.path().join("current.snap"), &bytes).unwrap();
+        assert!(files.current().is_err());
+    }
 }

@@ -4,21 +4,7 @@ use crate::blobstore::BlobStoreError;
 use crate::cluster::ClusterError;
 use crate::meta::MetaError;
 use crate::types::Digest;
-
-/// The broad class of a [`RegistryError`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The thing asked for does not exist.
-    NotFound,
-    /// The request is malformed or inconsistent.
-    Invalid,
-    /// The request is well formed but cannot be satisfied as it stands.
-    Conflict,
-    /// The cluster cannot serve this now; retry later.
-    Unavailable,
-    /// A bug or a local storage failure.
-    Internal,
-}
+pub use crate::types::ErrorKind;
 
 /// Why a registry operation failed. Every variant leaves the registry unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +57,17 @@ pub enum RegistryError {
     /// A blob the manifest references is not in the repository.
     #[error("manifest references blob {0} which is not in the repository")]
     ManifestBlobUnknown(Digest),
+    /// A descriptor in the manifest gives a size other than that of the content its digest
+    /// names (a stored blob, or a child manifest's bytes).
+    #[error("manifest describes {digest} as {declared} bytes, but it is {stored} bytes")]
+    DescriptorSizeInvalid {
+        /// The described content.
+        digest: Digest,
+        /// The size the descriptor gives.
+        declared: u64,
+        /// The size of the stored content.
+        stored: u64,
+    },
     /// The manifest (or tag) is not in the repository.
     #[error("manifest {0} is not in the repository")]
     ManifestUnknown(String),
@@ -110,6 +107,7 @@ impl RegistryError {
             | BlobUploadInvalid(_)
             | SizeInvalid(_)
             | ManifestInvalid(_)
+            | DescriptorSizeInvalid { .. }
             | ManifestTooLarge { .. } => ErrorKind::Invalid,
             ChunkOutOfOrder { .. }
             | RangeNotSatisfiable { .. }

@@ -123,6 +123,15 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A descriptor whose size is not the size of the content its digest names.
+fn size_mismatch(d: &Descriptor, stored: u64) -> RegistryError {
+    RegistryError::DescriptorSizeInvalid {
+        digest: d.digest.clone(),
+        declared: d.size_u64(),
+        stored,
+    }
+}
+
 /// Parses a repository name from the wire.
 pub fn parse_name(name: &str) -> Result<RepositoryName, RegistryError> {
     RepositoryName::parse(name).map_err(|_| RegistryError::NameInvalid(name.to_string()))
@@ -522,7 +531,9 @@ impl Registry {
     /// Errors: [`RegistryError::ManifestTooLarge`], [`RegistryError::ManifestInvalid`],
     /// [`RegistryError::DigestInvalid`] (reference digest does not match the bytes),
     /// [`RegistryError::ManifestBlobUnknown`] (a referenced blob or child manifest is not in
-    /// the repository), [`RegistryError::Unavailable`] (no quorum, or too few copies).
+    /// the repository), [`RegistryError::DescriptorSizeInvalid`] (a descriptor's size is not
+    /// the stored blob's size or the child manifest's length), [`RegistryError::Unavailable`]
+    /// (no quorum, or too few copies).
     pub async fn put_manifest(
         &self,
         repo: &RepositoryName,
@@ -547,25 +558,24 @@ impl Registry {
         };
         let parsed = ParsedManifest::parse(&bytes, content_type)
             .map_err(|e| RegistryError::ManifestInvalid(e.to_string()))?;
-        let blobs: Vec<Digest> = parsed
-            .referenced_blobs()
-            .map(|d| d.digest.clone())
-            .collect();
+        // Every referenced blob and child manifest must be in the repository with the size the
+        // descriptor gives. Checked here only: the state machine checks presence again when it
+        // applies the command (a delete may race), but content is addressed by its digest, so
+        // nothing that races can change the size of what a digest names.
         let mut caught_up = false;
-        for blob in &blobs {
-            let mut record = self.meta.linked_blob(repo, blob).await?;
-            if record.is_none() && !caught_up {
-                // This node's state may lag: the blob may have been pushed at another node a
-                // moment ago. Catch up with what the cluster committed, then look again.
-                self.cluster.catch_up_with_leader().await?;
-                caught_up = true;
-                record = self.meta.linked_blob(repo, blob).await?;
-            }
+        for d in parsed.referenced_blobs() {
+            let record = self
+                .look_up(&mut caught_up, || self.meta.linked_blob(repo, &d.digest))
+                .await?;
             match record {
-                None => return Err(RegistryError::ManifestBlobUnknown(blob.clone())),
+                None => return Err(RegistryError::ManifestBlobUnknown(d.digest.clone())),
+                Some(r) if r.size != d.size_u64() => {
+                    return Err(size_mismatch(d, r.size));
+                }
                 Some(r) if r.holders.len() < self.settings.min_copies => {
                     return Err(RegistryError::Unavailable(format!(
-                        "blob {blob} is held by {} node(s); {} required",
+                        "blob {} is held by {} node(s); {} required",
+                        d.digest,
                         r.holders.len(),
                         self.settings.min_copies
                     )));
@@ -573,6 +583,22 @@ impl Registry {
                 Some(_) => {}
             }
         }
+        for d in parsed.child_manifests() {
+            let child = self
+                .look_up(&mut caught_up, || self.meta.manifest(repo, &d.digest))
+                .await?;
+            match child {
+                None => return Err(RegistryError::ManifestBlobUnknown(d.digest.clone())),
+                Some(m) if m.bytes.len() as u64 != d.size_u64() => {
+                    return Err(size_mismatch(d, m.bytes.len() as u64));
+                }
+                Some(_) => {}
+            }
+        }
+        let blobs: Vec<Digest> = parsed
+            .referenced_blobs()
+            .map(|d| d.digest.clone())
+            .collect();
         let children: Vec<Digest> = parsed
             .child_manifests()
             .iter()
@@ -610,6 +636,27 @@ impl Registry {
                 format!("unexpected answer {other:?}").into(),
             )),
         }
+    }
+
+    /// Looks something up in the applied state; when it is absent, catches up once per request
+    /// with what the cluster committed (it may have been pushed at another node a moment ago)
+    /// and looks again.
+    async fn look_up<T, F, Fut>(
+        &self,
+        caught_up: &mut bool,
+        read: F,
+    ) -> Result<Option<T>, RegistryError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, crate::meta::MetaError>>,
+    {
+        let found = read().await?;
+        if found.is_some() || *caught_up {
+            return Ok(found);
+        }
+        self.cluster.catch_up_with_leader().await?;
+        *caught_up = true;
+        Ok(read().await?)
     }
 
     /// A manifest by tag or digest.

@@ -19,8 +19,10 @@ use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+use super::status::status;
 use crate::cluster::{self, Cluster, MembershipError};
 use crate::meta::{NodeId, NodeInfo};
+use crate::types::ErrorKind;
 
 /// Deadline for one member's NodeStatus during a Status call.
 const MEMBER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -50,15 +52,6 @@ fn node_status_message(s: &cluster::NodeStatus) -> NodeStatusResponse {
         last_log_index: s.last_log_index,
         applied_index: s.applied_index,
         state: s.state.to_string(),
-    }
-}
-
-fn status_of(e: MembershipError) -> Status {
-    match e {
-        MembershipError::Invalid(m) => Status::invalid_argument(m),
-        MembershipError::Refused(m) => Status::failed_precondition(m),
-        MembershipError::Unavailable(m) => Status::unavailable(m),
-        MembershipError::Timeout(m) => Status::deadline_exceeded(m),
     }
 }
 
@@ -125,32 +118,34 @@ impl AdminService {
                 };
                 let (res, ()) = tokio::join!(work, forward);
                 if let Err(e) = res {
-                    let _ = otx.send(Err(status_of(e))).await;
+                    let _ = otx.send(Err(e.into())).await;
                 }
             });
             return Ok(Response::new(
                 tokio_stream::wrappers::ReceiverStream::new(orx).boxed(),
             ));
         }
+        // Every way the leader is out of reach from here is "unavailable, try again".
+        let unavailable = |m: String| status(ErrorKind::Unavailable, m);
         if req.metadata().contains_key(RELAYED) {
-            return Err(Status::unavailable(
-                "leadership is changing; try again (a relayed call reached a non-leader)",
+            return Err(unavailable(
+                "leadership is changing; try again (a relayed call reached a non-leader)".into(),
             ));
         }
         let Some(leader) = self.cluster.current_leader() else {
-            return Err(Status::unavailable(
-                "no leader is known; the cluster may have no quorum",
+            return Err(unavailable(
+                "no leader is known; the cluster may have no quorum".into(),
             ));
         };
         let Some(info) = self.cluster.member(leader) else {
-            return Err(Status::unavailable(format!(
+            return Err(unavailable(format!(
                 "leader {leader} is not in the membership this node knows"
             )));
         };
         let peers = self.cluster.peers();
         let channel = peers
             .channel(leader, &info.cluster_addr)
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| unavailable(e.to_string()))?;
         let mut relayed = peers.request(req.into_inner(), RELAY_TIMEOUT);
         relayed
             .metadata_mut()

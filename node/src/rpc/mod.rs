@@ -3,12 +3,14 @@
 //! streaming (`berth.peer.v1`), the admin service `clusterctl` talks to (`berth.admin.v1`),
 //! and, in builds with the `fault-injection` feature, the test-only `Faults` service.
 //!
-//! Like `api`, these are adapters: decode, call the cluster or the registry, encode. Errors
-//! map to gRPC codes here and nowhere else.
+//! Like `api`, these are adapters: decode, call the cluster or the registry, encode. Every
+//! error that becomes a gRPC answer says its `ErrorKind`, and `status.rs` turns the kind into
+//! a code in one table, for these services and for the Raft service alike.
 
 mod admin;
 mod join;
 mod peer;
+mod status;
 
 pub use join::join;
 

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use berth_proto::LEADER_ID_HEADER;
 use berth_proto::peer::peer_server::Peer;
 use berth_proto::peer::{
     BlobChunk, FetchBlobRequest, ForwardWriteRequest, ForwardWriteResponse, ReadIndexRequest,
@@ -14,11 +13,12 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use tonic::{Request, Response, Status};
 
+use super::status::status;
 use crate::blobstore::BlobStoreError;
-use crate::cluster::{ClusterError, LeaderWriteError};
+use crate::cluster::LeaderWriteError;
 use crate::meta::Command;
 use crate::registry::Registry;
-use crate::types::Digest;
+use crate::types::{Digest, ErrorKind};
 
 /// Bytes of blob per stream message (well under gRPC's default 4 MiB message limit).
 const CHUNK: usize = 1024 * 1024;
@@ -49,27 +49,12 @@ impl Peer for PeerService {
         let cluster = self.registry.cluster();
         cluster.peers().admit(&req)?;
         let command: Command = postcard::from_bytes(&req.into_inner().command)
-            .map_err(|e| Status::invalid_argument(format!("failed to decode command: {e}")))?;
-        match cluster.leader_write(command).await {
-            Ok((result, log_index)) => Ok(Response::new(ForwardWriteResponse {
-                result: postcard::to_allocvec(&result).expect("results serialise"),
-                log_index,
-            })),
-            Err(LeaderWriteError::NotLeader(leader)) => {
-                let mut status = Status::failed_precondition("this node is not the leader");
-                if let Some(id) = leader {
-                    status.metadata_mut().insert(
-                        LEADER_ID_HEADER,
-                        id.to_string().parse().expect("digits are valid metadata"),
-                    );
-                }
-                Err(status)
-            }
-            Err(LeaderWriteError::Cluster(ClusterError::NoQuorum { reason })) => {
-                Err(Status::unavailable(reason))
-            }
-            Err(LeaderWriteError::Cluster(e)) => Err(Status::internal(e.to_string())),
-        }
+            .map_err(|e| status(ErrorKind::Invalid, format!("failed to decode command: {e}")))?;
+        let (result, log_index) = cluster.leader_write(command).await?;
+        Ok(Response::new(ForwardWriteResponse {
+            result: postcard::to_allocvec(&result).expect("results serialise"),
+            log_index,
+        }))
     }
 
     async fn read_index(
@@ -79,12 +64,10 @@ impl Peer for PeerService {
         let cluster = self.registry.cluster();
         cluster.peers().admit(&req)?;
         if !cluster.is_leader() {
-            return Err(Status::failed_precondition("this node is not the leader"));
+            return Err(LeaderWriteError::NotLeader(cluster.current_leader()).into());
         }
-        match cluster.read_index().await {
-            Ok(log_index) => Ok(Response::new(ReadIndexResponse { log_index })),
-            Err(e) => Err(Status::unavailable(e.to_string())),
-        }
+        let log_index = cluster.read_index().await?;
+        Ok(Response::new(ReadIndexResponse { log_index }))
     }
 
     type FetchBlobStream = BoxStream<'static, Result<BlobChunk, Status>>;
@@ -95,22 +78,26 @@ impl Peer for PeerService {
     ) -> Result<Response<Self::FetchBlobStream>, Status> {
         self.registry.cluster().peers().admit(&req)?;
         let digest = Digest::parse(&req.get_ref().digest)
-            .map_err(|e| Status::invalid_argument(format!("bad digest: {e}")))?;
+            .map_err(|e| status(ErrorKind::Invalid, format!("bad digest: {e}")))?;
         let body = match self.registry.blob_store().read(&digest, None).await {
             Ok(b) => b,
             Err(BlobStoreError::NotFound(d)) => {
-                return Err(Status::not_found(format!("this node does not hold {d}")));
+                return Err(status(
+                    ErrorKind::NotFound,
+                    format!("this node does not hold {d}"),
+                ));
             }
-            Err(e) => return Err(Status::internal(e.to_string())),
+            Err(e) => return Err(status(ErrorKind::Internal, e.to_string())),
         };
         let size = body.len();
         let mut first = true;
         let chunks = body
             .map(|piece| match piece {
                 Ok(b) => futures::stream::iter(split(b).map(Ok).collect::<Vec<_>>()),
-                Err(e) => futures::stream::iter(vec![Err(Status::internal(format!(
-                    "failed to read blob: {e}"
-                )))]),
+                Err(e) => futures::stream::iter(vec![Err(status(
+                    ErrorKind::Internal,
+                    format!("failed to read blob: {e}"),
+                ))]),
             })
             .flatten()
             .map(move |r| {

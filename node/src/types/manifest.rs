@@ -11,8 +11,8 @@
 //! `schemaVersion` 2 whose kind is unambiguous; an image manifest has a config
 //! descriptor, an index has a `manifests` array; every descriptor in it has a
 //! valid media type, a sha256 digest, a size `>= 0`, and, if it embeds `data`,
-//! data that is base64 of exactly the described content. Unknown fields are
-//! ignored, as the image-spec requires. Nothing here reads blobs or checks
+//! data that is base64 of exactly the described content; no JSON object in it
+//! has the same key twice. Unknown fields are ignored, as the image-spec requires. Nothing here reads blobs or checks
 //! that referenced content exists: that is the caller's job.
 
 use super::{Digest, TypesError};
@@ -414,6 +414,7 @@ impl ParsedManifest {
                     .ok_or_else(|| invalid(format!("unsupported manifest media type {ct:?}")))?,
             ),
         };
+        reject_duplicate_keys(bytes)?;
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| invalid(format!("malformed json: {e}")))?;
         let Value::Object(obj) = value else {
@@ -521,6 +522,71 @@ impl ParsedManifest {
             }
         })
     }
+}
+
+/// Refuses JSON in which an object has the same key twice, at any depth (after unescaping, so
+/// `"a"` and `"\u0061"` are the same key). JSON parsers disagree on such objects (serde_json
+/// keeps the last value, others the first or fail), so two readers could see two different
+/// manifests behind one digest. One pass over the bytes with one set of keys per open object:
+/// linear in the input; nesting is bounded by serde_json's recursion limit (128).
+fn reject_duplicate_keys(bytes: &[u8]) -> Result<(), TypesError> {
+    use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+    use std::collections::HashSet;
+
+    /// Walks any JSON value, checking the keys of every object in it.
+    struct UniqueKeys;
+
+    impl<'de> DeserializeSeed<'de> for UniqueKeys {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for UniqueKeys {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a json value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(UniqueKeys)?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value_seed(UniqueKeys)?;
+                if let Some(key) = seen.replace(key) {
+                    return Err(A::Error::custom(format!("duplicate key {key:?}")));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    UniqueKeys
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| invalid(format!("malformed json: {e}")))
 }
 
 fn invalid(detail: impl Into<String>) -> TypesError {
@@ -1446,7 +1512,143 @@ mod tests {
         ]))
     }
 
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        let cases = [
+            (
+                "top level",
+                r#""schemaVersion": 2,"#,
+                r#""schemaVersion": 2, "schemaVersion": 2,"#,
+            ),
+            (
+                "escaped top-level key",
+                r#""schemaVersion": 2,"#,
+                r#""schemaVersion": 2, "\u0073chemaVersion": 3,"#,
+            ),
+            ("config", r#""size": 7023,"#, r#""size": 7023, "size": 1,"#),
+            (
+                "layer descriptor",
+                r#""size": 32654,"#,
+                r#""size": 32654, "digest": "sha256:b5b2b2c507a0944348e0303114d8d93aaaa081732b86451d9bce1f432a537bc7","#,
+            ),
+            (
+                "annotations",
+                r#""com.example.key1": "value1","#,
+                r#""com.example.key1": "value1", "com.example.key1": "other","#,
+            ),
+        ];
+        for (what, from, to) in cases {
+            assert!(OCI_IMAGE.contains(from), "{what}");
+            let json = OCI_IMAGE.replacen(from, to, 1);
+            let e = err(&json, Some(OCI_MANIFEST));
+            assert!(e.contains("duplicate key"), "{what}: {e}");
+        }
+        let platform = OCI_INDEX_FIXTURE.replacen(
+            r#""os": "linux" }"#,
+            r#""os": "linux", "os": "windows" }"#,
+            1,
+        );
+        assert!(err(&platform, None).contains("duplicate key \"os\""));
+        // The same key in two different objects is not a duplicate.
+        assert!(parse(OCI_INDEX_FIXTURE, None).is_ok());
+        // Trailing content after the value is refused as before.
+        assert!(err(&format!("{OCI_IMAGE} {{}}"), None).contains("malformed json"));
+    }
+
+    /// Writes `v` as JSON, giving the `target`-th object (pre-order) one extra member whose key
+    /// repeats one of its keys (or, when it has none, a key written twice).
+    fn json_with_duplicate(v: &Value, dup: &Duplicate, next: &mut usize, out: &mut String) {
+        let key = |k: &str| serde_json::to_string(k).unwrap();
+        match v {
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    json_with_duplicate(item, dup, next, out);
+                }
+                out.push(']');
+            }
+            Value::Object(obj) => {
+                let here = *next == dup.target;
+                *next += 1;
+                out.push('{');
+                let mut members: Vec<String> = Vec::new();
+                for (k, v) in obj {
+                    let mut member = format!("{}:", key(k));
+                    json_with_duplicate(v, dup, next, &mut member);
+                    members.push(member);
+                }
+                if here {
+                    let (k, v) = match obj.iter().nth(dup.key.index(obj.len().max(1))) {
+                        Some((k, v)) if dup.same_value => (k.clone(), v.clone()),
+                        Some((k, _)) => (k.clone(), json!(null)),
+                        None => ("k".to_owned(), json!(1)),
+                    };
+                    if obj.is_empty() {
+                        members.push(format!("{}:{v}", key(&k)));
+                    }
+                    // The repeat is written with its first character escaped, when asked.
+                    let written = match k.chars().next() {
+                        Some(c) if dup.escape && c.is_ascii() => {
+                            format!("\"\\u{:04x}{}", c as u32, &key(&k)[2..])
+                        }
+                        _ => key(&k),
+                    };
+                    members.insert(
+                        dup.position.index(members.len() + 1),
+                        format!("{written}:{v}"),
+                    );
+                }
+                out.push_str(&members.join(","));
+                out.push('}');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+
+    #[derive(Debug)]
+    struct Duplicate {
+        target: usize,
+        key: prop::sample::Index,
+        position: prop::sample::Index,
+        escape: bool,
+        same_value: bool,
+    }
+
+    fn count_objects(v: &Value) -> usize {
+        match v {
+            Value::Array(items) => items.iter().map(count_objects).sum(),
+            Value::Object(obj) => 1 + obj.values().map(count_objects).sum::<usize>(),
+            _ => 0,
+        }
+    }
+
     proptest! {
+        #[test]
+        fn any_duplicated_key_is_refused(
+            m in manifest_strategy(),
+            target in any::<prop::sample::Index>(),
+            key in any::<prop::sample::Index>(),
+            position in any::<prop::sample::Index>(),
+            escape in any::<bool>(),
+            same_value in any::<bool>(),
+        ) {
+            let value = to_json(&m, true);
+            let dup = Duplicate { target: target.index(count_objects(&value)), key, position, escape, same_value };
+            let mut body = String::new();
+            json_with_duplicate(&value, &dup, &mut 0, &mut body);
+            // Without the duplicate the same writer produces a manifest that parses.
+            let mut clean = String::new();
+            json_with_duplicate(&value, &Duplicate { target: usize::MAX, ..dup }, &mut 0, &mut clean);
+            prop_assert_eq!(ParsedManifest::parse(clean.as_bytes(), None).unwrap(), m);
+            match ParsedManifest::parse(body.as_bytes(), None) {
+                Err(TypesError::InvalidManifest(e)) => prop_assert!(e.contains("duplicate key"), "{}: {}", e, body),
+                other => prop_assert!(false, "accepted {}: {:?}", body, other),
+            }
+        }
+
         #[test]
         fn descriptor_round_trip(d in descriptor_strategy()) {
             prop_assert!(d.validate().is_ok());

@@ -14,12 +14,14 @@
 //! offending input (or, for manifests, a description of the problem).
 
 pub mod digest;
+pub mod kind;
 pub mod manifest;
 pub mod name;
 pub mod range;
 pub mod reference;
 
 pub use digest::{Digest, DigestHasher};
+pub use kind::ErrorKind;
 pub use manifest::{Descriptor, ManifestKind, MediaType, ParsedManifest};
 pub use name::RepositoryName;
 pub use range::{ByteRange, ByteRangeSpec, ContentRange};

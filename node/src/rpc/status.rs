@@ -1,0 +1,157 @@
+//! The one table from error kinds to gRPC codes, and the conversions of every error that
+//! reaches a gRPC answer (`Peer`, `Admin`, and the `Raft` service of `cluster/raft_service.rs`)
+//! into a `tonic::Status` through it. No service picks a code by hand: each error says its
+//! [`ErrorKind`] and [`code`] turns that into a code, as `api/error.rs` does for HTTP.
+
+use berth_proto::LEADER_ID_HEADER;
+use tonic::{Code, Status};
+
+use crate::cluster::{
+    ClusterError, LeaderWriteError, MembershipError, PeerError, RaftServiceError,
+};
+use crate::types::ErrorKind;
+
+/// The gRPC code of each kind of error.
+pub(crate) fn code(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::Invalid => Code::InvalidArgument,
+        ErrorKind::Conflict => Code::FailedPrecondition,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::Timeout => Code::DeadlineExceeded,
+        ErrorKind::Internal => Code::Internal,
+    }
+}
+
+/// A status of `kind` with `message`.
+pub(crate) fn status(kind: ErrorKind, message: impl Into<String>) -> Status {
+    Status::new(code(kind), message)
+}
+
+impl From<ClusterError> for Status {
+    fn from(e: ClusterError) -> Status {
+        status(e.kind(), e.to_string())
+    }
+}
+
+/// Not leading is [`ErrorKind::Conflict`], with the leader this node knows of in the
+/// `LEADER_ID_HEADER` metadata, so the caller can go there.
+impl From<LeaderWriteError> for Status {
+    fn from(e: LeaderWriteError) -> Status {
+        let mut s = status(e.kind(), e.to_string());
+        if let LeaderWriteError::NotLeader(Some(id)) = e {
+            s.metadata_mut().insert(
+                LEADER_ID_HEADER,
+                id.to_string().parse().expect("digits are valid metadata"),
+            );
+        }
+        s
+    }
+}
+
+impl From<MembershipError> for Status {
+    fn from(e: MembershipError) -> Status {
+        status(e.kind(), e.to_string())
+    }
+}
+
+impl From<PeerError> for Status {
+    fn from(e: PeerError) -> Status {
+        status(e.kind(), e.to_string())
+    }
+}
+
+impl From<RaftServiceError> for Status {
+    fn from(e: RaftServiceError) -> Status {
+        // The source (e.g. the file error of a snapshot) belongs in the message.
+        let message = match std::error::Error::source(&e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        };
+        status(e.kind(), message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole table, and that no two kinds share a code (a caller can tell them apart).
+    #[test]
+    fn every_kind_has_its_own_code() {
+        let table = [
+            (ErrorKind::NotFound, Code::NotFound),
+            (ErrorKind::Invalid, Code::InvalidArgument),
+            (ErrorKind::Conflict, Code::FailedPrecondition),
+            (ErrorKind::Unavailable, Code::Unavailable),
+            (ErrorKind::Timeout, Code::DeadlineExceeded),
+            (ErrorKind::Internal, Code::Internal),
+        ];
+        for (kind, expected) in table {
+            assert_eq!(code(kind), expected, "{kind:?}");
+        }
+        let codes: std::collections::HashSet<_> = table.iter().map(|(k, _)| code(*k)).collect();
+        assert_eq!(codes.len(), table.len());
+    }
+
+    /// Errors of every layer that reaches a gRPC answer keep their code and message.
+    #[test]
+    fn errors_convert_through_the_table() {
+        let cases: Vec<(Status, Code)> = vec![
+            (
+                ClusterError::NoQuorum {
+                    reason: "no leader".into(),
+                }
+                .into(),
+                Code::Unavailable,
+            ),
+            (ClusterError::Start("x".into()).into(), Code::Internal),
+            (
+                LeaderWriteError::NotLeader(None).into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                MembershipError::Invalid("bad".into()).into(),
+                Code::InvalidArgument,
+            ),
+            (
+                MembershipError::Refused("no".into()).into(),
+                Code::FailedPrecondition,
+            ),
+            (
+                MembershipError::Unavailable("down".into()).into(),
+                Code::Unavailable,
+            ),
+            (
+                MembershipError::Timeout("slow".into()).into(),
+                Code::DeadlineExceeded,
+            ),
+            (PeerError::Partitioned(3).into(), Code::Unavailable),
+            (
+                RaftServiceError::SnapshotStream("empty snapshot stream").into(),
+                Code::InvalidArgument,
+            ),
+            (
+                RaftServiceError::Raft("stopped".into()).into(),
+                Code::Unavailable,
+            ),
+            (RaftServiceError::Partitioned(2).into(), Code::Unavailable),
+        ];
+        for (s, expected) in cases {
+            assert_eq!(s.code(), expected, "{s:?}");
+            assert!(!s.message().is_empty());
+        }
+        let s: Status = MembershipError::Refused("the last voter cannot leave".into()).into();
+        assert_eq!(s.message(), "the last voter cannot leave");
+    }
+
+    /// A write that reached a follower names the leader for the caller to retry at.
+    #[test]
+    fn not_leader_carries_the_leader_id() {
+        let s: Status = LeaderWriteError::NotLeader(Some(7)).into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(s.metadata().get(LEADER_ID_HEADER).unwrap(), "7");
+        let s: Status = LeaderWriteError::NotLeader(None).into();
+        assert!(s.metadata().get(LEADER_ID_HEADER).is_none());
+    }
+}
