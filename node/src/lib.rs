@@ -10,6 +10,8 @@
 //! - [`api`]: the HTTP adapter (axum) of the OCI Distribution API.
 //! - [`rpc`]: the gRPC adapter (tonic) of the cluster endpoint: Raft, forwarding, blob
 //!   streaming, admin.
+//! - [`server`]: the HTTP server loop: connections, timeouts, connection cap, draining of
+//!   unread request bodies.
 //! - [`config`]: configuration loading and validation.
 //!
 //! [`run`] is the composition root: it wires the concrete parts and serves until shutdown.
@@ -21,6 +23,7 @@ pub mod config;
 pub mod meta;
 pub mod registry;
 pub mod rpc;
+pub mod server;
 pub mod types;
 
 use std::future::Future;
@@ -32,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::blobstore::{BlobStore, BlobStoreError};
 use crate::cluster::{Bootstrap, Cluster, ClusterError, Peers};
 use crate::config::Config;
-use crate::meta::{MetaError, NodeInfo};
+use crate::meta::{MetaCloser, MetaError, NodeInfo};
 use crate::registry::Registry;
 
 /// Why a node could not start or stopped abnormally.
@@ -58,11 +61,26 @@ pub enum RunError {
 /// How often idle upload sessions are looked for.
 const UPLOAD_EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
+/// The most a shutdown takes after the HTTP grace period: background tasks
+/// ([`TASKS_STOP`]), Raft ([`RAFT_STOP`]), the cluster endpoint ([`rpc::GRACEFUL_STOP`] and
+/// as long again to close what is left), then the metadata store, each bounded.
+pub const STOP_MARGIN: Duration = Duration::from_secs(5);
+/// How long the background tasks (upload expiry, joining) get to end after the HTTP front.
+const TASKS_STOP: Duration = Duration::from_secs(1);
+/// How long Raft gets to stop.
+const RAFT_STOP: Duration = Duration::from_millis(1500);
+/// The least time the metadata store gets to close in a shutdown.
+const STORE_CLOSE_MIN: Duration = Duration::from_millis(500);
+/// How long [`Node::stop`] waits for the metadata store to close.
+const STORE_CLOSE: Duration = Duration::from_secs(10);
+
 /// A started node: its registry (for in-process tests) and its cluster handle.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Node {
     /// The registry use cases.
     pub registry: Arc<Registry>,
+    /// Closes the metadata store once every other handle on it is gone.
+    closer: MetaCloser,
 }
 
 impl Node {
@@ -73,7 +91,7 @@ impl Node {
         let blobs = Arc::new(
             BlobStore::open(&config.data_dir)?.with_direct_writes(config.storage.direct_writes),
         );
-        let (log_store, state_machine, reader) = meta::open(&config.data_dir)?;
+        let (log_store, state_machine, reader, closer) = meta::open_closable(&config.data_dir)?;
         let bootstrap = if config.join.is_some() {
             Bootstrap::Join
         } else {
@@ -93,7 +111,7 @@ impl Node {
             wait_for_leader(&cluster, leader_wait).await;
         }
         let registry = Registry::new(blobs, reader, cluster, config.registry_settings());
-        Ok(Node { registry })
+        Ok(Node { registry, closer })
     }
 
     /// The HTTP router of this node.
@@ -101,9 +119,36 @@ impl Node {
         api::router(self.registry.clone())
     }
 
-    /// Stops Raft (after the HTTP front has stopped).
-    pub async fn stop(&self) {
-        self.registry.cluster().shutdown().await;
+    /// Stops Raft (after the HTTP front has stopped), waiting at most 1.5 s for it; the
+    /// registry then answers writes with 503. Returns false when Raft had not stopped by then.
+    pub async fn stop_raft(&self) -> bool {
+        self.registry.cluster().shutdown(RAFT_STOP).await
+    }
+
+    /// Stops Raft, then closes the metadata store, and returns true once it is closed: the
+    /// data directory can then be opened again at once. Every other holder of the registry
+    /// (routers, servers, tasks) must be gone or going; false when one still held it 10 s
+    /// later (the store then closes when the last one goes).
+    pub async fn stop(self) -> bool {
+        self.stop_raft().await;
+        self.close_store(STORE_CLOSE).await
+    }
+
+    /// Drops this node's handles and waits, up to `bound`, for the metadata store to close.
+    async fn close_store(self, bound: Duration) -> bool {
+        let Node { registry, closer } = self;
+        drop(registry);
+        match closer.close(bound).await {
+            Ok(()) => true,
+            Err(closer) => {
+                tracing::warn!(
+                    waited_ms = bound.as_millis() as u64,
+                    ?closer,
+                    "metadata store still in use; it closes when its last user ends"
+                );
+                false
+            }
+        }
     }
 }
 
@@ -126,9 +171,18 @@ async fn wait_for_leader(cluster: &Cluster, wait: Duration) {
     }
 }
 
+/// Waits up to `bound` for a background task to end, then aborts it.
+async fn finish<T>(task: tokio::task::JoinHandle<T>, bound: Duration) {
+    let abort = task.abort_handle();
+    if tokio::time::timeout(bound, task).await.is_err() {
+        abort.abort();
+    }
+}
+
 /// Runs a node on its bound listeners (registry HTTP, cluster gRPC) until `shutdown`
 /// resolves; then stops accepting, gives in-flight requests `config.shutdown_grace_secs` to
-/// finish, and stops Raft. Unset advertised addresses default to the bound ones.
+/// finish, and stops the rest within [`STOP_MARGIN`]: Raft, the cluster endpoint, and the
+/// metadata store. Unset advertised addresses default to the bound ones.
 pub async fn run(
     mut config: Config,
     listener: tokio::net::TcpListener,
@@ -143,6 +197,18 @@ pub async fn run(
     }
     let node = Node::start(&config, Duration::ZERO).await?;
     let stop = CancellationToken::new();
+    let signal = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {
+                    tracing::info!("shutting down: no new connections; finishing requests in flight");
+                    stop.cancel();
+                }
+                () = stop.cancelled() => {}
+            }
+        }
+    });
     let cluster = node.registry.cluster().clone();
 
     // The cluster endpoint first: peers must reach this node before it can have a leader.
@@ -163,10 +229,14 @@ pub async fn run(
             stop.clone(),
         ))),
         _ => {
-            wait_for_leader(&cluster, Duration::from_secs(10)).await;
+            tokio::select! {
+                () = wait_for_leader(&cluster, Duration::from_secs(10)) => {}
+                () = stop.cancelled() => {}
+            }
             None
         }
     };
+    drop(cluster);
 
     let expiry = tokio::spawn({
         let registry = node.registry.clone();
@@ -194,41 +264,32 @@ pub async fn run(
         node_id = config.node_id,
         "berth is serving"
     );
-    let serve = axum::serve(listener, node.router())
-        .with_graceful_shutdown({
-            let stop = stop.clone();
-            async move {
-                shutdown.await;
-                tracing::info!("shutting down: no new connections; finishing requests in flight");
-                stop.cancel();
-            }
-        })
-        .into_future();
-    let grace = Duration::from_secs(config.shutdown_grace_secs);
-    let deadline = async {
-        stop.cancelled().await;
-        tokio::time::sleep(grace).await;
-    };
-    let served = tokio::select! {
-        res = serve => res,
-        () = deadline => {
-            tracing::warn!(grace_secs = grace.as_secs(), "requests still in flight after the grace period; closing them");
-            Ok(())
-        }
-    };
+    let served = server::serve(
+        listener,
+        node.router(),
+        config.http_settings(),
+        stop.clone(),
+        Duration::from_secs(config.shutdown_grace_secs),
+    )
+    .await;
     stop.cancel();
-    let _ = expiry.await;
+    let margin_end = tokio::time::Instant::now() + STOP_MARGIN;
+    let _ = signal.await;
+    finish(expiry, TASKS_STOP).await;
     if let Some(j) = joiner {
-        let _ = j.await;
+        finish(j, TASKS_STOP).await;
     }
-    // Raft first (it may still be sending to peers), then the cluster endpoint.
-    node.stop().await;
+    // Raft first (it may still be sending to peers), then the cluster endpoint, then the
+    // store, once nothing uses it.
+    node.stop_raft().await;
     rpc_stop.cancel();
     match rpc.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "cluster endpoint stopped with an error"),
         Err(e) => tracing::warn!(error = %e, "cluster endpoint task failed"),
         Ok(Ok(())) => {}
     }
+    let left = margin_end.saturating_duration_since(tokio::time::Instant::now());
+    node.close_store(left.max(STORE_CLOSE_MIN)).await;
     tracing::info!("stopped");
     Ok(served?)
 }
