@@ -65,7 +65,8 @@ const UPLOAD_EXPIRY_EVERY: Duration = Duration::from_secs(60);
 /// ([`TASKS_STOP`]), Raft ([`RAFT_STOP`]), the cluster endpoint ([`rpc::GRACEFUL_STOP`] and
 /// as long again to close what is left), then the metadata store, each bounded.
 pub const STOP_MARGIN: Duration = Duration::from_secs(5);
-/// How long the background tasks (upload expiry, joining) get to end after the HTTP front.
+/// How long the background tasks (upload expiry, joining), together, get to end after the
+/// HTTP front.
 const TASKS_STOP: Duration = Duration::from_secs(1);
 /// How long Raft gets to stop.
 const RAFT_STOP: Duration = Duration::from_millis(1500);
@@ -264,7 +265,7 @@ pub async fn run(
         node_id = config.node_id,
         "berth is serving"
     );
-    let served = server::serve(
+    server::serve(
         listener,
         node.router(),
         config.http_settings(),
@@ -275,9 +276,11 @@ pub async fn run(
     stop.cancel();
     let margin_end = tokio::time::Instant::now() + STOP_MARGIN;
     let _ = signal.await;
-    finish(expiry, TASKS_STOP).await;
+    let tasks_end = tokio::time::Instant::now() + TASKS_STOP;
+    let tasks_left = || tasks_end.saturating_duration_since(tokio::time::Instant::now());
+    finish(expiry, tasks_left()).await;
     if let Some(j) = joiner {
-        finish(j, TASKS_STOP).await;
+        finish(j, tasks_left()).await;
     }
     // Raft first (it may still be sending to peers), then the cluster endpoint, then the
     // store, once nothing uses it.
@@ -291,5 +294,5 @@ pub async fn run(
     let left = margin_end.saturating_duration_since(tokio::time::Instant::now());
     node.close_store(left.max(STORE_CLOSE_MIN)).await;
     tracing::info!("stopped");
-    Ok(served?)
+    Ok(())
 }

@@ -113,7 +113,7 @@ pub async fn serve(
     settings: HttpSettings,
     stop: CancellationToken,
     grace: Duration,
-) -> std::io::Result<()> {
+) {
     let cap = match fd_limit() {
         Ok((soft, _)) => {
             let cap = connection_cap(settings.max_connections, soft);
@@ -186,7 +186,7 @@ pub async fn serve(
     tokio::pin!(deadline);
     loop {
         tokio::select! {
-            next = conns.join_next() => if next.is_none() { return Ok(()) },
+            next = conns.join_next() => if next.is_none() { return },
             () = &mut deadline => break,
         }
     }
@@ -196,7 +196,6 @@ pub async fn serve(
         "requests still in flight after the grace period; closing them"
     );
     conns.shutdown().await;
-    Ok(())
 }
 
 /// Errors of one connection that say nothing about the listener.
