@@ -405,67 +405,106 @@ fn a_declared_body_past_the_drain_bound_is_answered_with_connection_close() {
     assert_eq!(wait_closed(&mut s), Closed::Yes);
 }
 
-/// Spawns berth with the given open-file limits (set in the child before exec), waits for
-/// `berth is serving`, and returns its stderr and `/proc/<pid>/limits`; stops it after.
-fn serve_with_fd_limits(soft: u64, hard: u64) -> (String, String) {
-    use std::os::unix::process::CommandExt;
-    let dir = tempfile::tempdir().unwrap();
-    let log_path = dir.path().join("stderr.log");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--cluster-listen",
-        "127.0.0.1:0",
-    ])
-    .arg("--data-dir")
-    .arg(dir.path().join("data"))
-    .env("NO_COLOR", "1")
-    .env("RUST_LOG", "info")
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::null())
-    .stderr(std::fs::File::create(&log_path).unwrap());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("BERTH_") {
-            cmd.env_remove(k);
-        }
-    }
-    let lim = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: hard,
-    };
-    // SAFETY: setrlimit is async-signal-safe; `lim` is a plain struct copied into the closure.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
+/// A berth process started with given open-file limits (set in the child before exec), which
+/// `BerthProcess` cannot do. Killed when dropped.
+struct LimitedBerth {
+    child: std::process::Child,
+    log_path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl LimitedBerth {
+    /// Spawns berth on port 0 and waits (bounded) for `berth is serving`.
+    fn start(soft: u64, hard: u64) -> LimitedBerth {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("stderr.log");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["--cluster-listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("BERTH_") {
+                cmd.env_remove(k);
             }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().expect("spawn berth");
-    let deadline = Instant::now() + support::READY_TIMEOUT;
-    let mut log = String::new();
-    while !log.contains("berth is serving") {
-        assert!(Instant::now() < deadline, "berth did not start:\n{log}");
-        assert!(child.try_wait().unwrap().is_none(), "berth exited:\n{log}");
-        std::thread::sleep(Duration::from_millis(50));
-        log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    }
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
-    // SAFETY: kill(2) on the pid of the child spawned above, not yet reaped.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-    let deadline = Instant::now() + support::EXIT_TIMEOUT;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("berth did not exit after SIGTERM");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        let lim = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit is async-signal-safe; `lim` is a plain struct moved into the closure.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut b = LimitedBerth {
+            child: cmd.spawn().expect("spawn berth"),
+            log_path,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + support::READY_TIMEOUT;
+        while !b.log().contains("berth is serving") {
+            assert!(
+                Instant::now() < deadline,
+                "berth did not start:\n{}",
+                b.log()
+            );
+            assert!(
+                b.child.try_wait().unwrap().is_none(),
+                "berth exited:\n{}",
+                b.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        b
     }
-    (std::fs::read_to_string(&log_path).unwrap(), limits)
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The HTTP port, from the `berth is serving listen=127.0.0.1:PORT` line.
+    fn port(&self) -> u16 {
+        let log = self.log();
+        let at = log
+            .find("listen=127.0.0.1:")
+            .expect("listen address logged")
+            + 17;
+        let digits: String = log[at..].chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap()
+    }
+
+    fn proc_file(&self, name: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{}/{name}", self.child.id())).unwrap()
+    }
+
+    /// User plus system CPU time so far, in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        let stat = self.proc_file("stat");
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+}
+
+impl Drop for LimitedBerth {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- berth stderr ----\n{}", self.log());
+        }
+    }
 }
 
 #[test]
@@ -475,11 +514,13 @@ fn the_open_file_limit_is_raised_and_bounds_the_connection_cap() {
         hard >= 600,
         "this test needs a hard open-file limit of 600 or more"
     );
-    let (log, limits) = serve_with_fd_limits(256, 600);
+    let b = LimitedBerth::start(256, 600);
+    let log = b.log();
     assert!(
         log.contains("open-file limit soft=600 hard=600 soft_at_start=256"),
         "log:\n{log}"
     );
+    let limits = b.proc_file("limits");
     let line = limits
         .lines()
         .find(|l| l.starts_with("Max open files"))
@@ -492,4 +533,50 @@ fn the_open_file_limit_is_raised_and_bounds_the_connection_cap() {
             && log.contains("max_connections=300"),
         "log:\n{log}"
     );
+}
+
+#[test]
+fn running_out_of_files_neither_spins_the_accept_loop_nor_stops_serving() {
+    // 40 files: about 23 in use when idle, a cap of 20 connections; the files run out first.
+    let b = LimitedBerth::start(40, 40);
+    let port = b.port();
+    let mut open = Vec::new();
+    for _ in 0..30 {
+        open.push(TcpStream::connect(("127.0.0.1", port)).expect("connect"));
+    }
+    // The kernel queued all 30; berth accepts until `accept` fails with EMFILE, then backs
+    // off. Watch it for 2 s: a loop retrying at once would burn a core.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.log().contains("failed to accept a connection") {
+        assert!(Instant::now() < deadline, "no accept failure was logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = b.cpu_ticks();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = b.cpu_ticks() - before;
+    // SAFETY: sysconf has no preconditions.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    assert!(
+        used < per_sec / 2,
+        "berth used {used} CPU ticks in 2 s with accept failing (spinning)"
+    );
+    assert_eq!(
+        b.log().matches("failed to accept a connection").count(),
+        1,
+        "accept failures are logged once a minute"
+    );
+    // Files come back: berth serves again.
+    drop(open);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        match get_v2(&mut s) {
+            Ok(r) if r.status == 200 => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "GET /v2/ never worked again: {other:?}"
+            ),
+        }
+    }
 }
