@@ -70,6 +70,40 @@ pub struct Config {
     pub raft: Raft,
     /// How blobs are written.
     pub storage: Storage,
+    /// Connections of the registry HTTP front: timeouts, connection cap, early-error draining.
+    pub http: Http,
+}
+
+/// Connections of the registry HTTP front (`[http]`, env `BERTH_HTTP__<FIELD>`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Seconds a client may take to send a whole request head (request line and headers),
+    /// counted from its first byte; then the connection is closed. Default 30.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may stay open with no request in flight and no byte of a new one
+    /// received; then it is closed. Keep it above the clients' own idle timeout (Go's is 90 s).
+    /// Default 120.
+    pub idle_timeout_secs: u64,
+    /// Seconds a request body may send nothing while the handler waits for it; then the
+    /// request fails with a body error (an upload keeps the bytes received so far) and the
+    /// connection is closed. Default 60.
+    pub body_stall_timeout_secs: u64,
+    /// Seconds a response may wait for the client to read (the socket accepts no byte); then
+    /// the connection is dropped. Default 60.
+    pub write_stall_timeout_secs: u64,
+    /// Connections served at once; at the cap the node stops accepting until one closes (new
+    /// clients wait in the listen backlog). Lowered at start-up to fit the open-file limit.
+    /// Default 10000.
+    pub max_connections: usize,
+    /// Bytes of an unread request body that are read and discarded after an early answer (a
+    /// 413 or 404 sent before the body was read), so that a client still sending gets the
+    /// answer instead of a reset. A longer declared body is not read: the answer then carries
+    /// `Connection: close`. 0 disables draining. Default 8388608 (8 MiB).
+    pub drain_max_bytes: u64,
+    /// Seconds an early answer may wait for the rest of the body to be discarded; past it the
+    /// answer is sent with `Connection: close`. Default 10.
+    pub drain_timeout_secs: u64,
 }
 
 /// How blobs are written, and the free space kept back from them.
@@ -172,6 +206,21 @@ impl Default for Config {
             limits: Limits::default(),
             raft: Raft::default(),
             storage: Storage::default(),
+            http: Http::default(),
+        }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            header_read_timeout_secs: 30,
+            idle_timeout_secs: 120,
+            body_stall_timeout_secs: 60,
+            write_stall_timeout_secs: 60,
+            max_connections: 10_000,
+            drain_max_bytes: 8 * 1024 * 1024,
+            drain_timeout_secs: 10,
         }
     }
 }
@@ -215,6 +264,8 @@ pub struct ConfigError {
 }
 
 const ENV_PREFIX: &str = "BERTH_";
+/// Largest accepted `http.*_secs` timeout: one day.
+const MAX_TIMEOUT_SECS: u64 = 86_400;
 /// Environment variables with the prefix that are not config fields.
 const ENV_NOT_FIELDS: &[&str] = &["BERTH_CONFIG"];
 
@@ -350,6 +401,25 @@ impl Config {
         if r.write_timeout_ms == 0 {
             p.push("raft.write_timeout_ms: must be at least 1".to_string());
         }
+        let h = &self.http;
+        for (field, secs) in [
+            ("header_read_timeout_secs", h.header_read_timeout_secs),
+            ("idle_timeout_secs", h.idle_timeout_secs),
+            ("body_stall_timeout_secs", h.body_stall_timeout_secs),
+            ("write_stall_timeout_secs", h.write_stall_timeout_secs),
+            ("drain_timeout_secs", h.drain_timeout_secs),
+        ] {
+            if secs == 0 {
+                p.push(format!("http.{field}: must be at least 1"));
+            } else if secs > MAX_TIMEOUT_SECS {
+                p.push(format!(
+                    "http.{field}: must be at most {MAX_TIMEOUT_SECS} (one day)"
+                ));
+            }
+        }
+        if h.max_connections == 0 {
+            p.push("http.max_connections: must be at least 1".to_string());
+        }
         p
     }
 
@@ -376,6 +446,20 @@ impl Config {
             snapshot_every_entries: self.raft.snapshot_every_entries,
             keep_log_entries: self.raft.keep_log_entries,
             write_timeout: Duration::from_millis(self.raft.write_timeout_ms),
+        }
+    }
+
+    /// HTTP server settings derived from this configuration.
+    pub fn http_settings(&self) -> crate::server::HttpSettings {
+        let h = &self.http;
+        crate::server::HttpSettings {
+            header_read_timeout: Duration::from_secs(h.header_read_timeout_secs),
+            idle_timeout: Duration::from_secs(h.idle_timeout_secs),
+            body_stall_timeout: Duration::from_secs(h.body_stall_timeout_secs),
+            write_stall_timeout: Duration::from_secs(h.write_stall_timeout_secs),
+            max_connections: h.max_connections,
+            drain_max_bytes: h.drain_max_bytes,
+            drain_timeout: Duration::from_secs(h.drain_timeout_secs),
         }
     }
 
@@ -525,5 +609,28 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.problems.len(), 2, "{err}");
+    }
+
+    #[test]
+    fn http_settings_load_from_env_and_are_checked() {
+        let c = Config::load(
+            "[http]\nidle_timeout_secs = 5\n",
+            &env(&[
+                ("BERTH_HTTP__HEADER_READ_TIMEOUT_SECS", "2"),
+                ("BERTH_HTTP__MAX_CONNECTIONS", "8"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.http.idle_timeout_secs, 5);
+        assert_eq!(c.http.header_read_timeout_secs, 2);
+        assert_eq!(c.http.max_connections, 8);
+        assert_eq!(c.http.body_stall_timeout_secs, 60);
+        assert_eq!(c.http.drain_max_bytes, 8 * 1024 * 1024);
+        let err = Config::load(
+            "[http]\nwrite_stall_timeout_secs = 0\nmax_connections = 0\ndrain_timeout_secs = 100000\n",
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 3, "{err}");
     }
 }

@@ -10,6 +10,8 @@
 //! - [`api`]: the HTTP adapter (axum) of the OCI Distribution API.
 //! - [`rpc`]: the gRPC adapter (tonic) of the cluster endpoint: Raft, forwarding, blob
 //!   streaming, admin.
+//! - [`server`]: the HTTP server loop: connections, timeouts, connection cap, draining of
+//!   unread request bodies.
 //! - [`space`]: free space of the data directory's file system (upload reserve, metadata
 //!   write floor).
 //! - [`config`]: configuration loading and validation.
@@ -23,6 +25,7 @@ pub mod config;
 pub mod meta;
 pub mod registry;
 pub mod rpc;
+pub mod server;
 pub mod space;
 pub mod types;
 
@@ -35,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::blobstore::{BlobStore, BlobStoreError};
 use crate::cluster::{Bootstrap, Cluster, ClusterError, Peers};
 use crate::config::Config;
-use crate::meta::{MetaError, NodeInfo};
+use crate::meta::{MetaCloser, MetaError, NodeInfo};
 use crate::registry::Registry;
 
 /// Why a node could not start or stopped abnormally.
@@ -61,11 +64,27 @@ pub enum RunError {
 /// How often idle upload sessions are looked for.
 const UPLOAD_EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
+/// The most a shutdown takes after the HTTP grace period: background tasks
+/// ([`TASKS_STOP`]), Raft ([`RAFT_STOP`]), the cluster endpoint ([`rpc::GRACEFUL_STOP`] and
+/// as long again to close what is left), then the metadata store, each bounded.
+pub const STOP_MARGIN: Duration = Duration::from_secs(5);
+/// How long the background tasks (upload expiry, joining), together, get to end after the
+/// HTTP front.
+const TASKS_STOP: Duration = Duration::from_secs(1);
+/// How long Raft gets to stop.
+const RAFT_STOP: Duration = Duration::from_millis(1500);
+/// The least time the metadata store gets to close in a shutdown.
+const STORE_CLOSE_MIN: Duration = Duration::from_millis(500);
+/// How long [`Node::stop`] waits for the metadata store to close.
+const STORE_CLOSE: Duration = Duration::from_secs(10);
+
 /// A started node: its registry (for in-process tests) and its cluster handle.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Node {
     /// The registry use cases.
     pub registry: Arc<Registry>,
+    /// Closes the metadata store once every other handle on it is gone.
+    closer: MetaCloser,
 }
 
 impl Node {
@@ -78,7 +97,7 @@ impl Node {
                 .with_direct_writes(config.storage.direct_writes)
                 .with_reserve(config.storage.reserve()),
         );
-        let (log_store, state_machine, reader) = meta::open(&config.data_dir)?;
+        let (log_store, state_machine, reader, closer) = meta::open_closable(&config.data_dir)?;
         let bootstrap = if config.join.is_some() {
             Bootstrap::Join
         } else {
@@ -98,7 +117,7 @@ impl Node {
             wait_for_leader(&cluster, leader_wait).await;
         }
         let registry = Registry::new(blobs, reader, cluster, config.registry_settings());
-        Ok(Node { registry })
+        Ok(Node { registry, closer })
     }
 
     /// The HTTP router of this node.
@@ -106,9 +125,36 @@ impl Node {
         api::router(self.registry.clone())
     }
 
-    /// Stops Raft (after the HTTP front has stopped).
-    pub async fn stop(&self) {
-        self.registry.cluster().shutdown().await;
+    /// Stops Raft (after the HTTP front has stopped), waiting at most 1.5 s for it; the
+    /// registry then answers writes with 503. Returns false when Raft had not stopped by then.
+    pub async fn stop_raft(&self) -> bool {
+        self.registry.cluster().shutdown(RAFT_STOP).await
+    }
+
+    /// Stops Raft, then closes the metadata store, and returns true once it is closed: the
+    /// data directory can then be opened again at once. Every other holder of the registry
+    /// (routers, servers, tasks) must be gone or going; false when one still held it 10 s
+    /// later (the store then closes when the last one goes).
+    pub async fn stop(self) -> bool {
+        self.stop_raft().await;
+        self.close_store(STORE_CLOSE).await
+    }
+
+    /// Drops this node's handles and waits, up to `bound`, for the metadata store to close.
+    async fn close_store(self, bound: Duration) -> bool {
+        let Node { registry, closer } = self;
+        drop(registry);
+        match closer.close(bound).await {
+            Ok(()) => true,
+            Err(closer) => {
+                tracing::warn!(
+                    waited_ms = bound.as_millis() as u64,
+                    ?closer,
+                    "metadata store still in use; it closes when its last user ends"
+                );
+                false
+            }
+        }
     }
 }
 
@@ -131,9 +177,18 @@ async fn wait_for_leader(cluster: &Cluster, wait: Duration) {
     }
 }
 
+/// Waits up to `bound` for a background task to end, then aborts it.
+async fn finish<T>(task: tokio::task::JoinHandle<T>, bound: Duration) {
+    let abort = task.abort_handle();
+    if tokio::time::timeout(bound, task).await.is_err() {
+        abort.abort();
+    }
+}
+
 /// Runs a node on its bound listeners (registry HTTP, cluster gRPC) until `shutdown`
 /// resolves; then stops accepting, gives in-flight requests `config.shutdown_grace_secs` to
-/// finish, and stops Raft. Unset advertised addresses default to the bound ones.
+/// finish, and stops the rest within [`STOP_MARGIN`]: Raft, the cluster endpoint, and the
+/// metadata store. Unset advertised addresses default to the bound ones.
 pub async fn run(
     mut config: Config,
     listener: tokio::net::TcpListener,
@@ -148,6 +203,18 @@ pub async fn run(
     }
     let node = Node::start(&config, Duration::ZERO).await?;
     let stop = CancellationToken::new();
+    let signal = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {
+                    tracing::info!("shutting down: no new connections; finishing requests in flight");
+                    stop.cancel();
+                }
+                () = stop.cancelled() => {}
+            }
+        }
+    });
     let cluster = node.registry.cluster().clone();
 
     // The cluster endpoint first: peers must reach this node before it can have a leader.
@@ -168,10 +235,14 @@ pub async fn run(
             stop.clone(),
         ))),
         _ => {
-            wait_for_leader(&cluster, Duration::from_secs(10)).await;
+            tokio::select! {
+                () = wait_for_leader(&cluster, Duration::from_secs(10)) => {}
+                () = stop.cancelled() => {}
+            }
             None
         }
     };
+    drop(cluster);
 
     let expiry = tokio::spawn({
         let registry = node.registry.clone();
@@ -199,41 +270,34 @@ pub async fn run(
         node_id = config.node_id,
         "berth is serving"
     );
-    let serve = axum::serve(listener, node.router())
-        .with_graceful_shutdown({
-            let stop = stop.clone();
-            async move {
-                shutdown.await;
-                tracing::info!("shutting down: no new connections; finishing requests in flight");
-                stop.cancel();
-            }
-        })
-        .into_future();
-    let grace = Duration::from_secs(config.shutdown_grace_secs);
-    let deadline = async {
-        stop.cancelled().await;
-        tokio::time::sleep(grace).await;
-    };
-    let served = tokio::select! {
-        res = serve => res,
-        () = deadline => {
-            tracing::warn!(grace_secs = grace.as_secs(), "requests still in flight after the grace period; closing them");
-            Ok(())
-        }
-    };
+    server::serve(
+        listener,
+        node.router(),
+        config.http_settings(),
+        stop.clone(),
+        Duration::from_secs(config.shutdown_grace_secs),
+    )
+    .await;
     stop.cancel();
-    let _ = expiry.await;
+    let margin_end = tokio::time::Instant::now() + STOP_MARGIN;
+    let _ = signal.await;
+    let tasks_end = tokio::time::Instant::now() + TASKS_STOP;
+    let tasks_left = || tasks_end.saturating_duration_since(tokio::time::Instant::now());
+    finish(expiry, tasks_left()).await;
     if let Some(j) = joiner {
-        let _ = j.await;
+        finish(j, tasks_left()).await;
     }
-    // Raft first (it may still be sending to peers), then the cluster endpoint.
-    node.stop().await;
+    // Raft first (it may still be sending to peers), then the cluster endpoint, then the
+    // store, once nothing uses it.
+    node.stop_raft().await;
     rpc_stop.cancel();
     match rpc.await {
         Ok(Err(e)) => tracing::warn!(error = %e, "cluster endpoint stopped with an error"),
         Err(e) => tracing::warn!(error = %e, "cluster endpoint task failed"),
         Ok(Ok(())) => {}
     }
+    let left = margin_end.saturating_duration_since(tokio::time::Instant::now());
+    node.close_store(left.max(STORE_CLOSE_MIN)).await;
     tracing::info!("stopped");
-    Ok(served?)
+    Ok(())
 }

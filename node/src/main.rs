@@ -1,5 +1,5 @@
-//! The `berth` binary: parses flags, loads configuration, starts telemetry, binds, and calls
-//! [`berth_node::run`].
+//! The `berth` binary: parses flags, loads configuration, starts telemetry, raises the
+//! open-file limit, binds, and calls [`berth_node::run`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -160,6 +160,14 @@ async fn serve() -> ExitCode {
         }
     };
     init_tracing(config.log_format);
+    // Every connection is a file: use all the process may have (the connection cap is
+    // derived from it in `run`).
+    match berth_node::server::raise_fd_limit() {
+        Ok((at_start, soft, hard)) => {
+            tracing::info!(soft, hard, soft_at_start = at_start, "open-file limit")
+        }
+        Err(e) => tracing::warn!(error = %e, "failed to raise the open-file limit"),
+    }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {

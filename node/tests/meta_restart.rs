@@ -57,24 +57,12 @@ async fn push(node: &Node, repo: &RepositoryName, tags: std::ops::Range<u32>) {
     }
 }
 
-/// Starts a node on a data directory a stopped in-process node used. Raft's storage tasks may
-/// still be dropping the previous instance's handles for a moment (RocksDB's LOCK is then
-/// held by this process); retried within a bound.
+/// Starts a node on a data directory a stopped in-process node used: [`Node::stop`] returned
+/// only once the store was closed, so this opens at once, with no retry.
 async fn reopen(c: &Config) -> Node {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match Node::start(c, Duration::from_secs(10)).await {
-            Ok(node) => return node,
-            Err(e) if format!("{e:?}").contains("lock hold by current process") => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the previous instance never released its store: {e:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("failed to restart the node: {e:?}"),
-        }
-    }
+    Node::start(c, Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("failed to restart the node: {e:?}"))
 }
 
 async fn tags(node: &Node, repo: &RepositoryName) -> Vec<String> {
@@ -91,7 +79,7 @@ async fn restart_keeps_everything(snapshot_every: u64) {
         push(&node, &repo, 0..40).await;
         let t = tags(&node, &repo).await;
         assert_eq!(t.len(), 40);
-        node.stop().await;
+        assert!(node.stop().await, "the store did not close");
         t
     };
     let node = reopen(&config(dir.path(), snapshot_every)).await;
@@ -105,7 +93,7 @@ async fn restart_keeps_everything(snapshot_every: u64) {
     // Writes keep working after the restart.
     push(&node, &repo, 40..45).await;
     assert_eq!(tags(&node, &repo).await.len(), 45);
-    node.stop().await;
+    assert!(node.stop().await, "the store did not close");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,9 +126,28 @@ async fn snapshot_file_is_written_and_log_is_compacted() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    node.stop().await;
-    drop(node);
+    assert!(node.stop().await, "the store did not close");
     let node = reopen(&config(dir.path(), 1_000_000)).await;
     assert_eq!(tags(&node, &repo).await.len(), 5);
-    node.stop().await;
+    assert!(node.stop().await, "the store did not close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_returns_once_the_store_is_closed() {
+    // Each round reopens the directory right after `stop` returned: RocksDB refuses a second
+    // open while the previous instance's handles are alive ("lock hold by current process").
+    let dir = tempfile::tempdir().unwrap();
+    let repo = RepositoryName::parse("again").unwrap();
+    let c = config(dir.path(), 1_000_000);
+    for round in 0..20u32 {
+        let node = Node::start(&c, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: failed to reopen the store: {e:?}"));
+        // Writes keep Raft's storage tasks busy up to the stop.
+        push(&node, &repo, round..round + 1).await;
+        assert!(node.stop().await, "round {round}: the store did not close");
+    }
+    let node = reopen(&c).await;
+    assert_eq!(tags(&node, &repo).await.len(), 20);
+    assert!(node.stop().await, "the store did not close");
 }

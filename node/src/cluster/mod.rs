@@ -567,13 +567,25 @@ impl Cluster {
             .map_err(|e| ClusterError::Stopped(Box::new(e)))
     }
 
-    /// Stops Raft.
-    pub async fn shutdown(&self) {
+    /// Stops Raft, waiting at most `bound` for its core task to end. Returns false when it
+    /// had not ended by then (it then ends by itself, and drops its storage handles later).
+    pub async fn shutdown(&self, bound: Duration) -> bool {
         self.stopped.store(true, Ordering::Relaxed);
         // A log write waiting for disk space holds Raft's core: end the wait so it can stop.
         self.gate.stop();
-        if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!(error = %e, "failed to shut raft down cleanly");
+        match tokio::time::timeout(bound, self.raft.shutdown()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "failed to shut raft down cleanly");
+                true
+            }
+            Err(_) => {
+                tracing::warn!(
+                    waited_ms = bound.as_millis() as u64,
+                    "raft did not stop in time; going on without it"
+                );
+                false
+            }
         }
     }
 }

@@ -43,6 +43,7 @@ mod write_gate;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use command::{
     BlobRecord, Command, CommandV1, ManifestRecord, PutManifest, ReferrerRecord, Rejection,
@@ -203,6 +204,14 @@ const CF_STATE: &str = "state";
 /// Opens (creating if needed) the metadata database under `data_dir/meta` and returns the
 /// three views of it: Raft log store, state machine, and reader.
 pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachine, MetaReader), MetaError> {
+    let (log, sm, reader, _closer) = open_closable(data_dir)?;
+    Ok((log, sm, reader))
+}
+
+/// As [`open`], with a [`MetaCloser`] that can wait for the database to be closed.
+pub fn open_closable(
+    data_dir: &Path,
+) -> Result<(LogStore, StateMachine, MetaReader, MetaCloser), MetaError> {
     let path = data_dir.join("meta");
     let snapshot_dir = data_dir.join("snapshots");
     std::fs::create_dir_all(&snapshot_dir).map_err(|source| MetaError::Io {
@@ -215,11 +224,50 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachine, MetaReader), Met
     // One gate for both writers: the log store and the state machine share the disk.
     let gate = WriteGate::new(&path);
     let sm = StateMachine::open(db.clone(), snapshot_dir, tags.clone(), gate.clone())?;
+    let closer = MetaCloser { db: db.clone() };
     Ok((
         LogStore::new(db.clone(), gate),
         sm,
         MetaReader::new(db, tags),
+        closer,
     ))
+}
+
+/// One more handle on the metadata database, kept to close it: RocksDB closes when its last
+/// handle is dropped, and [`MetaCloser::close`] makes sure that last one is this.
+pub struct MetaCloser {
+    db: Arc<rocksdb::DB>,
+}
+
+impl std::fmt::Debug for MetaCloser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaCloser")
+            .field("handles", &Arc::strong_count(&self.db))
+            .finish()
+    }
+}
+
+impl MetaCloser {
+    /// Waits, up to `bound`, until every other handle (log store, state machine, readers) is
+    /// dropped, then closes the database and returns once it is closed (its directory can be
+    /// opened again at once). `Err(self)` when other handles remain after `bound`.
+    pub async fn close(self, bound: Duration) -> Result<(), MetaCloser> {
+        let deadline = tokio::time::Instant::now() + bound;
+        let mut pause = Duration::from_millis(1);
+        // No handle can appear meanwhile: new ones are only cloned from existing ones, and
+        // once this is the last one there are none to clone from.
+        while Arc::strong_count(&self.db) > 1 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+        let db = self.db;
+        // Closing flushes and joins RocksDB's threads: not on an async worker.
+        let _ = tokio::task::spawn_blocking(move || drop(db)).await;
+        Ok(())
+    }
 }
 
 fn open_db(path: &Path) -> Result<rocksdb::DB, MetaError> {

@@ -14,17 +14,32 @@ mod status;
 
 pub use join::join;
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use berth_proto::admin::admin_server::AdminServer;
 use berth_proto::peer::peer_server::PeerServer;
 use berth_proto::raft::raft_server::RaftServer;
+use futures::TryStreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Connected;
 
 use crate::registry::Registry;
 
-/// Serves the cluster endpoint on `listener` until `stop` is cancelled.
+/// How long the cluster endpoint waits, after `stop`, for its connections to close by
+/// themselves (peers' replication streams never do) before it closes them.
+pub const GRACEFUL_STOP: Duration = Duration::from_secs(1);
+/// How long it then waits for the closed connections' tasks to end.
+const SEVERED_STOP: Duration = Duration::from_secs(1);
+
+/// Serves the cluster endpoint on `listener` until `stop` is cancelled; then stops accepting,
+/// lets calls in flight finish for at most [`GRACEFUL_STOP`], and closes every connection
+/// still open (their tasks, and the registry handles they hold, end with them).
 pub async fn serve(
     registry: Arc<Registry>,
     snapshot_dir: PathBuf,
@@ -37,7 +52,12 @@ pub async fn serve(
         .max_encoding_message_size(usize::MAX);
     let peer = PeerServer::new(peer::PeerService::new(registry.clone()));
     let admin = AdminServer::new(admin::AdminService::new(cluster.clone()));
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let sever = CancellationToken::new();
+    let incoming = {
+        let sever = sever.clone();
+        tokio_stream::wrappers::TcpListenerStream::new(listener)
+            .map_ok(move |stream| Severable::new(stream, sever.clone()))
+    };
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(raft)
@@ -47,7 +67,101 @@ pub async fn serve(
     let router = router.add_service(berth_proto::admin::faults_server::FaultsServer::new(
         admin::FaultsService::new(cluster),
     ));
-    router
-        .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await })
-        .await
+    let server = router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => return served,
+        () = stop.cancelled() => {}
+    }
+    if let Ok(served) = tokio::time::timeout(GRACEFUL_STOP, &mut server).await {
+        return served;
+    }
+    tracing::info!("closing the cluster connections still open");
+    sever.cancel();
+    match tokio::time::timeout(SEVERED_STOP, &mut server).await {
+        Ok(served) => served,
+        Err(_) => {
+            tracing::warn!("cluster connections still open after they were closed");
+            Ok(())
+        }
+    }
+}
+
+/// A cluster connection that fails every read and write once `sever` is cancelled, so that
+/// its hyper connection (and the task tonic spawned for it) ends.
+struct Severable<S> {
+    io: S,
+    severed: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+}
+
+impl<S> Severable<S> {
+    fn new(io: S, sever: CancellationToken) -> Severable<S> {
+        Severable {
+            io,
+            severed: Box::pin(sever.cancelled_owned()),
+        }
+    }
+
+    fn check(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        match self.severed.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the cluster endpoint is stopping",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
+impl<S: Connected> Connected for Severable<S> {
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Severable<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Severable<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }

@@ -67,14 +67,17 @@ impl TestNode {
         }
     }
 
-    /// Stops Raft, then removes the data directory.
+    /// Stops Raft and closes the store (the router goes first), then removes the data
+    /// directory.
     pub async fn stop(self) {
-        self.node.stop().await;
+        let TestNode { client, node, _dir } = self;
+        drop(client);
+        assert!(node.stop().await, "the metadata store did not close");
     }
 
     /// Stops Raft but keeps the node's router and data (to see how the API answers then).
     pub async fn stop_raft(&self) {
-        self.node.stop().await;
+        self.node.stop_raft().await;
     }
 }
 
