@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Reads a scripts/bench output folder and prints a markdown table: median of each figure for
-berth and Distribution (min-max in brackets) and the ratio berth / Distribution."""
+berth and Distribution (min-max in brackets) and the ratio berth / Distribution; with a
+baseline berth (BERTH_BASELINE), its column and the ratio berth / baseline too."""
 import glob
 import os
 import statistics
@@ -41,21 +42,33 @@ def fmt(values):
 def main(folder):
     berth = collect(sorted(glob.glob(os.path.join(folder, "berth-*.txt"))))
     dist = collect(sorted(glob.glob(os.path.join(folder, "distribution-*", "run-*.txt"))))
+    base = collect(sorted(glob.glob(os.path.join(folder, "baseline-*.txt"))))
     loop = os.path.join(folder, "loopback.txt")
     if os.path.exists(loop):
         print("Loopback TCP (iperf3, 5 s): " + open(loop).read().strip().split(" ", 1)[1] + "\n")
-    print("| figure | unit | berth | Distribution | berth / Distribution |")
-    print("|---|---|---|---|---|")
-    for name in sorted(set(berth) | set(dist)):
+    head = "| figure | unit | berth | Distribution | berth / Distribution |"
+    rule = "|---|---|---|---|---|"
+    if base:
+        head += " baseline | berth / baseline |"
+        rule += "---|---|"
+    print(head)
+    print(rule)
+
+    def ratio(a, b):
+        if a and b and statistics.median(b) != 0:
+            return "%.2f×" % (statistics.median(a) / statistics.median(b))
+        return ""
+
+    for name in sorted(set(berth) | set(dist) | set(base)):
         unit, bv = berth.get(name, ("", []))
         unit2, dv = dist.get(name, (unit, []))
+        _, av = base.get(name, (unit, []))
         unit = unit or unit2
-        ratio = ""
-        if bv and dv and statistics.median(dv) != 0:
-            r = statistics.median(bv) / statistics.median(dv)
-            ratio = "%.2f×" % r
-        print("| %s | %s | %s | %s | %s |" % (name, unit, fmt(bv) if bv else "–", fmt(dv) if dv else "–", ratio))
-
+        row = "| %s | %s | %s | %s | %s |" % (
+            name, unit, fmt(bv) if bv else "–", fmt(dv) if dv else "–", ratio(bv, dv))
+        if base:
+            row += " %s | %s |" % (fmt(av) if av else "–", ratio(bv, av))
+        print(row)
 
 if __name__ == "__main__":
     main(sys.argv[1])

@@ -25,13 +25,7 @@ struct Node {
 impl Node {
     async fn start(tune: impl FnOnce(&mut berth_node::config::Config)) -> Node {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = berth_node::config::Config {
-            data_dir: dir.path().to_path_buf(),
-            ..Default::default()
-        };
-        config.raft.heartbeat_ms = 50;
-        config.raft.election_timeout_min_ms = 150;
-        config.raft.election_timeout_max_ms = 300;
+        let mut config = test_config(dir.path());
         tune(&mut config);
         let node = berth_node::Node::start(&config, Duration::from_secs(10))
             .await

@@ -133,13 +133,7 @@ fn probe_files(data_dir: &Path) -> Vec<String> {
 /// A node whose data directory `data` is on `disk`, with an upload reserve of `reserve`.
 async fn start_node(disk: &Tmpfs, reserve: u64) -> (berth_node::Node, Client, PathBuf) {
     let data_dir = disk.path().join("data");
-    let mut config = berth_node::config::Config {
-        data_dir: data_dir.clone(),
-        ..Default::default()
-    };
-    config.raft.heartbeat_ms = 50;
-    config.raft.election_timeout_min_ms = 150;
-    config.raft.election_timeout_max_ms = 300;
+    let mut config = test_config(&data_dir);
     config.storage.reserve_bytes = reserve;
     config.storage.reserve_percent = 0;
     let node = berth_node::Node::start(&config, Duration::from_secs(10))
@@ -275,6 +269,8 @@ async fn a_full_disk_refuses_uploads_pauses_writes_and_recovers_without_restart(
     assert_disk_full(&r, &data_dir);
     assert_eq!(probe_files(&data_dir), Vec::<String>::new());
 
+    // The router holds the store too: drop it first, as the server does on shutdown.
+    drop(c);
     let stopped = Instant::now();
     node.stop().await;
     assert!(
@@ -322,5 +318,6 @@ async fn enospc_during_an_upload_is_503_and_frees_the_staging_file() {
     post_blob(&c, "app", &blob[..4 * MIB as usize])
         .await
         .expect(StatusCode::CREATED);
+    drop(c);
     node.stop().await;
 }

@@ -152,6 +152,15 @@ fn on_tmpfs(dir: &Path) -> bool {
     st.f_type == libc::TMPFS_MAGIC
 }
 
+/// Whether `uploads/` under the data directory `dir` is empty (no staging file left behind).
+#[cfg(test)]
+fn no_staging_files(dir: &Path) -> bool {
+    std::fs::read_dir(dir.join("uploads"))
+        .unwrap()
+        .next()
+        .is_none()
+}
+
 /// Blob disk operations (one block written, one read window prepared) that may run on the
 /// blocking pool at once (the pool is larger: see `main.rs`); further ones wait for a permit.
 /// Transfers hold a thread only while the disk works, so slow clients hold none.

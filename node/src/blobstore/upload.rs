@@ -673,12 +673,7 @@ mod tests {
             0,
             "aborted uploads gave their budget back"
         );
-        assert!(
-            std::fs::read_dir(dir.path().join("uploads"))
-                .unwrap()
-                .next()
-                .is_none()
-        );
+        assert!(super::super::no_staging_files(dir.path()));
     }
 
     /// Dropping an upload that was neither finished nor aborted removes its staging file.
@@ -694,9 +689,8 @@ mod tests {
         .unwrap();
         up.park().await.unwrap();
         drop(up);
-        let uploads = dir.path().join("uploads");
         for _ in 0..100 {
-            if std::fs::read_dir(&uploads).unwrap().next().is_none() {
+            if super::super::no_staging_files(dir.path()) {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -45,17 +45,24 @@ pub struct TestNode {
     _dir: tempfile::TempDir,
 }
 
+/// The configuration of a test node in `data_dir`: defaults, with Raft timings short enough
+/// that a one-voter cluster elects itself at once.
+pub fn test_config(data_dir: &std::path::Path) -> berth_node::config::Config {
+    let mut config = berth_node::config::Config {
+        data_dir: data_dir.to_path_buf(),
+        ..Default::default()
+    };
+    config.raft.heartbeat_ms = 50;
+    config.raft.election_timeout_min_ms = 150;
+    config.raft.election_timeout_max_ms = 300;
+    config
+}
+
 impl TestNode {
     /// Starts a single-node cluster in a fresh temporary directory.
     pub async fn start() -> TestNode {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = berth_node::config::Config {
-            data_dir: dir.path().to_path_buf(),
-            ..Default::default()
-        };
-        config.raft.heartbeat_ms = 50;
-        config.raft.election_timeout_min_ms = 150;
-        config.raft.election_timeout_max_ms = 300;
+        let config = test_config(dir.path());
         let node = berth_node::Node::start(&config, Duration::from_secs(10))
             .await
             .unwrap();
