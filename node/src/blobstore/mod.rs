@@ -110,9 +110,6 @@ pub struct BlobStore {
     shared: Arc<Shared>,
     /// Whether large uploads are written with direct I/O (see `upload.rs`, ADR 008).
     direct_writes: bool,
-    /// Free space of the data directory's file system, and what uploads leave of it.
-    space: DiskSpace,
-    reserve: Reserve,
 }
 
 /// Limits and counters shared by every upload and read of one store.
@@ -128,11 +125,17 @@ struct Shared {
     held_tails: std::sync::atomic::AtomicUsize,
     /// Blocks written with direct I/O since the store was opened (tests assert with it).
     direct_blocks: std::sync::atomic::AtomicU64,
+    /// Free space of the data directory's file system, and what uploads leave of it: checked
+    /// when an upload request starts and again before every block is written.
+    space: DiskSpace,
+    reserve: std::sync::Mutex<Reserve>,
 }
 
 impl Shared {
-    fn new() -> Arc<Shared> {
+    fn new(data_dir: &Path) -> Arc<Shared> {
         Arc::new(Shared {
+            space: DiskSpace::new(data_dir),
+            reserve: std::sync::Mutex::new(Reserve::NONE),
             disk: Arc::new(tokio::sync::Semaphore::new(MAX_TRANSFER_THREADS)),
             held_tails: Default::default(),
             direct_blocks: Default::default(),
@@ -203,10 +206,8 @@ impl BlobStore {
             blobs,
             uploads,
             _lock: lock,
-            shared: Shared::new(),
+            shared: Shared::new(data_dir),
             direct_writes: false,
-            space: DiskSpace::new(data_dir),
-            reserve: Reserve::NONE,
         })
     }
 
@@ -262,9 +263,25 @@ impl BlobStore {
     ) -> Result<BlobBody, BlobStoreError> {
         let path = self.blob_path(digest);
         let digest = digest.clone();
-        let opened = tokio::task::spawn_blocking(move || read::open(&path, digest, range))
-            .await
-            .map_err(|e| BlobStoreError::io("read", Path::new("blob"))(io::Error::other(e)))??;
+        // A small first window is read without a permit, so small reads never queue behind
+        // large ones; a large one is disk work like any later window. (One inline `stat`, as in
+        // `holds`.)
+        let len = match range {
+            Some((start, end)) => end + 1 - start,
+            None => std::fs::metadata(&path).map_or(0, |m| m.len()),
+        };
+        let permit = if len > read::SMALL_READ {
+            let disk = self.shared.disk.clone();
+            Some(disk.acquire_owned().await.expect("never closed"))
+        } else {
+            None
+        };
+        let opened = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            read::open(&path, digest, range)
+        })
+        .await
+        .map_err(|e| BlobStoreError::io("read", Path::new("blob"))(io::Error::other(e)))??;
         Ok(read::body(opened, self.shared.disk.clone()))
     }
 
@@ -358,7 +375,21 @@ impl BlobStore {
     /// Errors: [`BlobStoreError::NoSpace`]. A failed `statvfs` is logged and lets the write
     /// go ahead.
     pub fn check_space(&self, incoming: u64) -> Result<(), BlobStoreError> {
-        if self.reserve == Reserve::NONE {
+        self.shared.check_space(incoming)
+    }
+
+    /// Sets the free space kept back from uploads (default: none).
+    pub fn with_reserve(self, reserve: Reserve) -> BlobStore {
+        *self.shared.reserve.lock().expect("reserve lock") = reserve;
+        self
+    }
+}
+
+impl Shared {
+    /// See [`BlobStore::check_space`].
+    fn check_space(&self, incoming: u64) -> Result<(), BlobStoreError> {
+        let reserve = *self.reserve.lock().expect("reserve lock");
+        if reserve == Reserve::NONE {
             return Ok(());
         }
         let usage = match self.space.usage() {
@@ -368,7 +399,7 @@ impl BlobStore {
                 return Ok(());
             }
         };
-        let reserve = self.reserve.of(usage.total);
+        let reserve = reserve.of(usage.total);
         let needed = reserve.saturating_add(incoming);
         if usage.available < needed {
             return Err(BlobStoreError::NoSpace {
@@ -379,12 +410,6 @@ impl BlobStore {
             });
         }
         Ok(())
-    }
-
-    /// Sets the free space kept back from uploads (default: none).
-    pub fn with_reserve(mut self, reserve: Reserve) -> BlobStore {
-        self.reserve = reserve;
-        self
     }
 }
 

@@ -9,9 +9,10 @@
 //! `MAP_POPULATE` faults the pages in up front, reading from disk if needed), started when
 //! the window before it is handed to the client. No thread waits for the client: a reader that
 //! stops reading holds one prepared window in memory and nothing else, so any number of slow
-//! clients cannot take threads from other reads, from uploads or from Raft. Windows after the
-//! first take a permit of the store's disk-operation limit while they are prepared; the first
-//! window (all of a small blob) does not, so a small read never queues behind large ones.
+//! clients cannot take threads from other reads, from uploads or from Raft (it holds up to two
+//! windows in memory: one in the connection, one prepared). Every window takes a permit of the
+//! store's disk-operation limit while it is prepared, except the first window of a read of at
+//! most [`SMALL_READ`] bytes, so a small read never queues behind large ones.
 //!
 //! Safety of the mapping: blob files are immutable once renamed into place (content-addressed;
 //! nothing ever writes to or truncates them), and removing a file does not invalidate a mapping.
@@ -43,6 +44,9 @@ use crate::types::Digest;
 /// process's RSS while a window is alive: 1 MiB keeps four parallel pulls around 8 MiB of
 /// mappings (2 MiB windows measured ~16 MiB more peak RSS, and no faster pulls).
 const WINDOW: u64 = 1024 * 1024;
+
+/// Reads up to this size are prepared without a disk permit (see the module docs).
+pub(super) const SMALL_READ: u64 = 64 * 1024;
 
 /// A stream of a blob's bytes; its length is known up front.
 pub struct BlobBody {

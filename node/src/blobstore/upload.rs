@@ -365,6 +365,9 @@ impl StagedUpload {
     /// Hands `pending` to a write (after the write in flight, if any, returned).
     async fn write_pending(&mut self) -> Result<(), BlobStoreError> {
         self.settle().await?;
+        // The reserve holds for every block, not only when a request starts: a body of unknown
+        // length must not write past it (ADR 010).
+        self.shared.check_space(self.pending.len() as u64)?;
         let next = self.spare.take().unwrap_or_default();
         let block = std::mem::replace(&mut self.pending, next);
         let offset = self.written;
@@ -456,7 +459,21 @@ impl StagedUpload {
             });
         }
         let digest = actual;
+        if let Err(e) = self.shared.check_space(pending.len() as u64) {
+            drop(file);
+            remove_quietly(&path).await;
+            return Err(e);
+        }
+        // The tail write, fsync and rename are disk work like a block's.
+        let permit = self
+            .shared
+            .disk
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let target = blob_path(&blobs, &digest);
             if target.exists() {
                 // Content-addressed: an identical blob is already in place; drop our copy, and
@@ -583,7 +600,7 @@ mod tests {
         probe_direct(dir.path()).expect("this file system must take direct writes");
         let block: &'static [u8] = Box::leak(vec![9u8; BLOCK + 10].into_boxed_slice());
         for direct in [true, false] {
-            let shared = Shared::new();
+            let shared = Shared::new(dir.path());
             let path = dir.path().join(format!("staging-{direct}"));
             let mut up = StagedUpload::new(path, direct, shared.clone());
             up.append(futures::stream::iter([Ok::<_, io::Error>(

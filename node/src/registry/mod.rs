@@ -455,10 +455,12 @@ impl Registry {
             };
             if let Err(e) = appended {
                 // The session stays (unless the upload broke): the client may retry the PUT.
+                // Its partial block goes where an idle session's goes.
+                let _ = lease.staged().park().await;
                 let _ = lease.release().await;
                 return Err(e.into());
             }
-            let staged = lease.take();
+            let staged = lease.take()?;
             this.commit_blob(&repo, &digest, staged).await
         })
         .await

@@ -275,9 +275,21 @@ impl Lease {
     }
 
     /// Ends the session and hands its staging file over (to be finished).
-    pub(super) fn take(mut self) -> StagedUpload {
+    ///
+    /// Errors: [`RegistryError::BlobUploadUnknown`] when the session was cancelled meanwhile
+    /// (the staging file is then removed).
+    pub(super) fn take(mut self) -> Result<StagedUpload, RegistryError> {
+        {
+            let mut state = self.session.state.lock().expect("session lock");
+            if self.cancel.is_cancelled() {
+                drop(state);
+                // Dropping the lease drops the upload, which removes its staging file.
+                return Err(RegistryError::BlobUploadUnknown(self.id.clone()));
+            }
+            state.slot = Slot::Ended;
+        }
         self.end();
-        self.staged.take().expect("held until released")
+        Ok(self.staged.take().expect("held until released"))
     }
 
     /// Ends the session: it is forgotten, and later requests find it unknown.
@@ -433,14 +445,20 @@ impl Uploads {
         id: &str,
     ) -> Result<(), RegistryError> {
         let session = self.session(repo, id)?;
-        let slot = std::mem::replace(
-            &mut session.state.lock().expect("session lock").slot,
-            Slot::Ended,
-        );
+        let slot = {
+            // Under the session's lock: a writer releasing at the same moment sees either its
+            // session busy and not cancelled (and the cancel then finds it idle), or cancelled
+            // and ended; and no new writer can lease an ended session.
+            let mut state = session.state.lock().expect("session lock");
+            if let Slot::Busy(cancel) = &state.slot {
+                cancel.cancel();
+            }
+            std::mem::replace(&mut state.slot, Slot::Ended)
+        };
         self.forget(id);
         match slot {
             Slot::Idle(staged) => staged.abort().await,
-            Slot::Busy(cancel) => cancel.cancel(),
+            Slot::Busy(_) => {}
             Slot::Ended => return Err(RegistryError::BlobUploadUnknown(id.to_string())),
         }
         Ok(())

@@ -256,7 +256,11 @@ struct ConnSettings {
 
 impl ConnSettings {
     fn new(s: &HttpSettings, router: Router) -> ConnSettings {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // HTTP/1 only: over HTTP/2 a client that stops granting flow-control window leaves the
+        // server with nothing to write, so no write ever waits and the write-stall timer never
+        // starts; every registry client speaks HTTP/1.1 over plain TCP. (HTTP/2 returns with
+        // TLS, with a per-stream stall watchdog.)
+        let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
         // hyper's own header timer also starts when a connection goes idle (hyper 1.x), so it
         // cannot tell idle from slow; `TimedIo` applies both. hyper's is set past both as a
         // backstop (it also makes hyper read again as soon as a response is done).
@@ -264,7 +268,6 @@ impl ConnSettings {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(s.idle_timeout + s.header_read_timeout);
-        builder.http2().timer(TokioTimer::new());
         ConnSettings {
             builder,
             router,
