@@ -84,7 +84,10 @@ impl ClusterError {
     /// The broad class of the error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ClusterError::NoQuorum { .. } | ClusterError::DiskFull(_) => ErrorKind::Unavailable,
+            ClusterError::NoQuorum { .. } => ErrorKind::Unavailable,
+            // Not `Unavailable`: a follower forwarding to a leader whose disk is full must
+            // read a refusal (and answer it at once), not an unreachable leader.
+            ClusterError::DiskFull(_) => ErrorKind::Exhausted,
             ClusterError::Stopped(_) | ClusterError::Start(_) => ErrorKind::Internal,
         }
     }

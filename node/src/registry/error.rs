@@ -113,9 +113,8 @@ impl RegistryError {
             | RangeNotSatisfiable { .. }
             | ManifestBlobUnknown(_)
             | UploadBusy(_) => ErrorKind::Conflict,
-            NoQuorum(_) | Unavailable(_) | TooManyUploads(_) | InsufficientStorage(_) => {
-                ErrorKind::Unavailable
-            }
+            NoQuorum(_) | Unavailable(_) => ErrorKind::Unavailable,
+            TooManyUploads(_) | InsufficientStorage(_) => ErrorKind::Exhausted,
             Storage(_) => ErrorKind::Internal,
         }
     }

@@ -19,6 +19,7 @@ pub(crate) fn code(kind: ErrorKind) -> Code {
         ErrorKind::Conflict => Code::FailedPrecondition,
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::Timeout => Code::DeadlineExceeded,
+        ErrorKind::Exhausted => Code::ResourceExhausted,
         ErrorKind::Internal => Code::Internal,
     }
 }
@@ -85,6 +86,7 @@ mod tests {
             (ErrorKind::Conflict, Code::FailedPrecondition),
             (ErrorKind::Unavailable, Code::Unavailable),
             (ErrorKind::Timeout, Code::DeadlineExceeded),
+            (ErrorKind::Exhausted, Code::ResourceExhausted),
             (ErrorKind::Internal, Code::Internal),
         ];
         for (kind, expected) in table {

@@ -18,6 +18,9 @@ pub enum ErrorKind {
     Unavailable,
     /// It did not finish in time (it may still complete).
     Timeout,
+    /// A resource of this node is used up (disk space, upload sessions): the request was
+    /// refused and changed nothing; retry later or elsewhere.
+    Exhausted,
     /// A bug or a local storage failure.
     Internal,
 }
