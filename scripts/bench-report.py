@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reads a scripts/bench output folder and prints a markdown table: median of each figure for
 berth and Distribution (min-max in brackets) and the ratio berth / Distribution; with a
-baseline berth (BERTH_BASELINE), its column and the ratio berth / baseline too."""
+baseline berth (BASELINE_BIN), its column and the ratio berth / baseline too."""
 import glob
 import os
 import statistics

@@ -4,10 +4,9 @@
 //! the running test executable (`<target>/<profile>/deps/<test>-<hash>`), which a
 //! `cargo build -p clusterctl` in the same workspace produces.
 
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
 
 /// The clusterctl binary; panics with instructions when it cannot be found.
 pub fn clusterctl_bin() -> PathBuf {
@@ -89,47 +88,14 @@ impl CtlOutput {
 pub fn run(endpoint: &str, args: &[&str], timeout: Duration) -> CtlOutput {
     let mut all = vec!["--endpoint".to_string(), endpoint.to_string()];
     all.extend(args.iter().map(|a| a.to_string()));
-    let mut child = Command::new(clusterctl_bin())
-        .args(&all)
-        .env_remove("CLUSTERCTL_ENDPOINT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("failed to spawn clusterctl: {e}"));
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("failed to wait for clusterctl") {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stdout = out_reader.join().unwrap_or_default();
-            let stderr = err_reader.join().unwrap_or_default();
-            panic!(
-                "`clusterctl {}` did not finish within {timeout:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-                all.join(" ")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut cmd = Command::new(clusterctl_bin());
+    cmd.args(&all).env_remove("CLUSTERCTL_ENDPOINT");
+    let out = berth_testkit::process::run_cmd(&mut cmd, timeout)
+        .unwrap_or_else(|e| panic!("`clusterctl {}`: {e}", all.join(" ")));
     CtlOutput {
+        stdout: out.stdout_text(),
+        stderr: out.stderr_text(),
+        status: out.status,
         args: all,
-        status,
-        stdout: out_reader.join().unwrap_or_default(),
-        stderr: err_reader.join().unwrap_or_default(),
     }
 }
