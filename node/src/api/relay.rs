@@ -21,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::error::ApiError;
+use crate::cluster::PeerError;
 use crate::meta::NodeId;
 use crate::registry::{Registry, RegistryError};
 
@@ -56,19 +57,23 @@ pub async fn relay(
     mut req: Request,
 ) -> Result<Response, ApiError> {
     let cluster = registry.cluster();
-    let Some(member) = cluster.member(owner) else {
-        // No such node in the cluster: nobody holds this session.
-        return Err(RegistryError::BlobUploadUnknown(id.to_string()).into());
-    };
     let unavailable = |why: String| -> ApiError {
         RegistryError::Unavailable(format!(
             "node {owner}, which holds this upload, cannot be reached: {why}"
         ))
         .into()
     };
-    if cluster.peers().cut_off(owner) {
-        return Err(unavailable("cut off by a test partition".into()));
-    }
+    let member = match cluster.reachable_member(owner) {
+        Ok(member) => member,
+        // No such node in the cluster: nobody holds this session.
+        Err(PeerError::NotMember(_)) => {
+            return Err(RegistryError::BlobUploadUnknown(id.to_string()).into());
+        }
+        Err(PeerError::Partitioned(_)) => {
+            return Err(unavailable("cut off by a test partition".into()));
+        }
+        Err(e) => return Err(unavailable(e.to_string())),
+    };
     let path = req
         .uri()
         .path_and_query()

@@ -42,36 +42,28 @@ impl std::fmt::Debug for BlobStream {
 impl Cluster {
     /// Opens a stream of a blob from `holder`.
     ///
-    /// Errors: [`PeerError`] when the holder is not a member, cannot be reached, or answers
-    /// an error (NOT_FOUND when it does not hold the blob).
+    /// Errors: [`PeerError::NotMember`] when the holder is not a member; else as
+    /// [`Peers::call`] (NOT_FOUND in the status when it does not hold the blob).
     pub async fn fetch_blob(
         &self,
         holder: NodeId,
         digest: &Digest,
     ) -> Result<BlobStream, PeerError> {
-        let info = self.member(holder).ok_or_else(|| PeerError::BadAddress {
-            addr: String::new(),
-            reason: format!("node {holder} is not a member"),
-        })?;
-        let addr = info.cluster_addr;
-        let channel = self.peers.channel(holder, &addr)?;
-        let req = self.peers.request(
-            FetchBlobRequest {
-                digest: digest.to_string(),
-            },
-            OPEN_TIMEOUT,
-        );
+        let addr = self.reachable_member(holder)?.cluster_addr;
+        let message = FetchBlobRequest {
+            digest: digest.to_string(),
+        };
+        let mut stream = self
+            .peers
+            .call(
+                holder,
+                &addr,
+                OPEN_TIMEOUT,
+                message,
+                |channel, req| async move { PeerClient::new(channel).fetch_blob(req).await },
+            )
+            .await?;
         let fail = |s| Peers::call_error(holder, &addr, s);
-        let mut stream =
-            tokio::time::timeout(OPEN_TIMEOUT, PeerClient::new(channel).fetch_blob(req))
-                .await
-                .map_err(|_| {
-                    fail(tonic::Status::deadline_exceeded(
-                        "fetch did not start in time",
-                    ))
-                })?
-                .map_err(fail)?
-                .into_inner();
         let first = next_chunk(&mut stream).await.map_err(fail)?;
         let Some(first) = first else {
             return Err(fail(tonic::Status::data_loss("empty blob stream")));

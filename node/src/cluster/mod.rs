@@ -13,8 +13,10 @@
 //!
 //! Submodules: `network` (Raft's client side over gRPC), `raft_service` (its server side),
 //! `peers` (channels, deadlines, the test partition filter), `membership` (add, promote,
-//! demote, remove, transfer leadership, status), `fetch` (streaming a blob from a holder).
+//! demote, remove, transfer leadership, status), `fetch` (streaming a blob from a holder),
+//! `call` (calls to a member or the leader, written once).
 
+mod call;
 mod fetch;
 mod membership;
 mod network;
@@ -359,17 +361,13 @@ impl Cluster {
                 Err(LeaderWriteError::NotLeader(leader)) => leader,
                 Err(LeaderWriteError::Cluster(e)) => return Err(e),
             };
-            let leader = leader
-                .filter(|l| *l != self.node_id)
-                .and_then(|l| self.member(l).map(|node| (l, node)));
+            let leader = leader.filter(|l| *l != self.node_id && self.member(*l).is_some());
             match leader {
-                Some((leader, node)) => {
-                    match self.forward_write(leader, &node, &command, deadline).await {
-                        Ok(r) => return Ok(r),
-                        Err(ForwardOutcome::Failed(e)) => return Err(e),
-                        Err(ForwardOutcome::Retry(reason)) => last_reason = reason,
-                    }
-                }
+                Some(leader) => match self.forward_write(leader, &command, deadline).await {
+                    Ok(r) => return Ok(r),
+                    Err(ForwardOutcome::Failed(e)) => return Err(e),
+                    Err(ForwardOutcome::Retry(reason)) => last_reason = reason,
+                },
                 None => {
                     let wait = self.leader_wait.min(left);
                     if !self.wait_for_leader(wait).await {
@@ -385,7 +383,6 @@ impl Cluster {
     async fn forward_write(
         &self,
         leader: NodeId,
-        node: &NodeInfo,
         command: &Command,
         deadline: Instant,
     ) -> Result<WriteResult, ForwardOutcome> {
@@ -393,15 +390,13 @@ impl Cluster {
         let req = ForwardWriteRequest {
             command: postcard::to_allocvec(command).expect("commands serialise"),
         };
-        let resp = match self.peers.channel(leader, &node.cluster_addr) {
-            Ok(channel) => PeerClient::new(channel)
-                .forward_write(self.peers.request(req, left))
-                .await
-                .map_err(|status| Peers::call_error(leader, &node.cluster_addr, status)),
-            Err(e) => Err(e),
-        };
+        let resp = self
+            .call_member(leader, left, req, |channel, req| async move {
+                PeerClient::new(channel).forward_write(req).await
+            })
+            .await;
         let resp = match resp {
-            Ok(r) => r.into_inner(),
+            Ok(r) => r,
             Err(e)
                 if e.status()
                     .is_some_and(|s| s.code() == tonic::Code::FailedPrecondition) =>
@@ -479,22 +474,13 @@ impl Cluster {
         let index = match self.current_leader() {
             Some(l) if l == self.node_id => self.read_index().await?,
             Some(l) => {
-                let node = self
-                    .member(l)
-                    .ok_or_else(|| no_quorum(format!("leader {l} is not in the membership")))?;
                 let left = deadline.saturating_duration_since(Instant::now());
-                let channel = self
-                    .peers
-                    .channel(l, &node.cluster_addr)
-                    .map_err(|e| no_quorum(e.to_string()))?;
-                PeerClient::new(channel)
-                    .read_index(self.peers.request(ReadIndexRequest {}, left))
-                    .await
-                    .map_err(|s| {
-                        no_quorum(Peers::call_error(l, &node.cluster_addr, s).to_string())
-                    })?
-                    .into_inner()
-                    .log_index
+                self.call_member(l, left, ReadIndexRequest {}, |channel, req| async move {
+                    PeerClient::new(channel).read_index(req).await
+                })
+                .await
+                .map_err(|e| no_quorum(e.to_string()))?
+                .log_index
             }
             None => return Err(no_quorum("no leader is elected")),
         };

@@ -5,8 +5,15 @@
 //! `berth-from-node` metadata naming this node. With the `fault-injection` feature, a set of
 //! blocked peers makes calls to them fail at once and calls from them be refused — the
 //! partition the cluster tests create (docs/adr/007).
+//!
+//! [`Peers::call`] is the one unary-or-stream-opening call path: channel, deadline, a bound
+//! on the wait, and the mapping of a failure to [`PeerError`]. `Cluster::call_member` and
+//! `Cluster::call_leader` (`cluster/call.rs`) put the member lookup in front of it; every
+//! node-to-node caller but Raft's own client (`network.rs`, which openraft hands the address)
+//! goes through them.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -37,6 +44,12 @@ pub enum PeerError {
     /// A test partition cuts this node off from the peer.
     #[error("node {0} is cut off by a test partition")]
     Partitioned(NodeId),
+    /// The node is not in the membership this node knows.
+    #[error("node {0} is not a member of the cluster")]
+    NotMember(NodeId),
+    /// No leader is known to call.
+    #[error("no leader is known; the cluster may have no quorum")]
+    NoLeader,
     /// The call failed.
     #[error("call to node {node} at {addr} failed: {}", status.message())]
     Call {
@@ -55,7 +68,10 @@ impl PeerError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             PeerError::BadAddress { .. } => ErrorKind::Invalid,
-            PeerError::Partitioned(_) | PeerError::Call { .. } => ErrorKind::Unavailable,
+            PeerError::NotMember(_) => ErrorKind::NotFound,
+            PeerError::Partitioned(_) | PeerError::NoLeader | PeerError::Call { .. } => {
+                ErrorKind::Unavailable
+            }
         }
     }
 
@@ -70,7 +86,10 @@ impl PeerError {
     /// Whether the peer could not be reached at all (as opposed to answering an error).
     pub fn is_unreachable(&self) -> bool {
         match self {
-            PeerError::BadAddress { .. } | PeerError::Partitioned(_) => true,
+            PeerError::BadAddress { .. }
+            | PeerError::Partitioned(_)
+            | PeerError::NotMember(_)
+            | PeerError::NoLeader => true,
             PeerError::Call { status, .. } => status.code() == tonic::Code::Unavailable,
         }
     }
@@ -150,6 +169,35 @@ impl Peers {
         req
     }
 
+    /// Calls `node` at `addr`: `call` gets the channel and `message` wrapped with a deadline of
+    /// `timeout` (see [`Peers::request`]), and the wait for its answer is bounded by the same
+    /// `timeout` here, so a hung peer cannot hold the caller past it. For a streaming call the
+    /// bound covers opening the stream; the peer's deadline covers the whole stream.
+    ///
+    /// Errors: [`PeerError::Partitioned`] or [`PeerError::BadAddress`] before calling;
+    /// [`PeerError::Call`] with what the peer or the transport answered, or
+    /// `DEADLINE_EXCEEDED` when no answer came within `timeout`.
+    pub async fn call<M, T, F, Fut>(
+        &self,
+        node: NodeId,
+        addr: &str,
+        timeout: Duration,
+        message: M,
+        call: F,
+    ) -> Result<T, PeerError>
+    where
+        F: FnOnce(Channel, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let channel = self.channel(node, addr)?;
+        let answer = tokio::time::timeout(timeout, call(channel, self.request(message, timeout)))
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded(no_answer_within(timeout))));
+        answer
+            .map(tonic::Response::into_inner)
+            .map_err(|status| Self::call_error(node, addr, status))
+    }
+
     /// Turns a failed call into a [`PeerError`].
     pub fn call_error(node: NodeId, addr: &str, status: tonic::Status) -> PeerError {
         PeerError::Call {
@@ -183,11 +231,21 @@ impl Peers {
         *self.blocked.lock().expect("blocked set poisoned") = nodes;
     }
 
-    /// Whether a test partition cuts `node` off (the HTTP relay checks it too).
+    /// Whether a test partition cuts `node` off (the HTTP relay checks it too, through
+    /// `Cluster::reachable_member`).
     pub fn cut_off(&self, node: NodeId) -> bool {
         self.blocked
             .lock()
             .expect("blocked set poisoned")
             .contains(&node)
+    }
+}
+
+/// "no answer within 1 s", or in milliseconds when the timeout is not whole seconds.
+fn no_answer_within(timeout: Duration) -> String {
+    if timeout.subsec_millis() == 0 {
+        format!("no answer within {} s", timeout.as_secs())
+    } else {
+        format!("no answer within {} ms", timeout.as_millis())
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use super::status::status;
-use crate::cluster::{self, Cluster, MembershipError};
+use crate::cluster::{self, Cluster, MembershipError, PeerError};
 use crate::meta::{NodeId, NodeInfo};
 use crate::types::ErrorKind;
 
@@ -66,29 +66,23 @@ fn progress_message(p: cluster::Progress) -> Progress {
 
 impl AdminService {
     /// Asks one member for its own view.
-    async fn member_status(
-        &self,
-        id: NodeId,
-        info: &NodeInfo,
-    ) -> Result<NodeStatusResponse, String> {
+    async fn member_status(&self, id: NodeId) -> Result<NodeStatusResponse, String> {
         if id == self.cluster.node_id() {
             return Ok(node_status_message(&self.cluster.node_status()));
         }
-        let peers = self.cluster.peers();
-        let channel = peers
-            .channel(id, &info.cluster_addr)
-            .map_err(|e| e.to_string())?;
-        let req = peers.request(NodeStatusRequest {}, MEMBER_STATUS_TIMEOUT);
-        match tokio::time::timeout(
-            MEMBER_STATUS_TIMEOUT,
-            AdminClient::new(channel).node_status(req),
-        )
-        .await
-        {
-            Err(_) => Err("no answer within 1 s".to_string()),
-            Ok(Err(status)) => Err(status.message().to_string()),
-            Ok(Ok(r)) => Ok(r.into_inner()),
-        }
+        self.cluster
+            .call_member(
+                id,
+                MEMBER_STATUS_TIMEOUT,
+                NodeStatusRequest {},
+                |channel, req| async move { AdminClient::new(channel).node_status(req).await },
+            )
+            .await
+            // What the member answered, or why it could not be asked.
+            .map_err(|e| {
+                e.status()
+                    .map_or_else(|| e.to_string(), |s| s.message().to_string())
+            })
     }
 
     /// Runs a membership operation here if this node leads, else relays it to the leader.
@@ -132,27 +126,25 @@ impl AdminService {
                 "leadership is changing; try again (a relayed call reached a non-leader)".into(),
             ));
         }
-        let Some(leader) = self.cluster.current_leader() else {
-            return Err(unavailable(
-                "no leader is known; the cluster may have no quorum".into(),
-            ));
+        let relayed = self
+            .cluster
+            .call_leader(RELAY_TIMEOUT, req.into_inner(), |channel, mut req| {
+                req.metadata_mut()
+                    .insert(RELAYED, "1".parse().expect("valid metadata"));
+                relay(AdminClient::new(channel), req)
+            })
+            .await;
+        let stream = match relayed {
+            Ok((_, stream)) => stream,
+            // What the leader (or the transport) answered passes through as it is.
+            Err(PeerError::Call { status, .. }) => return Err(*status),
+            Err(PeerError::NotMember(leader)) => {
+                return Err(unavailable(format!(
+                    "leader {leader} is not in the membership this node knows"
+                )));
+            }
+            Err(e) => return Err(unavailable(e.to_string())),
         };
-        let Some(info) = self.cluster.member(leader) else {
-            return Err(unavailable(format!(
-                "leader {leader} is not in the membership this node knows"
-            )));
-        };
-        let peers = self.cluster.peers();
-        let channel = peers
-            .channel(leader, &info.cluster_addr)
-            .map_err(|e| unavailable(e.to_string()))?;
-        let mut relayed = peers.request(req.into_inner(), RELAY_TIMEOUT);
-        relayed
-            .metadata_mut()
-            .insert(RELAYED, "1".parse().expect("valid metadata"));
-        let stream = relay(AdminClient::new(channel), relayed)
-            .await?
-            .into_inner();
         Ok(Response::new(stream.boxed()))
     }
 }
@@ -167,8 +159,7 @@ impl Admin for AdminService {
         let me = self.cluster.node_status();
         let members = self.cluster.members();
         let answers =
-            futures::future::join_all(members.iter().map(|m| self.member_status(m.id, &m.info)))
-                .await;
+            futures::future::join_all(members.iter().map(|m| self.member_status(m.id))).await;
         // Lag is measured against the leader's log, as the leader reports it.
         let leader_last = members.iter().zip(&answers).find_map(|(m, a)| match a {
             Ok(s) if s.state == "leader" => Some((m.id, s.last_log_index)),

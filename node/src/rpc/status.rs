@@ -129,6 +129,8 @@ mod tests {
                 Code::DeadlineExceeded,
             ),
             (PeerError::Partitioned(3).into(), Code::Unavailable),
+            (PeerError::NotMember(4).into(), Code::NotFound),
+            (PeerError::NoLeader.into(), Code::Unavailable),
             (
                 RaftServiceError::SnapshotStream("empty snapshot stream").into(),
                 Code::InvalidArgument,
