@@ -271,8 +271,7 @@ impl BlobStore {
             None => std::fs::metadata(&path).map_or(0, |m| m.len()),
         };
         let permit = if len > read::SMALL_READ {
-            let disk = self.shared.disk.clone();
-            Some(disk.acquire_owned().await.expect("never closed"))
+            Some(self.shared.disk_permit().await)
         } else {
             None
         };
@@ -282,7 +281,7 @@ impl BlobStore {
         })
         .await
         .map_err(|e| BlobStoreError::io("read", Path::new("blob"))(io::Error::other(e)))??;
-        Ok(read::body(opened, self.shared.disk.clone()))
+        Ok(read::body(opened, self.shared.clone()))
     }
 
     /// Whether uploads are written with direct I/O (set, and the file system allows it).
@@ -386,6 +385,15 @@ impl BlobStore {
 }
 
 impl Shared {
+    /// A permit for one blob disk operation (see [`Shared::disk`]).
+    async fn disk_permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.disk
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the disk semaphore is never closed")
+    }
+
     /// See [`BlobStore::check_space`].
     fn check_space(&self, incoming: u64) -> Result<(), BlobStoreError> {
         let reserve = *self.reserve.lock().expect("reserve lock");
@@ -522,12 +530,7 @@ mod tests {
         assert_eq!(store.stat(&d).await.unwrap(), Some(BlobInfo { size: 11 }));
         assert_eq!(read_all(&store, &d, None).await, b"hello world");
         assert_eq!(read_all(&store, &d, Some((6, 10))).await, b"world");
-        assert!(
-            std::fs::read_dir(dir.path().join("uploads"))
-                .unwrap()
-                .next()
-                .is_none()
-        );
+        assert!(no_staging_files(dir.path()));
     }
 
     #[tokio::test]
@@ -628,10 +631,7 @@ mod tests {
         assert_eq!(store.stat(&Digest::sha256_of(sent)).await.unwrap(), None);
         // The failed finish removed the staging file, after the cut-off writer was done.
         assert!(
-            std::fs::read_dir(dir.path().join("uploads"))
-                .unwrap()
-                .next()
-                .is_none(),
+            no_staging_files(dir.path()),
             "a staging file outlived the upload"
         );
         assert_direct_used(&store);
@@ -651,12 +651,7 @@ mod tests {
         );
         assert_eq!(store.stat(&claimed).await.unwrap(), None);
         assert_eq!(store.stat(&Digest::sha256_of(b"abc")).await.unwrap(), None);
-        assert!(
-            std::fs::read_dir(dir.path().join("uploads"))
-                .unwrap()
-                .next()
-                .is_none()
-        );
+        assert!(no_staging_files(dir.path()));
     }
 
     #[tokio::test]
@@ -697,12 +692,7 @@ mod tests {
         drop(up);
         drop(store);
         let _store = BlobStore::open(dir.path()).unwrap();
-        assert!(
-            std::fs::read_dir(dir.path().join("uploads"))
-                .unwrap()
-                .next()
-                .is_none()
-        );
+        assert!(no_staging_files(dir.path()));
     }
 
     #[tokio::test]

@@ -34,10 +34,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::Stream;
 use futures::stream::BoxStream;
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
-use super::BlobStoreError;
+use super::{BlobStoreError, Shared};
 use crate::types::Digest;
 
 /// Size of one mapped window handed to the HTTP layer. Mapped pages count towards the
@@ -155,14 +154,14 @@ pub(super) fn open(
 
 /// The body of an opened blob: the first window, then each next window prepared by a short
 /// blocking task started when the one before it is handed out.
-pub(super) fn body(opened: Opened, disk: Arc<Semaphore>) -> BlobBody {
+pub(super) fn body(opened: Opened, shared: Arc<Shared>) -> BlobBody {
     struct Windows {
         file: Arc<File>,
         first: Option<Bytes>,
         ahead: Option<JoinHandle<io::Result<Bytes>>>,
         next: u64,
         left: u64,
-        disk: Arc<Semaphore>,
+        shared: Arc<Shared>,
     }
     impl Windows {
         /// Starts preparing the next window, if any.
@@ -174,12 +173,7 @@ pub(super) fn body(opened: Opened, disk: Arc<Semaphore>) -> BlobBody {
             let offset = self.next;
             self.next += want;
             self.left -= want;
-            let permit = self
-                .disk
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("never closed");
+            let permit = self.shared.disk_permit().await;
             let file = self.file.clone();
             self.ahead = Some(tokio::task::spawn_blocking(move || {
                 let _permit = permit;
@@ -194,7 +188,7 @@ pub(super) fn body(opened: Opened, disk: Arc<Semaphore>) -> BlobBody {
         ahead: None,
         next: opened.next,
         left: opened.left,
-        disk,
+        shared,
     };
     let stream = futures::stream::unfold(windows, |mut w| async move {
         let window = match (w.first.take(), w.ahead.take()) {

@@ -372,13 +372,7 @@ impl StagedUpload {
         let block = std::mem::replace(&mut self.pending, next);
         let offset = self.written;
         self.written += block.len() as u64;
-        let permit = self
-            .shared
-            .disk
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        let permit = self.shared.disk_permit().await;
         let (file, path) = (self.file.take(), self.path.clone());
         let (direct, shared) = (self.direct_requested, self.shared.clone());
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
@@ -465,13 +459,7 @@ impl StagedUpload {
             return Err(e);
         }
         // The tail write, fsync and rename are disk work like a block's.
-        let permit = self
-            .shared
-            .disk
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        let permit = self.shared.disk_permit().await;
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let target = blob_path(&blobs, &digest);

@@ -521,11 +521,6 @@ impl Registry {
         self.uploads.expire(self.settings.upload_idle_timeout).await
     }
 
-    /// Upload sessions open on this node.
-    pub fn open_uploads(&self) -> usize {
-        self.uploads.open_sessions()
-    }
-
     // ---- manifests ---------------------------------------------------------------------
 
     /// Validates and stores a manifest, pointing `reference` at it when it is a tag.

@@ -252,11 +252,14 @@ impl Lease {
     /// write failed), which ends the session.
     pub(super) async fn release(mut self) -> Result<UploadStatus, RegistryError> {
         let staged = self.staged.take().expect("held until released");
-        let broken = staged.is_broken();
-        if !broken && !self.cancel.is_cancelled() {
-            let offset = staged.offset();
+        if staged.is_broken() {
+            self.end();
+        } else {
+            // Under the session's lock, as `Uploads::cancel` decides: either not cancelled
+            // (the session takes the file back) or cancelled and ended.
             let mut state = self.session.state.lock().expect("session lock");
             if !self.cancel.is_cancelled() {
+                let offset = staged.offset();
                 state.offset = offset;
                 state.last_active = Instant::now();
                 state.slot = Slot::Idle(Box::new(staged));
@@ -265,12 +268,8 @@ impl Lease {
                     offset,
                 });
             }
-            drop(state);
-            staged.abort().await;
-        } else {
-            self.end();
-            staged.abort().await;
         }
+        staged.abort().await;
         Err(RegistryError::BlobUploadUnknown(self.id.clone()))
     }
 
@@ -490,11 +489,6 @@ impl Uploads {
             }
         }
         expired
-    }
-
-    /// Sessions open now.
-    pub(super) fn open_sessions(&self) -> usize {
-        self.inner.lock().expect("uploads lock").sessions.len()
     }
 }
 
