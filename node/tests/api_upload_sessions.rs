@@ -453,3 +453,38 @@ async fn idle_sessions_hold_bounded_memory() {
     .await;
     n.node.stop().await;
 }
+
+/// A final PUT whose body fails (here: longer than its range) leaves its session open, and
+/// the partial block it received goes to the staging file like any idle session's, not into
+/// memory for the session's lifetime.
+#[tokio::test]
+async fn a_failed_final_put_parks_its_partial_block() {
+    let n = Node::start(|_| {}).await;
+    let location = n.client.start_upload("r").await;
+    let id = location.rsplit('/').next().unwrap().to_string();
+    let d = digest_of(&[4u8; 1_048_575]);
+    let req = http::Request::builder()
+        .method(Method::PUT)
+        .uri(format!("{location}?digest={d}"))
+        .header("content-range", "0-1048574")
+        .body(streamed(vec![vec![4u8; 600_000], vec![4u8; 448_576]]))
+        .unwrap();
+    assert_error(
+        &n.client.send(req).await,
+        StatusCode::BAD_REQUEST,
+        "SIZE_INVALID",
+    );
+    let s = n.client.get(&location).await;
+    s.expect(StatusCode::NO_CONTENT);
+    assert_eq!(s.header("range"), Some("0-1048574"));
+    let staged = std::fs::metadata(n.dir.path().join("uploads").join(&id))
+        .expect("the partial block is in the staging file");
+    assert_eq!(staged.len(), 1_048_575);
+    assert_eq!(n.node.registry.blob_store().held_tail_bytes(), 0);
+    // The session completes from there.
+    n.client
+        .finish(&location, &d, b"")
+        .await
+        .expect(StatusCode::CREATED);
+    n.node.stop().await;
+}
