@@ -12,6 +12,7 @@
 //!   streaming, admin.
 //! - [`server`]: the HTTP server loop: connections, timeouts, connection cap, draining of
 //!   unread request bodies.
+//! - [`metrics`]: the node's Prometheus metric families, rendered at `GET /metrics`.
 //! - [`space`]: free space of the data directory's file system (upload reserve, metadata
 //!   write floor).
 //! - [`config`]: configuration loading and validation.
@@ -23,6 +24,7 @@ pub mod blobstore;
 pub mod cluster;
 pub mod config;
 pub mod meta;
+pub mod metrics;
 pub mod registry;
 pub mod rpc;
 pub mod server;
@@ -39,6 +41,7 @@ use crate::blobstore::{BlobStore, BlobStoreError};
 use crate::cluster::{Bootstrap, Cluster, ClusterError, Peers};
 use crate::config::Config;
 use crate::meta::{MetaCloser, MetaError, NodeInfo};
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 
 /// Why a node could not start or stopped abnormally.
@@ -116,7 +119,8 @@ impl Node {
         if !leader_wait.is_zero() && !cluster.awaiting_join() {
             wait_for_leader(&cluster, leader_wait).await;
         }
-        let registry = Registry::new(blobs, reader, cluster, config.registry_settings());
+        let metrics = Metrics::new(config.node_id, &config.region, &config.zone);
+        let registry = Registry::new(blobs, reader, cluster, config.registry_settings(), metrics);
         Ok(Node { registry, closer })
     }
 

@@ -32,6 +32,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v2", any(v2))
         .route("/v2/", any(v2))
         .route("/v2/{*rest}", any(v2))
@@ -41,6 +42,15 @@ pub fn router(registry: Arc<Registry>) -> Router {
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// `GET /metrics`: the node's metrics in the Prometheus text format.
+async fn metrics(State(registry): State<Arc<Registry>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        registry.metrics().render(),
+    )
+        .into_response()
 }
 
 async fn readyz(State(registry): State<Arc<Registry>>) -> Response {

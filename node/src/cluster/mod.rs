@@ -19,6 +19,7 @@
 mod call;
 mod fetch;
 mod membership;
+mod nearest;
 mod network;
 mod peers;
 mod raft_service;

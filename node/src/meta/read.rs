@@ -141,6 +141,12 @@ impl MetaReader {
         })
     }
 
+    /// What the cluster knows of a blob (size, holders), whatever repositories link it.
+    pub async fn blob(&self, digest: &Digest) -> Result<Option<BlobRecord>, MetaError> {
+        let key = keys::blob(digest);
+        self.point(move |db| get(db, "blob record", &key))
+    }
+
     /// The blob record, if the blob is linked into the repository (the repository may serve it).
     pub async fn linked_blob(
         &self,

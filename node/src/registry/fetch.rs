@@ -147,7 +147,11 @@ async fn fetch(
         return Ok(());
     }
     let mut why = "no other node holds it".to_string();
-    for holder in holders.into_iter().filter(|h| *h != me) {
+    for holder in cluster
+        .order_by_nearness(holders)
+        .into_iter()
+        .filter(|h| *h != me)
+    {
         match copy_from(cluster, blobs, digest, holder, &mut tap).await {
             Ok(size) => {
                 tracing::info!(%digest, holder, size, "fetched a copy of a blob from a peer");

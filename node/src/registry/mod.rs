@@ -14,6 +14,7 @@
 
 mod error;
 mod fetch;
+mod replica;
 mod uploads;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use crate::cluster::Cluster;
 use crate::meta::{
     Command, CommandV1, ManifestRecord, MetaReader, Page, ReferrerRecord, Rejection, WriteResult,
 };
+use crate::metrics::Metrics;
 use crate::types::manifest::{Descriptor, OCI_INDEX, ParsedManifest};
 use crate::types::{ByteRangeSpec, Digest, Reference, RepositoryName};
 
@@ -115,6 +117,7 @@ pub struct Registry {
     settings: RegistrySettings,
     uploads: uploads::Uploads,
     fetcher: fetch::BlobFetcher,
+    metrics: Arc<Metrics>,
 }
 
 fn now_ms() -> u64 {
@@ -160,6 +163,7 @@ impl Registry {
         meta: MetaReader,
         cluster: Cluster,
         settings: RegistrySettings,
+        metrics: Arc<Metrics>,
     ) -> Arc<Registry> {
         let uploads = uploads::Uploads::new(cluster.node_id(), settings.upload_limits);
         Arc::new(Registry {
@@ -169,7 +173,13 @@ impl Registry {
             settings,
             uploads,
             fetcher: fetch::BlobFetcher::default(),
+            metrics,
         })
+    }
+
+    /// This node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The cluster this registry writes through.
