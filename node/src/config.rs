@@ -72,6 +72,59 @@ pub struct Config {
     pub storage: Storage,
     /// Connections of the registry HTTP front: timeouts, connection cap, early-error draining.
     pub http: Http,
+    /// Regional endpoints: redirects of blob GETs.
+    pub routing: Routing,
+    /// Copies of blobs between nodes.
+    pub replication: Replication,
+}
+
+/// Regional endpoints (`[routing]`, env `BERTH_ROUTING__<FIELD>`): where blob GETs are
+/// redirected. Manifests are never redirected.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Routing {
+    /// Client address ranges and the region of their clients, as `CIDR=region` entries, e.g.
+    /// `["10.1.0.0/16=eu", "10.2.0.0/16=us"]` (the longest matching prefix wins; in the
+    /// environment, one string with the entries separated by commas). A blob GET from a client
+    /// of another region than this node's is answered 307 to the public URL of a node of that
+    /// region (one holding the blob first, else the nearest reachable). Default empty (off).
+    #[serde(deserialize_with = "entries")]
+    pub client_regions: Vec<String>,
+    /// Answer a blob GET at a node that lacks the blob with a 307 to the nearest reachable
+    /// holder's public URL instead of reading it through. Default false.
+    pub redirect_missing: bool,
+}
+
+/// A list of strings, also given as one string of comma-separated entries (the environment's
+/// form).
+fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Entries {
+        List(Vec<String>),
+        One(String),
+    }
+    Ok(match Entries::deserialize(d)? {
+        Entries::List(l) => l,
+        Entries::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .collect(),
+    })
+}
+
+// ---- [replication]: the per-peer bandwidth cap of copies (helper "durable") ----------------
+
+/// Copies of blobs between nodes (`[replication]`, env `BERTH_REPLICATION__<FIELD>`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Replication {
+    /// Bytes per second this node fetches from any one peer for replication and durability
+    /// copies (one token bucket per peer; a client's read-through is never capped). 0: no cap.
+    /// Default 0.
+    pub max_bytes_per_sec_per_peer: u64,
 }
 
 /// Connections of the registry HTTP front (`[http]`, env `BERTH_HTTP__<FIELD>`).
@@ -149,8 +202,12 @@ impl Storage {
 #[serde(deny_unknown_fields, default)]
 pub struct Durability {
     /// Nodes that must hold every blob a manifest references before the manifest PUT is
-    /// acknowledged. Default 1.
+    /// acknowledged; the node taking the PUT makes the missing copies first (nearest nodes
+    /// first), within `raft.write_timeout_ms`, else answers 503. At least 1. Default 1.
     pub min_copies: usize,
+    /// Regions those nodes must span (copies go to other regions first while regions are
+    /// short). At least 1. Default 1.
+    pub min_regions: usize,
 }
 
 /// Request limits.
@@ -207,6 +264,8 @@ impl Default for Config {
             raft: Raft::default(),
             storage: Storage::default(),
             http: Http::default(),
+            routing: Routing::default(),
+            replication: Replication::default(),
         }
     }
 }
@@ -227,7 +286,10 @@ impl Default for Http {
 
 impl Default for Durability {
     fn default() -> Self {
-        Durability { min_copies: 1 }
+        Durability {
+            min_copies: 1,
+            min_regions: 1,
+        }
     }
 }
 
@@ -361,6 +423,18 @@ impl Config {
         if self.durability.min_copies == 0 {
             p.push("durability.min_copies: must be at least 1".to_string());
         }
+        if self.durability.min_regions == 0 {
+            p.push("durability.min_regions: must be at least 1".to_string());
+        }
+        if let Err(problems) =
+            crate::registry::routing::ClientRegions::parse(&self.routing.client_regions)
+        {
+            p.extend(
+                problems
+                    .into_iter()
+                    .map(|e| format!("routing.client_regions: {e}")),
+            );
+        }
         if self.limits.max_manifest_bytes < 1024 {
             p.push("limits.max_manifest_bytes: must be at least 1024".to_string());
         }
@@ -468,6 +542,17 @@ impl Config {
         RegistrySettings {
             max_manifest_bytes: self.limits.max_manifest_bytes,
             min_copies: self.durability.min_copies,
+            min_regions: self.durability.min_regions,
+            write_timeout: Duration::from_millis(self.raft.write_timeout_ms),
+            copy_bytes_per_sec_per_peer: self.replication.max_bytes_per_sec_per_peer,
+            routing: crate::registry::routing::Routing {
+                // Validated by `Config::validate`; an invalid list routes nothing.
+                client_regions: crate::registry::routing::ClientRegions::parse(
+                    &self.routing.client_regions,
+                )
+                .unwrap_or_default(),
+                redirect_missing: self.routing.redirect_missing,
+            },
             upload_idle_timeout: Duration::from_secs(self.limits.upload_idle_timeout_secs),
             upload_limits: crate::registry::UploadLimits {
                 max_sessions: self.limits.max_upload_sessions,
@@ -632,5 +717,46 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.problems.len(), 3, "{err}");
+    }
+    #[test]
+    fn durability_routing_and_replication_are_read_and_checked() {
+        let c = Config::load("", &env(&[])).unwrap();
+        assert_eq!(c.durability.min_regions, 1);
+        assert!(c.routing.client_regions.is_empty() && !c.routing.redirect_missing);
+        assert_eq!(c.replication.max_bytes_per_sec_per_peer, 0);
+        let file = "[durability]\nmin_copies = 2\nmin_regions = 2\n[routing]\n\
+                    client_regions = [\"10.0.0.0/8=eu\"]\nredirect_missing = true\n\
+                    [replication]\nmax_bytes_per_sec_per_peer = 1000\n";
+        let c = Config::load(file, &env(&[])).unwrap();
+        assert_eq!((c.durability.min_copies, c.durability.min_regions), (2, 2));
+        assert_eq!(c.routing.client_regions, vec!["10.0.0.0/8=eu".to_string()]);
+        assert!(c.routing.redirect_missing);
+        assert_eq!(c.replication.max_bytes_per_sec_per_peer, 1000);
+        let settings = c.registry_settings();
+        assert_eq!(
+            settings
+                .routing
+                .client_regions
+                .region_of("10.2.3.4".parse().unwrap()),
+            Some("eu")
+        );
+        // The environment's form: one string, entries separated by commas.
+        let c = Config::load(
+            "",
+            &env(&[(
+                "BERTH_ROUTING__CLIENT_REGIONS",
+                "127.0.0.1/32=r2, 10.0.0.0/8=r1",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(c.routing.client_regions.len(), 2);
+        let err = Config::load(
+            "[durability]\nmin_regions = 0\n[routing]\nclient_regions = [\"10.0.0.0/40=eu\", \"10.0.0.0/8=\"]\n",
+            &env(&[]),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("durability.min_regions"), "{text}");
+        assert_eq!(text.matches("routing.client_regions").count(), 2, "{text}");
     }
 }

@@ -52,18 +52,53 @@ fn blob_headers(h: &mut HeaderMap, digest: &Digest) {
     );
 }
 
-/// GET or HEAD of a blob; GET honours a single `Range`.
+/// What a blob GET or HEAD uses of its request.
+pub(super) struct BlobGet {
+    client: Option<std::net::IpAddr>,
+    /// Path and query, for a redirect.
+    path: String,
+    range: Option<String>,
+}
+
+impl BlobGet {
+    /// Taken from the request before any wait (a request is not `Sync`).
+    pub(super) fn of(req: &Request) -> BlobGet {
+        BlobGet {
+            client: client_ip(req),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_string(), |p| p.as_str().to_string()),
+            range: req
+                .headers()
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        }
+    }
+}
+
+/// GET or HEAD of a blob; GET honours a single `Range`. Where the blob is for this node is
+/// answered once (`Registry::locate_blob`); a GET may then be redirected (307) to another
+/// node's public URL, with the same path and query, per the `[routing]` settings; a HEAD is
+/// answered from the record (and warms this node's copy), never redirected.
 pub(super) async fn get(
     registry: &Registry,
     name: &str,
     digest: &str,
-    headers: &HeaderMap,
+    read: BlobGet,
     with_body: bool,
 ) -> Result<Response, ApiError> {
+    let BlobGet {
+        client,
+        path,
+        range,
+    } = read;
     let repo = registry::parse_name(name)?;
     let digest = registry::parse_digest(digest)?;
+    let location = registry.locate_blob(&repo, &digest).await?;
     if !with_body {
-        let size = registry.stat_blob(&repo, &digest).await?;
+        let size = registry.stat_blob(&location);
         let mut resp = empty(StatusCode::OK);
         blob_headers(resp.headers_mut(), &digest);
         set_header(
@@ -73,8 +108,18 @@ pub(super) async fn get(
         );
         return Ok(resp);
     }
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-    let read = registry.read_blob(&repo, &digest, range).await?;
+    if let Some(base) = registry.redirect_blob_get(client, &location) {
+        let mut resp = empty(StatusCode::TEMPORARY_REDIRECT);
+        set_header(
+            resp.headers_mut(),
+            header::LOCATION,
+            &format!("{}{path}", base.trim_end_matches('/')),
+        );
+        blob_headers(resp.headers_mut(), &digest);
+        resp.headers_mut().remove(header::CONTENT_TYPE);
+        return Ok(resp);
+    }
+    let read = registry.read_blob(&location, range.as_deref()).await?;
     let len = read.body.len();
     let mut resp = Response::new(Body::new(SizedBody(read.body)));
     if let Some((start, end)) = read.range {

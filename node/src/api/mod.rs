@@ -152,10 +152,10 @@ async fn dispatch(
             manifests::referrers(registry, name, d, &query(&req)).await
         }
         (Route::Blob(name, d), Method::GET) => {
-            blobs::get(registry, name, d, req.headers(), true).await
+            blobs::get(registry, name, d, blobs::BlobGet::of(&req), true).await
         }
         (Route::Blob(name, d), Method::HEAD) => {
-            blobs::get(registry, name, d, req.headers(), false).await
+            blobs::get(registry, name, d, blobs::BlobGet::of(&req), false).await
         }
         (Route::Blob(name, d), Method::DELETE) => blobs::delete(registry, name, d).await,
         (Route::Uploads(name), Method::POST) => blobs::start_upload(registry, name, req).await,

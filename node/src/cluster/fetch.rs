@@ -98,3 +98,96 @@ where
         Ok(Some(r)) => r.map(Some),
     }
 }
+
+/// A cap on the bytes per second fetched from each peer: one token bucket per peer, shared by
+/// every fetch this node makes from that peer while the cap applies to it. Fetches made for
+/// replication and durability copies are capped; a client's read-through is not (see
+/// `registry::fetch`). The bucket holds at most one second of bytes, so a peer idle for a
+/// while gets a burst of one second's worth, no more.
+#[derive(Debug)]
+pub struct PeerBandwidth {
+    /// Bytes per second per peer; 0: no cap.
+    rate: u64,
+    buckets: std::sync::Mutex<std::collections::HashMap<NodeId, Bucket>>,
+}
+
+/// One peer's bucket: tokens (bytes) available at `at`; negative when fetches reserved more
+/// than there was (they wait until it is paid back).
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl PeerBandwidth {
+    /// A cap of `bytes_per_sec` per peer (0: unlimited).
+    pub fn new(bytes_per_sec: u64) -> PeerBandwidth {
+        PeerBandwidth {
+            rate: bytes_per_sec,
+            buckets: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Whether a cap is set.
+    pub fn is_capped(&self) -> bool {
+        self.rate > 0
+    }
+
+    /// Takes `n` bytes from `peer`'s bucket, waiting until the bucket has paid them back when
+    /// it runs short. Returns at once when no cap is set.
+    pub async fn take(&self, peer: NodeId, n: u64) {
+        if self.rate == 0 || n == 0 {
+            return;
+        }
+        let wait = {
+            let mut buckets = self.buckets.lock().expect("bandwidth buckets poisoned");
+            let now = tokio::time::Instant::now();
+            let rate = self.rate as f64;
+            let b = buckets.entry(peer).or_insert(Bucket {
+                tokens: rate,
+                at: now,
+            });
+            let refill = now.saturating_duration_since(b.at).as_secs_f64() * rate;
+            b.tokens = (b.tokens + refill).min(rate) - n as f64;
+            b.at = now;
+            if b.tokens >= 0.0 {
+                Duration::ZERO
+            } else {
+                Duration::from_secs_f64(-b.tokens / rate)
+            }
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Four seconds' worth of bytes from one peer take three seconds past the first second's
+    /// burst; another peer has a bucket of its own; no cap means no wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_capped_peer_is_paced_and_peers_are_apart() {
+        let bw = PeerBandwidth::new(1000);
+        let start = tokio::time::Instant::now();
+        for _ in 0..4 {
+            bw.take(7, 1000).await;
+        }
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(2990) && took <= Duration::from_millis(3010),
+            "{took:?}"
+        );
+        let other = tokio::time::Instant::now();
+        bw.take(8, 1000).await;
+        assert_eq!(other.elapsed(), Duration::ZERO);
+
+        let free = PeerBandwidth::new(0);
+        let t = tokio::time::Instant::now();
+        free.take(7, u64::MAX / 2).await;
+        assert_eq!(t.elapsed(), Duration::ZERO);
+        assert!(!free.is_capped() && bw.is_capped());
+    }
+}

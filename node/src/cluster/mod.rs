@@ -36,7 +36,7 @@ use openraft::Raft;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 
-pub use fetch::BlobStream;
+pub use fetch::{BlobStream, PeerBandwidth};
 pub use membership::{MemberView, MembershipError, NodeStatus, Progress, Role};
 pub use peers::{CONNECT_TIMEOUT, PeerError, Peers};
 pub use raft_service::{RaftService, RaftServiceError};

@@ -1,16 +1,24 @@
 //! Copies of blobs this node lacks: fetched from a node that holds one, verified, kept, and
 //! recorded (`BlobCopied`) so the cluster knows this node holds it too.
 //!
-//! The request that starts a fetch is served while the bytes arrive (the last piece only once
-//! the digest is verified); concurrent misses for the same blob share the one fetch and are
-//! served from the local copy once it is in place. A fetch tries the holders in turn;
-//! every call to a peer has a deadline (see `cluster::fetch`), so a dead holder costs the time
-//! of one failed call, not a hung request.
+//! One fetch per blob at a time: concurrent misses (clients reading through, replication and
+//! durability copies) share it. The client request that starts a fetch is served while the
+//! bytes arrive (the last piece only once the digest is verified); the others wait for the
+//! copy and read it from disk. The caller names the holders to try, nearest first; each call
+//! to a peer has a deadline (see `cluster::fetch`), so a dead holder costs the time of one
+//! failed call, not a hung request. A holder announcing a size other than the recorded one is
+//! skipped.
+//!
+//! A fetch made only for a copy (replication, durability) is paced by the per-peer bandwidth
+//! cap; once a client's read starts or joins it, the cap no longer applies to it (a pull never
+//! waits behind replication's pacing). After each successful fetch the metrics count the bytes
+//! per pair of nodes, and a fetch a client waited for counts as a read-through from the
+//! holder's region.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, Shared};
@@ -19,22 +27,60 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::blobstore::{BlobBody, BlobStore};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, PeerBandwidth};
 use crate::meta::{Command, CommandV1, NodeId};
+use crate::metrics::{Metrics, PairLabels, SourceLabels};
 use crate::types::Digest;
 
 type Fetch = Shared<BoxFuture<'static, Result<(), Arc<String>>>>;
 
+/// Who wants a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// A client request is waiting for the bytes: no pacing.
+    Client,
+    /// Replication or durability: paced by the per-peer bandwidth cap.
+    Copy,
+}
+
+/// A fetch in flight, and whether a client waits for it.
+#[derive(Clone)]
+struct InFlight {
+    fetch: Fetch,
+    for_client: Arc<AtomicBool>,
+}
+
 /// The fetches in flight on this node. Clones share them.
-#[derive(Debug, Default, Clone)]
+#[derive(Clone)]
 pub(super) struct BlobFetcher {
-    in_flight: Arc<Mutex<HashMap<Digest, Fetch>>>,
+    in_flight: Arc<Mutex<HashMap<Digest, InFlight>>>,
+    bandwidth: Arc<PeerBandwidth>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for BlobFetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobFetcher")
+            .field("bandwidth", &self.bandwidth)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one fetch needs to know.
+#[derive(Debug, Clone)]
+pub(super) struct Wanted {
+    /// The blob.
+    pub digest: Digest,
+    /// Its recorded size.
+    pub size: u64,
+    /// Nodes to try, nearest first (never this node).
+    pub holders: Vec<NodeId>,
 }
 
 /// The caller that started a fetch, served while the bytes arrive.
 struct Tap {
-    /// Told the blob's size once a holder starts sending, or why none could.
-    started: Option<oneshot::Sender<Result<u64, String>>>,
+    /// Told once a holder starts sending, or why none could.
+    started: Option<oneshot::Sender<Result<(), String>>>,
     /// The bytes, in order; the last piece only once the digest is verified, or an error.
     bytes: Option<mpsc::Sender<io::Result<Bytes>>>,
 }
@@ -46,35 +92,50 @@ const TAP_PIECES: usize = 4;
 const TAP_STALL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl BlobFetcher {
-    /// Makes sure this node holds `digest`, fetching it from one of `holders` if needed. Joins
-    /// a fetch of the same blob already running. Errors: why no holder could provide it.
+    /// A fetcher pacing copies with `bandwidth` and counting into `metrics`.
+    pub(super) fn new(bandwidth: Arc<PeerBandwidth>, metrics: Arc<Metrics>) -> BlobFetcher {
+        BlobFetcher {
+            in_flight: Arc::default(),
+            bandwidth,
+            metrics,
+        }
+    }
+
+    /// Makes sure this node holds the blob, fetching it if needed (joining a fetch of it
+    /// already running). Errors: why no holder could provide it.
     pub(super) async fn ensure(
         &self,
         cluster: &Cluster,
         blobs: &Arc<BlobStore>,
-        digest: &Digest,
-        holders: Vec<NodeId>,
+        wanted: Wanted,
+        purpose: Purpose,
     ) -> Result<(), Arc<String>> {
-        let (fetch, _) = self.start(cluster, blobs, digest, holders, false);
+        let (fetch, _) = self.start(cluster, blobs, wanted, purpose, false);
         fetch.await
     }
 
-    /// Like [`BlobFetcher::ensure`], but when this call starts the fetch, it gets the bytes
-    /// as they arrive from the holder (`Some(body)`), while the copy is written and verified.
-    /// The body's last piece is held back until the digest is verified; a failed fetch ends
-    /// the body with an error, so a client never gets a complete response of wrong bytes.
-    /// `None`: the blob is local now (another fetch finished it).
-    pub(super) async fn ensure_streaming(
+    /// Starts fetching the blob for a client that will ask for it soon (a HEAD), and returns
+    /// at once. The fetch runs on its own task.
+    pub(super) fn warm(&self, cluster: &Cluster, blobs: &Arc<BlobStore>, wanted: Wanted) {
+        drop(self.start(cluster, blobs, wanted, Purpose::Client, false));
+    }
+
+    /// For a client's whole-blob read: when this call starts the fetch, the bytes as they
+    /// arrive from the holder (`Some(body)`, exactly the recorded size), while the copy is
+    /// written and verified. The body's last piece is held back until the digest is verified;
+    /// a failed fetch ends the body with an error, so a client never gets a complete response
+    /// of wrong bytes. `None`: the blob is local now (the fetch this call joined finished).
+    pub(super) async fn stream(
         &self,
         cluster: &Cluster,
         blobs: &Arc<BlobStore>,
-        digest: &Digest,
-        holders: Vec<NodeId>,
+        wanted: Wanted,
     ) -> Result<Option<BlobBody>, Arc<String>> {
-        let (fetch, tap) = self.start(cluster, blobs, digest, holders, true);
+        let size = wanted.size;
+        let (fetch, tap) = self.start(cluster, blobs, wanted, Purpose::Client, true);
         if let Some((started, rx)) = tap {
             match started.await {
-                Ok(Ok(size)) => return Ok(Some(BlobBody::from_channel(rx, size))),
+                Ok(Ok(())) => return Ok(Some(BlobBody::from_channel(rx, size))),
                 Ok(Err(why)) => return Err(Arc::new(why)),
                 // The fetch found the blob already local.
                 Err(_) => {}
@@ -88,19 +149,22 @@ impl BlobFetcher {
         &self,
         cluster: &Cluster,
         blobs: &Arc<BlobStore>,
-        digest: &Digest,
-        holders: Vec<NodeId>,
+        wanted: Wanted,
+        purpose: Purpose,
         tap: bool,
     ) -> (
         Fetch,
         Option<(
-            oneshot::Receiver<Result<u64, String>>,
+            oneshot::Receiver<Result<(), String>>,
             mpsc::Receiver<io::Result<Bytes>>,
         )>,
     ) {
         let mut map = self.in_flight.lock().expect("fetch map poisoned");
-        if let Some(f) = map.get(digest) {
-            return (f.clone(), None);
+        if let Some(f) = map.get(&wanted.digest) {
+            if purpose == Purpose::Client {
+                f.for_client.store(true, Ordering::Relaxed);
+            }
+            return (f.fetch.clone(), None);
         }
         let (tap, receivers) = if tap {
             let (started_tx, started_rx) = oneshot::channel();
@@ -113,16 +177,31 @@ impl BlobFetcher {
         } else {
             (None, None)
         };
+        let for_client = Arc::new(AtomicBool::new(purpose == Purpose::Client));
+        let job = Job {
+            cluster: cluster.clone(),
+            blobs: blobs.clone(),
+            bandwidth: self.bandwidth.clone(),
+            metrics: self.metrics.clone(),
+            for_client: for_client.clone(),
+        };
         let in_flight = self.in_flight.clone();
-        let (cluster, blobs, d) = (cluster.clone(), blobs.clone(), digest.clone());
+        let digest = wanted.digest.clone();
         let f = async move {
-            let res = fetch(&cluster, &blobs, &d, holders, tap).await;
+            let d = wanted.digest.clone();
+            let res = job.run(wanted, tap).await;
             in_flight.lock().expect("fetch map poisoned").remove(&d);
             res.map_err(Arc::new)
         }
         .boxed()
         .shared();
-        map.insert(digest.clone(), f.clone());
+        map.insert(
+            digest,
+            InFlight {
+                fetch: f.clone(),
+                for_client,
+            },
+        );
         // Run it on its own task: a client that hangs up must not cancel a fetch that others
         // share.
         tokio::spawn(f.clone());
@@ -130,143 +209,178 @@ impl BlobFetcher {
     }
 }
 
-async fn fetch(
-    cluster: &Cluster,
-    blobs: &Arc<BlobStore>,
-    digest: &Digest,
-    holders: Vec<NodeId>,
-    mut tap: Option<Tap>,
-) -> Result<(), String> {
-    let me = cluster.node_id();
-    if blobs
-        .stat(digest)
-        .await
-        .map_err(|e| e.to_string())?
-        .is_some()
-    {
-        return Ok(());
-    }
-    let mut why = "no other node holds it".to_string();
-    for holder in cluster
-        .order_by_nearness(holders)
-        .into_iter()
-        .filter(|h| *h != me)
-    {
-        match copy_from(cluster, blobs, digest, holder, &mut tap).await {
-            Ok(size) => {
-                tracing::info!(%digest, holder, size, "fetched a copy of a blob from a peer");
-                let cmd = CommandV1::BlobCopied {
-                    digest: digest.clone(),
-                    node: me,
-                };
-                if let Err(e) = cluster.write(Command::V1(cmd)).await {
-                    // The copy is verified and kept; only the holder record is missing.
-                    tracing::warn!(%digest, error = %e, "failed to record a fetched blob copy");
-                }
-                return Ok(());
-            }
-            Err(e) => {
-                tracing::warn!(%digest, holder, error = %e, "failed to fetch blob from a peer");
-                why = format!("node {holder}: {e}");
-            }
-        }
-    }
-    if let Some(started) = tap.and_then(|mut t| t.started.take()) {
-        let _ = started.send(Err(why.clone()));
-    }
-    Err(why)
+/// One fetch's handles.
+struct Job {
+    cluster: Cluster,
+    blobs: Arc<BlobStore>,
+    bandwidth: Arc<PeerBandwidth>,
+    metrics: Arc<Metrics>,
+    for_client: Arc<AtomicBool>,
 }
 
-/// Streams the blob from `holder` into a staging file (and to the tap, if any), verifies it
-/// and moves it into place. Returns its size.
-async fn copy_from(
-    cluster: &Cluster,
-    blobs: &Arc<BlobStore>,
-    digest: &Digest,
-    holder: NodeId,
-    tap: &mut Option<Tap>,
-) -> Result<u64, String> {
-    let stream = cluster
-        .fetch_blob(holder, digest)
-        .await
-        .map_err(|e| e.to_string())?;
-    let size = stream.size;
-    // From here on the tap's client sees this attempt's bytes: a failure ends its response.
-    let mut client = None;
-    if let Some(t) = tap.as_mut()
-        && let Some(started) = t.started.take()
-        && started.send(Ok(size)).is_ok()
-    {
-        client = t.bytes.take();
+impl Job {
+    async fn run(&self, wanted: Wanted, mut tap: Option<Tap>) -> Result<(), String> {
+        let me = self.cluster.node_id();
+        let digest = &wanted.digest;
+        // A fetch that finished between the caller's look and this one's start left a copy.
+        if self.blobs.holds(digest) {
+            return Ok(());
+        }
+        let mut why = "no other node holds it".to_string();
+        for holder in wanted.holders.iter().copied().filter(|h| *h != me) {
+            match self.copy_from(&wanted, holder, &mut tap).await {
+                Ok(()) => {
+                    tracing::info!(%digest, holder, size = wanted.size, "fetched a copy of a blob from a peer");
+                    self.count(holder, wanted.size);
+                    let cmd = CommandV1::BlobCopied {
+                        digest: digest.clone(),
+                        node: me,
+                    };
+                    if let Err(e) = self.cluster.write(Command::V1(cmd)).await {
+                        // The copy is verified and kept; only the holder record is missing
+                        // (`Registry::ensure_local_copy` records it when asked again).
+                        tracing::warn!(%digest, error = %e, "failed to record a fetched blob copy");
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(%digest, holder, error = %e, "failed to fetch blob from a peer");
+                    why = format!("node {holder}: {e}");
+                }
+            }
+        }
+        if let Some(started) = tap.and_then(|mut t| t.started.take()) {
+            let _ = started.send(Err(why.clone()));
+        }
+        Err(why)
     }
-    let mut staged = blobs.begin_upload(&super::uploads::new_id(cluster.node_id()));
-    let (to_file, from_pump) = mpsc::channel::<io::Result<Bytes>>(2);
-    let pump = async {
-        let mut body = stream.body;
-        let mut seen = 0u64;
-        let mut held = None;
-        while let Some(item) = body.next().await {
-            match item {
-                Ok(piece) => {
-                    seen += piece.len() as u64;
-                    if let Some(tx) = &client {
-                        if seen >= size {
-                            held = Some(piece.clone());
-                        } else {
-                            match tokio::time::timeout(TAP_STALL, tx.send(Ok(piece.clone()))).await
-                            {
-                                Ok(Ok(())) => {}
-                                // The client hung up; the copy goes on.
-                                Ok(Err(_)) => client = None,
-                                Err(_) => {
-                                    // The client stopped reading: it must not hold the copy
-                                    // (and the clients waiting for it) back. Its response
-                                    // ends short, which it sees as a broken transfer.
-                                    tracing::info!(%digest, "a client reading a blob as it is fetched stalled; the fetch goes on without it");
-                                    client = None;
+
+    /// Counts a successful fetch of `size` bytes from `holder`.
+    fn count(&self, holder: NodeId, size: u64) {
+        let me = self.cluster.node_id();
+        self.metrics
+            .replication_bytes
+            .get_or_create(&PairLabels {
+                from: holder,
+                to: me,
+            })
+            .inc_by(size);
+        if self.for_client.load(Ordering::Relaxed) {
+            let source_region = self
+                .cluster
+                .member(holder)
+                .map(|i| i.region)
+                .unwrap_or_default();
+            self.metrics
+                .read_through_fetches
+                .get_or_create(&SourceLabels { source_region })
+                .inc();
+        }
+    }
+
+    /// Streams the blob from `holder` into a staging file (and to the tap, if any), verifies it
+    /// and moves it into place.
+    async fn copy_from(
+        &self,
+        wanted: &Wanted,
+        holder: NodeId,
+        tap: &mut Option<Tap>,
+    ) -> Result<(), String> {
+        let (digest, size) = (&wanted.digest, wanted.size);
+        let stream = self
+            .cluster
+            .fetch_blob(holder, digest)
+            .await
+            .map_err(|e| e.to_string())?;
+        if stream.size != size {
+            return Err(format!(
+                "it announced {} bytes for a blob recorded as {size}",
+                stream.size
+            ));
+        }
+        // From here on the tap's client sees this attempt's bytes: a failure ends its response.
+        let mut client = None;
+        if let Some(t) = tap.as_mut()
+            && let Some(started) = t.started.take()
+            && started.send(Ok(())).is_ok()
+        {
+            client = t.bytes.take();
+        }
+        let mut staged = self
+            .blobs
+            .begin_upload(&super::uploads::new_id(self.cluster.node_id()));
+        let (to_file, from_pump) = mpsc::channel::<io::Result<Bytes>>(2);
+        let pump = async {
+            let mut body = stream.body;
+            let mut seen = 0u64;
+            let mut held = None;
+            while let Some(item) = body.next().await {
+                match item {
+                    Ok(piece) => {
+                        if !self.for_client.load(Ordering::Relaxed) {
+                            self.bandwidth.take(holder, piece.len() as u64).await;
+                        }
+                        seen += piece.len() as u64;
+                        if let Some(tx) = &client {
+                            if seen >= size {
+                                held = Some(piece.clone());
+                            } else {
+                                match tokio::time::timeout(TAP_STALL, tx.send(Ok(piece.clone())))
+                                    .await
+                                {
+                                    Ok(Ok(())) => {}
+                                    // The client hung up; the copy goes on.
+                                    Ok(Err(_)) => client = None,
+                                    Err(_) => {
+                                        // The client stopped reading: it must not hold the copy
+                                        // (and the clients waiting for it) back. Its response
+                                        // ends short, which it sees as a broken transfer.
+                                        tracing::info!(%digest, "a client reading a blob as it is fetched stalled; the fetch goes on without it");
+                                        client = None;
+                                    }
                                 }
                             }
                         }
+                        if to_file.send(Ok(piece)).await.is_err() {
+                            break;
+                        }
                     }
-                    if to_file.send(Ok(piece)).await.is_err() {
+                    Err(e) => {
+                        let _ = to_file.send(Err(io::Error::other(e))).await;
                         break;
                     }
                 }
-                Err(e) => {
-                    let _ = to_file.send(Err(io::Error::other(e))).await;
-                    break;
-                }
+            }
+            drop(to_file);
+            held
+        };
+        let (appended, held) = tokio::join!(staged.append(ReceiverStream::new(from_pump)), pump);
+        match appended {
+            Ok(n) if n == size => {}
+            Ok(n) => {
+                staged.abort().await;
+                return fail(client, format!("received {n} bytes of a {size}-byte blob")).await;
+            }
+            Err(e) => {
+                staged.abort().await;
+                return fail(client, e.to_string()).await;
             }
         }
-        drop(to_file);
-        held
-    };
-    let (appended, held) = tokio::join!(staged.append(ReceiverStream::new(from_pump)), pump);
-    let received = match appended {
-        Ok(n) if n == size => n,
-        Ok(n) => {
-            staged.abort().await;
-            return fail(client, format!("received {n} bytes of a {size}-byte blob")).await;
-        }
-        Err(e) => {
-            staged.abort().await;
+        // Verifies the digest, makes the copy durable and moves it into place (a mismatch
+        // removes the staging file).
+        if let Err(e) = staged.finish(&self.blobs, digest).await {
             return fail(client, e.to_string()).await;
         }
-    };
-    // Verifies the digest, makes the copy durable and moves it into place (a mismatch removes
-    // the staging file).
-    if let Err(e) = staged.finish(blobs, digest).await {
-        return fail(client, e.to_string()).await;
+        if let (Some(tx), Some(last)) = (client, held) {
+            let _ = tx.send(Ok(last)).await;
+        }
+        Ok(())
     }
-    if let (Some(tx), Some(last)) = (client, held) {
-        let _ = tx.send(Ok(last)).await;
-    }
-    Ok(received)
 }
 
 /// Ends the tap's response with an error (so the client sees a broken transfer, not a short
 /// or wrong blob) and returns the error.
-async fn fail(client: Option<mpsc::Sender<io::Result<Bytes>>>, why: String) -> Result<u64, String> {
+async fn fail(client: Option<mpsc::Sender<io::Result<Bytes>>>, why: String) -> Result<(), String> {
     if let Some(tx) = client {
         let _ = tx.send(Err(io::Error::other(why.clone()))).await;
     }

@@ -9,12 +9,17 @@
 //!   the `BlobStored` command is applied.
 //! - A manifest is accepted only if every blob and child manifest it references is in the
 //!   repository (checked again when the command is applied, so a concurrent delete cannot
-//!   slip in between) and each blob is held by at least `min_copies` nodes.
+//!   slip in between) and each blob is held by at least `min_copies` nodes in at least
+//!   `min_regions` regions (the copies are made first when they are not: `durability`).
+//! - A read answers "unknown" (404) only after confirming with the leader's commit index that
+//!   nothing committed says otherwise, when the leader can be heard (`confirm_absence`).
 //! - Any error leaves the metadata unchanged.
 
+mod durability;
 mod error;
 mod fetch;
 mod replica;
+pub mod routing;
 mod uploads;
 
 use std::sync::Arc;
@@ -26,8 +31,9 @@ use futures::Stream;
 pub use error::{ErrorKind, RegistryError};
 pub use uploads::{UploadLimits, UploadStatus, owner_of};
 
-use crate::blobstore::{BlobBody, BlobStore, BlobStoreError, StagedUpload};
-use crate::cluster::Cluster;
+use crate::blobstore::{BlobBody, BlobStore, StagedUpload};
+use crate::cluster::{Cluster, PeerBandwidth};
+use crate::meta::NodeId;
 use crate::meta::{
     Command, CommandV1, ManifestRecord, MetaReader, Page, ReferrerRecord, Rejection, WriteResult,
 };
@@ -42,6 +48,15 @@ pub struct RegistrySettings {
     pub max_manifest_bytes: usize,
     /// Nodes that must hold every blob a manifest references before the manifest is accepted.
     pub min_copies: usize,
+    /// Regions those nodes must span.
+    pub min_regions: usize,
+    /// How long a write may take (the durability copies of a manifest PUT included).
+    pub write_timeout: std::time::Duration,
+    /// Bytes per second fetched from one peer for replication and durability copies (0: no
+    /// cap).
+    pub copy_bytes_per_sec_per_peer: u64,
+    /// Where blob GETs are redirected.
+    pub routing: routing::Routing,
     /// An upload with no activity for this long is cancelled.
     pub upload_idle_timeout: std::time::Duration,
     /// Bounds on upload sessions.
@@ -77,6 +92,35 @@ pub struct BlobRead {
     pub range: Option<(u64, u64)>,
     /// The bytes.
     pub body: BlobBody,
+}
+
+/// Longest a read waits for the leader to confirm a "not found" (ReadIndex) before it answers
+/// from what this node has (at most the write timeout). A ReadIndex costs a round trip to the
+/// leader, the leader's heartbeat round to a quorum, and the wait until this node applied the
+/// index: well under a second across regions 150 ms apart.
+pub const CONFIRM_ABSENCE_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Where this node serves a blob from ([`Registry::locate_blob`]).
+#[derive(Debug, Clone)]
+pub struct BlobLocation {
+    /// The blob.
+    pub digest: Digest,
+    /// Its recorded size.
+    pub size: u64,
+    /// Whether this node holds a copy.
+    pub local: bool,
+    /// The other nodes recorded as holders, nearest first.
+    pub holders: Vec<NodeId>,
+}
+
+impl BlobLocation {
+    fn wanted(&self) -> fetch::Wanted {
+        fetch::Wanted {
+            digest: self.digest.clone(),
+            size: self.size,
+            holders: self.holders.clone(),
+        }
+    }
 }
 
 /// A manifest as stored.
@@ -166,13 +210,15 @@ impl Registry {
         metrics: Arc<Metrics>,
     ) -> Arc<Registry> {
         let uploads = uploads::Uploads::new(cluster.node_id(), settings.upload_limits);
+        let bandwidth = Arc::new(PeerBandwidth::new(settings.copy_bytes_per_sec_per_peer));
+        let fetcher = fetch::BlobFetcher::new(bandwidth, metrics.clone());
         Arc::new(Registry {
             blobs,
             meta,
             cluster,
             settings,
             uploads,
-            fetcher: fetch::BlobFetcher::default(),
+            fetcher,
             metrics,
         })
     }
@@ -203,53 +249,61 @@ impl Registry {
 
     // ---- blobs -------------------------------------------------------------------------
 
-    /// Size of a blob the repository may serve. When this node has no copy yet, one is
-    /// fetched from a holder in the background (the size comes from the cluster's record).
+    /// Where this node serves a blob of the repository from: answered once per request, from
+    /// the blob record and one look at the local disk. The caller then serves it
+    /// ([`Registry::read_blob`], [`Registry::stat_blob`]) or redirects the client
+    /// ([`Registry::redirect_blob_get`]).
     ///
-    /// Errors: [`RegistryError::BlobUnknown`] when it is not in the repository.
-    pub async fn stat_blob(
+    /// Errors: [`RegistryError::BlobUnknown`] when it is not in the repository (after
+    /// confirming with the leader, see [`Registry::confirm_absence`]).
+    pub async fn locate_blob(
         &self,
         repo: &RepositoryName,
         digest: &Digest,
-    ) -> Result<u64, RegistryError> {
-        let record = self.linked_record(repo, digest).await?;
-        if !self.blobs.holds(digest) && self.blobs.check_space(record.size).is_ok() {
-            let (cluster, blobs) = (self.cluster.clone(), self.blobs.clone());
-            let holders: Vec<_> = record.holders.iter().copied().collect();
-            let digest = digest.clone();
-            let fetcher = self.fetcher.clone();
-            tokio::spawn(async move {
-                let _ = fetcher.ensure(&cluster, &blobs, &digest, holders).await;
-            });
+    ) -> Result<BlobLocation, RegistryError> {
+        let mut record = self.meta.linked_blob(repo, digest).await?;
+        if record.is_none() && self.confirm_absence().await {
+            record = self.meta.linked_blob(repo, digest).await?;
         }
-        Ok(record.size)
+        let record = record.ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
+        let me = self.cluster.node_id();
+        Ok(BlobLocation {
+            digest: digest.clone(),
+            size: record.size,
+            local: self.blobs.holds(digest),
+            holders: self
+                .cluster
+                .order_by_nearness(record.holders)
+                .into_iter()
+                .filter(|h| *h != me)
+                .collect(),
+        })
     }
 
-    async fn linked_record(
-        &self,
-        repo: &RepositoryName,
-        digest: &Digest,
-    ) -> Result<crate::meta::BlobRecord, RegistryError> {
-        self.meta
-            .linked_blob(repo, digest)
-            .await?
-            .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))
+    /// Size of a located blob (a HEAD). When this node has no copy yet, one is fetched from
+    /// the nearest holder in the background, if the disk has room for it.
+    pub fn stat_blob(&self, location: &BlobLocation) -> u64 {
+        if !location.local && self.blobs.check_space(location.size).is_ok() {
+            self.fetcher
+                .warm(&self.cluster, &self.blobs, location.wanted());
+        }
+        location.size
     }
 
-    /// Opens a blob (or the range the `Range` header names) for streaming. A blob the cluster
-    /// holds elsewhere is first fetched from a holder (and kept).
+    /// Opens a located blob (or the range the `Range` header names) for streaming. A blob
+    /// this node does not hold is streamed from the nearest holder while the copy is made
+    /// (a range waits for the copy); concurrent misses share one fetch.
     ///
-    /// Errors: [`RegistryError::BlobUnknown`]; [`RegistryError::RangeNotSatisfiable`] for a
-    /// range outside the blob; [`RegistryError::Unavailable`] when no node holding it can
-    /// provide it. A malformed or multi-range header is ignored (whole blob).
+    /// Errors: [`RegistryError::RangeNotSatisfiable`] for a range outside the blob;
+    /// [`RegistryError::InsufficientStorage`] when the copy would go below the reserve;
+    /// [`RegistryError::Unavailable`] when no node holding it can provide it. A malformed or
+    /// multi-range header is ignored (whole blob).
     pub async fn read_blob(
         &self,
-        repo: &RepositoryName,
-        digest: &Digest,
+        location: &BlobLocation,
         range: Option<&str>,
     ) -> Result<BlobRead, RegistryError> {
-        let record = self.linked_record(repo, digest).await?;
-        let size = record.size;
+        let (digest, size) = (&location.digest, location.size);
         let range = match range.map(ByteRangeSpec::parse) {
             Some(Ok(spec)) => match spec.resolve(size) {
                 Some(r) => Some((r.start, r.end_inclusive)),
@@ -258,47 +312,80 @@ impl Registry {
             // RFC 9110: a server may ignore a Range header it does not understand.
             Some(Err(_)) | None => None,
         };
-        let body = match self.blobs.read(digest, range).await {
-            Err(BlobStoreError::NotFound(_)) => {
-                // The copy this read makes must leave the reserve too (best effort: a fetch
-                // already running for another request is joined all the same).
-                self.blobs.check_space(size)?;
-                let holders = record.holders.iter().copied().collect();
-                let unavailable = |why: Arc<String>| {
-                    RegistryError::Unavailable(format!(
-                        "no node holding blob {digest} could provide it ({why})"
-                    ))
-                };
-                // A whole-blob GET is served while the copy streams in; a range waits for it.
-                let streaming = if range.is_none() {
-                    self.fetcher
-                        .ensure_streaming(&self.cluster, &self.blobs, digest, holders)
-                        .await
-                        .map_err(unavailable)?
-                } else {
-                    self.fetcher
-                        .ensure(&self.cluster, &self.blobs, digest, holders)
-                        .await
-                        .map_err(unavailable)?;
-                    None
-                };
-                match streaming {
-                    Some(body) if body.len() == size => body,
-                    Some(body) => {
-                        return Err(RegistryError::Storage(
-                            format!(
-                                "holder announced {} bytes for a blob recorded as {size}",
-                                body.len()
-                            )
-                            .into(),
-                        ));
-                    }
-                    None => self.blobs.read(digest, range).await?,
+        if !location.local {
+            // The copy this read makes must leave the reserve too (best effort: a fetch
+            // already running for another request is joined all the same).
+            self.blobs.check_space(size)?;
+            let unavailable = |why: Arc<String>| {
+                RegistryError::Unavailable(format!(
+                    "no node holding blob {digest} could provide it ({why})"
+                ))
+            };
+            // A whole-blob GET is served while the copy streams in; a range waits for it.
+            if range.is_none() {
+                let streamed = self
+                    .fetcher
+                    .stream(&self.cluster, &self.blobs, location.wanted())
+                    .await
+                    .map_err(unavailable)?;
+                if let Some(body) = streamed {
+                    return Ok(BlobRead {
+                        size,
+                        range,
+                        body,
+                    });
                 }
+            } else {
+                self.fetcher
+                    .ensure(
+                        &self.cluster,
+                        &self.blobs,
+                        location.wanted(),
+                        fetch::Purpose::Client,
+                    )
+                    .await
+                    .map_err(unavailable)?;
             }
-            other => other?,
-        };
+        }
+        let body = self.blobs.read(digest, range).await?;
         Ok(BlobRead { size, range, body })
+    }
+
+    /// Where a blob GET from `client` should go instead of being served here, per the
+    /// `[routing]` settings: the base URL of another node (see [`routing::Routing`]).
+    pub fn redirect_blob_get(
+        &self,
+        client: Option<std::net::IpAddr>,
+        location: &BlobLocation,
+    ) -> Option<String> {
+        self.settings.routing.redirect(&self.cluster, client, location)
+    }
+
+    /// Before answering "unknown": when this node may lag the cluster, waits (bounded) until it
+    /// has applied everything the leader had committed, and returns true (look again). Returns
+    /// false at once on the leader (its applied state holds every acknowledged write) and on a
+    /// node that does not hear from a leader (it answers from what it has); false too when
+    /// the leader could not confirm within [`CONFIRM_ABSENCE_WITHIN`] (the answer is then
+    /// from what this node has).
+    async fn confirm_absence(&self) -> bool {
+        if self.cluster.is_leader() || !self.cluster.hears_from_leader() {
+            return false;
+        }
+        let bound = CONFIRM_ABSENCE_WITHIN.min(self.settings.write_timeout);
+        match tokio::time::timeout(bound, self.cluster.catch_up_with_leader()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "failed to confirm a not-found with the leader");
+                false
+            }
+            Err(_) => {
+                tracing::debug!(
+                    waited_ms = bound.as_millis() as u64,
+                    "failed to confirm a not-found with the leader in time"
+                );
+                false
+            }
+        }
     }
 
     /// Removes a blob from the repository (its bytes stay until garbage collection).
@@ -570,6 +657,7 @@ impl Registry {
         // applies the command (a delete may race), but content is addressed by its digest, so
         // nothing that races can change the size of what a digest names.
         let mut caught_up = false;
+        let mut short = Vec::new();
         for d in parsed.referenced_blobs() {
             let record = self
                 .look_up(&mut caught_up, || self.meta.linked_blob(repo, &d.digest))
@@ -579,14 +667,7 @@ impl Registry {
                 Some(r) if r.size != d.size_u64() => {
                     return Err(size_mismatch(d, r.size));
                 }
-                Some(r) if r.holders.len() < self.settings.min_copies => {
-                    return Err(RegistryError::Unavailable(format!(
-                        "blob {} is held by {} node(s); {} required",
-                        d.digest,
-                        r.holders.len(),
-                        self.settings.min_copies
-                    )));
-                }
+                Some(r) if !self.durable(&r) => short.push(d.digest.clone()),
                 Some(_) => {}
             }
         }
@@ -601,6 +682,11 @@ impl Registry {
                 }
                 Some(_) => {}
             }
+        }
+        // Blobs held by too few nodes or regions are copied now, while the client waits.
+        short.dedup();
+        if !short.is_empty() {
+            self.make_durable(&short).await?;
         }
         let blobs: Vec<Digest> = parsed
             .referenced_blobs()
@@ -668,16 +754,23 @@ impl Registry {
 
     /// A manifest by tag or digest.
     ///
-    /// Errors: [`RegistryError::ManifestUnknown`] (also when the repository is unknown).
+    /// Errors: [`RegistryError::ManifestUnknown`] (also when the repository is unknown), after
+    /// confirming with the leader ([`Registry::confirm_absence`]).
     pub async fn get_manifest(
         &self,
         repo: &RepositoryName,
         reference: &Reference,
     ) -> Result<ManifestRead, RegistryError> {
-        let found = match reference {
-            Reference::Digest(d) => self.meta.manifest(repo, d).await?.map(|m| (d.clone(), m)),
-            Reference::Tag(t) => self.meta.manifest_by_tag(repo, t).await?,
+        let read = || async {
+            Ok::<_, RegistryError>(match reference {
+                Reference::Digest(d) => self.meta.manifest(repo, d).await?.map(|m| (d.clone(), m)),
+                Reference::Tag(t) => self.meta.manifest_by_tag(repo, t).await?,
+            })
         };
+        let mut found = read().await?;
+        if found.is_none() && self.confirm_absence().await {
+            found = read().await?;
+        }
         match found {
             Some((digest, m)) => Ok(ManifestRead {
                 digest,
@@ -756,16 +849,17 @@ impl Registry {
 
     /// Tags of a repository in lexical order; the flag says whether more follow.
     ///
-    /// Errors: [`RegistryError::NameUnknown`].
+    /// Errors: [`RegistryError::NameUnknown`], after confirming with the leader.
     pub async fn tags(
         &self,
         repo: &RepositoryName,
         page: Page,
     ) -> Result<(Vec<String>, bool), RegistryError> {
-        self.meta
-            .tags(repo, page)
-            .await?
-            .ok_or_else(|| RegistryError::NameUnknown(repo.to_string()))
+        let mut found = self.meta.tags(repo, page.clone()).await?;
+        if found.is_none() && self.confirm_absence().await {
+            found = self.meta.tags(repo, page).await?;
+        }
+        found.ok_or_else(|| RegistryError::NameUnknown(repo.to_string()))
     }
 
     /// Repository names in lexical order; the flag says whether more follow.

@@ -2,7 +2,8 @@
 //! replicator and the synchronous copies of a manifest PUT ask for one here. The bytes come
 //! through the same fetch as a read-through (nearest holder first, verified, stored through the
 //! crash-safe path, recorded with `BlobCopied`), so a copy in progress for either purpose is
-//! shared with the other.
+//! shared with the other. A fetch made for a copy only is paced by the per-peer bandwidth cap
+//! (`replication.max_bytes_per_sec_per_peer`), until a client's read joins it.
 
 use super::{Registry, RegistryError};
 use crate::meta::CommandV1;
@@ -13,13 +14,14 @@ impl Registry {
     /// the nearest holder if needed and recording this node as a holder. Joins a fetch of the
     /// same blob already running.
     ///
-    /// Errors: [`RegistryError::BlobUnknown`] when the cluster has no record of it (as this
-    /// node sees the state); [`RegistryError::Unavailable`] when no holder could provide it;
+    /// Errors: [`RegistryError::BlobUnknown`] when the cluster has no record of it (this node
+    /// caught up with the leader before saying so: a durability copy is asked for right after
+    /// the blob's push elsewhere); [`RegistryError::NoQuorum`] when it could not catch up; [`RegistryError::Unavailable`] when no holder could provide it;
     /// a storage error when there is no room for it.
     pub async fn ensure_local_copy(&self, digest: &Digest) -> Result<(), RegistryError> {
+        let mut caught_up = false;
         let record = self
-            .meta
-            .blob(digest)
+            .look_up(&mut caught_up, || self.meta.blob(digest))
             .await?
             .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
         let me = self.cluster.node_id();
@@ -36,9 +38,18 @@ impl Registry {
             return Ok(());
         }
         self.blobs.check_space(record.size)?;
-        let holders = record.holders.iter().copied().collect();
+        let wanted = super::fetch::Wanted {
+            digest: digest.clone(),
+            size: record.size,
+            holders: self
+                .cluster
+                .order_by_nearness(record.holders)
+                .into_iter()
+                .filter(|h| *h != me)
+                .collect(),
+        };
         self.fetcher
-            .ensure(&self.cluster, &self.blobs, digest, holders)
+            .ensure(&self.cluster, &self.blobs, wanted, super::fetch::Purpose::Copy)
             .await
             .map_err(|why| {
                 RegistryError::Unavailable(format!(

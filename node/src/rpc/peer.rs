@@ -1,12 +1,12 @@
-//! `berth.peer.v1.Peer`: the leader's half of write forwarding, and blob streaming to peers
-//! that lack a blob.
+//! `berth.peer.v1.Peer`: the leader's half of write forwarding, blob streaming to peers that
+//! lack a blob, and copies made on request (`Replicate`, for the durability policy).
 
 use std::sync::Arc;
 
 use berth_proto::peer::peer_server::Peer;
 use berth_proto::peer::{
     BlobChunk, FetchBlobRequest, ForwardWriteRequest, ForwardWriteResponse, ReadIndexRequest,
-    ReadIndexResponse,
+    ReadIndexResponse, ReplicateRequest, ReplicateResponse,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -121,5 +121,19 @@ impl Peer for PeerService {
             chunks.boxed()
         };
         Ok(Response::new(stream))
+    }
+
+    async fn replicate(
+        &self,
+        req: Request<ReplicateRequest>,
+    ) -> Result<Response<ReplicateResponse>, Status> {
+        self.registry.cluster().peers().admit(&req)?;
+        let digest = Digest::parse(&req.get_ref().digest)
+            .map_err(|e| status(ErrorKind::Invalid, format!("bad digest: {e}")))?;
+        self.registry
+            .ensure_local_copy(&digest)
+            .await
+            .map_err(|e| status(e.kind(), e.to_string()))?;
+        Ok(Response::new(ReplicateResponse {}))
     }
 }
