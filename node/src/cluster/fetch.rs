@@ -119,6 +119,22 @@ struct Bucket {
     at: tokio::time::Instant,
 }
 
+impl Bucket {
+    /// Refills the bucket up to `now` (at most one second's worth), takes `n` bytes from it,
+    /// and returns how long the taker must wait for the bucket to have paid them back.
+    fn reserve(&mut self, now: tokio::time::Instant, n: u64, rate: u64) -> Duration {
+        let rate = rate as f64;
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * rate;
+        self.tokens = (self.tokens + refill).min(rate) - n as f64;
+        self.at = now;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / rate)
+        }
+    }
+}
+
 impl PeerBandwidth {
     /// A cap of `bytes_per_sec` per peer (0: unlimited).
     pub fn new(bytes_per_sec: u64) -> PeerBandwidth {
@@ -142,19 +158,11 @@ impl PeerBandwidth {
         let wait = {
             let mut buckets = self.buckets.lock().expect("bandwidth buckets poisoned");
             let now = tokio::time::Instant::now();
-            let rate = self.rate as f64;
             let b = buckets.entry(peer).or_insert(Bucket {
-                tokens: rate,
+                tokens: self.rate as f64,
                 at: now,
             });
-            let refill = now.saturating_duration_since(b.at).as_secs_f64() * rate;
-            b.tokens = (b.tokens + refill).min(rate) - n as f64;
-            b.at = now;
-            if b.tokens >= 0.0 {
-                Duration::ZERO
-            } else {
-                Duration::from_secs_f64(-b.tokens / rate)
-            }
+            b.reserve(now, n, self.rate)
         };
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
@@ -166,28 +174,41 @@ impl PeerBandwidth {
 mod tests {
     use super::*;
 
-    /// Four seconds' worth of bytes from one peer take three seconds past the first second's
-    /// burst; another peer has a bucket of its own; no cap means no wait.
-    #[tokio::test(start_paused = true)]
-    async fn a_capped_peer_is_paced_and_peers_are_apart() {
-        let bw = PeerBandwidth::new(1000);
-        let start = tokio::time::Instant::now();
-        for _ in 0..4 {
-            bw.take(7, 1000).await;
-        }
-        let took = start.elapsed();
-        assert!(
-            took >= Duration::from_millis(2990) && took <= Duration::from_millis(3010),
-            "{took:?}"
-        );
-        let other = tokio::time::Instant::now();
-        bw.take(8, 1000).await;
-        assert_eq!(other.elapsed(), Duration::ZERO);
+    /// A full bucket gives one second's worth at once; past it each byte waits its share; an
+    /// idle while refills it, never beyond one second's worth.
+    #[test]
+    fn a_bucket_paces_at_its_rate() {
+        let t0 = tokio::time::Instant::now();
+        let ms = Duration::from_millis;
+        let mut b = Bucket {
+            tokens: 1000.0,
+            at: t0,
+        };
+        assert_eq!(b.reserve(t0, 1000, 1000), Duration::ZERO);
+        assert_eq!(b.reserve(t0, 500, 1000), ms(500));
+        // Three seconds later: paid back, then refilled to one second's worth only.
+        assert_eq!(b.reserve(t0 + ms(3000), 1000, 1000), Duration::ZERO);
+        assert_eq!(b.reserve(t0 + ms(3000), 2000, 1000), ms(2000));
+        // Half a second later, half a second of that debt is paid.
+        assert_eq!(b.reserve(t0 + ms(3500), 0, 1000), ms(1500));
+    }
 
+    /// No cap: no wait, whatever the size; peers have buckets of their own.
+    #[tokio::test]
+    async fn no_cap_never_waits_and_peers_are_apart() {
         let free = PeerBandwidth::new(0);
-        let t = tokio::time::Instant::now();
-        free.take(7, u64::MAX / 2).await;
-        assert_eq!(t.elapsed(), Duration::ZERO);
-        assert!(!free.is_capped() && bw.is_capped());
+        assert!(!free.is_capped());
+        tokio::time::timeout(Duration::from_secs(5), free.take(7, u64::MAX / 2))
+            .await
+            .expect("no wait without a cap");
+        let capped = PeerBandwidth::new(1_000_000);
+        assert!(capped.is_capped());
+        capped.take(7, 1_000_000).await;
+        // Peer 8's bucket is full: its first second's worth goes at once.
+        tokio::time::timeout(Duration::from_secs(5), capped.take(8, 1_000_000))
+            .await
+            .expect("a peer of its own");
+        let buckets = capped.buckets.lock().unwrap();
+        assert_eq!(buckets.len(), 2);
     }
 }

@@ -1,0 +1,106 @@
+//! Scenario 11 — read after a write at another node, without waiting (3 nodes).
+//!
+//! Shows consistency line 7: a node about to answer 404 for a manifest, a tag list or a blob
+//! first confirms with the leader's commit index (ReadIndex) when it hears from the leader, so
+//! a pull at any node right after the push's 201 at another never answers "unknown" — ACR's
+//! documented failure. And a node cut off from the leader answers from what it has, at once:
+//! its 404 does not wait for the write timeout.
+
+use std::time::{Duration, Instant};
+
+use cluster_tests::oci::sha256_digest;
+use cluster_tests::{ClusterBuilder, UploadStyle, random_layer, wait_until};
+
+/// Rounds of push-then-read.
+const ROUNDS: usize = 30;
+/// The write timeout of these clusters: a cut-off node's 404 must come well before it.
+const WRITE_TIMEOUT_MS: u64 = 10_000;
+
+#[test]
+fn a_push_at_one_node_is_readable_at_once_at_the_others() {
+    let c = ClusterBuilder::new()
+        .nodes(3)
+        .write_timeout_ms(WRITE_TIMEOUT_MS)
+        .build();
+    let (n2, n3) = (c.client(2), c.client(3));
+    for round in 0..ROUNDS {
+        // A fresh repository each round: its tag list, too, is unknown until the push.
+        let repo = format!("s11/r{round}");
+        let layer = random_layer(1000 + round * 37);
+        let image = c.must_push_image(1, &repo, "v1", std::slice::from_ref(&layer));
+        for client in [&n2, &n3] {
+            // Tag, every blob (read through from node 1), manifest by digest, tag list.
+            client.must_pull_image(&repo, "v1", &image);
+            let r = client
+                .get_manifest(&repo, &image.manifest_digest)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                r.status,
+                200,
+                "round {round}: manifest by digest at {}: {}",
+                client.base(),
+                r.text()
+            );
+            assert_eq!(client.must_tags(&repo), vec!["v1".to_string()]);
+        }
+        // A blob alone: its 201 at node 1, then a GET at node 3 at once.
+        let blob = random_layer(500 + round);
+        c.client(1)
+            .push_blob(&repo, &blob, UploadStyle::Monolithic)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let r = n3
+            .get(&format!("/v2/{repo}/blobs/{}", sha256_digest(&blob)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status, 200, "round {round}: blob GET at node 3: {}", r.text());
+        assert!(r.body == blob, "round {round}: node 3 served other bytes");
+    }
+}
+
+#[test]
+fn a_node_cut_off_from_the_leader_answers_404_at_once() {
+    let c = ClusterBuilder::new()
+        .nodes(3)
+        .write_timeout_ms(WRITE_TIMEOUT_MS)
+        .build();
+    let image = c.must_push_image(1, "s11/cut", "v1", &[random_layer(2000)]);
+    let leader = c.leader();
+    let cut = c.followers()[0];
+    let others: Vec<u64> = c.ids().into_iter().filter(|id| *id != cut).collect();
+    c.wait_for_image(cut, &image, Duration::from_secs(10));
+    // Its own copy of every blob, so that it can serve the image once cut off.
+    c.must_pull_image(cut, "s11/cut", "v1", &image);
+    c.partition(&[cut], &others);
+    let client = c.client(cut);
+    let bound = Duration::from_millis(WRITE_TIMEOUT_MS / 2);
+    // Right after the cut (it may still count the leader as heard from) and once it knows it
+    // is cut off: both answer 404 from what it has, well before the write timeout.
+    for phase in ["just cut off", "no contact with the leader"] {
+        if phase == "no contact with the leader" {
+            wait_until("the cut-off node to lose the leader", Duration::from_secs(20), || {
+                let r = client.get("/readyz")?;
+                if r.status == 503 {
+                    Ok(())
+                } else {
+                    Err(format!("/readyz {}: {}", r.status, r.text()))
+                }
+            });
+        }
+        let started = Instant::now();
+        let r = client
+            .get_manifest("s11/cut", "never-pushed")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let took = started.elapsed();
+        assert_eq!(r.status, 404, "{phase}: {}", r.text());
+        assert!(
+            took < bound,
+            "{phase}: the 404 took {took:?} (leader {leader}, write timeout {WRITE_TIMEOUT_MS} ms)"
+        );
+        let r = client
+            .get("/v2/s11/never/tags/list")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status, 404, "{phase}: {}", r.text());
+        // What it has, it serves.
+        client.must_pull_image("s11/cut", "v1", &image);
+    }
+    c.heal();
+}
