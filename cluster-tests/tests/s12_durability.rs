@@ -1,0 +1,136 @@
+//! Scenario 12 — the durability policy: `durability.min_copies` and `durability.min_regions`.
+//!
+//! Shows consistency line 1 (with the durability clause) and line 6: a manifest PUT answers
+//! 201 only once every blob it references is held by `min_copies` nodes in `min_regions`
+//! regions — the node taking the PUT makes the copies first, while the client waits — so with
+//! `min_copies = 2`, kill -9 of the node that took the push right after its 201 loses nothing;
+//! with `min_regions = 2`, each region's disk holds every blob at the 201; and a policy the
+//! cluster cannot meet answers 503 with the reason and commits nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cluster_tests::oci::{OCI_MANIFEST, sha256_digest};
+use cluster_tests::{ClusterBuilder, Image, ImageRef, UploadStyle, random_layer};
+
+/// How long the surviving nodes may take to elect a leader and serve the image.
+const VISIBLE_WITHIN: Duration = Duration::from_secs(20);
+
+/// Where a node keeps a blob: `<data>/blobs/sha256/<hh>/<hex>` (docs/on-disk-layout.md).
+fn blob_file(data_dir: &Path, digest: &str) -> PathBuf {
+    let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+    data_dir
+        .join("blobs")
+        .join("sha256")
+        .join(&hex[..2])
+        .join(hex)
+}
+
+/// Ids of the nodes whose data directory holds the blob.
+fn holders_on_disk(c: &cluster_tests::Cluster, digest: &str) -> Vec<u64> {
+    c.ids()
+        .into_iter()
+        .filter(|id| blob_file(c.node(*id).data_dir(), digest).is_file())
+        .collect()
+}
+
+#[test]
+fn min_copies_two_loses_nothing_when_the_pushing_node_is_killed_after_the_201() {
+    let mut c = ClusterBuilder::new()
+        .nodes(3)
+        .env("BERTH_DURABILITY__MIN_COPIES", "2")
+        .build();
+    let pusher = 1;
+    let images: Vec<ImageRef> = (0..3)
+        .map(|i| {
+            c.must_push_image(
+                pusher,
+                "s12/copies",
+                &format!("v{i}"),
+                &[random_layer(300 * 1024 + i), random_layer(5000 + i)],
+            )
+        })
+        .collect();
+    // At the 201, two disks hold every blob.
+    for image in &images {
+        for blob in image.blobs() {
+            let on_disk = holders_on_disk(&c, &blob.digest);
+            assert!(
+                on_disk.len() >= 2,
+                "blob {} is on the disks of nodes {on_disk:?} only",
+                blob.digest
+            );
+        }
+    }
+    c.kill(pusher);
+    let others: Vec<u64> = c.ids().into_iter().filter(|id| *id != pusher).collect();
+    c.wait_for_leader_among(&others, VISIBLE_WITHIN);
+    for id in &others {
+        for image in &images {
+            c.wait_for_image(*id, image, VISIBLE_WITHIN);
+        }
+    }
+    c.must_pull_everywhere(&others, &images);
+}
+
+#[test]
+fn min_regions_two_puts_every_blob_in_both_regions_before_the_201() {
+    let c = ClusterBuilder::new()
+        .nodes(3)
+        .regions(&["r1", "r2"])
+        .env("BERTH_DURABILITY__MIN_REGIONS", "2")
+        .build();
+    // Nodes 1 and 3 are in r1, node 2 in r2; the push goes to node 3.
+    let image = c.must_push_image(3, "s12/regions", "v1", &[random_layer(200 * 1024)]);
+    for blob in image.blobs() {
+        let on_disk = holders_on_disk(&c, &blob.digest);
+        assert!(
+            on_disk.contains(&2),
+            "blob {} is not on the disk of node 2, the only node of r2 (on {on_disk:?})",
+            blob.digest
+        );
+        assert!(
+            on_disk.contains(&1) || on_disk.contains(&3),
+            "blob {} is on no disk of r1 (on {on_disk:?})",
+            blob.digest
+        );
+    }
+    c.must_pull_everywhere(&c.ids(), &[image]);
+}
+
+#[test]
+fn a_policy_the_cluster_cannot_meet_answers_503_with_the_reason_and_commits_nothing() {
+    let c = ClusterBuilder::new()
+        .nodes(3)
+        .env("BERTH_DURABILITY__MIN_COPIES", "4")
+        .build();
+    let repo = "s12/impossible";
+    let image = Image::new(repo, "v1", &[random_layer(4096)]);
+    let client = c.client(2);
+    for blob in std::iter::once(&image.config).chain(&image.layers) {
+        client
+            .push_blob(repo, blob, UploadStyle::Monolithic)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let r = client
+        .put_manifest(repo, "v1", OCI_MANIFEST, &image.manifest)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.error_codes(), vec!["UNAVAILABLE".to_string()], "{}", r.text());
+    let text = r.text();
+    let named = [&image.config]
+        .into_iter()
+        .chain(&image.layers)
+        .any(|b| text.contains(&sha256_digest(b)));
+    assert!(named, "the reason names no blob: {text}");
+    for needle in ["4 node(s)", "the cluster has 3 node(s)"] {
+        assert!(text.contains(needle), "the reason lacks {needle:?}: {text}");
+    }
+    for id in c.ids() {
+        let r = c
+            .client(id)
+            .get_manifest(repo, "v1")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status, 404, "node {id} serves the refused tag: {}", r.text());
+    }
+}
