@@ -10,6 +10,7 @@
 //! - [`load`]: concurrent pushers that record which pushes were acknowledged.
 //! - [`admin`]: blocking Admin / Faults gRPC calls.
 //! - [`clusterctl`]: running the CLI, bounded.
+//! - [`clients`]: real clients (docker, skopeo, containerd), skipped or required.
 //! - [`wait`]: the deadline pollers every wait goes through.
 //!
 //! The berth binary comes from env `BERTH_BIN` and must be built with the cargo feature
@@ -24,6 +25,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod clients;
 pub mod cluster;
 pub mod clusterctl;
 pub mod load;
