@@ -95,7 +95,47 @@ fn min_regions_two_puts_every_blob_in_both_regions_before_the_201() {
             blob.digest
         );
     }
+    // The copy at node 2 was made for durability: counted as bytes between nodes, not as a
+    // read-through.
+    let blob_bytes: u64 = image.blobs().map(|b| b.size).sum();
+    let m2 = metrics(&c, 2);
+    assert_eq!(copied_bytes(&m2, 2), blob_bytes, "{m2}");
+    assert!(!m2.contains("berth_read_through_fetches_total{"), "{m2}");
+    // Node 1 reads through from the nearest holder, node 3 in its own region, not node 2.
+    c.must_pull_image(1, "s12/regions", "v1", &image);
+    let m1 = metrics(&c, 1);
+    let blobs = image.blobs().count();
+    assert!(
+        m1.contains(&format!(
+            "berth_read_through_fetches_total{{source_region=\"r1\"}} {blobs}"
+        )),
+        "{m1}"
+    );
+    assert!(
+        m1.contains(&format!(
+            "berth_replication_bytes_total{{from=\"3\",to=\"1\"}} {blob_bytes}"
+        )),
+        "{m1}"
+    );
     c.must_pull_everywhere(&c.ids(), &[image]);
+}
+
+/// `GET /metrics` of node `id`.
+fn metrics(c: &cluster_tests::Cluster, id: u64) -> String {
+    let r = c.client(id).get("/metrics").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+}
+
+/// Bytes node `to` copied from any peer, by `berth_replication_bytes_total`.
+fn copied_bytes(metrics: &str, to: u64) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("berth_replication_bytes_total{") && l.contains(&format!("to=\"{to}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 #[test]
