@@ -4,7 +4,11 @@
 //! first confirms with the leader's commit index (ReadIndex) when it hears from the leader, so
 //! a pull at any node right after the push's 201 at another never answers "unknown" — ACR's
 //! documented failure. And a node cut off from the leader answers from what it has, at once:
-//! its 404 does not wait for the write timeout.
+//! its 404 does not wait for the write timeout. Nor does a node whose leader hangs (SIGSTOP:
+//! connections open, nothing answers) while it still counts the leader as heard from: the
+//! confirmation is bounded (`registry::CONFIRM_ABSENCE_WITHIN`, 2 s; measured: the first 404
+//! after the hang took 2.01 s, the next ones 6–60 ms once the others elected a leader; before
+//! the bound it would have been the write timeout, 10 s).
 
 use std::time::{Duration, Instant};
 
@@ -103,4 +107,66 @@ fn a_node_cut_off_from_the_leader_answers_404_at_once() {
         client.must_pull_image("s11/cut", "v1", &image);
     }
     c.heal();
+}
+
+/// The pid of the `berth serve` process whose command line names `data_dir`.
+fn pid_of(data_dir: &std::path::Path) -> i32 {
+    let needle = data_dir.to_string_lossy().to_string();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(" serve ") && cmd.contains(&needle) {
+            return pid;
+        }
+    }
+    panic!("no berth process serves {needle}");
+}
+
+/// A process stopped with SIGSTOP, continued (SIGCONT) when dropped, also on a failure.
+struct Stopped(i32);
+
+impl Stopped {
+    fn new(pid: i32) -> Stopped {
+        // SAFETY: kill(2) on the pid of a berth process this test's cluster started.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+#[test]
+fn a_node_whose_leader_hangs_answers_404_within_the_bound() {
+    let c = ClusterBuilder::new()
+        .nodes(3)
+        .write_timeout_ms(WRITE_TIMEOUT_MS)
+        .build();
+    let image = c.must_push_image(1, "s11/hang", "v1", &[random_layer(2000)]);
+    let leader = c.leader();
+    let follower = c.followers()[0];
+    c.wait_for_image(follower, &image, Duration::from_secs(10));
+    let client = c.client(follower);
+    let hung = Stopped::new(pid_of(c.node(leader).data_dir()));
+    let bound = Duration::from_millis(WRITE_TIMEOUT_MS / 2);
+    for round in 0..5 {
+        let started = Instant::now();
+        let r = client
+            .get_manifest("s11/hang", "never-pushed")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let took = started.elapsed();
+        assert_eq!(r.status, 404, "round {round}: {}", r.text());
+        assert!(took < bound, "round {round}: the 404 took {took:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(hung);
 }

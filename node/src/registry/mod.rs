@@ -667,7 +667,9 @@ impl Registry {
                 Some(r) if r.size != d.size_u64() => {
                     return Err(size_mismatch(d, r.size));
                 }
-                Some(r) if !self.durable(&r) => short.push(d.digest.clone()),
+                Some(r) if !self.durable(&r) && !short.contains(&d.digest) => {
+                    short.push(d.digest.clone());
+                }
                 Some(_) => {}
             }
         }
@@ -684,7 +686,6 @@ impl Registry {
             }
         }
         // Blobs held by too few nodes or regions are copied now, while the client waits.
-        short.dedup();
         if !short.is_empty() {
             self.make_durable(&short).await?;
         }
