@@ -116,8 +116,13 @@ pub fn containerd_socket() -> Result<String, String> {
             why.push(format!("{socket}: no such socket"));
             continue;
         }
-        match succeeds(Command::new("ctr").args(["--address", &socket, "--timeout", "5s", "version"]))
-        {
+        match succeeds(Command::new("ctr").args([
+            "--address",
+            &socket,
+            "--timeout",
+            "5s",
+            "version",
+        ])) {
             Ok(()) => return Ok(socket),
             Err(e) => why.push(format!("{socket}: {e}")),
         }

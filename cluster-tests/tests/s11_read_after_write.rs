@@ -55,7 +55,12 @@ fn a_push_at_one_node_is_readable_at_once_at_the_others() {
         let r = n3
             .get(&format!("/v2/{repo}/blobs/{}", sha256_digest(&blob)))
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(r.status, 200, "round {round}: blob GET at node 3: {}", r.text());
+        assert_eq!(
+            r.status,
+            200,
+            "round {round}: blob GET at node 3: {}",
+            r.text()
+        );
         assert!(r.body == blob, "round {round}: node 3 served other bytes");
     }
 }
@@ -80,14 +85,18 @@ fn a_node_cut_off_from_the_leader_answers_404_at_once() {
     // is cut off: both answer 404 from what it has, well before the write timeout.
     for phase in ["just cut off", "no contact with the leader"] {
         if phase == "no contact with the leader" {
-            wait_until("the cut-off node to lose the leader", Duration::from_secs(20), || {
-                let r = client.get("/readyz")?;
-                if r.status == 503 {
-                    Ok(())
-                } else {
-                    Err(format!("/readyz {}: {}", r.status, r.text()))
-                }
-            });
+            wait_until(
+                "the cut-off node to lose the leader",
+                Duration::from_secs(20),
+                || {
+                    let r = client.get("/readyz")?;
+                    if r.status == 503 {
+                        Ok(())
+                    } else {
+                        Err(format!("/readyz {}: {}", r.status, r.text()))
+                    }
+                },
+            );
         }
         let started = Instant::now();
         let r = client

@@ -122,7 +122,10 @@ fn min_regions_two_puts_every_blob_in_both_regions_before_the_201() {
 
 /// `GET /metrics` of node `id`.
 fn metrics(c: &cluster_tests::Cluster, id: u64) -> String {
-    let r = c.client(id).get("/metrics").unwrap_or_else(|e| panic!("{e}"));
+    let r = c
+        .client(id)
+        .get("/metrics")
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status, 200, "{}", r.text());
     r.text()
 }
@@ -156,7 +159,12 @@ fn a_policy_the_cluster_cannot_meet_answers_503_with_the_reason_and_commits_noth
         .put_manifest(repo, "v1", OCI_MANIFEST, &image.manifest)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status, 503, "{}", r.text());
-    assert_eq!(r.error_codes(), vec!["UNAVAILABLE".to_string()], "{}", r.text());
+    assert_eq!(
+        r.error_codes(),
+        vec!["UNAVAILABLE".to_string()],
+        "{}",
+        r.text()
+    );
     let text = r.text();
     let named = [&image.config]
         .into_iter()
@@ -171,6 +179,11 @@ fn a_policy_the_cluster_cannot_meet_answers_503_with_the_reason_and_commits_noth
             .client(id)
             .get_manifest(repo, "v1")
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(r.status, 404, "node {id} serves the refused tag: {}", r.text());
+        assert_eq!(
+            r.status,
+            404,
+            "node {id} serves the refused tag: {}",
+            r.text()
+        );
     }
 }

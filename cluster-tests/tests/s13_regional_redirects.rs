@@ -148,6 +148,10 @@ fn clients_follow_a_redirect_to_the_nearest_holder() {
             .join("blobs/sha256")
             .join(&hex[..2])
             .join(hex);
-        assert!(!file.exists(), "node 2 holds {} after the pulls", blob.digest);
+        assert!(
+            !file.exists(),
+            "node 2 holds {} after the pulls",
+            blob.digest
+        );
     }
 }

@@ -47,7 +47,9 @@ async fn a_policy_one_node_cannot_meet_is_503_with_the_reason_and_commits_nothin
         client.push_blob("d", layer).await;
         let m = oci_manifest(config, &[layer]);
         let started = Instant::now();
-        let r = client.put_manifest("d", "v1", OCI_MANIFEST, &bytes_of(&m)).await;
+        let r = client
+            .put_manifest("d", "v1", OCI_MANIFEST, &bytes_of(&m))
+            .await;
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "{field}: an impossible policy must fail at once"
@@ -87,7 +89,12 @@ async fn a_client_of_a_region_without_nodes_is_served_here() {
     let blob = b"served where it is asked for";
     let digest = client.push_blob("route", blob).await;
     for method in [Method::GET, Method::HEAD] {
-        let mut req = request(method.clone(), &format!("/v2/route/blobs/{digest}"), &[], Vec::new());
+        let mut req = request(
+            method.clone(),
+            &format!("/v2/route/blobs/{digest}"),
+            &[],
+            Vec::new(),
+        );
         req.extensions_mut()
             .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
         let r = client.send(req).await;

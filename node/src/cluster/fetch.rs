@@ -2,7 +2,8 @@
 //!
 //! The call that opens the stream has a deadline; after that, each chunk must arrive within
 //! [`CHUNK_TIMEOUT`], so a stalled peer ends the fetch instead of hanging the client behind
-//! it. The caller verifies the digest of what it received.
+//! it. The caller verifies the digest of what it received. [`PeerBandwidth`] paces the fetches
+//! a caller wants capped (replication and durability copies), one token bucket per peer.
 
 use std::time::Duration;
 

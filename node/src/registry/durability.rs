@@ -118,7 +118,8 @@ impl Registry {
                         .find(|m| m.id == *id)
                         .map_or("", |m| m.info.region.as_str())
                 };
-                let all: Vec<(NodeId, &str)> = nearest.iter().map(|id| (*id, region_of(id))).collect();
+                let all: Vec<(NodeId, &str)> =
+                    nearest.iter().map(|id| (*id, region_of(id))).collect();
                 if choose_targets(&all, &held, min_copies, min_regions).is_none() {
                     let regions: BTreeSet<&str> =
                         members.iter().map(|m| m.info.region.as_str()).collect();
@@ -188,7 +189,12 @@ impl Registry {
     }
 
     /// Asks `node` to hold a copy of `digest` now (this node: directly), within the deadline.
-    async fn copy_to(&self, node: NodeId, digest: &Digest, deadline: Instant) -> Result<(), String> {
+    async fn copy_to(
+        &self,
+        node: NodeId,
+        digest: &Digest,
+        deadline: Instant,
+    ) -> Result<(), String> {
         let left = deadline.saturating_duration_since(Instant::now());
         if node == self.cluster.node_id() {
             return match tokio::time::timeout(left, self.ensure_local_copy(digest)).await {
@@ -244,7 +250,10 @@ mod tests {
     fn copies_go_to_the_nearest_nodes() {
         let c = [(2, "r1"), (3, "r1"), (4, "r2")];
         assert_eq!(choose_targets(&c, &held(1, &["r1"]), 2, 1), Some(vec![2]));
-        assert_eq!(choose_targets(&c, &held(1, &["r1"]), 3, 1), Some(vec![2, 3]));
+        assert_eq!(
+            choose_targets(&c, &held(1, &["r1"]), 3, 1),
+            Some(vec![2, 3])
+        );
         assert_eq!(choose_targets(&c, &held(2, &["r1"]), 2, 1), Some(vec![]));
     }
 
@@ -254,9 +263,15 @@ mod tests {
         // One copy in another region, although nearer nodes exist in this one.
         assert_eq!(choose_targets(&c, &held(1, &["r1"]), 1, 2), Some(vec![4]));
         // Two more regions, then the nearest to make three copies in all... already three.
-        assert_eq!(choose_targets(&c, &held(1, &["r1"]), 3, 3), Some(vec![4, 5]));
+        assert_eq!(
+            choose_targets(&c, &held(1, &["r1"]), 3, 3),
+            Some(vec![4, 5])
+        );
         // Four copies in two regions: the region first, then the nearest.
-        assert_eq!(choose_targets(&c, &held(1, &["r1"]), 4, 2), Some(vec![4, 2, 3]));
+        assert_eq!(
+            choose_targets(&c, &held(1, &["r1"]), 4, 2),
+            Some(vec![4, 2, 3])
+        );
     }
 
     #[test]

@@ -329,11 +329,7 @@ impl Registry {
                     .await
                     .map_err(unavailable)?;
                 if let Some(body) = streamed {
-                    return Ok(BlobRead {
-                        size,
-                        range,
-                        body,
-                    });
+                    return Ok(BlobRead { size, range, body });
                 }
             } else {
                 self.fetcher
@@ -358,7 +354,9 @@ impl Registry {
         client: Option<std::net::IpAddr>,
         location: &BlobLocation,
     ) -> Option<String> {
-        self.settings.routing.redirect(&self.cluster, client, location)
+        self.settings
+            .routing
+            .redirect(&self.cluster, client, location)
     }
 
     /// Before answering "unknown": when this node may lag the cluster, waits (bounded) until it

@@ -49,7 +49,12 @@ impl Registry {
                 .collect(),
         };
         self.fetcher
-            .ensure(&self.cluster, &self.blobs, wanted, super::fetch::Purpose::Copy)
+            .ensure(
+                &self.cluster,
+                &self.blobs,
+                wanted,
+                super::fetch::Purpose::Copy,
+            )
             .await
             .map_err(|why| {
                 RegistryError::Unavailable(format!(

@@ -58,10 +58,12 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                masked(u32::from(net).into(), self.prefix, 32) == masked(u32::from(ip).into(), self.prefix, 32)
+                masked(u32::from(net).into(), self.prefix, 32)
+                    == masked(u32::from(ip).into(), self.prefix, 32)
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                masked(u128::from(net), self.prefix, 128) == masked(u128::from(ip), self.prefix, 128)
+                masked(u128::from(net), self.prefix, 128)
+                    == masked(u128::from(ip), self.prefix, 128)
             }
             _ => false,
         }
@@ -196,7 +198,11 @@ mod tests {
         assert!(c.contains(ip("::ffff:10.1.0.9")), "IPv4-mapped IPv6");
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("192.0.2.1")));
         assert!(Cidr::parse("127.0.0.1").unwrap().contains(ip("127.0.0.1")));
-        assert!(!Cidr::parse("127.0.0.1/32").unwrap().contains(ip("127.0.0.2")));
+        assert!(
+            !Cidr::parse("127.0.0.1/32")
+                .unwrap()
+                .contains(ip("127.0.0.2"))
+        );
         let v6 = Cidr::parse("2001:db8::/32").unwrap();
         assert!(v6.contains(ip("2001:db8:1::1")));
         assert!(!v6.contains(ip("2001:db9::1")));
@@ -205,8 +211,8 @@ mod tests {
 
     #[test]
     fn the_longest_prefix_names_the_region() {
-        let m = ClientRegions::parse(&["10.0.0.0/8=eu", "10.9.0.0/16=us", "::1/128 = local"])
-            .unwrap();
+        let m =
+            ClientRegions::parse(&["10.0.0.0/8=eu", "10.9.0.0/16=us", "::1/128 = local"]).unwrap();
         assert_eq!(m.region_of(ip("10.1.2.3")), Some("eu"));
         assert_eq!(m.region_of(ip("10.9.2.3")), Some("us"));
         assert_eq!(m.region_of(ip("::1")), Some("local"));
