@@ -5,7 +5,8 @@
 //! regions — the node taking the PUT makes the copies first, while the client waits — so with
 //! `min_copies = 2`, kill -9 of the node that took the push right after its 201 loses nothing;
 //! with `min_regions = 2`, each region's disk holds every blob at the 201; and a policy the
-//! cluster cannot meet answers 503 with the reason and commits nothing.
+//! cluster cannot meet answers 503 with the reason and commits nothing. The copies are paced by
+//! `replication.max_bytes_per_sec_per_peer` (a lower bound on the PUT's time only).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -185,5 +186,41 @@ fn a_policy_the_cluster_cannot_meet_answers_503_with_the_reason_and_commits_noth
             "node {id} serves the refused tag: {}",
             r.text()
         );
+    }
+}
+
+#[test]
+fn durability_copies_are_paced_by_the_per_peer_cap() {
+    // 1 MiB/s per peer, one second of burst: a 3 MiB copy needs at least 2 s.
+    const CAP: usize = 1024 * 1024;
+    let c = ClusterBuilder::new()
+        .nodes(3)
+        .env("BERTH_DURABILITY__MIN_COPIES", "2")
+        .env(
+            "BERTH_REPLICATION__MAX_BYTES_PER_SEC_PER_PEER",
+            &CAP.to_string(),
+        )
+        .build();
+    let repo = "s12/paced";
+    let image = Image::new(repo, "v1", &[random_layer(3 * CAP)]);
+    let client = c.client(1);
+    for blob in std::iter::once(&image.config).chain(&image.layers) {
+        client
+            .push_blob(repo, blob, UploadStyle::Monolithic)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let started = std::time::Instant::now();
+    let r = client
+        .put_manifest(repo, "v1", OCI_MANIFEST, &image.manifest)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let took = started.elapsed();
+    assert_eq!(r.status, 201, "{}", r.text());
+    // A lower bound only: pacing cannot make the copy faster than the cap allows.
+    assert!(
+        took >= Duration::from_millis(1900),
+        "a 3 MiB copy under a 1 MiB/s cap took {took:?}"
+    );
+    for blob in image.image_ref().blobs() {
+        assert!(holders_on_disk(&c, &blob.digest).len() >= 2);
     }
 }
