@@ -3,7 +3,7 @@
 //! Shows consistency line 7: a node about to answer 404 for a manifest, a tag list or a blob
 //! first confirms with the leader's commit index (ReadIndex) when it hears from the leader, so
 //! a pull at any node right after the push's 201 at another never answers "unknown" — ACR's
-//! documented failure. And a node cut off from the leader answers from what it has, at once:
+//! documented failure (a range of a blob the node has no copy of waits for the copy). And a node cut off from the leader answers from what it has, at once:
 //! its 404 does not wait for the write timeout. Nor does a node whose leader hangs (SIGSTOP:
 //! connections open, nothing answers) while it still counts the leader as heard from: the
 //! confirmation is bounded (`registry::CONFIRM_ABSENCE_WITHIN`, 2 s; measured: the first 404
@@ -62,6 +62,25 @@ fn a_push_at_one_node_is_readable_at_once_at_the_others() {
             r.text()
         );
         assert!(r.body == blob, "round {round}: node 3 served other bytes");
+        // And a range of it at node 2, which has no copy: it waits for the copy.
+        let r = n2
+            .request(
+                "GET",
+                &format!("/v2/{repo}/blobs/{}", sha256_digest(&blob)),
+                &[("Range", "bytes=100-299")],
+                None,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            r.status,
+            206,
+            "round {round}: range GET at node 2: {}",
+            r.text()
+        );
+        assert!(
+            r.body == blob[100..300],
+            "round {round}: node 2 served another range"
+        );
     }
 }
 
