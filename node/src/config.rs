@@ -616,6 +616,32 @@ mod tests {
     }
 
     #[test]
+    fn preferred_leader_region_loads_from_env_and_is_checked() {
+        assert_eq!(
+            Config::load("", &env(&[]))
+                .unwrap()
+                .raft
+                .preferred_leader_region,
+            None
+        );
+        let c = Config::load(
+            "",
+            &env(&[("BERTH_RAFT__PREFERRED_LEADER_REGION", "eu-west")]),
+        )
+        .unwrap();
+        assert_eq!(c.raft.preferred_leader_region.as_deref(), Some("eu-west"));
+        assert_eq!(
+            c.raft_settings().preferred_leader_region.as_deref(),
+            Some("eu-west")
+        );
+        let err = Config::load("[raft]\npreferred_leader_region = \" \"\n", &env(&[])).unwrap_err();
+        assert!(
+            err.to_string().contains("raft.preferred_leader_region"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn cluster_addresses_are_checked() {
         let c = Config::load("", &env(&[("BERTH_JOIN", "10.0.0.1:7000")])).unwrap();
         assert_eq!(c.join.as_deref(), Some("10.0.0.1:7000"));

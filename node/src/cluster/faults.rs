@@ -274,3 +274,94 @@ mod filter {
         }
     }
 }
+
+#[cfg(all(test, feature = "fault-injection"))]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use berth_proto::FROM_NODE_HEADER;
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use tonic::body::Body;
+    use tower::{Layer, Service, ServiceExt};
+
+    use super::*;
+
+    /// A service that answers with a body streaming `chunks` slowly (one per 50 ms).
+    fn slow_stream(
+        chunks: usize,
+    ) -> impl Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Error = Infallible,
+        Future = impl Send + 'static,
+    > + Clone {
+        tower::service_fn(move |_req: http::Request<Body>| async move {
+            let frames = futures::stream::unfold(0, move |i| async move {
+                if i == chunks {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let frame = http_body::Frame::data(Bytes::from_static(b"chunk"));
+                Some((Ok::<_, tonic::Status>(frame), i + 1))
+            });
+            Ok(http::Response::new(Body::new(
+                http_body_util::StreamBody::new(frames),
+            )))
+        })
+    }
+
+    fn request(from: Option<NodeId>) -> http::Request<Body> {
+        let mut req = http::Request::new(Body::empty());
+        if let Some(n) = from {
+            req.headers_mut()
+                .insert(FROM_NODE_HEADER, n.to_string().parse().unwrap());
+        }
+        req
+    }
+
+    fn grpc_status(headers: &http::HeaderMap) -> Option<&str> {
+        headers.get("grpc-status").and_then(|v| v.to_str().ok())
+    }
+
+    /// A call from a blocked peer is refused with UNAVAILABLE (14); others pass.
+    #[tokio::test]
+    async fn calls_from_a_blocked_peer_are_refused() {
+        let faults = Arc::new(Faults::new());
+        faults.set_blocked([3].into());
+        let svc = FaultLayer::new(faults).layer(slow_stream(1));
+        let refused = svc.clone().oneshot(request(Some(3))).await.unwrap();
+        assert_eq!(grpc_status(refused.headers()), Some("14"));
+        for from in [Some(2), None] {
+            let passed = svc.clone().oneshot(request(from)).await.unwrap();
+            assert_eq!(grpc_status(passed.headers()), None);
+            let body = passed.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"chunk");
+        }
+    }
+
+    /// A stream open from a peer that then gets blocked ends with UNAVAILABLE in its trailers.
+    #[tokio::test]
+    async fn an_open_stream_ends_when_its_peer_is_blocked() {
+        let faults = Arc::new(Faults::new());
+        let svc = FaultLayer::new(faults.clone()).layer(slow_stream(1000));
+        let mut body = svc.oneshot(request(Some(3))).await.unwrap().into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(first.is_data());
+        faults.set_blocked([3].into());
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let frame = body.frame().await.expect("a frame").expect("no error");
+                if let Ok(trailers) = frame.into_trailers() {
+                    return trailers;
+                }
+            }
+        })
+        .await
+        .expect("the stream did not end");
+        assert_eq!(grpc_status(&ended), Some("14"));
+        assert!(body.frame().await.is_none());
+    }
+}

@@ -177,6 +177,7 @@ impl Admin for AdminService {
                     rtt_ms: self
                         .cluster
                         .peer_view(m.id)
+                        .filter(|v| v.up)
                         .and_then(|v| v.rtt)
                         .map_or(0.0, |rtt| rtt.as_secs_f64() * 1000.0),
                     ..Member::default()
