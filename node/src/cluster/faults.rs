@@ -74,11 +74,6 @@ impl Faults {
         self.table.borrow().links.get(&node).copied()
     }
 
-    /// Every link set, by peer.
-    pub fn links(&self) -> BTreeMap<NodeId, Link> {
-        self.table.borrow().links.clone()
-    }
-
     /// Replaces the set of peers cut off from this node (empty heals).
     #[cfg(feature = "fault-injection")]
     pub fn set_blocked(&self, nodes: BTreeSet<NodeId>) {
