@@ -18,162 +18,15 @@ Prints `name value unit` lines and comments starting with '#'.
 """
 
 import argparse
-import hashlib
 import http.client
-import json
 import os
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-MIB = 1 << 20
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Node:
-    def __init__(self, bench, node_id, join=None):
-        self.bench, self.id, self.join = bench, node_id, join
-        self.port, self.cport = free_port(), free_port()
-        self.data = os.path.join(bench.tmp, "node%d" % node_id)
-        self.proc = None
-
-    @property
-    def url(self):
-        return "http://127.0.0.1:%d" % self.port
-
-    @property
-    def caddr(self):
-        return "127.0.0.1:%d" % self.cport
-
-    def start(self):
-        cmd = [self.bench.berth, "serve", "--node-id", str(self.id),
-               "--listen", "127.0.0.1:%d" % self.port, "--cluster-listen", self.caddr,
-               "--data-dir", self.data]
-        if self.join:
-            cmd += ["--join", self.join]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
-        env.setdefault("RUST_LOG", "warn")
-        log = open(os.path.join(self.bench.tmp, "node%d.log" % self.id), "ab")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
-
-    def kill(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-def request(url, method, path, body=None, headers=None, timeout=30):
-    host, port = url.split("//")[1].split(":")
-    c = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        c.request(method, path, body=body, headers=headers or {})
-        r = c.getresponse()
-        return r.status, r.read(), dict(r.getheaders())
-    finally:
-        c.close()
-
-
-def wait_until(what, deadline_s, fn):
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        try:
-            v = fn()
-            if v:
-                return v
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit("timed out waiting for " + what)
-
-
-class Bench:
-    def __init__(self, args):
-        self.berth, self.clusterctl = args.berth, args.clusterctl
-        self.tmp = tempfile.mkdtemp(prefix="berth-cluster-bench.")
-        self.nodes = []
-
-    def ctl(self, node, *a):
-        out = subprocess.run([self.clusterctl, "--endpoint", node.caddr, "--json", *a],
-                             capture_output=True, text=True, timeout=120)
-        if out.returncode != 0:
-            raise SystemExit("clusterctl %s failed: %s" % (" ".join(a), out.stderr))
-        return out.stdout
-
-    def status(self, node):
-        return json.loads(self.ctl(node, "status"))
-
-    def leader(self):
-        """The node that leads, as the members themselves report it (each member's role in
-        `status` comes from its own answer); None until exactly one reachable member leads."""
-        for n in self.nodes:
-            if n.proc.poll() is not None:
-                continue
-            try:
-                members = self.status(n)["members"]
-            except SystemExit:
-                continue
-            leaders = [m["id"] for m in members if m.get("reachable") and m["role"] == "leader"]
-            if len(leaders) == 1:
-                return next(x for x in self.nodes if x.id == leaders[0])
-        return None
-
-    def start_cluster(self):
-        first = Node(self, 1)
-        first.start()
-        self.nodes.append(first)
-        wait_until("node 1 ready", 30, lambda: request(first.url, "GET", "/readyz")[0] == 200)
-        for i in (2, 3):
-            n = Node(self, i, join=first.caddr)
-            n.start()
-            self.nodes.append(n)
-            wait_until("node %d ready" % i, 30, lambda n=n: request(n.url, "GET", "/readyz")[0] == 200)
-            self.ctl(first, "nodes", "promote", str(i))
-
-    def close(self):
-        for n in self.nodes:
-            n.stop()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def push_blob(url, repo, data):
-    d = "sha256:" + hashlib.sha256(data).hexdigest()
-    st, body, _ = request(url, "POST", "/v2/%s/blobs/uploads/?digest=%s" % (repo, d), body=data,
-                          headers={"Content-Type": "application/octet-stream"}, timeout=600)
-    if st != 201:
-        raise SystemExit("blob push: HTTP %d %s" % (st, body[:200]))
-    return d
-
-
-def seed_manifest(url, repo):
-    cfg = b'{"architecture":"amd64","os":"linux"}'
-    layer = os.urandom(4096)
-    cd, ld = push_blob(url, repo, cfg), push_blob(url, repo, layer)
-    return json.dumps({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": len(cfg)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": len(layer)}],
-    }).encode()
-
+from benchkit import (Bench, OCI_MANIFEST, curl_pull, curl_push_file, random_file, request,
+                      seed_manifest, wait_until)
 
 def manifest_puts(b, count, workers):
     repo = "bench/puts"
@@ -263,35 +116,14 @@ def failover(b, trials):
     print("# failover samples s: %s" % " ".join("%.2f" % x for x in times))
 
 
-def curl_pull(url, path):
-    out = subprocess.run(["curl", "-s", "--noproxy", "*", "-o", "/dev/null", "-w",
-                          "%{http_code} %{time_total} %{size_download}", url + path],
-                         capture_output=True, text=True, timeout=600).stdout.split()
-    if out[0] != "200":
-        raise SystemExit("pull: HTTP %s" % out[0])
-    return int(out[2]) / float(out[1]) / 1e6
-
-
 def pulls(b, mib):
     repo = "bench/pull"
     leader = wait_until("a leader", 30, b.leader)
     follower = next(n for n in b.nodes if n is not leader)
     path_blob = os.path.join(b.tmp, "big.bin")
-    with open(path_blob, "wb") as f:
-        for _ in range(mib // 4):
-            f.write(os.urandom(4 * MIB))
-    h = hashlib.sha256()
-    with open(path_blob, "rb") as f:
-        for chunk in iter(lambda: f.read(4 * MIB), b""):
-            h.update(chunk)
-    d = "sha256:" + h.hexdigest()
-    out = subprocess.run(["curl", "-s", "--noproxy", "*", "-o", "/dev/null", "-w", "%{http_code}",
-                          "-X", "POST", "-T", path_blob, "-H", "Content-Type: application/octet-stream",
-                          leader.url + "/v2/%s/blobs/uploads?digest=%s" % (repo, d)],
-                         capture_output=True, text=True, timeout=600).stdout
+    d = random_file(path_blob, mib)
+    curl_push_file(leader.url, repo, path_blob, d)
     os.unlink(path_blob)
-    if out != "201":
-        raise SystemExit("big blob push: HTTP %s" % out)
     path = "/v2/%s/blobs/%s" % (repo, d)
     curl_pull(follower.url, path)  # untimed: the follower fetches and keeps its copy
     lead = [curl_pull(leader.url, path) for _ in range(3)]
@@ -311,7 +143,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smoke run: small counts")
     args = ap.parse_args()
     count, trials, mib = (2000, 5, 1024) if not args.quick else (200, 2, 64)
-    b = Bench(args)
+    b = Bench(args.berth, args.clusterctl, "berth-cluster-bench.")
     try:
         print("# bench-cluster date=%s nproc=%d" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), os.cpu_count()))
         b.start_cluster()

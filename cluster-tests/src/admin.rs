@@ -13,8 +13,8 @@ use std::time::Duration;
 use berth_proto::admin::admin_client::AdminClient;
 use berth_proto::admin::faults_client::FaultsClient;
 use berth_proto::admin::{
-    AddNodeRequest, NodeRef, NodeStatusRequest, NodeStatusResponse, Progress, SetPartitionRequest,
-    StatusRequest, StatusResponse, TransferLeaderRequest,
+    AddNodeRequest, Link, NodeRef, NodeStatusRequest, NodeStatusResponse, Progress,
+    SetLinksRequest, SetPartitionRequest, StatusRequest, StatusResponse, TransferLeaderRequest,
 };
 use tonic::transport::{Channel, Endpoint};
 
@@ -24,7 +24,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const NODE_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Deadline of a `Status` call (the answering node asks every member).
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deadline of a `SetPartition` call.
+/// Deadline of a `SetPartition` or `SetLinks` call.
 pub const FAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -213,5 +213,37 @@ pub fn set_partition(addr: &str, blocked: Vec<u64>) -> Result<(), String> {
             };
             format!("{}{hint}", status_text(&s))
         })
+    }))
+}
+
+/// A link to one peer: the delay added to each direction and a bandwidth cap (bytes/s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkSpec {
+    /// Added to each direction (a round trip gains twice this).
+    pub delay: Duration,
+    /// Bytes per second in each direction; `None`: unlimited.
+    pub bandwidth: Option<u64>,
+}
+
+/// `Faults.SetLinks` at `addr`: replaces the node's links to its peers, by peer id (empty:
+/// clears them). Needs a berth built with `--features fault-injection`.
+pub fn set_links(
+    addr: &str,
+    links: &std::collections::BTreeMap<u64, LinkSpec>,
+) -> Result<(), String> {
+    let links: Vec<Link> = links
+        .iter()
+        .map(|(peer, l)| Link {
+            peer_id: *peer,
+            delay_ms: l.delay.as_millis() as u64,
+            bandwidth_bytes_per_sec: l.bandwidth.unwrap_or(0),
+        })
+        .collect();
+    block_on(bounded(addr, "SetLinks", FAULT_TIMEOUT, async {
+        let mut c = FaultsClient::new(channel(addr).await?);
+        c.set_links(SetLinksRequest { links })
+            .await
+            .map(|_| ())
+            .map_err(|s| status_text(&s))
     }))
 }

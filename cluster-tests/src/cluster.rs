@@ -7,8 +7,10 @@
 //! voters through `Admin.PromoteNode`; the build returns once `Admin.Status` shows every
 //! member reachable with one leader and the others voters, and all applied the same log.
 //!
-//! Partitions are tracked here (which node blocks which) so that [`Cluster::heal`] undoes
-//! them and a restarted node gets its partition back. Dropping a cluster SIGKILLs every node;
+//! Partitions and links (delay, bandwidth per pair of nodes: an emulated WAN) are tracked
+//! here (which node blocks which, which node has which link to which peer) so that
+//! [`Cluster::heal`] undoes partitions and a node gets its partition and links when it
+//! (re)starts, before it talks to anyone but the node it joins through. Dropping a cluster SIGKILLs every node;
 //! when the test is panicking it first prints every node's stderr tail and keeps the
 //! temporary directory (data and logs) for a look.
 
@@ -19,7 +21,7 @@ use std::time::Duration;
 
 use berth_proto::admin::{NodeStatusResponse, Progress, StatusResponse};
 
-use crate::admin::{self, Change};
+use crate::admin::{self, Change, LinkSpec};
 use crate::node::{NodeHandle, NodeSpec};
 use crate::oci::{Client, ImageRef};
 use crate::wait::wait_until;
@@ -39,10 +41,11 @@ const PULL_THREADS: usize = 4;
 #[derive(Debug, Clone)]
 pub struct ClusterBuilder {
     nodes: usize,
-    heartbeat_ms: u64,
-    election_min_ms: u64,
-    election_max_ms: u64,
+    /// Heartbeat, election timeout min and max (ms); `None`: berth's defaults.
+    timing: Option<(u64, u64, u64)>,
     regions: Vec<String>,
+    /// A link between every two nodes of different regions, from the start.
+    region_links: Option<LinkSpec>,
     env: Vec<(String, String)>,
 }
 
@@ -57,10 +60,9 @@ impl ClusterBuilder {
     pub fn new() -> ClusterBuilder {
         ClusterBuilder {
             nodes: 3,
-            heartbeat_ms: 50,
-            election_min_ms: 150,
-            election_max_ms: 300,
+            timing: Some((50, 150, 300)),
             regions: Vec::new(),
+            region_links: None,
             env: Vec::new(),
         }
     }
@@ -79,9 +81,22 @@ impl ClusterBuilder {
         election_min_ms: u64,
         election_max_ms: u64,
     ) -> ClusterBuilder {
-        self.heartbeat_ms = heartbeat_ms;
-        self.election_min_ms = election_min_ms;
-        self.election_max_ms = election_max_ms;
+        self.timing = Some((heartbeat_ms, election_min_ms, election_max_ms));
+        self
+    }
+
+    /// berth's default Raft timings (the ones that hold across regions, ADR 012) instead of
+    /// the harness's quick ones.
+    pub fn default_raft_timing(mut self) -> ClusterBuilder {
+        self.timing = None;
+        self
+    }
+
+    /// Links every two nodes of different regions (see [`ClusterBuilder::regions`]) with
+    /// `delay` each way and a `bandwidth` cap, from the moment each node starts: an emulated
+    /// WAN between regions (see [`Cluster::set_link`]).
+    pub fn region_links(mut self, delay: Duration, bandwidth: Option<u64>) -> ClusterBuilder {
+        self.region_links = Some(LinkSpec { delay, bandwidth });
         self
     }
 
@@ -116,20 +131,21 @@ impl ClusterBuilder {
     }
 
     fn node_env(&self) -> Vec<(String, String)> {
-        let mut env = vec![
-            (
+        let mut env = Vec::new();
+        if let Some((heartbeat, min, max)) = self.timing {
+            env.push((
                 "BERTH_RAFT__HEARTBEAT_MS".to_string(),
-                self.heartbeat_ms.to_string(),
-            ),
-            (
+                heartbeat.to_string(),
+            ));
+            env.push((
                 "BERTH_RAFT__ELECTION_TIMEOUT_MIN_MS".to_string(),
-                self.election_min_ms.to_string(),
-            ),
-            (
+                min.to_string(),
+            ));
+            env.push((
                 "BERTH_RAFT__ELECTION_TIMEOUT_MAX_MS".to_string(),
-                self.election_max_ms.to_string(),
-            ),
-        ];
+                max.to_string(),
+            ));
+        }
         for (k, v) in &self.env {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));
@@ -151,7 +167,18 @@ impl ClusterBuilder {
             env: self.node_env(),
             regions: self.regions.clone(),
             blocked: Mutex::new(BTreeMap::new()),
+            links: Mutex::new(BTreeMap::new()),
         };
+        if let Some(link) = self.region_links {
+            let ids = 1..=self.nodes as u64;
+            for a in ids.clone() {
+                for b in ids.clone() {
+                    if a < b && cluster.region_of(a) != cluster.region_of(b) {
+                        cluster.record_link(a, b, link);
+                    }
+                }
+            }
+        }
         cluster.start_node(None);
         cluster.wait_for_ready(1, READY_TIMEOUT);
         for _ in 2..=self.nodes {
@@ -174,6 +201,8 @@ pub struct Cluster {
     regions: Vec<String>,
     /// node id → the peers it blocks.
     blocked: Mutex<BTreeMap<u64, BTreeSet<u64>>>,
+    /// node id → its links to peers.
+    links: Mutex<BTreeMap<u64, BTreeMap<u64, LinkSpec>>>,
 }
 
 impl Cluster {
@@ -186,11 +215,7 @@ impl Cluster {
     fn start_node(&mut self, join: Option<u64>) -> u64 {
         let id = self.nodes.keys().max().map_or(1, |m| m + 1);
         let dir = self.root().join(format!("node-{id}"));
-        let region = if self.regions.is_empty() {
-            "default".to_string()
-        } else {
-            self.regions[(id as usize - 1) % self.regions.len()].clone()
-        };
+        let region = self.region_of(id);
         let spec = NodeSpec {
             id,
             data_dir: dir.join("data"),
@@ -201,7 +226,18 @@ impl Cluster {
             env: self.env.clone(),
         };
         self.nodes.insert(id, NodeHandle::start(spec));
+        self.push_links(id);
         id
+    }
+
+    /// The region node `id` is (or will be) started in: [`ClusterBuilder::regions`]
+    /// round-robin.
+    pub fn region_of(&self, id: u64) -> String {
+        if self.regions.is_empty() {
+            "default".to_string()
+        } else {
+            self.regions[(id as usize - 1) % self.regions.len()].clone()
+        }
     }
 
     /// Starts a new node with `--join <node join_via>` and waits until it is ready (it was
@@ -297,6 +333,7 @@ impl Cluster {
         if !blocked.is_empty() {
             self.must_set_partition(id, blocked);
         }
+        self.push_links(id);
     }
 
     // ---- pollers -------------------------------------------------------------------------
@@ -479,6 +516,69 @@ impl Cluster {
         }
         for id in a.iter().chain(b) {
             self.must_set_partition(*id, blocked[id].iter().copied().collect());
+        }
+    }
+
+    /// Records a link between `a` and `b` in both directions, without telling the nodes.
+    fn record_link(&self, a: u64, b: u64, link: LinkSpec) {
+        let mut links = self.links.lock().expect("links lock");
+        links.entry(a).or_default().insert(b, link);
+        links.entry(b).or_default().insert(a, link);
+    }
+
+    /// Sends node `id` the links recorded for it, when it runs and has any.
+    fn push_links(&self, id: u64) {
+        let mine = self
+            .links
+            .lock()
+            .expect("links lock")
+            .get(&id)
+            .cloned()
+            .unwrap_or_default();
+        if mine.is_empty() || !self.nodes.get(&id).is_some_and(NodeHandle::is_running) {
+            return;
+        }
+        admin::set_links(&self.node(id).cluster_addr(), &mine)
+            .unwrap_or_else(|e| panic!("SetLinks({mine:?}) at node {id} failed: {e}"));
+    }
+
+    /// Links nodes `a` and `b` with `delay` added to each direction (a round trip between
+    /// them gains twice `delay`) and a `bandwidth` cap in bytes/s (`None`: unlimited), both
+    /// ways: each node's own link shapes the connections it dials. Applies at once to open
+    /// connections. A node not started yet gets the link when it starts.
+    pub fn set_link(&self, a: u64, b: u64, delay: Duration, bandwidth: Option<u64>) {
+        self.record_link(a, b, LinkSpec { delay, bandwidth });
+        self.push_links(a);
+        self.push_links(b);
+    }
+
+    /// [`Cluster::set_link`] between every node of region `r1` and every node of region
+    /// `r2` (nodes started so far).
+    pub fn set_region_links(&self, r1: &str, r2: &str, delay: Duration, bandwidth: Option<u64>) {
+        let in_region = |r: &str| -> Vec<u64> {
+            self.ids()
+                .into_iter()
+                .filter(|id| self.node(*id).spec().region == r)
+                .collect()
+        };
+        for a in in_region(r1) {
+            for b in in_region(r2) {
+                if a != b {
+                    self.record_link(a, b, LinkSpec { delay, bandwidth });
+                }
+            }
+        }
+        for id in self.ids() {
+            self.push_links(id);
+        }
+    }
+
+    /// Removes every link (on every running node): the nodes talk at loopback speed again.
+    pub fn clear_links(&self) {
+        self.links.lock().expect("links lock").clear();
+        for id in self.running_ids() {
+            admin::set_links(&self.node(id).cluster_addr(), &BTreeMap::new())
+                .unwrap_or_else(|e| panic!("SetLinks([]) at node {id} failed: {e}"));
         }
     }
 

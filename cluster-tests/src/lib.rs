@@ -4,11 +4,12 @@
 //! and killed, stopped, restarted and partitioned by the harness.
 //!
 //! Modules, each with one job:
-//! - [`cluster`]: [`ClusterBuilder`] / [`Cluster`] — start-up, pollers, partitions, `must_*`.
+//! - [`cluster`]: [`ClusterBuilder`] / [`Cluster`] — start-up, pollers, partitions, links
+//!   (delay and bandwidth between nodes: an emulated WAN), `must_*`.
 //! - [`node`]: [`NodeHandle`] — one process: flags, ports, stderr files, kill/stop/restart.
 //! - [`oci`]: a small blocking OCI client; pushes and byte-for-byte verified pulls.
 //! - [`load`]: concurrent pushers that record which pushes were acknowledged.
-//! - [`admin`]: blocking Admin / Faults gRPC calls.
+//! - [`admin`]: blocking Admin / Faults gRPC calls (partitions, links).
 //! - [`clusterctl`]: running the CLI, bounded.
 //! - [`clients`]: real clients (docker, skopeo, containerd), skipped or required.
 //! - [`wait`]: the deadline pollers every wait goes through.
@@ -33,6 +34,7 @@ pub mod node;
 pub mod oci;
 pub mod wait;
 
+pub use admin::LinkSpec;
 pub use berth_proto::admin::{Member, NodeStatusResponse, StatusResponse};
 pub use cluster::{
     CHANGE_TIMEOUT, CONVERGE_TIMEOUT, Cluster, ClusterBuilder, LEADER_TIMEOUT, READY_TIMEOUT,

@@ -509,7 +509,7 @@ fn add_promote_demote_remove_by_hand() {
     let out = ctl(&leader_ep, &["status"]);
     out.assert_success();
     let r = row(&out.stdout, 2).unwrap_or_else(|| panic!("no row of node 2: {out:?}"));
-    assert_eq!((r[1].as_str(), r[10].as_str()), ("voter", "yes"), "{out:?}");
+    assert_eq!((r[1].as_str(), r[11].as_str()), ("voter", "yes"), "{out:?}");
     assert_refused(
         &ctl(&leader_ep, &["nodes", "promote", "2"]),
         "promote node 2",
@@ -630,10 +630,11 @@ fn promote_of_an_unreachable_learner_is_refused() {
     let header = out.stdout.lines().nth(1).unwrap_or_default();
     assert!(header.trim_end().ends_with("REACHABLE  ERROR"), "{out:?}");
     let r = row(&out.stdout, 2).unwrap_or_else(|| panic!("no row of node 2: {out:?}"));
-    // id role url addr region zone, then TERM LAST LOG APPLIED LAG as "-", REACHABLE "no".
+    // id role url addr region zone, then TERM LAST LOG APPLIED LAG RTT MS as "-",
+    // REACHABLE "no".
     assert_eq!(r[1], "learner", "{out:?}");
-    assert_eq!(r[6..11], ["-", "-", "-", "-", "no"], "{out:?}");
-    assert!(r.len() > 11, "no ERROR text: {out:?}");
+    assert_eq!(r[6..12], ["-", "-", "-", "-", "-", "no"], "{out:?}");
+    assert!(r.len() > 12, "no ERROR text: {out:?}");
     let out = ctl(&leader_ep, &["nodes", "list"]);
     out.assert_success();
     let r = row(&out.stdout, 2).unwrap_or_else(|| panic!("no row of node 2: {out:?}"));

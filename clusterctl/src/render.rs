@@ -30,6 +30,7 @@ pub fn status_text(status: &StatusResponse) -> String {
         ("LAST LOG", Align::Right),
         ("APPLIED", Align::Right),
         ("LAG", Align::Right),
+        ("RTT MS", Align::Right),
         ("REACHABLE", Align::Left),
     ];
     let any_unreachable = status.members.iter().any(|m| !m.reachable);
@@ -57,6 +58,7 @@ pub fn status_text(status: &StatusResponse) -> String {
                 raft(m.last_log_index),
                 raft(m.applied_index),
                 raft(m.lag),
+                rtt(m.rtt_ms),
                 yes_no(m.reachable),
             ];
             if any_unreachable {
@@ -147,6 +149,7 @@ pub fn member_json(m: &Member) -> Value {
         "last_log_index": m.last_log_index,
         "applied_index": m.applied_index,
         "lag": m.lag,
+        "rtt_ms": m.rtt_ms,
         "error": m.error,
     })
 }
@@ -220,6 +223,16 @@ fn or_dash(s: &str) -> String {
     }
 }
 
+/// A round trip in milliseconds to one decimal; `-` when not measured (0: the answering node
+/// itself, or a member it has not probed yet).
+fn rtt(ms: f64) -> String {
+    if ms > 0.0 {
+        format!("{ms:.1}")
+    } else {
+        "-".into()
+    }
+}
+
 fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.to_owned()
 }
@@ -287,6 +300,8 @@ mod tests {
             last_log_index: if reachable { 5000 - (id - 1) * 100 } else { 0 },
             applied_index: if reachable { 5000 - (id - 1) * 100 } else { 0 },
             lag: if reachable { (id - 1) * 100 } else { 0 },
+            // Measured by node 2, the one that answers in these tests.
+            rtt_ms: if id == 1 { 0.42 } else { 0.0 },
             error: if reachable {
                 String::new()
             } else {
@@ -316,10 +331,10 @@ mod tests {
         let text = status_text(&three_members());
         let expected = "\
 node 2 answered; leader: node 1; term: 7; last log: 4900; applied: 4900
-ID  ROLE     URL                   CLUSTER ADDR   REGION   ZONE  TERM  LAST LOG  APPLIED  LAG  REACHABLE  ERROR
- 1  leader   http://10.0.0.1:5000  10.0.0.1:7000  eu-west  z1       7      5000     5000    0  yes
- 2  voter    http://10.0.0.2:5000  10.0.0.2:7000  eu-west  z2       7      4900     4900  100  yes
- 3  learner  http://10.0.0.3:5000  10.0.0.3:7000  us-east  z3       -         -        -    -  no         connection refused
+ID  ROLE     URL                   CLUSTER ADDR   REGION   ZONE  TERM  LAST LOG  APPLIED  LAG  RTT MS  REACHABLE  ERROR
+ 1  leader   http://10.0.0.1:5000  10.0.0.1:7000  eu-west  z1       7      5000     5000    0     0.4  yes
+ 2  voter    http://10.0.0.2:5000  10.0.0.2:7000  eu-west  z2       7      4900     4900  100       -  yes
+ 3  learner  http://10.0.0.3:5000  10.0.0.3:7000  us-east  z3       -         -        -    -       -  no         connection refused
 ";
         assert_eq!(text, expected);
     }
@@ -381,7 +396,7 @@ ID  ROLE     URL                   CLUSTER ADDR   REGION   ZONE  REACHABLE
                 "id": 3, "role": "learner", "url": "http://10.0.0.3:5000",
                 "cluster_addr": "10.0.0.3:7000", "region": "us-east", "zone": "z3",
                 "reachable": false, "term": 0, "last_log_index": 0, "applied_index": 0,
-                "lag": 0, "error": "connection refused",
+                "lag": 0, "rtt_ms": 0.0, "error": "connection refused",
             })
         );
         assert_eq!(members_json(&three_members().members), value["members"]);

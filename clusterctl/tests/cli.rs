@@ -485,6 +485,7 @@ fn fake_member(id: u64, role: &str, reachable: bool) -> Member {
         last_log_index: if reachable { 5000 } else { 0 },
         applied_index: if reachable { 5000 } else { 0 },
         lag: 0,
+        rtt_ms: 0.0,
         error: if reachable {
             String::new()
         } else {

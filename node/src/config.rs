@@ -226,15 +226,18 @@ pub struct Limits {
     pub max_upload_sessions_per_client: usize,
 }
 
-/// Raft timing.
+/// Raft timing. The defaults hold across regions with round trips up to about 400 ms
+/// (ADR 012): a heartbeat, and each vote, must complete a round trip within the heartbeat
+/// interval and the lower election timeout respectively.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Raft {
-    /// Leader heartbeat interval, milliseconds. Default 100.
+    /// Leader heartbeat interval, milliseconds; must exceed the longest round trip between
+    /// voters. Default 500.
     pub heartbeat_ms: u64,
-    /// Election timeout lower bound, milliseconds. Default 300.
+    /// Election timeout lower bound, milliseconds. Default 1500.
     pub election_timeout_min_ms: u64,
-    /// Election timeout upper bound, milliseconds. Default 600.
+    /// Election timeout upper bound, milliseconds. Default 3000.
     pub election_timeout_max_ms: u64,
     /// Entries between snapshots (the log is compacted behind each). Default 10000.
     pub snapshot_every_entries: u64,
@@ -242,6 +245,12 @@ pub struct Raft {
     pub keep_log_entries: u64,
     /// Milliseconds a write may wait to commit before it answers 503. Default 10000.
     pub write_timeout_ms: u64,
+    /// Region whose voters should lead: a leader elsewhere hands leadership to an
+    /// up-to-date voter of this region (checked every election timeout). Env
+    /// `BERTH_RAFT__PREFERRED_LEADER_REGION`. Default none (leadership stays where elections
+    /// put it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preferred_leader_region: Option<String>,
 }
 
 impl Default for Config {
@@ -307,12 +316,13 @@ impl Default for Limits {
 impl Default for Raft {
     fn default() -> Self {
         Raft {
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            heartbeat_ms: 500,
+            election_timeout_min_ms: 1500,
+            election_timeout_max_ms: 3000,
             snapshot_every_entries: 10_000,
             keep_log_entries: 1000,
             write_timeout_ms: 10_000,
+            preferred_leader_region: None,
         }
     }
 }
@@ -475,6 +485,12 @@ impl Config {
         if r.write_timeout_ms == 0 {
             p.push("raft.write_timeout_ms: must be at least 1".to_string());
         }
+        if r.preferred_leader_region
+            .as_deref()
+            .is_some_and(|region| region.trim().is_empty())
+        {
+            p.push("raft.preferred_leader_region: must not be empty when set".to_string());
+        }
         let h = &self.http;
         for (field, secs) in [
             ("header_read_timeout_secs", h.header_read_timeout_secs),
@@ -520,6 +536,7 @@ impl Config {
             snapshot_every_entries: self.raft.snapshot_every_entries,
             keep_log_entries: self.raft.keep_log_entries,
             write_timeout: Duration::from_millis(self.raft.write_timeout_ms),
+            preferred_leader_region: self.raft.preferred_leader_region.clone(),
         }
     }
 
@@ -669,7 +686,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_at_once() {
         let file =
-            "version = 2\nnode_id = 0\n[durability]\nmin_copies = 0\n[raft]\nheartbeat_ms = 500\n";
+            "version = 2\nnode_id = 0\n[durability]\nmin_copies = 0\n[raft]\nheartbeat_ms = 2000\n";
         let err = Config::load(file, &env(&[])).unwrap_err();
         let text = err.to_string();
         for needle in [
@@ -681,6 +698,32 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
         assert_eq!(err.problems.len(), 4, "{text}");
+    }
+
+    #[test]
+    fn preferred_leader_region_loads_from_env_and_is_checked() {
+        assert_eq!(
+            Config::load("", &env(&[]))
+                .unwrap()
+                .raft
+                .preferred_leader_region,
+            None
+        );
+        let c = Config::load(
+            "",
+            &env(&[("BERTH_RAFT__PREFERRED_LEADER_REGION", "eu-west")]),
+        )
+        .unwrap();
+        assert_eq!(c.raft.preferred_leader_region.as_deref(), Some("eu-west"));
+        assert_eq!(
+            c.raft_settings().preferred_leader_region.as_deref(),
+            Some("eu-west")
+        );
+        let err = Config::load("[raft]\npreferred_leader_region = \" \"\n", &env(&[])).unwrap_err();
+        assert!(
+            err.to_string().contains("raft.preferred_leader_region"),
+            "{err}"
+        );
     }
 
     #[test]

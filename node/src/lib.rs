@@ -120,6 +120,7 @@ impl Node {
             wait_for_leader(&cluster, leader_wait).await;
         }
         let metrics = Metrics::new(config.node_id, &config.region, &config.zone);
+        register_peer_gauges(&metrics, &cluster);
         let registry = Registry::new(blobs, reader, cluster, config.registry_settings(), metrics);
         Ok(Node { registry, closer })
     }
@@ -160,6 +161,29 @@ impl Node {
             }
         }
     }
+}
+
+/// Fills `berth_peer_rtt_seconds` and `berth_peer_up` from the cluster's peer views at each
+/// scrape (peers no longer measured disappear).
+fn register_peer_gauges(metrics: &Metrics, cluster: &Cluster) {
+    let cluster = cluster.clone();
+    metrics.on_scrape(move |m| {
+        m.peer_rtt.clear();
+        m.peer_up.clear();
+        for view in cluster.peer_views() {
+            let labels = metrics::PeerLabels {
+                peer: view.node,
+                region: cluster
+                    .member(view.node)
+                    .map(|i| i.region)
+                    .unwrap_or_default(),
+            };
+            if let Some(rtt) = view.rtt {
+                m.peer_rtt.get_or_create(&labels).set(rtt.as_secs_f64());
+            }
+            m.peer_up.get_or_create(&labels).set(i64::from(view.up));
+        }
+    });
 }
 
 /// What the cluster records of this node.

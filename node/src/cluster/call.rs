@@ -24,7 +24,7 @@ impl Cluster {
     /// [`PeerError::Partitioned`] when a test partition cuts it off.
     pub fn reachable_member(&self, node: NodeId) -> Result<NodeInfo, PeerError> {
         let info = self.member(node).ok_or(PeerError::NotMember(node))?;
-        if self.peers.cut_off(node) {
+        if self.peers.faults().is_blocked(node) {
             return Err(PeerError::Partitioned(node));
         }
         Ok(info)
@@ -90,6 +90,7 @@ mod tests {
             snapshot_every_entries: 1000,
             keep_log_entries: 100,
             write_timeout: Duration::from_secs(2),
+            preferred_leader_region: None,
         };
         let me = NodeInfo {
             url: "http://127.0.0.1:1".into(),

@@ -12,15 +12,23 @@
 //! and state. One node is a cluster of one, never a separate mode.
 //!
 //! Submodules: `network` (Raft's client side over gRPC), `raft_service` (its server side),
-//! `peers` (channels, deadlines, the test partition filter), `membership` (add, promote,
-//! demote, remove, transfer leadership, status), `fetch` (streaming a blob from a holder),
-//! `call` (calls to a member or the leader, written once).
+//! `peers` (channels, deadlines), `faults` (the fault layer: partitions and per-peer links,
+//! enforced in `peers`, in the `link` delay proxy and in a layer over the cluster endpoint),
+//! `membership` (add, promote, demote, remove, transfer leadership, status), `leader_region`
+//! (handing leadership to the preferred region), `fetch` (streaming a blob from a holder),
+//! `call` (calls to a member or the leader, written once), `peer_view` (measured round trips,
+//! throughput and failures of every peer), `nearest` (the order holders are tried in).
 
 mod call;
+mod faults;
 mod fetch;
+mod leader_region;
+#[cfg(feature = "fault-injection")]
+mod link;
 mod membership;
 mod nearest;
 mod network;
+mod peer_view;
 mod peers;
 mod raft_service;
 
@@ -36,8 +44,13 @@ use openraft::Raft;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
 
+#[cfg(feature = "fault-injection")]
+pub use faults::FaultLayer;
+pub use faults::{Faults, Link};
 pub use fetch::{BlobStream, PeerBandwidth};
+pub use leader_region::RegionPreference;
 pub use membership::{MemberView, MembershipError, NodeStatus, Progress, Role};
+pub use peer_view::{PROBE_EVERY, PeerView};
 pub use peers::{CONNECT_TIMEOUT, PeerError, Peers};
 pub use raft_service::{RaftService, RaftServiceError};
 
@@ -61,6 +74,8 @@ pub struct RaftSettings {
     pub keep_log_entries: u64,
     /// How long a write may wait for commit before it answers "unavailable".
     pub write_timeout: Duration,
+    /// The region whose voters should lead (`raft.preferred_leader_region`); `None`: any.
+    pub preferred_leader_region: Option<String>,
 }
 
 /// Errors of the cluster layer.
@@ -143,6 +158,10 @@ pub struct Cluster {
     stopped: Arc<AtomicBool>,
     /// Where metadata writes wait while the disk is full.
     gate: WriteGate,
+    /// What this node measured of its peers.
+    views: Arc<peer_view::PeerViews>,
+    /// Stops the background workers (probes, the leader-region check) at shutdown.
+    workers: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -181,7 +200,8 @@ impl Cluster {
             enable_pre_vote: Some(true),
             // Replicate entries while the leader's own log write is still being flushed.
             broadcast_submitted_on_append: Some(true),
-            install_snapshot_timeout: network::SNAPSHOT_TIMEOUT.as_millis() as u64,
+            // Handed to the transport in `RPCOption`; ours bounds a snapshot by its progress.
+            install_snapshot_timeout: network::SNAPSHOT_STALL_TIMEOUT.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(
                 settings.snapshot_every_entries,
             ),
@@ -197,7 +217,11 @@ impl Cluster {
         let raft = Raft::new(
             node_id,
             config,
-            network::PeerNetwork::new(peers.clone()),
+            // A stream may take a connection (a handshake) and a round trip to open.
+            network::PeerNetwork::new(
+                peers.clone(),
+                CONNECT_TIMEOUT + settings.election_timeout_max,
+            ),
             log_store,
             state_machine,
         )
@@ -230,7 +254,7 @@ impl Cluster {
         } else {
             tracing::info!(node_id, "empty store: waiting to be added to a cluster");
         }
-        Ok(Cluster {
+        let cluster = Cluster {
             raft,
             node_id,
             write_timeout: settings.write_timeout,
@@ -240,7 +264,22 @@ impl Cluster {
             leader_contact: Arc::new(LeaderContact::new()),
             stopped: Arc::new(AtomicBool::new(false)),
             gate,
-        })
+            views: Arc::default(),
+            workers: tokio_util::sync::CancellationToken::new(),
+        };
+        tokio::spawn(peer_view::run_prober(
+            cluster.clone(),
+            cluster.workers.clone(),
+        ));
+        if let Some(region) = &settings.preferred_leader_region {
+            let pref = RegionPreference::new(region.clone(), settings.election_timeout_max);
+            tokio::spawn(leader_region::run_region_preference(
+                cluster.clone(),
+                pref,
+                cluster.workers.clone(),
+            ));
+        }
+        Ok(cluster)
     }
 
     /// Why this node cannot write metadata now, if its disk is full (then its Raft log waits
@@ -277,12 +316,7 @@ impl Cluster {
 
     /// The gRPC service that hands peers' Raft messages to this node.
     pub fn raft_service(&self, snapshot_dir: std::path::PathBuf) -> RaftService {
-        RaftService::new(
-            self.raft.clone(),
-            self.peers.clone(),
-            self.leader_contact.clone(),
-            snapshot_dir,
-        )
+        RaftService::new(self.raft.clone(), self.leader_contact.clone(), snapshot_dir)
     }
 
     /// Whether this node leads, or a leader replicated to it within the last three election
@@ -561,6 +595,7 @@ impl Cluster {
     /// had not ended by then (it then ends by itself, and drops its storage handles later).
     pub async fn shutdown(&self, bound: Duration) -> bool {
         self.stopped.store(true, Ordering::Relaxed);
+        self.workers.cancel();
         // A log write waiting for disk space holds Raft's core: end the wait so it can stop.
         self.gate.stop();
         match tokio::time::timeout(bound, self.raft.shutdown()).await {

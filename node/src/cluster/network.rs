@@ -2,8 +2,14 @@
 //! service (proto/proto/raft.proto). Messages are openraft's own, postcard-encoded
 //! (docs/adr/007); a snapshot is streamed in chunks of its file.
 //!
-//! Every call has a deadline (openraft's per-RPC TTL, or [`SNAPSHOT_TIMEOUT`] for a whole
-//! snapshot), so a slow or dead peer delays only its own replication stream.
+//! Every call is bounded, so a slow or dead peer delays only its own replication stream, and
+//! no bound is shorter than a round trip between regions (ADR 012): unary calls (votes) have
+//! openraft's per-RPC TTL as their deadline; a replication stream is handed to openraft at
+//! once and opened when first polled, within the stream setup bound (openraft's own
+//! per-stream TTL is the heartbeat interval, less than a WAN round trip); a snapshot has no
+//! deadline as a whole — it may take minutes behind a slow link — but fails when no chunk
+//! goes out for [`SNAPSHOT_STALL_TIMEOUT`], or when the receiver does not answer within
+//! [`SNAPSHOT_INSTALL_TIMEOUT`] of the last chunk.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,8 +35,13 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use super::peers::{PeerError, Peers};
 use crate::meta::{NodeId, NodeInfo, TypeConfig};
 
-/// Deadline for streaming and installing a whole snapshot.
-pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest time a snapshot transfer may make no progress (no chunk taken by the transport,
+/// on the sender; none arriving, on the receiver).
+pub const SNAPSHOT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the receiver may take to install a snapshot once its last chunk is sent.
+pub const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a snapshot transfer's progress is checked.
+const SNAPSHOT_WATCH_EVERY: Duration = Duration::from_millis(500);
 /// Bytes of snapshot file per stream message.
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 
@@ -38,12 +49,17 @@ const SNAPSHOT_CHUNK: usize = 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct PeerNetwork {
     peers: Arc<Peers>,
+    stream_setup: Duration,
 }
 
 impl PeerNetwork {
-    /// A network over this node's peer connections.
-    pub fn new(peers: Arc<Peers>) -> PeerNetwork {
-        PeerNetwork { peers }
+    /// A network over this node's peer connections; a replication stream must open (its
+    /// response headers arrive) within `stream_setup`.
+    pub fn new(peers: Arc<Peers>, stream_setup: Duration) -> PeerNetwork {
+        PeerNetwork {
+            peers,
+            stream_setup,
+        }
     }
 }
 
@@ -53,6 +69,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     peers: Arc<Peers>,
+    stream_setup: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -63,6 +80,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             addr: node.cluster_addr.clone(),
             peers: self.peers.clone(),
+            stream_setup: self.stream_setup,
         }
     }
 }
@@ -148,7 +166,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     fn stream_append<'s, S>(
         &'s mut self,
         input: S,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> BoxFuture<
         's,
         Result<
@@ -161,31 +179,36 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     {
         Box::pin(async move {
             let mut client = self.client().map_err(rpc_error)?;
-            let (target, peers) = (self.target, self.peers.clone());
-            // Stop feeding the stream as soon as a test partition cuts the peer off.
-            let requests = input
-                .take_while(move |_| std::future::ready(!peers.cut_off(target)))
-                .map(|r| RaftPayload {
-                    postcard: encode(&r),
-                });
+            let requests = input.map(|r| RaftPayload {
+                postcard: encode(&r),
+            });
             let req = self.peers.stream_request(requests);
-            let resp = tokio::time::timeout(option.soft_ttl(), client.stream_append(req))
-                .await
-                .map_err(|_| {
-                    rpc_error(self.fail(tonic::Status::deadline_exceeded(
-                        "replication stream setup timed out",
-                    )))
-                })?
-                .map_err(|s| rpc_error(self.fail(s)))?
-                .into_inner();
-            let (target, addr, peers) = (self.target, self.addr.clone(), self.peers.clone());
-            let results = resp.map(move |item| {
-                if peers.cut_off(target) {
-                    return Err(rpc_error(PeerError::Partitioned(target)));
+            let (target, addr, setup) = (self.target, self.addr.clone(), self.stream_setup);
+            // The response headers come a round trip later, and openraft's bound on this call
+            // (its heartbeat interval) may be shorter than a round trip between regions: the
+            // stream is returned at once and opened when openraft first polls it, bounded by
+            // `setup`. (A heartbeat is still bounded by openraft, around the whole exchange.)
+            let opened = async move {
+                let failed = |s| rpc_error(Peers::call_error(target, &addr, s));
+                match tokio::time::timeout(setup, client.stream_append(req)).await {
+                    Err(_) => Err(failed(tonic::Status::deadline_exceeded(format!(
+                        "replication stream setup timed out after {} ms",
+                        setup.as_millis()
+                    )))),
+                    Ok(Err(s)) => Err(failed(s)),
+                    Ok(Ok(resp)) => Ok((resp.into_inner(), addr)),
                 }
-                let payload = item.map_err(|s| rpc_error(Peers::call_error(target, &addr, s)))?;
-                decode::<StreamAppendResult<TypeConfig>>(&payload.postcard)
-                    .map_err(|e| RPCError::Network(NetworkError::new(&e)))
+            };
+            let results = futures::stream::once(opened).flat_map(move |opened| match opened {
+                Ok((resp, addr)) => resp
+                    .map(move |item| {
+                        let payload =
+                            item.map_err(|s| rpc_error(Peers::call_error(target, &addr, s)))?;
+                        decode::<StreamAppendResult<TypeConfig>>(&payload.postcard)
+                            .map_err(|e| RPCError::Network(NetworkError::new(&e)))
+                    })
+                    .boxed(),
+                Err(e) => futures::stream::once(std::future::ready(Err(e))).boxed(),
             });
             Ok(results.boxed())
         })
@@ -240,8 +263,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .await
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         // A reader task feeds the request stream; it stops when the call ends (send fails).
+        // Each chunk the transport takes is progress.
         let (tx, rx) = tokio::sync::mpsc::channel::<SnapshotChunk>(2);
+        let progress = Arc::new(SnapshotProgress::new());
+        let reader_progress = progress.clone();
         let reader = tokio::spawn(async move {
+            let progress = reader_progress;
             let header = SnapshotChunk {
                 part: Some(snapshot_chunk::Part::Header(header)),
             };
@@ -263,21 +290,27 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                     }
                 }
                 if filled == 0 {
-                    return;
+                    break;
                 }
                 buf.truncate(filled);
                 let chunk = SnapshotChunk {
                     part: Some(snapshot_chunk::Part::Data(buf)),
                 };
-                if tx.send(chunk).await.is_err() || filled < SNAPSHOT_CHUNK {
+                if tx.send(chunk).await.is_err() {
                     return;
                 }
+                progress.advanced();
+                if filled < SNAPSHOT_CHUNK {
+                    break;
+                }
             }
+            progress.finished();
         });
-        let req = self.peers.request(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            SNAPSHOT_TIMEOUT,
-        );
+        // No deadline on the whole call: a big snapshot behind a slow link may take minutes.
+        // The watchdog ends a transfer that stops making progress instead.
+        let req = self
+            .peers
+            .stream_request(tokio_stream::wrappers::ReceiverStream::new(rx));
         let send = client.install_snapshot(req);
         let res = tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
@@ -286,8 +319,67 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                 decode(&resp.into_inner().postcard)
                     .map_err(|e| StreamingError::Network(NetworkError::new(&e)))
             }
+            stalled = progress.stalled() => {
+                Err(peer_error::<StreamingError<TypeConfig>>(
+                    self.fail(tonic::Status::deadline_exceeded(stalled)),
+                ))
+            }
         };
         reader.abort();
         res
+    }
+}
+
+/// How far a snapshot transfer got, and when it last moved.
+#[derive(Debug)]
+struct SnapshotProgress {
+    start: std::time::Instant,
+    /// Milliseconds since `start` of the last chunk the transport took.
+    last_ms: std::sync::atomic::AtomicU64,
+    /// Every chunk was taken: what is left is the receiver's install.
+    sent: std::sync::atomic::AtomicBool,
+}
+
+impl SnapshotProgress {
+    fn new() -> SnapshotProgress {
+        SnapshotProgress {
+            start: std::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+            sent: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn advanced(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn finished(&self) {
+        self.advanced();
+        self.sent.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Why the transfer is stuck, once it is: no chunk taken for [`SNAPSHOT_STALL_TIMEOUT`],
+    /// or no answer [`SNAPSHOT_INSTALL_TIMEOUT`] after the last one.
+    async fn stalled(&self) -> String {
+        loop {
+            tokio::time::sleep(SNAPSHOT_WATCH_EVERY).await;
+            let last =
+                Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+            let quiet = self.start.elapsed().saturating_sub(last);
+            if self.sent.load(std::sync::atomic::Ordering::Relaxed) {
+                if quiet > SNAPSHOT_INSTALL_TIMEOUT {
+                    return format!(
+                        "the peer did not install the snapshot within {} s of its last chunk",
+                        SNAPSHOT_INSTALL_TIMEOUT.as_secs()
+                    );
+                }
+            } else if quiet > SNAPSHOT_STALL_TIMEOUT {
+                return format!(
+                    "the snapshot transfer made no progress for {} s",
+                    SNAPSHOT_STALL_TIMEOUT.as_secs()
+                );
+            }
+        }
     }
 }

@@ -1,10 +1,11 @@
 //! Connections to the other nodes' cluster endpoints (gRPC), shared by every node-to-node
-//! caller: Raft replication, write forwarding, blob fetches and admin relays.
+//! caller: Raft replication, write forwarding, blob fetches, probes and admin relays.
 //!
-//! One lazily connected channel per address, reused; every call gets a deadline and the
-//! `berth-from-node` metadata naming this node. With the `fault-injection` feature, a set of
-//! blocked peers makes calls to them fail at once and calls from them be refused — the
-//! partition the cluster tests create (docs/adr/007).
+//! One lazily connected channel per peer, reused; every call gets a deadline and the
+//! `berth-from-node` metadata naming this node. The client side of the fault layer
+//! (`faults.rs`) is here and nowhere else: [`Peers::channel`] refuses a peer a test partition
+//! cuts off, and — in `fault-injection` builds — dials through the in-process delay proxy
+//! (`link.rs`) that applies the peer's link and closes the connection when the peer is cut.
 //!
 //! [`Peers::call`] is the one unary-or-stream-opening call path: channel, deadline, a bound
 //! on the wait, and the mapping of a failure to [`PeerError`]. `Cluster::call_member` and
@@ -12,19 +13,21 @@
 //! node-to-node caller but Raft's own client (`network.rs`, which openraft hands the address)
 //! goes through them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_proto::FROM_NODE_HEADER;
 use tonic::transport::{Channel, Endpoint};
 
+use super::faults::Faults;
 use crate::meta::NodeId;
 use crate::types::ErrorKind;
 
-/// How long connecting to a peer may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long connecting to a peer may take (a TCP handshake across regions costs a round
+/// trip of up to a few hundred milliseconds).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// HTTP/2 keep-alive ping interval on peer connections.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// A peer that does not answer a keep-alive ping within this is dead to its streams.
@@ -99,9 +102,10 @@ impl PeerError {
 #[derive(Debug)]
 pub struct Peers {
     me: NodeId,
-    channels: Mutex<HashMap<String, Channel>>,
-    /// Peers a test partition cuts off (always empty without `fault-injection`).
-    blocked: Mutex<BTreeSet<NodeId>>,
+    /// By peer and address (a peer's channel dials through that peer's link).
+    channels: Mutex<HashMap<(NodeId, String), Channel>>,
+    /// The faults a test injects (always empty without `fault-injection`).
+    faults: Arc<Faults>,
 }
 
 impl Peers {
@@ -110,8 +114,13 @@ impl Peers {
         Peers {
             me,
             channels: Mutex::default(),
-            blocked: Mutex::default(),
+            faults: Arc::new(Faults::new()),
         }
+    }
+
+    /// The fault table this node's connections obey (see `faults.rs`).
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
     }
 
     /// This node's id.
@@ -121,11 +130,12 @@ impl Peers {
 
     /// A channel to `addr` (`host:port`) for a call to `node`, unless a test partition cuts it.
     pub fn channel(&self, node: NodeId, addr: &str) -> Result<Channel, PeerError> {
-        if self.cut_off(node) {
+        if self.faults.is_blocked(node) {
             return Err(PeerError::Partitioned(node));
         }
+        let key = (node, addr.to_string());
         let mut channels = self.channels.lock().expect("peer channel map poisoned");
-        if let Some(c) = channels.get(addr) {
+        if let Some(c) = channels.get(&key) {
             return Ok(c.clone());
         }
         let bad = |reason: String| PeerError::BadAddress {
@@ -143,8 +153,12 @@ impl Peers {
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
+        #[cfg(feature = "fault-injection")]
+        let channel =
+            endpoint.connect_with_connector_lazy(super::link::connector(node, self.faults.clone()));
+        #[cfg(not(feature = "fault-injection"))]
         let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
+        channels.insert(key, channel.clone());
         Ok(channel)
     }
 
@@ -213,31 +227,6 @@ impl Peers {
             .get(FROM_NODE_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<NodeId>().ok())
-    }
-
-    /// Refuses an incoming call from a peer a test partition cuts off
-    /// ([`PeerError::Partitioned`]).
-    pub fn admit<T>(&self, req: &tonic::Request<T>) -> Result<(), PeerError> {
-        match Self::sender(req) {
-            Some(n) if self.cut_off(n) => Err(PeerError::Partitioned(n)),
-            _ => Ok(()),
-        }
-    }
-
-    /// Replaces the set of peers cut off from this node (fault injection; empty heals).
-    #[cfg(feature = "fault-injection")]
-    pub fn set_blocked(&self, nodes: BTreeSet<NodeId>) {
-        tracing::warn!(?nodes, "test partition: peers cut off");
-        *self.blocked.lock().expect("blocked set poisoned") = nodes;
-    }
-
-    /// Whether a test partition cuts `node` off (the HTTP relay checks it too, through
-    /// `Cluster::reachable_member`).
-    pub fn cut_off(&self, node: NodeId) -> bool {
-        self.blocked
-            .lock()
-            .expect("blocked set poisoned")
-            .contains(&node)
     }
 }
 

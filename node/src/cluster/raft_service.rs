@@ -21,9 +21,8 @@ use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::LeaderContact;
-use super::network::{decode, encode};
-use super::peers::Peers;
-use crate::meta::{IncomingSnapshot, MetaError, NodeId, StateMachine, TypeConfig};
+use super::network::{SNAPSHOT_STALL_TIMEOUT, decode, encode};
+use crate::meta::{IncomingSnapshot, MetaError, StateMachine, TypeConfig};
 use crate::types::ErrorKind;
 
 /// Why the Raft service refused or failed a call.
@@ -44,9 +43,9 @@ pub enum RaftServiceError {
     /// openraft answered with an error (it stopped, or refused the message).
     #[error("raft: {0}")]
     Raft(String),
-    /// A test partition cuts the sender off.
-    #[error("node {0} is cut off by a test partition")]
-    Partitioned(NodeId),
+    /// The sender of a snapshot sent nothing for this long.
+    #[error("the snapshot stream stalled: nothing arrived for {} s", .0.as_secs())]
+    SnapshotStalled(std::time::Duration),
     /// Spooling an incoming snapshot failed.
     #[error("failed to receive snapshot")]
     Snapshot(#[source] MetaError),
@@ -59,7 +58,8 @@ impl RaftServiceError {
             RaftServiceError::Decode { .. } | RaftServiceError::SnapshotStream(_) => {
                 ErrorKind::Invalid
             }
-            RaftServiceError::Raft(_) | RaftServiceError::Partitioned(_) => ErrorKind::Unavailable,
+            RaftServiceError::Raft(_) => ErrorKind::Unavailable,
+            RaftServiceError::SnapshotStalled(_) => ErrorKind::Timeout,
             RaftServiceError::Snapshot(_) => ErrorKind::Internal,
         }
     }
@@ -69,7 +69,6 @@ impl RaftServiceError {
 #[derive(Clone)]
 pub struct RaftService {
     raft: Raft<TypeConfig, StateMachine>,
-    peers: Arc<Peers>,
     leader_contact: Arc<LeaderContact>,
     snapshot_dir: Arc<PathBuf>,
 }
@@ -77,13 +76,11 @@ pub struct RaftService {
 impl RaftService {
     pub(super) fn new(
         raft: Raft<TypeConfig, StateMachine>,
-        peers: Arc<Peers>,
         leader_contact: Arc<LeaderContact>,
         snapshot_dir: PathBuf,
     ) -> RaftService {
         RaftService {
             raft,
-            peers,
             leader_contact,
             snapshot_dir: Arc::new(snapshot_dir),
         }
@@ -116,7 +113,6 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        self.peers.admit(&req)?;
         self.leader_contact.touch();
         answer(self.raft.append_entries(payload(req)?).await)
     }
@@ -127,42 +123,31 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<Streaming<RaftPayload>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
-        self.peers.admit(&req)?;
-        let from = Peers::sender(&req);
-        let peers = self.peers.clone();
         let contact = self.leader_contact.clone();
-        // Requests until the first one that fails to arrive or decode, or a test partition.
+        // Requests until the first one that fails to arrive or decode. (A stream from a peer
+        // a test partition cuts off is ended by the fault layer, `faults.rs`.)
         let requests = req.into_inner().scan((), move |(), item| {
             contact.touch();
-            let cut = from.is_some_and(|n| peers.cut_off(n));
             let next = match item {
-                Ok(p) if !cut => decode::<AppendEntriesRequest<TypeConfig>>(&p.postcard).ok(),
-                _ => None,
+                Ok(p) => decode::<AppendEntriesRequest<TypeConfig>>(&p.postcard).ok(),
+                Err(_) => None,
             };
             std::future::ready(next)
         });
-        let peers = self.peers.clone();
-        let results = self.raft.stream_append(requests).map(move |r| {
-            if let Some(n) = from.filter(|n| peers.cut_off(*n)) {
-                return Err(RaftServiceError::Partitioned(n).into());
-            }
-            match r {
-                Ok(result) => Ok(RaftPayload {
-                    postcard: encode(&result),
-                }),
-                Err(fatal) => Err(RaftServiceError::Raft(fatal.to_string()).into()),
-            }
+        let results = self.raft.stream_append(requests).map(move |r| match r {
+            Ok(result) => Ok(RaftPayload {
+                postcard: encode(&result),
+            }),
+            Err(fatal) => Err(RaftServiceError::Raft(fatal.to_string()).into()),
         });
         Ok(Response::new(results.boxed()))
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.peers.admit(&req)?;
         answer(self.raft.vote(payload(req)?).await)
     }
 
     async fn pre_vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        self.peers.admit(&req)?;
         answer(self.raft.pre_vote(payload(req)?).await)
     }
 
@@ -170,7 +155,6 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        self.peers.admit(&req)?;
         answer(self.raft.handle_transfer_leader(payload(req)?).await)
     }
 
@@ -178,9 +162,15 @@ impl RaftRpc for RaftService {
         &self,
         req: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftPayload>, Status> {
-        self.peers.admit(&req)?;
         let mut stream = req.into_inner();
-        let Some(first) = stream.next().await.transpose()? else {
+        // No deadline on the whole transfer (it may take minutes behind a slow link), but a
+        // bound on the wait for each message.
+        let mut next = async || {
+            tokio::time::timeout(SNAPSHOT_STALL_TIMEOUT, stream.next())
+                .await
+                .map_err(|_| RaftServiceError::SnapshotStalled(SNAPSHOT_STALL_TIMEOUT))
+        };
+        let Some(first) = next().await?.transpose()? else {
             return Err(RaftServiceError::SnapshotStream("empty snapshot stream").into());
         };
         let Some(snapshot_chunk::Part::Header(header)) = first.part else {
@@ -194,7 +184,7 @@ impl RaftRpc for RaftService {
         let mut incoming = IncomingSnapshot::create(&self.snapshot_dir)
             .await
             .map_err(RaftServiceError::Snapshot)?;
-        while let Some(chunk) = stream.next().await.transpose()? {
+        while let Some(chunk) = next().await?.transpose()? {
             match chunk.part {
                 Some(snapshot_chunk::Part::Data(data)) => incoming
                     .write(&data)

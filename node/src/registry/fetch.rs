@@ -13,7 +13,9 @@
 //! cap; once a client's read starts or joins it, the cap no longer applies to it (a pull never
 //! waits behind replication's pacing). After each successful fetch the metrics count the bytes
 //! per pair of nodes, and a fetch a client waited for counts as a read-through from the
-//! holder's region.
+//! holder's region; the nearness view (`Cluster::record_transfer`, `record_failure`) learns
+//! the holder's throughput, or puts a failing holder in backoff (a failure of this node's own
+//! disk is not the holder's).
 
 use std::collections::HashMap;
 use std::io;
@@ -26,7 +28,7 @@ use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::blobstore::{BlobBody, BlobStore};
+use crate::blobstore::{BlobBody, BlobStore, BlobStoreError};
 use crate::cluster::{Cluster, PeerBandwidth};
 use crate::meta::{Command, CommandV1, NodeId};
 use crate::metrics::{Metrics, PairLabels, SourceLabels};
@@ -228,10 +230,17 @@ impl Job {
         }
         let mut why = "no other node holds it".to_string();
         for holder in wanted.holders.iter().copied().filter(|h| *h != me) {
+            let started = std::time::Instant::now();
             match self.copy_from(&wanted, holder, &mut tap).await {
                 Ok(()) => {
                     tracing::info!(%digest, holder, size = wanted.size, "fetched a copy of a blob from a peer");
                     self.count(holder, wanted.size);
+                    // The nearness view learns the holder's throughput (a paced copy's rate is
+                    // the cap's, not the link's: only unpaced copies are reported).
+                    if self.for_client.load(Ordering::Relaxed) || !self.bandwidth.is_capped() {
+                        self.cluster
+                            .record_transfer(holder, wanted.size, started.elapsed());
+                    }
                     let cmd = CommandV1::BlobCopied {
                         digest: digest.clone(),
                         node: me,
@@ -245,6 +254,10 @@ impl Job {
                 }
                 Err(e) => {
                     tracing::warn!(%digest, holder, error = %e, "failed to fetch blob from a peer");
+                    if let Failure::Holder(_) = e {
+                        // Tried last until its backoff ends.
+                        self.cluster.record_failure(holder);
+                    }
                     why = format!("node {holder}: {e}");
                 }
             }
@@ -285,18 +298,18 @@ impl Job {
         wanted: &Wanted,
         holder: NodeId,
         tap: &mut Option<Tap>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         let (digest, size) = (&wanted.digest, wanted.size);
         let stream = self
             .cluster
             .fetch_blob(holder, digest)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Failure::Holder(e.to_string()))?;
         if stream.size != size {
-            return Err(format!(
+            return Err(Failure::Holder(format!(
                 "it announced {} bytes for a blob recorded as {size}",
                 stream.size
-            ));
+            )));
         }
         // From here on the tap's client sees this attempt's bytes: a failure ends its response.
         let mut client = None;
@@ -359,17 +372,18 @@ impl Job {
             Ok(n) if n == size => {}
             Ok(n) => {
                 staged.abort().await;
-                return fail(client, format!("received {n} bytes of a {size}-byte blob")).await;
+                let why = Failure::Holder(format!("received {n} bytes of a {size}-byte blob"));
+                return fail(client, why).await;
             }
             Err(e) => {
                 staged.abort().await;
-                return fail(client, e.to_string()).await;
+                return fail(client, Failure::of(e)).await;
             }
         }
         // Verifies the digest, makes the copy durable and moves it into place (a mismatch
         // removes the staging file).
         if let Err(e) = staged.finish(&self.blobs, digest).await {
-            return fail(client, e.to_string()).await;
+            return fail(client, Failure::of(e)).await;
         }
         if let (Some(tx), Some(last)) = (client, held) {
             let _ = tx.send(Ok(last)).await;
@@ -378,11 +392,42 @@ impl Job {
     }
 }
 
+/// Why a copy from one holder failed: the holder's doing (unreachable, a broken stream, other
+/// bytes than the digest names), or this node's (its disk).
+#[derive(Debug)]
+enum Failure {
+    Holder(String),
+    Local(String),
+}
+
+impl Failure {
+    fn of(e: BlobStoreError) -> Failure {
+        match e {
+            e @ (BlobStoreError::Body(_) | BlobStoreError::DigestMismatch { .. }) => {
+                Failure::Holder(e.to_string())
+            }
+            e => Failure::Local(e.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Holder(why) => f.write_str(why),
+            Failure::Local(why) => write!(f, "this node could not store it: {why}"),
+        }
+    }
+}
+
 /// Ends the tap's response with an error (so the client sees a broken transfer, not a short
 /// or wrong blob) and returns the error.
-async fn fail(client: Option<mpsc::Sender<io::Result<Bytes>>>, why: String) -> Result<(), String> {
+async fn fail(
+    client: Option<mpsc::Sender<io::Result<Bytes>>>,
+    why: Failure,
+) -> Result<(), Failure> {
     if let Some(tx) = client {
-        let _ = tx.send(Err(io::Error::other(why.clone()))).await;
+        let _ = tx.send(Err(io::Error::other(why.to_string()))).await;
     }
     Err(why)
 }

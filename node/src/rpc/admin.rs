@@ -99,7 +99,6 @@ impl AdminService {
         Relay: FnOnce(AdminClient<tonic::transport::Channel>, Request<Req>) -> RFut,
         RFut: Future<Output = Result<Response<tonic::Streaming<Progress>>, Status>>,
     {
-        self.cluster.peers().admit(&req)?;
         if self.cluster.is_leader() {
             let (ptx, mut prx) = mpsc::channel::<cluster::Progress>(16);
             let (otx, orx) = mpsc::channel::<Result<Progress, Status>>(16);
@@ -153,9 +152,8 @@ impl AdminService {
 impl Admin for AdminService {
     async fn status(
         &self,
-        req: Request<StatusRequest>,
+        _req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        self.cluster.peers().admit(&req)?;
         let me = self.cluster.node_status();
         let members = self.cluster.members();
         let answers =
@@ -176,6 +174,12 @@ impl Admin for AdminService {
                     region: m.info.region.clone(),
                     zone: m.info.zone.clone(),
                     role: m.role.as_str().to_string(),
+                    rtt_ms: self
+                        .cluster
+                        .peer_view(m.id)
+                        .filter(|v| v.up)
+                        .and_then(|v| v.rtt)
+                        .map_or(0.0, |rtt| rtt.as_secs_f64() * 1000.0),
                     ..Member::default()
                 };
                 match a {
@@ -209,9 +213,8 @@ impl Admin for AdminService {
 
     async fn node_status(
         &self,
-        req: Request<NodeStatusRequest>,
+        _req: Request<NodeStatusRequest>,
     ) -> Result<Response<NodeStatusResponse>, Status> {
-        self.cluster.peers().admit(&req)?;
         Ok(Response::new(node_status_message(
             &self.cluster.node_status(),
         )))
@@ -311,7 +314,27 @@ impl berth_proto::admin::faults_server::Faults for FaultsService {
         req: Request<berth_proto::admin::SetPartitionRequest>,
     ) -> Result<Response<berth_proto::admin::SetPartitionResponse>, Status> {
         let blocked = req.into_inner().blocked_node_ids.into_iter().collect();
-        self.cluster.peers().set_blocked(blocked);
+        self.cluster.peers().faults().set_blocked(blocked);
         Ok(Response::new(berth_proto::admin::SetPartitionResponse {}))
+    }
+
+    async fn set_links(
+        &self,
+        req: Request<berth_proto::admin::SetLinksRequest>,
+    ) -> Result<Response<berth_proto::admin::SetLinksResponse>, Status> {
+        let links = req
+            .into_inner()
+            .links
+            .into_iter()
+            .map(|l| {
+                let link = cluster::Link {
+                    delay: Duration::from_millis(l.delay_ms),
+                    bandwidth: (l.bandwidth_bytes_per_sec > 0).then_some(l.bandwidth_bytes_per_sec),
+                };
+                (l.peer_id, link)
+            })
+            .collect();
+        self.cluster.peers().faults().set_links(links);
+        Ok(Response::new(berth_proto::admin::SetLinksResponse {}))
     }
 }

@@ -3,6 +3,10 @@
 //! streaming (`berth.peer.v1`), the admin service `clusterctl` talks to (`berth.admin.v1`),
 //! and, in builds with the `fault-injection` feature, the test-only `Faults` service.
 //!
+//! In `fault-injection` builds the cluster's fault layer (`cluster::FaultLayer`) wraps every
+//! service: calls and streams from a peer a test partition cuts off are refused there, in one
+//! place, not by each handler.
+//!
 //! Like `api`, these are adapters: decode, call the cluster or the registry, encode. Every
 //! error that becomes a gRPC answer says its `ErrorKind`, and `status.rs` turns the kind into
 //! a code in one table, for these services and for the Raft service alike.
@@ -58,8 +62,13 @@ pub async fn serve(
         tokio_stream::wrappers::TcpListenerStream::new(listener)
             .map_ok(move |stream| Severable::new(stream, sever.clone()))
     };
+    #[cfg(feature = "fault-injection")]
+    let filter = crate::cluster::FaultLayer::new(cluster.peers().faults().clone());
+    #[cfg(not(feature = "fault-injection"))]
+    let filter = tower::layer::util::Identity::new();
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(filter)
         .add_service(raft)
         .add_service(peer)
         .add_service(admin);

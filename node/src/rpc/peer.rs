@@ -1,12 +1,13 @@
-//! `berth.peer.v1.Peer`: the leader's half of write forwarding, blob streaming to peers that
-//! lack a blob, and copies made on request (`Replicate`, for the durability policy).
+//! `berth.peer.v1.Peer`: the leader's half of write forwarding, blob streaming to peers
+//! that lack a blob, the probe peers measure their round trips with, and copies made on
+//! request (`Replicate`, for the durability policy).
 
 use std::sync::Arc;
 
 use berth_proto::peer::peer_server::Peer;
 use berth_proto::peer::{
-    BlobChunk, FetchBlobRequest, ForwardWriteRequest, ForwardWriteResponse, ReadIndexRequest,
-    ReadIndexResponse, ReplicateRequest, ReplicateResponse,
+    BlobChunk, FetchBlobRequest, ForwardWriteRequest, ForwardWriteResponse, PingRequest,
+    PingResponse, ReadIndexRequest, ReadIndexResponse, ReplicateRequest, ReplicateResponse,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -47,7 +48,6 @@ impl Peer for PeerService {
         req: Request<ForwardWriteRequest>,
     ) -> Result<Response<ForwardWriteResponse>, Status> {
         let cluster = self.registry.cluster();
-        cluster.peers().admit(&req)?;
         let command: Command = postcard::from_bytes(&req.into_inner().command)
             .map_err(|e| status(ErrorKind::Invalid, format!("failed to decode command: {e}")))?;
         let (result, log_index) = cluster.leader_write(command).await?;
@@ -59,15 +59,20 @@ impl Peer for PeerService {
 
     async fn read_index(
         &self,
-        req: Request<ReadIndexRequest>,
+        _req: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexResponse>, Status> {
         let cluster = self.registry.cluster();
-        cluster.peers().admit(&req)?;
         if !cluster.is_leader() {
             return Err(LeaderWriteError::NotLeader(cluster.current_leader()).into());
         }
         let log_index = cluster.read_index().await?;
         Ok(Response::new(ReadIndexResponse { log_index }))
+    }
+
+    async fn ping(&self, _req: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        Ok(Response::new(PingResponse {
+            node_id: self.registry.cluster().node_id(),
+        }))
     }
 
     type FetchBlobStream = BoxStream<'static, Result<BlobChunk, Status>>;
@@ -76,7 +81,6 @@ impl Peer for PeerService {
         &self,
         req: Request<FetchBlobRequest>,
     ) -> Result<Response<Self::FetchBlobStream>, Status> {
-        self.registry.cluster().peers().admit(&req)?;
         let digest = Digest::parse(&req.get_ref().digest)
             .map_err(|e| status(ErrorKind::Invalid, format!("bad digest: {e}")))?;
         let body = match self.registry.blob_store().read(&digest, None).await {
@@ -127,7 +131,6 @@ impl Peer for PeerService {
         &self,
         req: Request<ReplicateRequest>,
     ) -> Result<Response<ReplicateResponse>, Status> {
-        self.registry.cluster().peers().admit(&req)?;
         let digest = Digest::parse(&req.get_ref().digest)
             .map_err(|e| status(ErrorKind::Invalid, format!("bad digest: {e}")))?;
         self.registry

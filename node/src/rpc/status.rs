@@ -139,7 +139,10 @@ mod tests {
                 RaftServiceError::Raft("stopped".into()).into(),
                 Code::Unavailable,
             ),
-            (RaftServiceError::Partitioned(2).into(), Code::Unavailable),
+            (
+                RaftServiceError::SnapshotStalled(std::time::Duration::from_secs(30)).into(),
+                Code::DeadlineExceeded,
+            ),
         ];
         for (s, expected) in cases {
             assert_eq!(s.code(), expected, "{s:?}");
