@@ -4,12 +4,13 @@
 //! first confirms with the leader's commit index (ReadIndex) when it hears from the leader, so
 //! a pull at any node right after the push's 201 at another never answers "unknown" — ACR's
 //! documented failure (a range of a blob the node has no copy of waits for the copy), on
-//! loopback and across three regions 20 ms apart (the fault layer's links). And a
-//! node cut off from the leader answers from what it has, at once: its 404 does not wait for
-//! the write timeout. Nor does a node whose leader hangs (SIGSTOP: connections open, nothing
-//! answers) while it still counts the leader as heard from: the confirmation is bounded (`registry::CONFIRM_ABSENCE_WITHIN`, 2 s; measured: the first 404
-//! after the hang took 2.01 s, the next ones 6–60 ms once the others elected a leader; before
-//! the bound it would have been the write timeout, 10 s).
+//! loopback and across three regions 20 ms apart (the fault layer's links). And a node cut off
+//! from the leader answers from what it has, at once: its 404 does not wait for the write
+//! timeout. Nor does a node whose leader hangs (SIGSTOP: connections open, nothing answers)
+//! while it still counts the leader as heard from: the confirmation is bounded
+//! (`registry::CONFIRM_ABSENCE_WITHIN`, 2 s; measured: the first 404 after the hang took
+//! 2.01 s, the next ones 6–60 ms once the others elected a leader; before the bound it would
+//! have been the write timeout, 10 s).
 
 use std::time::{Duration, Instant};
 
