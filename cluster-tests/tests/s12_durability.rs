@@ -224,3 +224,33 @@ fn durability_copies_are_paced_by_the_per_peer_cap() {
         assert!(holders_on_disk(&c, &blob.digest).len() >= 2);
     }
 }
+
+#[test]
+fn the_durability_copy_goes_to_the_nearest_node() {
+    // Nodes 1 and 3 in r1, node 2 in r2 behind 50 ms each way: with min_copies = 2 and one
+    // region asked for, the second copy goes to node 3, not across the WAN.
+    let c = ClusterBuilder::new()
+        .nodes(3)
+        .regions(&["r1", "r2", "r1"])
+        .default_raft_timing()
+        .region_links(Duration::from_millis(50), None)
+        .env("BERTH_DURABILITY__MIN_COPIES", "2")
+        .build();
+    let image = c.must_push_image(1, "s12/near", "v1", &[random_layer(100 * 1024)]);
+    for blob in image.blobs() {
+        let on_disk = holders_on_disk(&c, &blob.digest);
+        assert!(
+            on_disk.contains(&1) && on_disk.contains(&3),
+            "blob {} is on the disks of nodes {on_disk:?}, not of nodes 1 and 3",
+            blob.digest
+        );
+    }
+    let blob_bytes: u64 = image.blobs().map(|b| b.size).sum();
+    let m3 = metrics(&c, 3);
+    assert!(
+        m3.contains(&format!(
+            "berth_replication_bytes_total{{from=\"1\",to=\"3\"}} {blob_bytes}"
+        )),
+        "{m3}"
+    );
+}
