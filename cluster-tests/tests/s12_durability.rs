@@ -4,8 +4,9 @@
 //! 201 only once every blob it references is held by `min_copies` nodes in `min_regions`
 //! regions — the node taking the PUT makes the copies first, while the client waits — so with
 //! `min_copies = 2`, kill -9 of the node that took the push right after its 201 loses nothing;
-//! with `min_regions = 2`, each region's disk holds every blob at the 201; and a policy the
-//! cluster cannot meet answers 503 with the reason and commits nothing. The copies are paced by
+//! with `min_regions = 2`, each region's disk holds every blob at the 201; the copy goes to the
+//! nearest node (one of its region, not one across a 50 ms link); and a policy the cluster
+//! cannot meet answers 503 with the reason and commits nothing. The copies are paced by
 //! `replication.max_bytes_per_sec_per_peer` (a lower bound on the PUT's time only).
 
 use std::path::{Path, PathBuf};
