@@ -7,6 +7,8 @@
 //! - [`meta`]: the Raft log store and state machine in RocksDB; the only user of RocksDB.
 //! - [`cluster`]: this node's Raft instance; proposes metadata writes.
 //! - [`registry`]: the use cases (push, pull, delete, lists) over the three above.
+//! - [`replication`]: placement of blobs by region, per-repository policies, the replicator
+//!   that copies what this node should hold, and replication status.
 //! - [`api`]: the HTTP adapter (axum) of the OCI Distribution API.
 //! - [`rpc`]: the gRPC adapter (tonic) of the cluster endpoint: Raft, forwarding, blob
 //!   streaming, admin.
@@ -26,6 +28,7 @@ pub mod config;
 pub mod meta;
 pub mod metrics;
 pub mod registry;
+pub mod replication;
 pub mod rpc;
 pub mod server;
 pub mod space;
@@ -43,6 +46,7 @@ use crate::config::Config;
 use crate::meta::{MetaCloser, MetaError, NodeInfo};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::replication::{Replication, ReplicationWorker};
 
 /// Why a node could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +90,8 @@ const STORE_CLOSE: Duration = Duration::from_secs(10);
 pub struct Node {
     /// The registry use cases.
     pub registry: Arc<Registry>,
+    /// Replication status and policies (the replicator runs only under [`run`]).
+    pub replication: Arc<Replication>,
     /// Closes the metadata store once every other handle on it is gone.
     closer: MetaCloser,
 }
@@ -120,8 +126,18 @@ impl Node {
             wait_for_leader(&cluster, leader_wait).await;
         }
         let metrics = Metrics::new(config.node_id, &config.region, &config.zone);
+        let replication = Replication::new(
+            reader.clone(),
+            cluster.clone(),
+            config.replication_settings(),
+        );
+        replication::worker::register_metrics(replication.clone(), &metrics);
         let registry = Registry::new(blobs, reader, cluster, config.registry_settings(), metrics);
-        Ok(Node { registry, closer })
+        Ok(Node {
+            registry,
+            replication,
+            closer,
+        })
     }
 
     /// The HTTP router of this node.
@@ -146,8 +162,13 @@ impl Node {
 
     /// Drops this node's handles and waits, up to `bound`, for the metadata store to close.
     async fn close_store(self, bound: Duration) -> bool {
-        let Node { registry, closer } = self;
+        let Node {
+            registry,
+            replication,
+            closer,
+        } = self;
         drop(registry);
+        drop(replication);
         match closer.close(bound).await {
             Ok(()) => true,
             Err(closer) => {
@@ -227,6 +248,7 @@ pub async fn run(
     let rpc_stop = CancellationToken::new();
     let rpc = tokio::spawn(rpc::serve(
         node.registry.clone(),
+        node.replication.clone(),
         config.data_dir.join("snapshots"),
         cluster_listener,
         rpc_stop.clone(),
@@ -267,6 +289,10 @@ pub async fn run(
         }
     });
 
+    let replicator = tokio::spawn(
+        ReplicationWorker::new(node.replication.clone(), node.registry.clone()).run(stop.clone()),
+    );
+
     tracing::info!(
         listen = %listener.local_addr()?,
         cluster = %config.advertised_cluster(),
@@ -288,6 +314,7 @@ pub async fn run(
     let tasks_end = tokio::time::Instant::now() + TASKS_STOP;
     let tasks_left = || tasks_end.saturating_duration_since(tokio::time::Instant::now());
     finish(expiry, tasks_left()).await;
+    finish(replicator, tasks_left()).await;
     if let Some(j) = joiner {
         finish(j, tasks_left()).await;
     }
