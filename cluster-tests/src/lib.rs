@@ -10,6 +10,7 @@
 //! - [`load`]: concurrent pushers that record which pushes were acknowledged.
 //! - [`admin`]: blocking Admin / Faults gRPC calls.
 //! - [`clusterctl`]: running the CLI, bounded.
+//! - [`replication`]: blob files in a node's data directory; `clusterctl replication` runs.
 //! - [`wait`]: the deadline pollers every wait goes through.
 //!
 //! The berth binary comes from env `BERTH_BIN` and must be built with the cargo feature
@@ -29,6 +30,7 @@ pub mod clusterctl;
 pub mod load;
 pub mod node;
 pub mod oci;
+pub mod replication;
 pub mod wait;
 
 pub use berth_proto::admin::{Member, NodeStatusResponse, StatusResponse};

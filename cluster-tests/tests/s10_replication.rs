@@ -1,0 +1,218 @@
+//! Scenario 10: geo-replication. Three regions (`r1`, `r2`, `r3`, one node each: node N is in
+//! region rN). A push at one region reaches every region's disk without any pull, as
+//! `clusterctl replication status --wait` reports; it survives the loss of the pushing node;
+//! a node down for the whole push, a region cut off, and a restart of every node at once all
+//! converge with no manual step (the replicator derives its work from the state); a residency
+//! policy keeps a region free of copies and widening it adds them; an image deleted while a
+//! region was cut off is never copied there.
+
+use std::time::Duration;
+
+use cluster_tests::replication::{
+    holds_blob, missing_blobs, must_wait_complete, status, wait_for_blob_files,
+};
+use cluster_tests::{Cluster, ClusterBuilder, ImageRef, READY_TIMEOUT, random_layer};
+
+/// How long replication may take in these scenarios.
+const REPLICATED: Duration = Duration::from_secs(60);
+
+fn three_regions() -> Cluster {
+    ClusterBuilder::new()
+        .nodes(3)
+        .regions(&["r1", "r2", "r3"])
+        .build()
+}
+
+fn layers() -> Vec<Vec<u8>> {
+    vec![random_layer(300 * 1024), random_layer(40 * 1024)]
+}
+
+fn reference(image: &ImageRef) -> String {
+    format!("{}:{}", image.repo, image.tag)
+}
+
+#[track_caller]
+fn assert_holds_every_blob(cluster: &Cluster, id: u64, image: &ImageRef) {
+    let missing = missing_blobs(cluster, id, image);
+    assert!(
+        missing.is_empty(),
+        "node {id} lacks blob files {missing:?} of {}",
+        reference(image)
+    );
+}
+
+#[track_caller]
+fn assert_holds_no_blob(cluster: &Cluster, id: u64, image: &ImageRef) {
+    let held: Vec<&str> = image
+        .blobs()
+        .filter(|b| holds_blob(cluster, id, &b.digest))
+        .map(|b| b.digest.as_str())
+        .collect();
+    assert!(
+        held.is_empty(),
+        "node {id} holds blob files {held:?} of {}",
+        reference(image)
+    );
+}
+
+/// Pushed at r1 and never pulled: `status --wait` completes, every node's disk holds every
+/// blob, and with the pushing node killed the image pulls byte for byte in r2 and r3.
+#[test]
+fn a_push_reaches_every_region_without_a_pull_and_outlives_its_origin() {
+    let mut cluster = three_regions();
+    let image = cluster.must_push_image(1, "app/web", "v1", &layers());
+    must_wait_complete(&cluster, 2, &reference(&image), REPLICATED);
+    for id in [1, 2, 3] {
+        assert_holds_every_blob(&cluster, id, &image);
+    }
+    let (summary, complete) = status(&cluster, 3, "");
+    assert!(complete, "{summary}");
+    assert_eq!(summary["regions"]["r3"]["pending_blobs"], 0, "{summary}");
+
+    cluster.kill(1);
+    for id in [2, 3] {
+        cluster.must_pull_image(id, "app/web", "v1", &image);
+    }
+}
+
+/// A node down for the whole push comes back and copies what its region lacks by itself.
+#[test]
+fn a_node_down_for_the_whole_push_catches_up_by_itself() {
+    let mut cluster = three_regions();
+    cluster.kill(3);
+    let images: Vec<ImageRef> = (0..3)
+        .map(|i| cluster.must_push_image(1, "team/svc", &format!("v{i}"), &layers()))
+        .collect();
+    for image in &images {
+        wait_for_blob_files(&cluster, 2, image, REPLICATED);
+    }
+    let (seen, complete) = status(&cluster, 1, "team/svc");
+    assert!(!complete, "{seen}");
+    assert_eq!(seen["regions"]["r3"]["complete"], false, "{seen}");
+    assert_eq!(seen["regions"]["r2"]["complete"], true, "{seen}");
+    cluster.restart(3);
+    cluster.wait_for_ready(3, READY_TIMEOUT);
+    for image in &images {
+        wait_for_blob_files(&cluster, 3, image, REPLICATED);
+    }
+    must_wait_complete(&cluster, 3, "team/svc", REPLICATED);
+}
+
+/// r3 cut off while r1 takes pushes: r2 replicates, r3 is reported pending; after healing r3
+/// converges with no manual step.
+#[test]
+fn a_region_cut_off_during_pushes_converges_after_healing() {
+    let cluster = three_regions();
+    cluster.partition(&[3], &[1, 2]);
+    let images: Vec<ImageRef> = (0..3)
+        .map(|i| cluster.must_push_image(1, "cut/app", &format!("v{i}"), &layers()))
+        .collect();
+    for image in &images {
+        wait_for_blob_files(&cluster, 2, image, REPLICATED);
+    }
+    let (seen, complete) = status(&cluster, 1, "cut/app");
+    assert!(!complete, "{seen}");
+    assert_eq!(seen["regions"]["r2"]["complete"], true, "{seen}");
+    assert_eq!(seen["regions"]["r3"]["complete"], false, "{seen}");
+    // Three images of two random layers each (and their configs).
+    assert!(
+        seen["regions"]["r3"]["pending_blobs"].as_u64().unwrap() >= 6,
+        "{seen}"
+    );
+    for image in &images {
+        assert_holds_no_blob(&cluster, 3, image);
+    }
+
+    cluster.heal();
+    must_wait_complete(&cluster, 3, "cut/app", REPLICATED);
+    for image in &images {
+        assert_holds_every_blob(&cluster, 3, image);
+    }
+}
+
+/// A repository limited to r1 and r2 leaves r3 without copies (while another repository
+/// reaches r3); widening the policy makes r3 copy it.
+#[test]
+fn a_residency_policy_keeps_a_region_free_and_widening_it_adds_copies() {
+    let cluster = three_regions();
+    let set = cluster_tests::replication::ctl(
+        &cluster,
+        2,
+        &["policy", "set", "eu/**", "--regions", "r1,r2"],
+        Duration::from_secs(10),
+    );
+    set.assert_success();
+    let resident = cluster.must_push_image(1, "eu/payroll", "v1", &layers());
+    let open = cluster.must_push_image(1, "pub/site", "v1", &layers());
+    must_wait_complete(&cluster, 3, &reference(&open), REPLICATED);
+    must_wait_complete(&cluster, 3, &reference(&resident), REPLICATED);
+    assert_holds_every_blob(&cluster, 2, &resident);
+    assert_holds_every_blob(&cluster, 3, &open);
+    assert_holds_no_blob(&cluster, 3, &resident);
+    let (seen, _) = status(&cluster, 3, &reference(&resident));
+    assert_eq!(seen["regions"]["r3"]["pending_blobs"], 0, "{seen}");
+
+    // Widen: every region.
+    cluster_tests::replication::ctl(
+        &cluster,
+        3,
+        &["policy", "set", "eu/**"],
+        Duration::from_secs(10),
+    )
+    .assert_success();
+    wait_for_blob_files(&cluster, 3, &resident, REPLICATED);
+    must_wait_complete(&cluster, 1, &reference(&resident), REPLICATED);
+}
+
+/// An image pushed and deleted while r3 was cut off is never copied to r3 after healing.
+#[test]
+fn an_image_deleted_while_a_region_was_cut_off_is_not_copied_there() {
+    let cluster = three_regions();
+    cluster.partition(&[3], &[1, 2]);
+    let doomed = cluster.must_push_image(1, "tmp/build", "v1", &layers());
+    wait_for_blob_files(&cluster, 2, &doomed, REPLICATED);
+    let r = cluster
+        .client(1)
+        .request(
+            "DELETE",
+            &format!("/v2/tmp/build/manifests/{}", doomed.manifest_digest),
+            &[],
+            None,
+        )
+        .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+
+    cluster.heal();
+    cluster.wait_for_applied_converged(REPLICATED);
+    // r3 replicates again: a later image gets there, the deleted one never does.
+    let later = cluster.must_push_image(1, "tmp/build", "v2", &layers());
+    wait_for_blob_files(&cluster, 3, &later, REPLICATED);
+    must_wait_complete(&cluster, 3, "tmp/build", REPLICATED);
+    assert_holds_no_blob(&cluster, 3, &doomed);
+    let gone = cluster.client(3).get_manifest("tmp/build", &doomed.manifest_digest).unwrap();
+    assert_eq!(gone.status, 404);
+}
+
+/// Every node killed at once while r3 still lacked an image: after the restart the
+/// replicator recomputes its work from the state and r3 gets the image.
+#[test]
+fn replication_resumes_after_every_node_restarts_at_once() {
+    let mut cluster = three_regions();
+    cluster.partition(&[3], &[1, 2]);
+    let image = cluster.must_push_image(1, "batch/job", "v1", &layers());
+    wait_for_blob_files(&cluster, 2, &image, REPLICATED);
+    for id in [1, 2, 3] {
+        cluster.kill(id);
+    }
+    // No partition after the restart.
+    cluster.heal();
+    for id in [1, 2, 3] {
+        cluster.restart(id);
+    }
+    for id in [1, 2, 3] {
+        cluster.wait_for_ready(id, READY_TIMEOUT);
+    }
+    must_wait_complete(&cluster, 2, &reference(&image), REPLICATED);
+    assert_holds_every_blob(&cluster, 3, &image);
+    cluster.must_pull_image(3, "batch/job", "v1", &image);
+}
