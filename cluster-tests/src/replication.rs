@@ -46,7 +46,10 @@ pub fn missing_blobs(cluster: &Cluster, id: u64, image: &ImageRef) -> Vec<String
 /// Waits until node `id`'s data directory holds every blob file of `image`.
 pub fn wait_for_blob_files(cluster: &Cluster, id: u64, image: &ImageRef, timeout: Duration) {
     wait_until(
-        &format!("node {id} to hold the blob files of {}:{}", image.repo, image.tag),
+        &format!(
+            "node {id} to hold the blob files of {}:{}",
+            image.repo, image.tag
+        ),
         timeout,
         || match missing_blobs(cluster, id, image).as_slice() {
             [] => Ok(()),

@@ -189,7 +189,10 @@ fn an_image_deleted_while_a_region_was_cut_off_is_not_copied_there() {
     wait_for_blob_files(&cluster, 3, &later, REPLICATED);
     must_wait_complete(&cluster, 3, "tmp/build", REPLICATED);
     assert_holds_no_blob(&cluster, 3, &doomed);
-    let gone = cluster.client(3).get_manifest("tmp/build", &doomed.manifest_digest).unwrap();
+    let gone = cluster
+        .client(3)
+        .get_manifest("tmp/build", &doomed.manifest_digest)
+        .unwrap();
     assert_eq!(gone.status, 404);
 }
 

@@ -378,9 +378,7 @@ pub fn parse_pattern(s: &str) -> Result<String, String> {
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._/-*".contains(&b))
     {
-        return Err(
-            "expected a repository pattern of a-z, 0-9, '.', '_', '-', '/' and '*'".into(),
-        );
+        return Err("expected a repository pattern of a-z, 0-9, '.', '_', '-', '/' and '*'".into());
     }
     Ok(s.to_owned())
 }
@@ -586,9 +584,21 @@ mod tests {
         for bad in [
             &["clusterctl", "replication", "policy", "set", "EU"][..],
             &["clusterctl", "replication", "policy", "clear", ""],
-            &["clusterctl", "replication", "policy", "set", "a", "--regions", ""],
+            &[
+                "clusterctl",
+                "replication",
+                "policy",
+                "set",
+                "a",
+                "--regions",
+                "",
+            ],
         ] {
-            assert_eq!(Cli::try_parse_from(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+            assert_eq!(
+                Cli::try_parse_from(bad).unwrap_err().exit_code(),
+                2,
+                "{bad:?}"
+            );
         }
     }
 

@@ -89,7 +89,9 @@ impl Error {
             Error::Connect { .. } | Error::ConnectTimedOut { .. } => Code::Unavailable,
             Error::Rpc { status, .. } => status.code(),
             Error::TimedOut { .. } => Code::DeadlineExceeded,
-            Error::NotReplicated { waited: Some(_), .. } => Code::DeadlineExceeded,
+            Error::NotReplicated {
+                waited: Some(_), ..
+            } => Code::DeadlineExceeded,
             Error::NotReplicated { waited: None, .. } => Code::FailedPrecondition,
             Error::Incomplete { .. } | Error::Output(_) => Code::Unknown,
         }

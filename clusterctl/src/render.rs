@@ -707,7 +707,10 @@ sha256:ab  1024  1        1,3
             }),
         };
         let all = ReplicationPolicies {
-            policies: vec![entry("**", &[], &["r3"]), entry("eu/**", &["r1", "r2"], &[])],
+            policies: vec![
+                entry("**", &[], &["r3"]),
+                entry("eu/**", &["r1", "r2"], &[]),
+            ],
         };
         assert_eq!(
             policies_text(&all),

@@ -71,7 +71,11 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
         Action::PolicyClear(pattern) => {
             conn.clear_policy(&pattern).await?;
             if cli.json {
-                writeln!(out, "{}", serde_json::json!({"ok": true, "pattern": pattern}))?;
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"ok": true, "pattern": pattern})
+                )?;
             } else {
                 writeln!(out, "ok: policy of {pattern} cleared")?;
             }

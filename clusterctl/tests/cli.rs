@@ -30,9 +30,9 @@ use berth_proto::admin::{
     ReplicationPolicyRef, ReplicationStatusRequest, ReplicationStatusResponse, StatusRequest,
     StatusResponse, TransferLeaderRequest,
 };
-use std::sync::atomic::{AtomicU64, Ordering};
 use futures::{Stream, StreamExt, stream};
 use serde_json::{Value, json};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tonic::{Request, Response, Status};
 
 /// Runs `clusterctl` with `args` (and no `CLUSTERCTL_ENDPOINT` from the environment).
@@ -548,13 +548,21 @@ fn replication_policies_get_set_clear() {
         stdout(&out),
         "ok: policy of eu/** set: regions r1,r2; on demand -\n"
     );
-    let out = clusterctl(&["--endpoint", &addr, "replication", "policy", "clear", "eu/**"]);
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "replication",
+        "policy",
+        "clear",
+        "eu/**",
+    ]);
     must_exit(&out, 0);
     assert_eq!(stdout(&out), "ok: policy of eu/** cleared\n");
     let out = clusterctl(&["--endpoint", &addr, "replication", "policy", "clear", "x/*"]);
     must_exit(&out, 1);
     assert!(
-        stderr(&out).starts_with("clusterctl: failed to clear the replication policy of x/*: not found"),
+        stderr(&out)
+            .starts_with("clusterctl: failed to clear the replication policy of x/*: not found"),
         "{}",
         stderr(&out)
     );

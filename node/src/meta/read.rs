@@ -202,10 +202,12 @@ impl MetaReader {
     ) -> Result<Option<ManifestEntry>, MetaError> {
         let key = keys::manifest(repo, digest);
         let (repo, digest) = (repo.clone(), digest.clone());
-        self.point(move |db| match get::<ManifestRecord>(db, "manifest", &key)? {
-            Some(record) => manifest_entry(db, repo, digest, record).map(Some),
-            None => Ok(None),
-        })
+        self.point(
+            move |db| match get::<ManifestRecord>(db, "manifest", &key)? {
+                Some(record) => manifest_entry(db, repo, digest, record).map(Some),
+                None => Ok(None),
+            },
+        )
     }
 
     /// Up to `n` manifests (of `repo`, or of every repository) after `after`, with their

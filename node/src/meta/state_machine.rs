@@ -596,7 +596,13 @@ mod tests {
                 digest: digest.clone()
             }]
         );
-        assert!(reader.manifest_entry(&repo, &digest).await.unwrap().is_none());
+        assert!(
+            reader
+                .manifest_entry(&repo, &digest)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     /// Policies travel in snapshots: installed on another node's store, they read back.
@@ -609,7 +615,12 @@ mod tests {
             policy: policy(&["r1"], &[]),
         };
         assert_eq!(apply(&sm, 1, set), WriteResult::Done);
-        let snap = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
 
         let other = tempfile::tempdir().unwrap();
         let (_log2, mut sm2, reader2) = open(other.path()).unwrap();

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::meta::{
-    Command, CommandV1, ManifestEntry, MetaError, MetaReader, NodeId, Rejection,
-    ReplicationPolicy, WriteResult,
+    Command, CommandV1, ManifestEntry, MetaError, MetaReader, NodeId, Rejection, ReplicationPolicy,
+    WriteResult,
 };
 use crate::types::{Digest, ErrorKind, RepositoryName};
 
@@ -153,13 +153,16 @@ impl Plan {
             if missing.is_empty() || record.is_none() {
                 continue;
             }
-            let p = tally.pending.entry(digest.clone()).or_insert_with(|| Pending {
-                size,
-                missing: BTreeSet::new(),
-                wanted_by: Vec::new(),
-                more: false,
-                oldest_ms: entry.created_ms,
-            });
+            let p = tally
+                .pending
+                .entry(digest.clone())
+                .or_insert_with(|| Pending {
+                    size,
+                    missing: BTreeSet::new(),
+                    wanted_by: Vec::new(),
+                    more: false,
+                    oldest_ms: entry.created_ms,
+                });
             p.missing.extend(missing);
             p.oldest_ms = p.oldest_ms.min(entry.created_ms);
             let by = (entry.repo.clone(), entry.digest.clone());
@@ -175,7 +178,10 @@ impl Plan {
 }
 
 /// Pending blobs and bytes per region, and the oldest pending manifest's time.
-pub fn per_region(plan: &Plan, pending: &BTreeMap<Digest, Pending>) -> BTreeMap<String, RegionStatus> {
+pub fn per_region(
+    plan: &Plan,
+    pending: &BTreeMap<Digest, Pending>,
+) -> BTreeMap<String, RegionStatus> {
     let mut out: BTreeMap<String, RegionStatus> = plan
         .placement
         .regions()
@@ -194,7 +200,10 @@ pub fn per_region(plan: &Plan, pending: &BTreeMap<Digest, Pending>) -> BTreeMap<
             s.complete = false;
             s.pending_blobs += 1;
             s.pending_bytes += p.size;
-            s.oldest_pending_ms = Some(s.oldest_pending_ms.map_or(p.oldest_ms, |o| o.min(p.oldest_ms)));
+            s.oldest_pending_ms = Some(
+                s.oldest_pending_ms
+                    .map_or(p.oldest_ms, |o| o.min(p.oldest_ms)),
+            );
         }
     }
     out
@@ -213,7 +222,11 @@ pub struct Replication {
 
 impl Replication {
     /// The replication of this node over its metadata and cluster.
-    pub fn new(meta: MetaReader, cluster: Cluster, settings: ReplicationSettings) -> Arc<Replication> {
+    pub fn new(
+        meta: MetaReader,
+        cluster: Cluster,
+        settings: ReplicationSettings,
+    ) -> Arc<Replication> {
         Arc::new(Replication {
             meta,
             cluster,
@@ -375,7 +388,10 @@ mod tests {
     fn a_tally_counts_each_missing_blob_once_per_region() {
         let plan = plan(vec![]);
         let mut tally = Tally::default();
-        plan.add(&mut tally, &entry("a", 1, &[(1, &[1]), (2, &[1, 2, 3])], 50));
+        plan.add(
+            &mut tally,
+            &entry("a", 1, &[(1, &[1]), (2, &[1, 2, 3])], 50),
+        );
         // The same blob through another manifest, older.
         plan.add(&mut tally, &entry("b", 2, &[(1, &[1])], 20));
         assert_eq!(tally.manifests, 2);

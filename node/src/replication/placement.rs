@@ -73,7 +73,8 @@ impl Placement {
         let Some(nodes) = self.regions.get(region) else {
             return Vec::new();
         };
-        let mut ranked: Vec<(u64, NodeId)> = nodes.iter().map(|n| (score(digest, *n), *n)).collect();
+        let mut ranked: Vec<(u64, NodeId)> =
+            nodes.iter().map(|n| (score(digest, *n), *n)).collect();
         // Highest score first; the node id breaks a (practically impossible) tie.
         ranked.sort_unstable_by(|a, b| b.cmp(a));
         ranked
@@ -85,7 +86,11 @@ impl Placement {
 
     /// The nodes that should hold `digest` under `policy` (`None`: the default, every
     /// region): the placement nodes of every region the policy replicates to.
-    pub fn nodes_for(&self, digest: &Digest, policy: Option<&ReplicationPolicy>) -> BTreeSet<NodeId> {
+    pub fn nodes_for(
+        &self,
+        digest: &Digest,
+        policy: Option<&ReplicationPolicy>,
+    ) -> BTreeSet<NodeId> {
         self.regions()
             .filter(|r| policy::replicates_to(policy, r))
             .flat_map(|r| self.in_region(digest, r))
@@ -175,10 +180,7 @@ mod tests {
             on_demand: vec!["r3".into()],
         };
         for i in 0..20 {
-            assert_eq!(
-                p.nodes_for(&digest(i), Some(&limited)),
-                BTreeSet::from([2])
-            );
+            assert_eq!(p.nodes_for(&digest(i), Some(&limited)), BTreeSet::from([2]));
         }
     }
 

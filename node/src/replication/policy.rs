@@ -83,7 +83,10 @@ pub fn normalise(mut policy: ReplicationPolicy) -> Result<ReplicationPolicy, Pol
     policy.on_demand.sort();
     policy.on_demand.dedup();
     if !policy.regions.is_empty()
-        && let Some(r) = policy.on_demand.iter().find(|r| !policy.regions.contains(r))
+        && let Some(r) = policy
+            .on_demand
+            .iter()
+            .find(|r| !policy.regions.contains(r))
     {
         return Err(PolicyError::OnDemandOutside(r.clone()));
     }

@@ -144,7 +144,18 @@ impl Replication {
         let tally = match &target {
             Target::All => self.walk(&plan, None, false).await?,
             Target::Repository(repo) => {
-                if self.meta.tags(repo, crate::meta::Page { n: Some(1), last: None }).await?.is_none() {
+                if self
+                    .meta
+                    .tags(
+                        repo,
+                        crate::meta::Page {
+                            n: Some(1),
+                            last: None,
+                        },
+                    )
+                    .await?
+                    .is_none()
+                {
                     return Err(ReplicationError::NotFound(format!("repository {repo}")));
                 }
                 self.walk(&plan, Some(repo), keep_all).await?
@@ -162,7 +173,10 @@ impl Replication {
         let regions = per_region(&plan, &tally.pending).into_values().collect();
         Ok(ReplicationReport {
             regions,
-            blobs: tally.all.map(|a| a.into_values().collect()).unwrap_or_default(),
+            blobs: tally
+                .all
+                .map(|a| a.into_values().collect())
+                .unwrap_or_default(),
             manifests: tally.manifests,
             stale,
             applied_index,

@@ -173,10 +173,12 @@ impl ReplicationWorker {
         let meta = self.replication.meta().clone();
         for n in notices {
             match n {
-                Notice::Manifest { repo, digest } => match meta.manifest_entry(&repo, &digest).await? {
-                    Some(entry) => plan.add(&mut self.tally, &entry),
-                    None => self.forget_manifest(&repo, &digest),
-                },
+                Notice::Manifest { repo, digest } => {
+                    match meta.manifest_entry(&repo, &digest).await? {
+                        Some(entry) => plan.add(&mut self.tally, &entry),
+                        None => self.forget_manifest(&repo, &digest),
+                    }
+                }
                 Notice::Blob(digest) => {
                     if !self.tally.pending.contains_key(&digest) {
                         continue;

@@ -15,9 +15,9 @@ use berth_proto::admin::admin_client::AdminClient;
 use berth_proto::admin::admin_server::Admin;
 use berth_proto::admin::{
     AddNodeRequest, BlobReplication, Member, NodeRef, NodeStatusRequest, NodeStatusResponse,
-    Progress, RegionReplication, ReplicationPolicies, ReplicationPolicyEntry,
-    ReplicationPolicyRef, ReplicationStatusRequest, ReplicationStatusResponse, StatusRequest,
-    StatusResponse, TransferLeaderRequest,
+    Progress, RegionReplication, ReplicationPolicies, ReplicationPolicyEntry, ReplicationPolicyRef,
+    ReplicationStatusRequest, ReplicationStatusResponse, StatusRequest, StatusResponse,
+    TransferLeaderRequest,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -345,7 +345,10 @@ impl Admin for AdminService {
             .status(&r.reference, r.verbose)
             .await
             .map_err(replication_status)?;
-        Ok(Response::new(report_message(self.cluster.node_id(), report)))
+        Ok(Response::new(report_message(
+            self.cluster.node_id(),
+            report,
+        )))
     }
 
     async fn get_replication_policy(
