@@ -95,3 +95,29 @@ pub fn must_wait_complete(cluster: &Cluster, at: u64, reference: &str, timeout: 
         out.stdout
     );
 }
+
+/// The sum of every sample of metric `name` at node `id` (`GET /metrics`) whose labels
+/// include all of `labels` (`key="value"` pairs); 0 when there is none.
+pub fn metric_sum(cluster: &Cluster, id: u64, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let r = cluster
+        .client(id)
+        .get("/metrics")
+        .unwrap_or_else(|e| panic!("GET /metrics at node {id}: {e}"));
+    assert_eq!(r.status, 200, "GET /metrics at node {id}: {}", r.text());
+    let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    r.text()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest),
+                None => (series, ""),
+            };
+            if metric != name || !wanted.iter().all(|w| rest.contains(w.as_str())) {
+                return None;
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}

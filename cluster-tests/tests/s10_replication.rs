@@ -9,12 +9,19 @@
 use std::time::Duration;
 
 use cluster_tests::replication::{
-    holds_blob, missing_blobs, must_wait_complete, status, wait_for_blob_files,
+    holds_blob, metric_sum, missing_blobs, must_wait_complete, status, wait_for_blob_files,
 };
+use cluster_tests::wait_until;
 use cluster_tests::{Cluster, ClusterBuilder, ImageRef, READY_TIMEOUT, random_layer};
 
 /// How long replication may take in these scenarios.
 const REPLICATED: Duration = Duration::from_secs(60);
+/// The metric of pending blobs per region.
+const PENDING_BLOBS: &str = "berth_replication_pending_blobs";
+/// The counter of bytes copied between nodes.
+const COPIED_BYTES: &str = "berth_replication_bytes_total";
+/// The number of lag observations per region.
+const LAG_COUNT: &str = "berth_replication_lag_seconds_count";
 
 fn three_regions() -> Cluster {
     ClusterBuilder::new()
@@ -122,12 +129,42 @@ fn a_region_cut_off_during_pushes_converges_after_healing() {
     for image in &images {
         assert_holds_no_blob(&cluster, 3, image);
     }
+    // The backlog shows in the metrics of the majority's nodes.
+    wait_until("node 1 to report r3's backlog", REPLICATED, || {
+        let pending = metric_sum(&cluster, 1, PENDING_BLOBS, &[("region", "r3")]);
+        if pending >= 6.0 {
+            Ok(())
+        } else {
+            Err(format!("{PENDING_BLOBS}{{region=\"r3\"}} = {pending}"))
+        }
+    });
+    assert_eq!(
+        metric_sum(&cluster, 1, PENDING_BLOBS, &[("region", "r2")]),
+        0.0
+    );
 
     cluster.heal();
     must_wait_complete(&cluster, 3, "cut/app", REPLICATED);
     for image in &images {
         assert_holds_every_blob(&cluster, 3, image);
     }
+    // r3 counted what it received and how late it was; the backlog drains everywhere.
+    let layer_bytes: u64 = images
+        .iter()
+        .flat_map(|i| i.layers.iter())
+        .map(|b| b.size)
+        .sum();
+    assert!(
+        metric_sum(&cluster, 3, COPIED_BYTES, &[("to", "3")]) >= layer_bytes as f64,
+        "node 3 counted fewer replicated bytes than the layers it received"
+    );
+    assert!(metric_sum(&cluster, 3, LAG_COUNT, &[("region", "r3")]) >= 1.0);
+    wait_until("node 1's r3 backlog to drain", REPLICATED, || {
+        match metric_sum(&cluster, 1, PENDING_BLOBS, &[("region", "r3")]) {
+            0.0 => Ok(()),
+            n => Err(format!("{n} pending")),
+        }
+    });
 }
 
 /// A repository limited to r1 and r2 leaves r3 without copies (while another repository
