@@ -121,3 +121,26 @@ pub fn metric_sum(cluster: &Cluster, id: u64, name: &str, labels: &[(&str, &str)
         })
         .sum()
 }
+
+/// Waits until `clusterctl replication status <reference>` at node `at` reports `region`
+/// complete (the copies there are recorded, not only on disk); returns that status.
+pub fn wait_for_region_complete(
+    cluster: &Cluster,
+    at: u64,
+    reference: &str,
+    region: &str,
+    timeout: Duration,
+) -> serde_json::Value {
+    wait_until(
+        &format!("{reference} to be complete in {region} (as node {at} sees it)"),
+        timeout,
+        || {
+            let (seen, _) = status(cluster, at, reference);
+            if seen["regions"][region]["complete"] == true {
+                Ok(seen)
+            } else {
+                Err(seen.to_string())
+            }
+        },
+    )
+}

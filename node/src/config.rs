@@ -89,6 +89,13 @@ pub struct Replication {
     /// Seconds between two full passes of the replicator over every manifest (it also runs
     /// one at start, and after a membership or policy change). Default 300.
     pub full_pass_secs: u64,
+    /// Seconds between two scrubs: each re-hashes every blob this node is recorded as
+    /// holding, and replaces a corrupt or missing copy from a peer. 0 turns scrubbing off.
+    /// Default 86400 (a day).
+    pub scrub_interval_secs: u64,
+    /// Bytes a second a scrub reads at most (it never crowds out client transfers).
+    /// Default 52428800 (50 MiB/s).
+    pub scrub_bytes_per_sec: u64,
 }
 
 impl Default for Replication {
@@ -97,6 +104,8 @@ impl Default for Replication {
             copies_per_region: 1,
             max_parallel: 4,
             full_pass_secs: 300,
+            scrub_interval_secs: 86_400,
+            scrub_bytes_per_sec: 50 * 1024 * 1024,
         }
     }
 }
@@ -453,6 +462,7 @@ impl Config {
             ("copies_per_region", r.copies_per_region as u64),
             ("max_parallel", r.max_parallel as u64),
             ("full_pass_secs", r.full_pass_secs),
+            ("scrub_bytes_per_sec", r.scrub_bytes_per_sec),
         ] {
             if v == 0 {
                 p.push(format!("replication.{field}: must be at least 1"));
@@ -507,6 +517,9 @@ impl Config {
             copies_per_region: self.replication.copies_per_region,
             max_parallel: self.replication.max_parallel,
             full_pass_every: Duration::from_secs(self.replication.full_pass_secs),
+            scrub_every: (self.replication.scrub_interval_secs > 0)
+                .then(|| Duration::from_secs(self.replication.scrub_interval_secs)),
+            scrub_bytes_per_sec: self.replication.scrub_bytes_per_sec,
         }
     }
 

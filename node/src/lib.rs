@@ -46,7 +46,7 @@ use crate::config::Config;
 use crate::meta::{MetaCloser, MetaError, NodeInfo};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::replication::{Replication, ReplicationWorker};
+use crate::replication::{Replication, ReplicationWorker, ScrubWorker};
 
 /// Why a node could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +75,8 @@ const UPLOAD_EXPIRY_EVERY: Duration = Duration::from_secs(60);
 /// ([`TASKS_STOP`]), Raft ([`RAFT_STOP`]), the cluster endpoint ([`rpc::GRACEFUL_STOP`] and
 /// as long again to close what is left), then the metadata store, each bounded.
 pub const STOP_MARGIN: Duration = Duration::from_secs(5);
-/// How long the background tasks (upload expiry, joining), together, get to end after the
-/// HTTP front.
+/// How long the background tasks (upload expiry, joining, replicator, scrubber), together,
+/// get to end after the HTTP front.
 const TASKS_STOP: Duration = Duration::from_secs(1);
 /// How long Raft gets to stop.
 const RAFT_STOP: Duration = Duration::from_millis(1500);
@@ -292,6 +292,15 @@ pub async fn run(
     let replicator = tokio::spawn(
         ReplicationWorker::new(node.replication.clone(), node.registry.clone()).run(stop.clone()),
     );
+    let scrubber = node.replication.settings().scrub_every.map(|every| {
+        let scrub = ScrubWorker::new(
+            node.registry.clone(),
+            node.replication.meta().clone(),
+            every,
+            node.replication.settings().scrub_bytes_per_sec,
+        );
+        tokio::spawn(scrub.run(stop.clone()))
+    });
 
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -315,6 +324,9 @@ pub async fn run(
     let tasks_left = || tasks_end.saturating_duration_since(tokio::time::Instant::now());
     finish(expiry, tasks_left()).await;
     finish(replicator, tasks_left()).await;
+    if let Some(s) = scrubber {
+        finish(s, tasks_left()).await;
+    }
     if let Some(j) = joiner {
         finish(j, tasks_left()).await;
     }

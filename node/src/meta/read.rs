@@ -168,6 +168,38 @@ impl MetaReader {
         &self.notices
     }
 
+    /// Up to `n` blob records after the blob `after` (in digest order), read on the blocking
+    /// pool by one RocksDB iterator: a walk over every blob record a page at a time.
+    pub async fn blob_page(
+        &self,
+        after: Option<Digest>,
+        n: usize,
+    ) -> Result<Vec<(Digest, BlobRecord)>, MetaError> {
+        self.blocking(move |db| {
+            let prefix = b"b/";
+            let start = after.map(|d| {
+                let mut k = keys::blob(&d);
+                k.push(0); // strictly after
+                k
+            });
+            let mut out = Vec::new();
+            for item in scan(db, prefix, start.as_deref()) {
+                if out.len() == n {
+                    break;
+                }
+                let (k, v) = item?;
+                let digest = std::str::from_utf8(&k[prefix.len()..])
+                    .ok()
+                    .and_then(|s| Digest::parse(s).ok());
+                let Some(digest) = digest else { continue };
+                let Stored::V1(record) = decode::<Stored<BlobRecord>>("blob record", &v)?;
+                out.push((digest, record));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Every replication policy, by pattern (in pattern order).
     pub async fn replication_policies(
         &self,

@@ -1,6 +1,7 @@
 //! Geo-replication: where each blob should be held ([`placement`], [`policy`]), the
 //! replicator that makes it so on this node ([`worker`]), and what is still missing where
-//! ([`status`], the replication metrics).
+//! ([`status`], the replication metrics), and the scrubber that re-hashes this node's copies
+//! and repairs a bad one from a peer ([`scrub`]).
 //!
 //! Nothing here is durable of its own: the work is derived from the state machine (manifests,
 //! blob records, policies and the membership, all in Raft), so it resumes after a restart, a
@@ -13,6 +14,7 @@
 
 pub mod placement;
 pub mod policy;
+pub mod scrub;
 pub mod status;
 pub mod worker;
 
@@ -29,6 +31,7 @@ use crate::types::{Digest, ErrorKind, RepositoryName};
 
 pub use placement::Placement;
 pub use policy::PolicyError;
+pub use scrub::ScrubWorker;
 pub use status::{BlobStatus, RegionStatus, ReplicationReport};
 pub use worker::ReplicationWorker;
 
@@ -47,6 +50,10 @@ pub struct ReplicationSettings {
     pub max_parallel: usize,
     /// Time between two full passes over the state.
     pub full_pass_every: Duration,
+    /// Time between two scrubs of this node's blobs; `None`: no scrubbing.
+    pub scrub_every: Option<Duration>,
+    /// Bytes a second a scrub reads at most.
+    pub scrub_bytes_per_sec: u64,
 }
 
 /// Errors of replication status and policy calls.

@@ -204,14 +204,26 @@ impl ReplicationWorker {
     }
 
     /// Removes `holders` from a pending blob's missing nodes (and the blob once none miss it).
+    /// When that completes this node's region, the region's lag is observed.
     fn held_by(&mut self, digest: &Digest, holders: impl Iterator<Item = NodeId>) {
+        let mut mine_done = false;
         if let Some(p) = self.tally.pending.get_mut(digest) {
             for h in holders {
-                p.missing.remove(&h);
+                if p.missing.remove(&h) && h == self.me {
+                    mine_done = true;
+                }
             }
-            if p.missing.is_empty() {
-                self.tally.pending.remove(digest);
-            }
+        }
+        if mine_done {
+            self.observe_lag(digest);
+        }
+        if self
+            .tally
+            .pending
+            .get(digest)
+            .is_some_and(|p| p.missing.is_empty())
+        {
+            self.tally.pending.remove(digest);
         }
     }
 
@@ -255,7 +267,6 @@ impl ReplicationWorker {
         match outcome {
             Outcome::Held => {
                 self.backoff.remove(&digest);
-                self.observe_lag(&digest);
                 self.held_by(&digest, std::iter::once(self.me));
             }
             Outcome::NotWanted => {
@@ -275,8 +286,9 @@ impl ReplicationWorker {
         self.publish();
     }
 
-    /// This node completed its region's copy of a blob: the time since the earliest manifest
-    /// that wants it was pushed is the region's lag for it.
+    /// This node now holds a blob it was placed on: if no other node of its region still
+    /// misses it, the time since the earliest manifest that wants it was pushed is the
+    /// region's lag for it.
     fn observe_lag(&self, digest: &Digest) {
         let (Some(plan), Some(p)) = (&self.plan, self.tally.pending.get(digest)) else {
             return;
