@@ -81,6 +81,21 @@ fn a_push_reaches_every_region_without_a_pull_and_outlives_its_origin() {
     let (summary, complete) = status(&cluster, 3, "");
     assert!(complete, "{summary}");
     assert_eq!(summary["regions"]["r3"]["pending_blobs"], 0, "{summary}");
+    assert_eq!(summary["stale"], false, "{summary}");
+    // Verbose: every blob is held, and placed, on every node.
+    let verbose = cluster_tests::replication::ctl(
+        &cluster,
+        2,
+        &["status", &reference(&image), "--verbose", "--json"],
+        Duration::from_secs(10),
+    );
+    verbose.assert_success();
+    let blobs = verbose.json()["blobs"].as_array().unwrap().clone();
+    assert_eq!(blobs.len(), image.blobs().count(), "{blobs:?}");
+    for b in &blobs {
+        assert_eq!(b["holders"], serde_json::json!([1, 2, 3]), "{b}");
+        assert_eq!(b["wanted"], serde_json::json!([1, 2, 3]), "{b}");
+    }
 
     cluster.kill(1);
     for id in [2, 3] {
@@ -122,6 +137,9 @@ fn a_region_cut_off_during_pushes_converges_after_healing() {
     }
     assert_eq!(seen["complete"], false, "{seen}");
     assert_eq!(seen["regions"]["r3"]["complete"], false, "{seen}");
+    // The cut-off node answers from its own state and says so.
+    let (own, _) = status(&cluster, 3, "");
+    assert_eq!(own["stale"], true, "{own}");
     // Three images of two random layers each (and their configs).
     assert!(
         seen["regions"]["r3"]["pending_blobs"].as_u64().unwrap() >= 6,
@@ -302,4 +320,67 @@ fn the_scrubber_repairs_a_corrupt_and_a_missing_copy() {
     }
     cluster.must_pull_image(2, "scrub/me", "v1", &image);
     cluster.must_pull_image(3, "scrub/me", "v1", &image);
+}
+
+/// With `copies_per_region = 2` and two nodes in r1, both hold every blob; the other regions
+/// one each.
+#[test]
+fn copies_per_region_places_that_many_copies_in_a_region() {
+    let cluster = ClusterBuilder::new()
+        .nodes(4)
+        .regions(&["r1", "r2", "r3"])
+        .env("BERTH_REPLICATION__COPIES_PER_REGION", "2")
+        .build();
+    // Node 4 is in r1 with node 1.
+    let image = cluster.must_push_image(2, "two/copies", "v1", &layers());
+    must_wait_complete(&cluster, 4, &reference(&image), REPLICATED);
+    for id in [1, 2, 3, 4] {
+        assert_holds_every_blob(&cluster, id, &image);
+    }
+}
+
+/// By default a region keeps one copy: with two nodes in r1 and the push at r2, each blob
+/// lands on exactly one node of r1 — the one its placement names — and nowhere else there.
+#[test]
+fn one_copy_per_region_lands_on_the_placed_node_only() {
+    let cluster = ClusterBuilder::new()
+        .nodes(4)
+        .regions(&["r1", "r2", "r3"])
+        .build();
+    let images: Vec<ImageRef> = (0..3)
+        .map(|i| cluster.must_push_image(2, "one/copy", &format!("v{i}"), &layers()))
+        .collect();
+    must_wait_complete(&cluster, 1, "one/copy", REPLICATED);
+    let verbose = cluster_tests::replication::ctl(
+        &cluster,
+        3,
+        &["status", "one/copy", "--verbose", "--json"],
+        Duration::from_secs(10),
+    );
+    verbose.assert_success();
+    let blobs = verbose.json()["blobs"].as_array().unwrap().clone();
+    for image in &images {
+        for blob in image.blobs() {
+            let entry = blobs
+                .iter()
+                .find(|b| b["digest"] == blob.digest.as_str())
+                .unwrap_or_else(|| panic!("{} missing from {blobs:?}", blob.digest));
+            let wanted: Vec<u64> = entry["wanted"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            let in_r1: Vec<u64> = wanted
+                .iter()
+                .copied()
+                .filter(|n| [1, 4].contains(n))
+                .collect();
+            assert_eq!(in_r1.len(), 1, "{entry}");
+            let placed = in_r1[0];
+            let other = if placed == 1 { 4 } else { 1 };
+            assert!(holds_blob(&cluster, placed, &blob.digest), "{entry}");
+            assert!(!holds_blob(&cluster, other, &blob.digest), "{entry}");
+        }
+    }
 }
