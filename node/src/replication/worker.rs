@@ -40,6 +40,33 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long a copy waits to catch up with the leader before it re-checks that the blob is
 /// still wanted (on failure it goes on with the local state).
 const CATCH_UP: Duration = Duration::from_secs(3);
+/// A catch-up this recent serves the copies that start after it (one ReadIndex round trip for
+/// a burst of copies, not one per blob).
+const CATCH_UP_FRESH: Duration = Duration::from_secs(1);
+
+/// The last time this node caught up with the leader for its copies; copies that start
+/// together share one catch-up.
+#[derive(Debug, Default)]
+struct CatchUp {
+    last: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl CatchUp {
+    /// Catches up with the leader unless that was done less than [`CATCH_UP_FRESH`] ago;
+    /// bounded by [`CATCH_UP`]. A failure is not an error: the copy then goes on from local
+    /// state (a node cut off from the leader may still reach a holder).
+    async fn ensure(&self, replication: &Replication) {
+        let mut last = self.last.lock().await;
+        if last.is_some_and(|t| t.elapsed() < CATCH_UP_FRESH) {
+            return;
+        }
+        let caught_up =
+            tokio::time::timeout(CATCH_UP, replication.cluster().catch_up_with_leader()).await;
+        if matches!(caught_up, Ok(Ok(()))) {
+            *last = Some(Instant::now());
+        }
+    }
+}
 
 /// The replicator of this node.
 pub struct ReplicationWorker {
@@ -53,6 +80,7 @@ pub struct ReplicationWorker {
     backoff: HashMap<Digest, (u32, Instant)>,
     last_full: Option<Instant>,
     resync: bool,
+    catch_up: Arc<CatchUp>,
 }
 
 /// How one copy ended.
@@ -88,6 +116,7 @@ impl ReplicationWorker {
             backoff: HashMap::new(),
             last_full: None,
             resync: true,
+            catch_up: Arc::default(),
         }
     }
 
@@ -246,7 +275,9 @@ impl ReplicationWorker {
         for (digest, pending) in due {
             self.in_flight.insert(digest.clone());
             let (replication, registry) = (self.replication.clone(), self.registry.clone());
+            let catch_up = self.catch_up.clone();
             copies.spawn(async move {
+                catch_up.ensure(&replication).await;
                 let outcome = copy(&replication, &registry, &digest, &pending).await;
                 (digest, outcome)
             });
@@ -319,15 +350,15 @@ impl ReplicationWorker {
     }
 }
 
-/// Copies one blob to this node, after checking that it is still wanted.
+/// Copies one blob to this node, after checking that a manifest still wants it.
 async fn copy(
     replication: &Replication,
     registry: &Registry,
     digest: &Digest,
     pending: &Pending,
 ) -> Outcome {
-    // Learn of a delete the cluster committed while this node was away before acting on it.
-    let _ = tokio::time::timeout(CATCH_UP, replication.cluster().catch_up_with_leader()).await;
+    // The caller caught up with the leader first: a delete the cluster committed while this
+    // node was away is applied before the check below.
     let meta = replication.meta();
     if !pending.more {
         let mut wanted = false;
