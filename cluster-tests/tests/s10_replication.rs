@@ -220,6 +220,24 @@ fn a_residency_policy_keeps_a_region_free_and_widening_it_adds_copies() {
     .assert_success();
     wait_for_blob_files(&cluster, 3, &resident, REPLICATED);
     must_wait_complete(&cluster, 1, &reference(&resident), REPLICATED);
+
+    // Every node reads the policy from Raft; clearing it twice is refused the second time.
+    let ctl = |at: u64, args: &[&str]| {
+        cluster_tests::replication::ctl(&cluster, at, args, Duration::from_secs(10))
+    };
+    let got = ctl(1, &["policy", "get", "--json"]);
+    got.assert_success();
+    assert_eq!(
+        got.json()["policies"],
+        serde_json::json!([{"pattern": "eu/**", "regions": [], "on_demand": []}])
+    );
+    ctl(2, &["policy", "clear", "eu/**"]).assert_success();
+    let again = ctl(3, &["policy", "clear", "eu/**"]);
+    assert!(!again.status.success(), "{}", again.stdout);
+    assert!(again.stderr.contains("not found"), "{}", again.stderr);
+    let none = ctl(3, &["policy", "get", "--json"]);
+    none.assert_success();
+    assert_eq!(none.json()["policies"], serde_json::json!([]));
 }
 
 /// An image pushed and deleted while r3 was cut off is never copied to r3 after healing.

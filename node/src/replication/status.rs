@@ -118,6 +118,19 @@ pub fn parse_target(reference: &str) -> Result<Target, ReplicationError> {
 }
 
 impl Replication {
+    /// Catches up with the leader's commit index (ReadIndex), waiting at most 3 s. Returns why
+    /// not, when it could not: the caller then answers from this node's own state.
+    pub async fn catch_up(&self) -> Option<String> {
+        match tokio::time::timeout(CATCH_UP, self.cluster.catch_up_with_leader()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!(
+                "not caught up with the leader within {} s",
+                CATCH_UP.as_secs()
+            )),
+        }
+    }
+
     /// The replication status of `reference` (see [`parse_target`]); `verbose` adds every
     /// blob's holders and placement (for a reference, not for the whole registry).
     ///
@@ -129,15 +142,7 @@ impl Replication {
         verbose: bool,
     ) -> Result<ReplicationReport, ReplicationError> {
         let target = parse_target(reference)?;
-        let stale = match tokio::time::timeout(CATCH_UP, self.cluster.catch_up_with_leader()).await
-        {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some(format!(
-                "not caught up with the leader within {} s",
-                CATCH_UP.as_secs()
-            )),
-        };
+        let stale = self.catch_up().await;
         let applied_index = self.cluster.node_status().applied_index;
         let plan = self.plan().await?;
         let keep_all = verbose && target != Target::All;

@@ -357,6 +357,9 @@ impl Admin for AdminService {
     ) -> Result<Response<ReplicationPolicies>, Status> {
         self.cluster.peers().admit(&req)?;
         let pattern = req.into_inner().pattern;
+        // Read what the cluster committed (a policy just set at another node included); a
+        // node cut off from the leader answers from its own state.
+        let _ = self.replication.catch_up().await;
         let policies = if pattern.is_empty() {
             self.replication.policies().await
         } else {
