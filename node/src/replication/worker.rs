@@ -77,6 +77,8 @@ pub struct ReplicationWorker {
     plan: Option<Plan>,
     tally: Tally,
     in_flight: HashSet<Digest>,
+    /// The blob each copy task works on (to clear it if the task panicked).
+    tasks: HashMap<tokio::task::Id, Digest>,
     backoff: HashMap<Digest, (u32, Instant)>,
     last_full: Option<Instant>,
     resync: bool,
@@ -113,6 +115,7 @@ impl ReplicationWorker {
             plan: None,
             tally: Tally::default(),
             in_flight: HashSet::new(),
+            tasks: HashMap::new(),
             backoff: HashMap::new(),
             last_full: None,
             resync: true,
@@ -159,9 +162,17 @@ impl ReplicationWorker {
             tokio::select! {
                 () = stop.cancelled() => break,
                 () = notices.changed() => {}
-                Some(done) = copies.join_next(), if !copies.is_empty() => {
-                    if let Ok((digest, outcome)) = done {
-                        self.finished(digest, outcome);
+                Some(done) = copies.join_next_with_id(), if !copies.is_empty() => {
+                    match done {
+                        Ok((id, (digest, outcome))) => {
+                            self.tasks.remove(&id);
+                            self.finished(digest, outcome);
+                        }
+                        Err(e) => {
+                            if let Some(digest) = self.tasks.remove(&e.id()) {
+                                self.finished(digest, Outcome::Failed(e.to_string()));
+                            }
+                        }
                     }
                 }
                 () = tokio::time::sleep_until(retry_soon.into()) => {}
@@ -276,11 +287,13 @@ impl ReplicationWorker {
             self.in_flight.insert(digest.clone());
             let (replication, registry) = (self.replication.clone(), self.registry.clone());
             let catch_up = self.catch_up.clone();
-            copies.spawn(async move {
+            let task = digest.clone();
+            let handle = copies.spawn(async move {
                 catch_up.ensure(&replication).await;
-                let outcome = copy(&replication, &registry, &digest, &pending).await;
-                (digest, outcome)
+                let outcome = copy(&replication, &registry, &task, &pending).await;
+                (task, outcome)
             });
+            self.tasks.insert(handle.id(), digest);
         }
     }
 
