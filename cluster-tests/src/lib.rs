@@ -11,6 +11,7 @@
 //! - [`load`]: concurrent pushers that record which pushes were acknowledged.
 //! - [`admin`]: blocking Admin / Faults gRPC calls (partitions, links).
 //! - [`clusterctl`]: running the CLI, bounded.
+//! - [`replication`]: blob files in a node's data directory; `clusterctl replication` runs.
 //! - [`wait`]: the deadline pollers every wait goes through.
 //!
 //! The berth binary comes from env `BERTH_BIN` and must be built with the cargo feature
@@ -30,6 +31,7 @@ pub mod clusterctl;
 pub mod load;
 pub mod node;
 pub mod oci;
+pub mod replication;
 pub mod wait;
 
 pub use admin::LinkSpec;

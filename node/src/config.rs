@@ -72,6 +72,42 @@ pub struct Config {
     pub storage: Storage,
     /// Connections of the registry HTTP front: timeouts, connection cap, early-error draining.
     pub http: Http,
+    /// Geo-replication: copies per region and the replicator's pace.
+    pub replication: Replication,
+}
+
+/// Geo-replication (`[replication]`, env `BERTH_REPLICATION__<FIELD>`); see
+/// `docs/geo-replication.md`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Replication {
+    /// Nodes of each region that hold a copy of every blob the policy places there (a region
+    /// with fewer nodes has it on all of them). Must be the same on every node. Default 1.
+    pub copies_per_region: usize,
+    /// Blob copies this node's replicator makes at once. Default 4.
+    pub max_parallel: usize,
+    /// Seconds between two full passes of the replicator over every manifest (it also runs
+    /// one at start, and after a membership or policy change). Default 300.
+    pub full_pass_secs: u64,
+    /// Seconds between two scrubs: each re-hashes every blob this node is recorded as
+    /// holding, and replaces a corrupt or missing copy from a peer. 0 turns scrubbing off.
+    /// Default 86400 (a day).
+    pub scrub_interval_secs: u64,
+    /// Bytes a second a scrub reads at most (it never crowds out client transfers).
+    /// Default 52428800 (50 MiB/s).
+    pub scrub_bytes_per_sec: u64,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication {
+            copies_per_region: 1,
+            max_parallel: 4,
+            full_pass_secs: 300,
+            scrub_interval_secs: 86_400,
+            scrub_bytes_per_sec: 50 * 1024 * 1024,
+        }
+    }
 }
 
 /// Connections of the registry HTTP front (`[http]`, env `BERTH_HTTP__<FIELD>`).
@@ -216,6 +252,7 @@ impl Default for Config {
             raft: Raft::default(),
             storage: Storage::default(),
             http: Http::default(),
+            replication: Replication::default(),
         }
     }
 }
@@ -436,6 +473,17 @@ impl Config {
         if h.max_connections == 0 {
             p.push("http.max_connections: must be at least 1".to_string());
         }
+        let r = &self.replication;
+        for (field, v) in [
+            ("copies_per_region", r.copies_per_region as u64),
+            ("max_parallel", r.max_parallel as u64),
+            ("full_pass_secs", r.full_pass_secs),
+            ("scrub_bytes_per_sec", r.scrub_bytes_per_sec),
+        ] {
+            if v == 0 {
+                p.push(format!("replication.{field}: must be at least 1"));
+            }
+        }
         p
     }
 
@@ -477,6 +525,18 @@ impl Config {
             max_connections: h.max_connections,
             drain_max_bytes: h.drain_max_bytes,
             drain_timeout: Duration::from_secs(h.drain_timeout_secs),
+        }
+    }
+
+    /// Replication settings derived from this configuration.
+    pub fn replication_settings(&self) -> crate::replication::ReplicationSettings {
+        crate::replication::ReplicationSettings {
+            copies_per_region: self.replication.copies_per_region,
+            max_parallel: self.replication.max_parallel,
+            full_pass_every: Duration::from_secs(self.replication.full_pass_secs),
+            scrub_every: (self.replication.scrub_interval_secs > 0)
+                .then(|| Duration::from_secs(self.replication.scrub_interval_secs)),
+            scrub_bytes_per_sec: self.replication.scrub_bytes_per_sec,
         }
     }
 
@@ -675,5 +735,22 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.problems.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn replication_settings_default_and_are_checked() {
+        let c = Config::load("", &env(&[("BERTH_REPLICATION__MAX_PARALLEL", "2")])).unwrap();
+        assert_eq!(c.replication.copies_per_region, 1);
+        assert_eq!(c.replication.max_parallel, 2);
+        assert_eq!(
+            c.replication_settings().full_pass_every,
+            Duration::from_secs(300)
+        );
+        let err = Config::load(
+            "[replication]\ncopies_per_region = 0\nfull_pass_secs = 0\n",
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
     }
 }
