@@ -12,6 +12,7 @@
 //! - [`admin`]: blocking Admin / Faults gRPC calls (partitions, links).
 //! - [`clusterctl`]: running the CLI, bounded.
 //! - [`clients`]: real clients (docker, skopeo, containerd), skipped or required.
+//! - [`replication`]: blob files in a node's data directory; `clusterctl replication` runs.
 //! - [`wait`]: the deadline pollers every wait goes through.
 //!
 //! The berth binary comes from env `BERTH_BIN` and must be built with the cargo feature
@@ -32,6 +33,7 @@ pub mod clusterctl;
 pub mod load;
 pub mod node;
 pub mod oci;
+pub mod replication;
 pub mod wait;
 
 pub use admin::LinkSpec;

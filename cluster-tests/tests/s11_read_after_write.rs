@@ -1,6 +1,6 @@
 //! Scenario 11 — read after a write at another node, without waiting (3 nodes).
 //!
-//! Shows consistency line 7: a node about to answer 404 for a manifest, a tag list or a blob
+//! Shows consistency line 8: a node about to answer 404 for a manifest, a tag list or a blob
 //! first confirms with the leader's commit index (ReadIndex) when it hears from the leader, so
 //! a pull at any node right after the push's 201 at another never answers "unknown" — ACR's
 //! documented failure (a range of a blob the node has no copy of waits for the copy), on

@@ -17,6 +17,8 @@ use crate::change::Change;
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `--timeout` for membership changes (adding a node waits for it to catch up).
 pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default `--timeout` for `replication status --wait`.
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Operate a berth cluster through any member's admin service.
 #[derive(Debug, Parser)]
@@ -37,8 +39,8 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Deadline for the whole command, in seconds [default: 10 for status and nodes list,
-    /// 300 for membership changes].
+    /// Deadline for the whole command, in seconds [default: 10 for status, nodes list and
+    /// replication, 300 for membership changes, 600 for `replication status --wait`].
     #[arg(long, global = true, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
 
@@ -58,6 +60,63 @@ pub enum Command {
     /// Move leadership.
     #[command(subcommand)]
     Leader(LeaderCommand),
+    /// See where images are replicated, and set where they may be.
+    #[command(subcommand)]
+    Replication(ReplicationCommand),
+}
+
+/// `clusterctl replication …`.
+#[derive(Debug, Subcommand)]
+pub enum ReplicationCommand {
+    /// Per region: whether every blob the placement wants there is held there, and what is
+    /// pending. Exits 0 when complete, 1 when not.
+    Status(ReplicationStatusArgs),
+    /// Per-repository replication policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `clusterctl replication status …`.
+#[derive(Debug, Args)]
+pub struct ReplicationStatusArgs {
+    /// `repo`, `repo:tag` or `repo@digest`; none: every image (a summary per region).
+    #[arg(value_parser = parse_reference)]
+    pub reference: Option<String>,
+    /// Poll (showing progress) until complete; exit 1 if `--timeout` passes first.
+    #[arg(long)]
+    pub wait: bool,
+    /// Also list every blob with the nodes holding it and the nodes it is placed on.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+/// `clusterctl replication policy …`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Show the policy of a pattern, or every policy.
+    Get {
+        /// The repository pattern (`*` within a path component, `**` across); none: all.
+        #[arg(value_parser = parse_pattern)]
+        pattern: Option<String>,
+    },
+    /// Set the policy of a repository pattern (replacing the one it had).
+    Set {
+        /// The repository pattern (`*` within a path component, `**` across).
+        #[arg(value_parser = parse_pattern)]
+        pattern: String,
+        /// Only these regions may hold copies (data residency); default: every region.
+        #[arg(long, value_delimiter = ',', value_parser = parse_label, value_name = "REGION,..")]
+        regions: Vec<String>,
+        /// These regions keep only what was pulled there (no replication to them).
+        #[arg(long = "on-demand", value_delimiter = ',', value_parser = parse_label, value_name = "REGION,..")]
+        on_demand: Vec<String>,
+    },
+    /// Remove the policy of a pattern (its repositories fall back to a less specific one).
+    Clear {
+        /// The repository pattern.
+        #[arg(value_parser = parse_pattern)]
+        pattern: String,
+    },
 }
 
 /// `clusterctl nodes …`.
@@ -127,13 +186,41 @@ pub enum Action {
     ListNodes,
     /// A membership change (`nodes add|promote|demote|remove`, `leader transfer`).
     Change(Change),
+    /// `replication status`.
+    ReplicationStatus {
+        /// The reference (empty: everything).
+        reference: String,
+        /// Poll until complete.
+        wait: bool,
+        /// List every blob.
+        verbose: bool,
+    },
+    /// `replication policy get` (empty pattern: all).
+    PolicyGet(String),
+    /// `replication policy set`.
+    PolicySet {
+        /// The pattern.
+        pattern: String,
+        /// Allowed regions (empty: all).
+        regions: Vec<String>,
+        /// On-demand regions.
+        on_demand: Vec<String>,
+    },
+    /// `replication policy clear`.
+    PolicyClear(String),
 }
 
 impl Cli {
     /// The deadline of the whole command: `--timeout`, or the command's default.
     pub fn timeout(&self) -> Duration {
         self.timeout.unwrap_or(match self.command.action() {
-            Action::Status | Action::ListNodes => READ_TIMEOUT,
+            Action::ReplicationStatus { wait: true, .. } => WAIT_TIMEOUT,
+            Action::Status
+            | Action::ListNodes
+            | Action::ReplicationStatus { .. }
+            | Action::PolicyGet(_)
+            | Action::PolicySet { .. }
+            | Action::PolicyClear(_) => READ_TIMEOUT,
             Action::Change(_) => CHANGE_TIMEOUT,
         })
     }
@@ -166,6 +253,26 @@ impl Command {
             Command::Leader(LeaderCommand::Transfer { to }) => {
                 Action::Change(Change::TransferLeader { to: *to })
             }
+            Command::Replication(ReplicationCommand::Status(a)) => Action::ReplicationStatus {
+                reference: a.reference.clone().unwrap_or_default(),
+                wait: a.wait,
+                verbose: a.verbose,
+            },
+            Command::Replication(ReplicationCommand::Policy(p)) => match p {
+                PolicyCommand::Get { pattern } => {
+                    Action::PolicyGet(pattern.clone().unwrap_or_default())
+                }
+                PolicyCommand::Set {
+                    pattern,
+                    regions,
+                    on_demand,
+                } => Action::PolicySet {
+                    pattern: pattern.clone(),
+                    regions: regions.clone(),
+                    on_demand: on_demand.clone(),
+                },
+                PolicyCommand::Clear { pattern } => Action::PolicyClear(pattern.clone()),
+            },
         }
     }
 }
@@ -249,6 +356,29 @@ pub fn parse_url(s: &str) -> Result<String, String> {
 pub fn parse_label(s: &str) -> Result<String, String> {
     if s.is_empty() || s.chars().any(char::is_whitespace) {
         return Err("expected a non-empty name without spaces".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// Parses an image reference: `repo`, `repo:tag` or `repo@digest` (the server checks the
+/// grammar; here only that it is one word).
+pub fn parse_reference(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || s.chars().any(char::is_whitespace) {
+        return Err("expected repo, repo:tag or repo@digest".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// Parses a repository pattern: lowercase letters, digits, `.`, `_`, `-`, `/` and `*`.
+pub fn parse_pattern(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty()
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._/-*".contains(&b))
+    {
+        return Err("expected a repository pattern of a-z, 0-9, '.', '_', '-', '/' and '*'".into());
     }
     Ok(s.to_owned())
 }
@@ -406,6 +536,70 @@ mod tests {
             promote.command.action(),
             Action::Change(Change::Promote { id: 2 })
         );
+    }
+
+    #[test]
+    fn replication_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "clusterctl",
+            "replication",
+            "status",
+            "library/nginx:1",
+            "--wait",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.command.action(),
+            Action::ReplicationStatus {
+                reference: "library/nginx:1".into(),
+                wait: true,
+                verbose: false
+            }
+        );
+        assert_eq!(cli.timeout(), WAIT_TIMEOUT);
+        let cli = Cli::try_parse_from(["clusterctl", "replication", "status"]).unwrap();
+        assert_eq!(cli.timeout(), READ_TIMEOUT);
+        let cli = Cli::try_parse_from([
+            "clusterctl",
+            "replication",
+            "policy",
+            "set",
+            "eu/**",
+            "--regions",
+            "r1,r2",
+            "--on-demand",
+            "r2",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.command.action(),
+            Action::PolicySet {
+                pattern: "eu/**".into(),
+                regions: vec!["r1".into(), "r2".into()],
+                on_demand: vec!["r2".into()],
+            }
+        );
+        let get = Cli::try_parse_from(["clusterctl", "replication", "policy", "get"]).unwrap();
+        assert_eq!(get.command.action(), Action::PolicyGet(String::new()));
+        for bad in [
+            &["clusterctl", "replication", "policy", "set", "EU"][..],
+            &["clusterctl", "replication", "policy", "clear", ""],
+            &[
+                "clusterctl",
+                "replication",
+                "policy",
+                "set",
+                "a",
+                "--regions",
+                "",
+            ],
+        ] {
+            assert_eq!(
+                Cli::try_parse_from(bad).unwrap_err().exit_code(),
+                2,
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,11 @@
 use std::time::Duration;
 
 use berth_proto::admin::admin_client::AdminClient;
-use berth_proto::admin::{NodeRef, Progress, StatusRequest, StatusResponse, TransferLeaderRequest};
+use berth_proto::admin::{
+    NodeRef, Progress, ReplicationPolicies, ReplicationPolicyEntry, ReplicationPolicyRef,
+    ReplicationStatusRequest, ReplicationStatusResponse, StatusRequest, StatusResponse,
+    TransferLeaderRequest,
+};
 use tokio::time::{Instant, timeout_at};
 use tonic::transport::Channel;
 
@@ -68,6 +72,84 @@ impl AdminConn {
             Ok(Err(status)) => Err(self.rpc_error(STATUS_WHAT, status, false)),
             Err(_) => Err(self.timed_out(STATUS_WHAT, false)),
         }
+    }
+
+    /// `Admin.ReplicationStatus` of `reference` (empty: everything).
+    pub async fn replication_status(
+        &mut self,
+        reference: &str,
+        verbose: bool,
+    ) -> Result<ReplicationStatusResponse, Error> {
+        let what = replication_what(reference);
+        let message = ReplicationStatusRequest {
+            reference: reference.to_owned(),
+            verbose,
+        };
+        let request = request(message, self.deadline);
+        match timeout_at(self.deadline, self.client.replication_status(request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.rpc_error(&what, status, false)),
+            Err(_) => Err(self.timed_out(&what, false)),
+        }
+    }
+
+    /// `Admin.GetReplicationPolicy` (empty pattern: every policy).
+    pub async fn get_policy(&mut self, pattern: &str) -> Result<ReplicationPolicies, Error> {
+        let what = match pattern {
+            "" => "get the replication policies".to_owned(),
+            p => format!("get the replication policy of {p}"),
+        };
+        let request = request(
+            ReplicationPolicyRef {
+                pattern: pattern.to_owned(),
+            },
+            self.deadline,
+        );
+        match timeout_at(self.deadline, self.client.get_replication_policy(request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.rpc_error(&what, status, false)),
+            Err(_) => Err(self.timed_out(&what, false)),
+        }
+    }
+
+    /// `Admin.SetReplicationPolicy`: returns the policy as stored.
+    pub async fn set_policy(
+        &mut self,
+        entry: ReplicationPolicyEntry,
+    ) -> Result<ReplicationPolicyEntry, Error> {
+        let what = format!("set the replication policy of {}", entry.pattern);
+        let request = request(entry, self.deadline);
+        match timeout_at(self.deadline, self.client.set_replication_policy(request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.rpc_error(&what, status, true)),
+            Err(_) => Err(self.timed_out(&what, true)),
+        }
+    }
+
+    /// `Admin.ClearReplicationPolicy`: returns the policies left.
+    pub async fn clear_policy(&mut self, pattern: &str) -> Result<ReplicationPolicies, Error> {
+        let what = format!("clear the replication policy of {pattern}");
+        let request = request(
+            ReplicationPolicyRef {
+                pattern: pattern.to_owned(),
+            },
+            self.deadline,
+        );
+        match timeout_at(self.deadline, self.client.clear_replication_policy(request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.rpc_error(&what, status, true)),
+            Err(_) => Err(self.timed_out(&what, true)),
+        }
+    }
+
+    /// The command's deadline.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The command's whole timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Runs one membership change, calling `on_progress` with every `Progress` message as
@@ -140,6 +222,14 @@ impl AdminConn {
             after: self.timeout,
             may_complete,
         }
+    }
+}
+
+/// How messages name a replication status request.
+pub fn replication_what(reference: &str) -> String {
+    match reference {
+        "" => "get the replication status".to_owned(),
+        r => format!("get the replication status of {r}"),
     }
 }
 

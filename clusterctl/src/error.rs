@@ -60,6 +60,21 @@ pub enum Error {
         /// What was attempted.
         what: String,
     },
+    /// Replication is not complete (the status was printed), or did not complete within
+    /// `--timeout` with `--wait`.
+    #[error(
+        "replication of {} is not complete{}: {pending}",
+        if reference.is_empty() { "every image" } else { reference },
+        match waited { Some(d) => format!(" after waiting {}", secs(*d)), None => String::new() }
+    )]
+    NotReplicated {
+        /// The reference (empty: everything).
+        reference: String,
+        /// What is pending, e.g. `r3: 2 blobs (2048 bytes)`.
+        pending: String,
+        /// How long `--wait` waited, when it did.
+        waited: Option<Duration>,
+    },
     /// Writing to stdout failed (e.g. a closed pipe).
     #[error("failed to write output: {0}")]
     Output(#[from] std::io::Error),
@@ -74,6 +89,10 @@ impl Error {
             Error::Connect { .. } | Error::ConnectTimedOut { .. } => Code::Unavailable,
             Error::Rpc { status, .. } => status.code(),
             Error::TimedOut { .. } => Code::DeadlineExceeded,
+            Error::NotReplicated {
+                waited: Some(_), ..
+            } => Code::DeadlineExceeded,
+            Error::NotReplicated { waited: None, .. } => Code::FailedPrecondition,
             Error::Incomplete { .. } | Error::Output(_) => Code::Unknown,
         }
     }
@@ -81,6 +100,12 @@ impl Error {
     /// The process exit status for this error: always 1 (2 is left to usage errors).
     pub fn exit_status(&self) -> u8 {
         1
+    }
+
+    /// Whether the command already printed its answer (an incomplete replication status):
+    /// in `--json` mode no error line follows it, so stdout stays one JSON document.
+    pub fn answer_printed(&self) -> bool {
+        matches!(self, Error::NotReplicated { .. })
     }
 }
 
@@ -231,6 +256,31 @@ mod tests {
             status.to_string(),
             "failed to get the cluster status: timed out after 1.5s"
         );
+    }
+
+    #[test]
+    fn incomplete_replication_names_what_is_pending() {
+        let now = Error::NotReplicated {
+            reference: "a:1".into(),
+            pending: "r3: 2 blobs (2048 bytes)".into(),
+            waited: None,
+        };
+        assert_eq!(
+            now.to_string(),
+            "replication of a:1 is not complete: r3: 2 blobs (2048 bytes)"
+        );
+        assert!(now.answer_printed());
+        let waited = Error::NotReplicated {
+            reference: String::new(),
+            pending: "r2: 1 blob (5 bytes)".into(),
+            waited: Some(Duration::from_secs(60)),
+        };
+        assert_eq!(
+            waited.to_string(),
+            "replication of every image is not complete after waiting 60s: r2: 1 blob (5 bytes)"
+        );
+        assert_eq!(waited.code(), Code::DeadlineExceeded);
+        assert_eq!(waited.exit_status(), 1);
     }
 
     #[test]

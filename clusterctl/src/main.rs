@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run::run(&cli, &mut stdout)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            if cli.json {
+            if cli.json && !err.answer_printed() {
                 // Best effort: stdout may be the thing that failed.
                 let _ = writeln!(stdout, "{}", render::error_json(&err));
             }

@@ -11,7 +11,10 @@
 //! - JSON mirrors the proto messages with their snake_case field names; the final object of
 //!   a command that reports success or failure has `ok`.
 
-use berth_proto::admin::{Member, Progress, StatusResponse};
+use berth_proto::admin::{
+    Member, Progress, ReplicationPolicies, ReplicationPolicyEntry, ReplicationStatusResponse,
+    StatusResponse,
+};
 use serde_json::{Value, json};
 
 use crate::change::Change;
@@ -201,6 +204,208 @@ pub fn error_json(err: &Error) -> Value {
         "error": err.to_string(),
         "code": code_name(err.code()),
     })
+}
+
+/// `replication status` for humans: a header line, one row per region, and with `--verbose`
+/// one row per blob.
+pub fn replication_text(r: &ReplicationStatusResponse) -> String {
+    let mut out = format!(
+        "node {} answered (applied index {}); {} manifest(s); replication {}\n",
+        r.node_id,
+        r.applied_index,
+        r.manifests,
+        if r.complete { "complete" } else { "incomplete" }
+    );
+    if r.stale {
+        out.push_str(&format!(
+            "warning: node {} could not catch up with the leader; this is its own view ({})\n",
+            r.node_id, r.stale_reason
+        ));
+    }
+    let regions = Table {
+        columns: vec![
+            ("REGION", Align::Left),
+            ("COMPLETE", Align::Left),
+            ("PENDING BLOBS", Align::Right),
+            ("PENDING BYTES", Align::Right),
+            ("OLDEST PENDING", Align::Right),
+        ],
+        rows: r
+            .regions
+            .iter()
+            .map(|g| {
+                vec![
+                    or_dash(&g.region),
+                    yes_no(g.complete),
+                    g.pending_blobs.to_string(),
+                    g.pending_bytes.to_string(),
+                    if g.pending_blobs == 0 {
+                        "-".to_owned()
+                    } else {
+                        format!("{:.1}s", g.oldest_pending_age_ms as f64 / 1000.0)
+                    },
+                ]
+            })
+            .collect(),
+    };
+    out.push_str(&regions.render());
+    if !r.blobs.is_empty() {
+        let ids = |v: &[u64]| match v {
+            [] => "-".to_owned(),
+            v => v.iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+        };
+        let blobs = Table {
+            columns: vec![
+                ("BLOB", Align::Left),
+                ("SIZE", Align::Right),
+                ("HOLDERS", Align::Left),
+                ("PLACED ON", Align::Left),
+            ],
+            rows: r
+                .blobs
+                .iter()
+                .map(|b| {
+                    vec![
+                        b.digest.clone(),
+                        b.size.to_string(),
+                        ids(&b.holders),
+                        ids(&b.wanted),
+                    ]
+                })
+                .collect(),
+        };
+        out.push('\n');
+        out.push_str(&blobs.render());
+    }
+    out
+}
+
+/// `replication status --json`: top-level `complete`, `regions` keyed by region name (each
+/// with `complete`, `pending_blobs`, `pending_bytes`, `oldest_pending_age_ms`), and `blobs`
+/// with `--verbose`.
+pub fn replication_json(r: &ReplicationStatusResponse) -> Value {
+    let regions: serde_json::Map<String, Value> = r
+        .regions
+        .iter()
+        .map(|g| {
+            (
+                g.region.clone(),
+                json!({
+                    "complete": g.complete,
+                    "pending_blobs": g.pending_blobs,
+                    "pending_bytes": g.pending_bytes,
+                    "oldest_pending_age_ms": g.oldest_pending_age_ms,
+                }),
+            )
+        })
+        .collect();
+    let blobs: Vec<Value> = r
+        .blobs
+        .iter()
+        .map(|b| {
+            json!({
+                "digest": b.digest,
+                "size": b.size,
+                "holders": b.holders,
+                "wanted": b.wanted,
+            })
+        })
+        .collect();
+    json!({
+        "complete": r.complete,
+        "node_id": r.node_id,
+        "applied_index": r.applied_index,
+        "manifests": r.manifests,
+        "stale": r.stale,
+        "stale_reason": r.stale_reason,
+        "regions": regions,
+        "blobs": blobs,
+    })
+}
+
+/// What is pending, region by region: `r2: 1 blob (5 bytes), r3: 2 blobs (10 bytes)`.
+pub fn pending_summary(r: &ReplicationStatusResponse) -> String {
+    let parts: Vec<String> = r
+        .regions
+        .iter()
+        .filter(|g| !g.complete)
+        .map(|g| {
+            format!(
+                "{}: {} blob{} ({} bytes)",
+                g.region,
+                g.pending_blobs,
+                if g.pending_blobs == 1 { "" } else { "s" },
+                g.pending_bytes
+            )
+        })
+        .collect();
+    if parts.is_empty() {
+        "nothing pending".to_owned()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// `replication policy get` for humans: one row per pattern; `all` for every region.
+pub fn policies_text(p: &ReplicationPolicies) -> String {
+    if p.policies.is_empty() {
+        return "no replication policies: every region holds a copy of every image\n".to_owned();
+    }
+    Table {
+        columns: vec![
+            ("PATTERN", Align::Left),
+            ("REGIONS", Align::Left),
+            ("ON DEMAND", Align::Left),
+        ],
+        rows: p
+            .policies
+            .iter()
+            .map(|e| {
+                let (regions, on_demand) = policy_cells(e);
+                vec![e.pattern.clone(), regions, on_demand]
+            })
+            .collect(),
+    }
+    .render()
+}
+
+fn policy_cells(e: &ReplicationPolicyEntry) -> (String, String) {
+    let p = e.policy.clone().unwrap_or_default();
+    let regions = if p.regions.is_empty() {
+        "all".to_owned()
+    } else {
+        p.regions.join(",")
+    };
+    let on_demand = if p.on_demand.is_empty() {
+        "-".to_owned()
+    } else {
+        p.on_demand.join(",")
+    };
+    (regions, on_demand)
+}
+
+/// One policy as JSON: `{"pattern","regions","on_demand"}` (`regions` empty: every region).
+pub fn policy_json(e: &ReplicationPolicyEntry) -> Value {
+    let p = e.policy.clone().unwrap_or_default();
+    json!({
+        "pattern": e.pattern,
+        "regions": p.regions,
+        "on_demand": p.on_demand,
+    })
+}
+
+/// `replication policy get --json`: `{"policies":[…]}`.
+pub fn policies_json(p: &ReplicationPolicies) -> Value {
+    json!({ "policies": p.policies.iter().map(policy_json).collect::<Vec<_>>() })
+}
+
+/// The line after `policy set`: `ok: policy of eu/** set: regions r1,r2; on demand -`.
+pub fn policy_set_text(e: &ReplicationPolicyEntry) -> String {
+    let (regions, on_demand) = policy_cells(e);
+    format!(
+        "ok: policy of {} set: regions {regions}; on demand {on_demand}",
+        e.pattern
+    )
 }
 
 fn outcome_message(change: &Change, done: &Progress) -> String {
@@ -449,6 +654,95 @@ ID  ROLE     URL                   CLUSTER ADDR   REGION   ZONE  REACHABLE
         assert_eq!(
             outcome_json(&Change::Remove { id: 3 }, &silent),
             json!({"ok": true, "operation": "remove_node", "node_id": 3, "message": "node 3 removed"})
+        );
+    }
+
+    fn replication(complete_r3: bool) -> ReplicationStatusResponse {
+        use berth_proto::admin::{BlobReplication, RegionReplication};
+        let region = |name: &str, complete: bool| RegionReplication {
+            region: name.into(),
+            complete,
+            pending_blobs: if complete { 0 } else { 2 },
+            pending_bytes: if complete { 0 } else { 2048 },
+            oldest_pending_age_ms: if complete { 0 } else { 1500 },
+        };
+        ReplicationStatusResponse {
+            node_id: 2,
+            complete: complete_r3,
+            regions: vec![region("r1", true), region("r3", complete_r3)],
+            blobs: vec![BlobReplication {
+                digest: "sha256:ab".into(),
+                size: 1024,
+                holders: vec![1],
+                wanted: vec![1, 3],
+            }],
+            manifests: 1,
+            stale: false,
+            stale_reason: String::new(),
+            applied_index: 40,
+        }
+    }
+
+    #[test]
+    fn replication_status_as_table_and_json() {
+        let text = replication_text(&replication(false));
+        let expected = "\
+node 2 answered (applied index 40); 1 manifest(s); replication incomplete
+REGION  COMPLETE  PENDING BLOBS  PENDING BYTES  OLDEST PENDING
+r1      yes                   0              0               -
+r3      no                    2           2048            1.5s
+
+BLOB       SIZE  HOLDERS  PLACED ON
+sha256:ab  1024  1        1,3
+";
+        assert_eq!(text, expected);
+        let v = replication_json(&replication(false));
+        assert_eq!(v["complete"], false);
+        assert_eq!(
+            v["regions"]["r3"],
+            json!({"complete": false, "pending_blobs": 2, "pending_bytes": 2048, "oldest_pending_age_ms": 1500})
+        );
+        assert_eq!(v["regions"]["r1"]["complete"], true);
+        assert_eq!(v["blobs"][0]["wanted"], json!([1, 3]));
+        assert_eq!(
+            pending_summary(&replication(false)),
+            "r3: 2 blobs (2048 bytes)"
+        );
+        assert_eq!(pending_summary(&replication(true)), "nothing pending");
+    }
+
+    #[test]
+    fn policies_as_table_and_json() {
+        use berth_proto::admin::ReplicationPolicy;
+        let entry = |pattern: &str, regions: &[&str], on_demand: &[&str]| ReplicationPolicyEntry {
+            pattern: pattern.into(),
+            policy: Some(ReplicationPolicy {
+                regions: regions.iter().map(|r| r.to_string()).collect(),
+                on_demand: on_demand.iter().map(|r| r.to_string()).collect(),
+            }),
+        };
+        let all = ReplicationPolicies {
+            policies: vec![
+                entry("**", &[], &["r3"]),
+                entry("eu/**", &["r1", "r2"], &[]),
+            ],
+        };
+        assert_eq!(
+            policies_text(&all),
+            "\
+PATTERN  REGIONS  ON DEMAND
+**       all      r3
+eu/**    r1,r2    -
+"
+        );
+        assert_eq!(
+            policies_json(&all)["policies"][1],
+            json!({"pattern": "eu/**", "regions": ["r1", "r2"], "on_demand": []})
+        );
+        assert!(policies_text(&ReplicationPolicies::default()).starts_with("no replication"));
+        assert_eq!(
+            policy_set_text(&entry("eu/**", &["r1", "r2"], &[])),
+            "ok: policy of eu/** set: regions r1,r2; on demand -"
         );
     }
 

@@ -10,7 +10,12 @@
 //! - `PromoteNode` 2: FAILED_PRECONDITION before any message; others: `done` with no text;
 //! - `DemoteNode`: one message, then the stream ends without `done`;
 //! - `RemoveNode`: UNAVAILABLE;
-//! - `TransferLeader`: one message, then nothing ever (for `--timeout`).
+//! - `TransferLeader`: one message, then nothing ever (for `--timeout`);
+//! - `ReplicationStatus`: `done:1` complete; `slow:1` incomplete for the first two calls of
+//!   the fake, then complete; `stuck:1` never complete; anything else NOT_FOUND;
+//! - `GetReplicationPolicy`: empty pattern two policies, `eu/**` one, others NOT_FOUND;
+//!   `SetReplicationPolicy` echoes the policy with its regions sorted;
+//!   `ClearReplicationPolicy` `eu/**` leaves `**`, others NOT_FOUND.
 
 use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
@@ -21,10 +26,13 @@ use std::time::{Duration, Instant};
 use berth_proto::admin::admin_server::{Admin, AdminServer};
 use berth_proto::admin::{
     AddNodeRequest, Member, NodeRef, NodeStatusRequest, NodeStatusResponse, Progress,
-    StatusRequest, StatusResponse, TransferLeaderRequest,
+    RegionReplication, ReplicationPolicies, ReplicationPolicy, ReplicationPolicyEntry,
+    ReplicationPolicyRef, ReplicationStatusRequest, ReplicationStatusResponse, StatusRequest,
+    StatusResponse, TransferLeaderRequest,
 };
 use futures::{Stream, StreamExt, stream};
 use serde_json::{Value, json};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tonic::{Request, Response, Status};
 
 /// Runs `clusterctl` with `args` (and no `CLUSTERCTL_ENDPOINT` from the environment).
@@ -426,6 +434,140 @@ fn timeout_ends_a_stalled_change() {
     );
 }
 
+#[test]
+fn replication_status_exits_0_when_complete_and_1_when_not() {
+    let addr = start_fake_admin().to_string();
+    let out = clusterctl(&["--endpoint", &addr, "replication", "status", "done:1"]);
+    must_exit(&out, 0);
+    assert!(
+        stdout(&out).contains("replication complete"),
+        "{}",
+        stdout(&out)
+    );
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "replication",
+        "status",
+        "stuck:1",
+        "--json",
+    ]);
+    must_exit(&out, 1);
+    // One JSON document: the status, no error line after it.
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", stdout(&out));
+    assert_eq!(lines[0]["complete"], false);
+    assert_eq!(lines[0]["regions"]["r2"]["pending_blobs"], 2);
+    assert_eq!(lines[0]["regions"]["r1"]["complete"], true);
+    assert_eq!(
+        stderr(&out).trim(),
+        "clusterctl: replication of stuck:1 is not complete: r2: 2 blobs (2048 bytes)"
+    );
+    let out = clusterctl(&["--endpoint", &addr, "replication", "status", "gone:1"]);
+    must_exit(&out, 1);
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+}
+
+#[test]
+fn replication_status_wait_polls_until_complete_or_the_timeout() {
+    let addr = start_fake_admin().to_string();
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "replication",
+        "status",
+        "slow:1",
+        "--wait",
+        "--timeout",
+        "20",
+    ]);
+    must_exit(&out, 0);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("waiting: r2: 2 blobs (2048 bytes)\n"),
+        "{text}"
+    );
+    assert!(text.contains("replication complete"), "{text}");
+
+    let started = Instant::now();
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "replication",
+        "status",
+        "stuck:1",
+        "--wait",
+        "--timeout",
+        "1.5",
+    ]);
+    must_exit(&out, 1);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        stderr(&out).contains("is not complete after waiting"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn replication_policies_get_set_clear() {
+    let addr = start_fake_admin().to_string();
+    let out = clusterctl(&["--endpoint", &addr, "replication", "policy", "get"]);
+    must_exit(&out, 0);
+    assert!(
+        stdout(&out).starts_with("PATTERN  REGIONS  ON DEMAND\n**       all      r3\n"),
+        "{}",
+        stdout(&out)
+    );
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "--json",
+        "replication",
+        "policy",
+        "get",
+        "eu/**",
+    ]);
+    must_exit(&out, 0);
+    assert_eq!(
+        json_lines(&out)[0]["policies"][0],
+        json!({"pattern": "eu/**", "regions": ["r1", "r2"], "on_demand": []})
+    );
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "replication",
+        "policy",
+        "set",
+        "eu/**",
+        "--regions",
+        "r2,r1",
+    ]);
+    must_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "ok: policy of eu/** set: regions r1,r2; on demand -\n"
+    );
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "replication",
+        "policy",
+        "clear",
+        "eu/**",
+    ]);
+    must_exit(&out, 0);
+    assert_eq!(stdout(&out), "ok: policy of eu/** cleared\n");
+    let out = clusterctl(&["--endpoint", &addr, "replication", "policy", "clear", "x/*"]);
+    must_exit(&out, 1);
+    assert!(
+        stderr(&out)
+            .starts_with("clusterctl: failed to clear the replication policy of x/*: not found"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // The fake Admin service.
 
@@ -444,7 +586,7 @@ fn start_fake_admin() -> SocketAddr {
                 .expect("failed to bind the fake");
             addr_tx.send(listener.local_addr().unwrap()).unwrap();
             tonic::transport::Server::builder()
-                .add_service(AdminServer::new(FakeAdmin))
+                .add_service(AdminServer::new(FakeAdmin::default()))
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
                 .await
                 .expect("the fake admin server failed");
@@ -455,7 +597,41 @@ fn start_fake_admin() -> SocketAddr {
         .expect("the fake admin server did not start")
 }
 
-struct FakeAdmin;
+#[derive(Default)]
+struct FakeAdmin {
+    /// `ReplicationStatus` calls for `slow:1` so far.
+    slow_polls: AtomicU64,
+}
+
+fn fake_policy(pattern: &str, regions: &[&str], on_demand: &[&str]) -> ReplicationPolicyEntry {
+    ReplicationPolicyEntry {
+        pattern: pattern.into(),
+        policy: Some(ReplicationPolicy {
+            regions: regions.iter().map(|r| r.to_string()).collect(),
+            on_demand: on_demand.iter().map(|r| r.to_string()).collect(),
+        }),
+    }
+}
+
+fn fake_replication(complete: bool) -> ReplicationStatusResponse {
+    let region = |name: &str, complete: bool| RegionReplication {
+        region: name.into(),
+        complete,
+        pending_blobs: if complete { 0 } else { 2 },
+        pending_bytes: if complete { 0 } else { 2048 },
+        oldest_pending_age_ms: if complete { 0 } else { 1500 },
+    };
+    ReplicationStatusResponse {
+        node_id: 1,
+        complete,
+        regions: vec![region("r1", true), region("r2", complete)],
+        blobs: vec![],
+        manifests: 1,
+        stale: false,
+        stale_reason: String::new(),
+        applied_index: 40,
+    }
+}
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<Progress, Status>> + Send>>;
 
@@ -593,6 +769,65 @@ impl Admin for FakeAdmin {
         _request: Request<NodeRef>,
     ) -> Result<Response<ProgressStream>, Status> {
         Err(Status::unavailable("no leader is known"))
+    }
+
+    async fn replication_status(
+        &self,
+        request: Request<ReplicationStatusRequest>,
+    ) -> Result<Response<ReplicationStatusResponse>, Status> {
+        match request.into_inner().reference.as_str() {
+            "done:1" => Ok(Response::new(fake_replication(true))),
+            "slow:1" => {
+                let n = self.slow_polls.fetch_add(1, Ordering::SeqCst);
+                Ok(Response::new(fake_replication(n >= 2)))
+            }
+            "stuck:1" => Ok(Response::new(fake_replication(false))),
+            other => Err(Status::not_found(format!("manifest {other} not found"))),
+        }
+    }
+
+    async fn get_replication_policy(
+        &self,
+        request: Request<ReplicationPolicyRef>,
+    ) -> Result<Response<ReplicationPolicies>, Status> {
+        let policies = match request.into_inner().pattern.as_str() {
+            "" => vec![
+                fake_policy("**", &[], &["r3"]),
+                fake_policy("eu/**", &["r1", "r2"], &[]),
+            ],
+            "eu/**" => vec![fake_policy("eu/**", &["r1", "r2"], &[])],
+            other => {
+                return Err(Status::not_found(format!(
+                    "replication policy {other:?} not found"
+                )));
+            }
+        };
+        Ok(Response::new(ReplicationPolicies { policies }))
+    }
+
+    async fn set_replication_policy(
+        &self,
+        request: Request<ReplicationPolicyEntry>,
+    ) -> Result<Response<ReplicationPolicyEntry>, Status> {
+        let mut entry = request.into_inner();
+        if let Some(p) = entry.policy.as_mut() {
+            p.regions.sort();
+        }
+        Ok(Response::new(entry))
+    }
+
+    async fn clear_replication_policy(
+        &self,
+        request: Request<ReplicationPolicyRef>,
+    ) -> Result<Response<ReplicationPolicies>, Status> {
+        match request.into_inner().pattern.as_str() {
+            "eu/**" => Ok(Response::new(ReplicationPolicies {
+                policies: vec![fake_policy("**", &[], &["r3"])],
+            })),
+            other => Err(Status::not_found(format!(
+                "replication policy {other:?} not found"
+            ))),
+        }
     }
 
     type TransferLeaderStream = ProgressStream;

@@ -74,7 +74,7 @@ pub struct Config {
     pub http: Http,
     /// Regional endpoints: redirects of blob GETs.
     pub routing: Routing,
-    /// Copies of blobs between nodes.
+    /// Geo-replication: copies per region and the replicator's pace.
     pub replication: Replication,
 }
 
@@ -115,16 +115,43 @@ fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
     })
 }
 
-// ---- [replication]: the per-peer bandwidth cap of copies (helper "durable") ----------------
-
-/// Copies of blobs between nodes (`[replication]`, env `BERTH_REPLICATION__<FIELD>`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Geo-replication (`[replication]`, env `BERTH_REPLICATION__<FIELD>`); see
+/// `docs/geo-replication.md`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Replication {
+    /// Nodes of each region that hold a copy of every blob the policy places there (a region
+    /// with fewer nodes has it on all of them). Must be the same on every node. Default 1.
+    pub copies_per_region: usize,
+    /// Blob copies this node's replicator makes at once. Default 4.
+    pub max_parallel: usize,
+    /// Seconds between two full passes of the replicator over every manifest (it also runs
+    /// one at start, and after a membership or policy change). Default 300.
+    pub full_pass_secs: u64,
+    /// Seconds between two scrubs: each re-hashes every blob this node is recorded as
+    /// holding, and replaces a corrupt or missing copy from a peer. 0 turns scrubbing off.
+    /// Default 86400 (a day).
+    pub scrub_interval_secs: u64,
+    /// Bytes a second a scrub reads at most (it never crowds out client transfers).
+    /// Default 52428800 (50 MiB/s).
+    pub scrub_bytes_per_sec: u64,
     /// Bytes per second this node fetches from any one peer for replication and durability
     /// copies (one token bucket per peer; a client's read-through is never capped). 0: no cap.
     /// Default 0.
     pub max_bytes_per_sec_per_peer: u64,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication {
+            copies_per_region: 1,
+            max_parallel: 4,
+            full_pass_secs: 300,
+            scrub_interval_secs: 86_400,
+            scrub_bytes_per_sec: 50 * 1024 * 1024,
+            max_bytes_per_sec_per_peer: 0,
+        }
+    }
 }
 
 /// Connections of the registry HTTP front (`[http]`, env `BERTH_HTTP__<FIELD>`).
@@ -510,6 +537,17 @@ impl Config {
         if h.max_connections == 0 {
             p.push("http.max_connections: must be at least 1".to_string());
         }
+        let r = &self.replication;
+        for (field, v) in [
+            ("copies_per_region", r.copies_per_region as u64),
+            ("max_parallel", r.max_parallel as u64),
+            ("full_pass_secs", r.full_pass_secs),
+            ("scrub_bytes_per_sec", r.scrub_bytes_per_sec),
+        ] {
+            if v == 0 {
+                p.push(format!("replication.{field}: must be at least 1"));
+            }
+        }
         p
     }
 
@@ -551,6 +589,18 @@ impl Config {
             max_connections: h.max_connections,
             drain_max_bytes: h.drain_max_bytes,
             drain_timeout: Duration::from_secs(h.drain_timeout_secs),
+        }
+    }
+
+    /// Replication settings derived from this configuration.
+    pub fn replication_settings(&self) -> crate::replication::ReplicationSettings {
+        crate::replication::ReplicationSettings {
+            copies_per_region: self.replication.copies_per_region,
+            max_parallel: self.replication.max_parallel,
+            full_pass_every: Duration::from_secs(self.replication.full_pass_secs),
+            scrub_every: (self.replication.scrub_interval_secs > 0)
+                .then(|| Duration::from_secs(self.replication.scrub_interval_secs)),
+            scrub_bytes_per_sec: self.replication.scrub_bytes_per_sec,
         }
     }
 
@@ -801,5 +851,22 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("durability.min_regions"), "{text}");
         assert_eq!(text.matches("routing.client_regions").count(), 2, "{text}");
+    }
+
+    #[test]
+    fn replication_settings_default_and_are_checked() {
+        let c = Config::load("", &env(&[("BERTH_REPLICATION__MAX_PARALLEL", "2")])).unwrap();
+        assert_eq!(c.replication.copies_per_region, 1);
+        assert_eq!(c.replication.max_parallel, 2);
+        assert_eq!(
+            c.replication_settings().full_pass_every,
+            Duration::from_secs(300)
+        );
+        let err = Config::load(
+            "[replication]\ncopies_per_region = 0\nfull_pass_secs = 0\n",
+            &env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
     }
 }

@@ -7,6 +7,8 @@
 //! - [`meta`]: the Raft log store and state machine in RocksDB; the only user of RocksDB.
 //! - [`cluster`]: this node's Raft instance; proposes metadata writes.
 //! - [`registry`]: the use cases (push, pull, delete, lists) over the three above.
+//! - [`replication`]: placement of blobs by region, per-repository policies, the replicator
+//!   that copies what this node should hold, and replication status.
 //! - [`api`]: the HTTP adapter (axum) of the OCI Distribution API.
 //! - [`rpc`]: the gRPC adapter (tonic) of the cluster endpoint: Raft, forwarding, blob
 //!   streaming, admin.
@@ -26,6 +28,7 @@ pub mod config;
 pub mod meta;
 pub mod metrics;
 pub mod registry;
+pub mod replication;
 pub mod rpc;
 pub mod server;
 pub mod space;
@@ -43,6 +46,7 @@ use crate::config::Config;
 use crate::meta::{MetaCloser, MetaError, NodeInfo};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::replication::{Replication, ReplicationWorker, ScrubWorker};
 
 /// Why a node could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +75,8 @@ const UPLOAD_EXPIRY_EVERY: Duration = Duration::from_secs(60);
 /// ([`TASKS_STOP`]), Raft ([`RAFT_STOP`]), the cluster endpoint ([`rpc::GRACEFUL_STOP`] and
 /// as long again to close what is left), then the metadata store, each bounded.
 pub const STOP_MARGIN: Duration = Duration::from_secs(5);
-/// How long the background tasks (upload expiry, joining), together, get to end after the
-/// HTTP front.
+/// How long the background tasks (upload expiry, joining, replicator, scrubber), together,
+/// get to end after the HTTP front.
 const TASKS_STOP: Duration = Duration::from_secs(1);
 /// How long Raft gets to stop.
 const RAFT_STOP: Duration = Duration::from_millis(1500);
@@ -86,6 +90,8 @@ const STORE_CLOSE: Duration = Duration::from_secs(10);
 pub struct Node {
     /// The registry use cases.
     pub registry: Arc<Registry>,
+    /// Replication status and policies (the replicator runs only under [`run`]).
+    pub replication: Arc<Replication>,
     /// Closes the metadata store once every other handle on it is gone.
     closer: MetaCloser,
 }
@@ -121,8 +127,18 @@ impl Node {
         }
         let metrics = Metrics::new(config.node_id, &config.region, &config.zone);
         register_peer_gauges(&metrics, &cluster);
+        let replication = Replication::new(
+            reader.clone(),
+            cluster.clone(),
+            config.replication_settings(),
+        );
+        replication::worker::register_metrics(replication.clone(), &metrics);
         let registry = Registry::new(blobs, reader, cluster, config.registry_settings(), metrics);
-        Ok(Node { registry, closer })
+        Ok(Node {
+            registry,
+            replication,
+            closer,
+        })
     }
 
     /// The HTTP router of this node.
@@ -147,8 +163,13 @@ impl Node {
 
     /// Drops this node's handles and waits, up to `bound`, for the metadata store to close.
     async fn close_store(self, bound: Duration) -> bool {
-        let Node { registry, closer } = self;
+        let Node {
+            registry,
+            replication,
+            closer,
+        } = self;
         drop(registry);
+        drop(replication);
         match closer.close(bound).await {
             Ok(()) => true,
             Err(closer) => {
@@ -251,6 +272,7 @@ pub async fn run(
     let rpc_stop = CancellationToken::new();
     let rpc = tokio::spawn(rpc::serve(
         node.registry.clone(),
+        node.replication.clone(),
         config.data_dir.join("snapshots"),
         cluster_listener,
         rpc_stop.clone(),
@@ -291,6 +313,19 @@ pub async fn run(
         }
     });
 
+    let replicator = tokio::spawn(
+        ReplicationWorker::new(node.replication.clone(), node.registry.clone()).run(stop.clone()),
+    );
+    let scrubber = node.replication.settings().scrub_every.map(|every| {
+        let scrub = ScrubWorker::new(
+            node.registry.clone(),
+            node.replication.meta().clone(),
+            every,
+            node.replication.settings().scrub_bytes_per_sec,
+        );
+        tokio::spawn(scrub.run(stop.clone()))
+    });
+
     tracing::info!(
         listen = %listener.local_addr()?,
         cluster = %config.advertised_cluster(),
@@ -312,6 +347,10 @@ pub async fn run(
     let tasks_end = tokio::time::Instant::now() + TASKS_STOP;
     let tasks_left = || tasks_end.saturating_duration_since(tokio::time::Instant::now());
     finish(expiry, tasks_left()).await;
+    finish(replicator, tasks_left()).await;
+    if let Some(s) = scrubber {
+        finish(s, tasks_left()).await;
+    }
     if let Some(j) = joiner {
         finish(j, tasks_left()).await;
     }

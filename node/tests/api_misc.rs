@@ -244,9 +244,27 @@ async fn unknown_endpoints_are_404() {
         error_code(&r);
     }
     // Outside /v2: plain 404.
-    for uri in ["/", "/v1/", "/healthz/x", "/metrics"] {
+    for uri in ["/", "/v1/", "/healthz/x", "/metrics/x"] {
         t.get(uri).await.expect(StatusCode::NOT_FOUND);
     }
+    t.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_in_the_prometheus_text_format() {
+    let t = TestNode::start().await;
+    let r = t.get("/metrics").await;
+    r.expect(StatusCode::OK);
+    assert!(
+        r.header("content-type")
+            .unwrap_or("")
+            .starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        r.header("content-type")
+    );
+    let text = String::from_utf8(r.body.to_vec()).expect("metrics are UTF-8");
+    assert!(text.contains("berth_node_info{node=\"1\""), "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
     t.stop().await;
 }
 

@@ -21,6 +21,7 @@
 mod aligned;
 mod read;
 mod upload;
+mod verify;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use std::sync::Arc;
 
 pub use read::BlobBody;
 pub use upload::StagedUpload;
+pub use verify::Verified;
 
 use crate::space::{DiskSpace, Reserve};
 use crate::types::Digest;

@@ -82,6 +82,31 @@ pub enum CommandV1 {
         /// The node that now holds it.
         node: NodeId,
     },
+    /// Set (or replace) the replication policy of the repositories `pattern` matches (see
+    /// `replication::policy` for the pattern grammar and which pattern wins).
+    SetReplicationPolicy {
+        /// The repository pattern (validated by the proposer).
+        pattern: String,
+        /// The policy.
+        policy: ReplicationPolicy,
+    },
+    /// Remove the replication policy of `pattern`. Answers [`WriteResult::Done`], or
+    /// [`Rejection::PolicyUnknown`] when no policy has that pattern.
+    ClearReplicationPolicy {
+        /// The repository pattern.
+        pattern: String,
+    },
+}
+
+/// Where copies of the blobs of the repositories a pattern matches are kept (stored as
+/// `p/<pattern>`). Region names are validated and sorted by the proposer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationPolicy {
+    /// The regions that may hold copies (data residency); empty: every region.
+    pub regions: Vec<String>,
+    /// Regions (among those allowed) that keep only what was pulled there: the replicator
+    /// copies nothing to them.
+    pub on_demand: Vec<String>,
 }
 
 /// The payload of [`CommandV1::PutManifest`].
@@ -122,6 +147,12 @@ impl fmt::Display for Command {
                 CommandV1::BlobCopied { digest, node } => {
                     write!(f, "blob-copied {digest} to node {node}")
                 }
+                CommandV1::SetReplicationPolicy { pattern, .. } => {
+                    write!(f, "set-replication-policy {pattern}")
+                }
+                CommandV1::ClearReplicationPolicy { pattern } => {
+                    write!(f, "clear-replication-policy {pattern}")
+                }
             },
         }
     }
@@ -153,6 +184,9 @@ pub enum Rejection {
     /// The repository does not exist.
     #[error("repository {0} does not exist")]
     NameUnknown(RepositoryName),
+    /// No replication policy has this pattern.
+    #[error("no replication policy for pattern {0:?}")]
+    PolicyUnknown(String),
 }
 
 /// A stored manifest.

@@ -93,6 +93,22 @@ pub(super) fn referrer_prefix(repo: &RepositoryName, subject: &Digest) -> Vec<u8
     )
 }
 
+/// `p/<pattern>`: a replication policy.
+pub(super) fn policy(pattern: &str) -> Vec<u8> {
+    join(b"p/", &[pattern.as_bytes()])
+}
+
+/// Prefix of all replication policy keys.
+pub(super) const POLICY_PREFIX: &[u8] = b"p/";
+
+/// Prefix of all manifest keys.
+pub(super) const MANIFEST_PREFIX: &[u8] = b"m/";
+
+/// `m/<repo>\0`: prefix of a repository's manifests.
+pub(super) fn manifest_prefix(repo: &RepositoryName) -> Vec<u8> {
+    join(b"m/", &[repo.as_str().as_bytes(), b""])
+}
+
 /// The smallest key greater than every key that starts with `prefix`.
 pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();

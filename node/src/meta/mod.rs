@@ -20,6 +20,7 @@
 //! state          "l/" repo \0 digest                   BlobLinkRecord (repo may serve the blob)
 //! state          "b/" digest                           BlobRecord (size, holders, first seen)
 //! state          "f/" repo \0 subject \0 referrer      ReferrerRecord (descriptor of a referrer)
+//! state          "p/" pattern                          ReplicationPolicy (repositories it matches)
 //! ```
 //!
 //! Invariants:
@@ -35,6 +36,7 @@ mod command;
 mod keys;
 mod legacy;
 mod log_store;
+mod notices;
 mod read;
 mod snapshot;
 mod state_machine;
@@ -47,10 +49,11 @@ use std::time::Duration;
 
 pub use command::{
     BlobRecord, Command, CommandV1, ManifestRecord, PutManifest, ReferrerRecord, Rejection,
-    WriteResult,
+    ReplicationPolicy, WriteResult,
 };
 pub use log_store::LogStore;
-pub use read::{MetaReader, Page};
+pub use notices::{NOTICE_CAPACITY, Notice, Notices, Taken};
+pub use read::{ManifestCursor, ManifestEntry, ManifestPage, MetaReader, Page};
 pub use snapshot::IncomingSnapshot;
 pub use state_machine::StateMachine;
 pub use write_gate::{DiskFull, WriteGate};
@@ -223,12 +226,19 @@ pub fn open_closable(
     let tags = Arc::new(tag_cache::TagCache::default());
     // One gate for both writers: the log store and the state machine share the disk.
     let gate = WriteGate::new(&path);
-    let sm = StateMachine::open(db.clone(), snapshot_dir, tags.clone(), gate.clone())?;
+    let notices = Arc::new(Notices::default());
+    let sm = StateMachine::open(
+        db.clone(),
+        snapshot_dir,
+        tags.clone(),
+        gate.clone(),
+        notices.clone(),
+    )?;
     let closer = MetaCloser { db: db.clone() };
     Ok((
         LogStore::new(db.clone(), gate),
         sm,
-        MetaReader::new(db, tags),
+        MetaReader::new(db, tags, notices),
         closer,
     ))
 }

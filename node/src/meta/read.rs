@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions};
 
-use super::command::{BlobRecord, ManifestRecord, ReferrerRecord, Stored, TagRecord};
+use super::command::{
+    BlobRecord, ManifestRecord, ReferrerRecord, ReplicationPolicy, Stored, TagRecord,
+};
+use super::notices::Notices;
 use super::state_machine::{get, state_cf};
 use super::tag_cache::TagCache;
 use super::{MetaError, decode, keys};
@@ -79,11 +82,74 @@ fn page_of(all: &[String], page: &Page) -> (Vec<String>, bool) {
     (rest[..n].to_vec(), n < rest.len())
 }
 
+/// Where a walk over manifests goes on: strictly after this `m/` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestCursor(Vec<u8>);
+
+/// A manifest as the replicator sees it: what it references and the records of its blobs.
+#[derive(Debug, Clone)]
+pub struct ManifestEntry {
+    /// Its repository.
+    pub repo: RepositoryName,
+    /// Its digest.
+    pub digest: Digest,
+    /// When it was pushed (ms since the epoch).
+    pub created_ms: u64,
+    /// Each blob it references, with the blob's record (`None`: no record, which the state
+    /// machine does not allow for a stored manifest, but a reader does not assume it).
+    pub blobs: Vec<(Digest, Option<BlobRecord>)>,
+    /// The manifests it references (an index's children).
+    pub children: Vec<Digest>,
+}
+
+/// One page of a walk over manifests.
+#[derive(Debug, Clone)]
+pub struct ManifestPage {
+    /// The manifests, in key order (repository, then digest).
+    pub entries: Vec<ManifestEntry>,
+    /// Where the next page starts; `None` at the end.
+    pub next: Option<ManifestCursor>,
+}
+
+/// Splits an `m/<repo>\0<digest>` key.
+fn manifest_key_parts(key: &[u8]) -> Option<(RepositoryName, Digest)> {
+    let rest = key.strip_prefix(keys::MANIFEST_PREFIX)?;
+    let sep = rest.iter().position(|b| *b == 0)?;
+    let repo = RepositoryName::parse(std::str::from_utf8(&rest[..sep]).ok()?).ok()?;
+    let digest = Digest::parse(std::str::from_utf8(&rest[sep + 1..]).ok()?).ok()?;
+    Some((repo, digest))
+}
+
+/// The entry of a stored manifest, with its blobs' records.
+fn manifest_entry(
+    db: &DB,
+    repo: RepositoryName,
+    digest: Digest,
+    record: ManifestRecord,
+) -> Result<ManifestEntry, MetaError> {
+    let blobs = record
+        .blobs
+        .into_iter()
+        .map(|d| {
+            let r = get::<BlobRecord>(db, "blob record", &keys::blob(&d))?;
+            Ok((d, r))
+        })
+        .collect::<Result<Vec<_>, MetaError>>()?;
+    Ok(ManifestEntry {
+        repo,
+        digest,
+        created_ms: record.created_ms,
+        blobs,
+        children: record.children,
+    })
+}
+
 /// Read-only view of the applied metadata. Cheap to clone.
 #[derive(Clone)]
 pub struct MetaReader {
     db: Arc<DB>,
     tags: Arc<TagCache>,
+    notices: Arc<Notices>,
 }
 
 impl std::fmt::Debug for MetaReader {
@@ -93,8 +159,131 @@ impl std::fmt::Debug for MetaReader {
 }
 
 impl MetaReader {
-    pub(super) fn new(db: Arc<DB>, tags: Arc<TagCache>) -> MetaReader {
-        MetaReader { db, tags }
+    pub(super) fn new(db: Arc<DB>, tags: Arc<TagCache>, notices: Arc<Notices>) -> MetaReader {
+        MetaReader { db, tags, notices }
+    }
+
+    /// What the state machine applied lately, for the replicator (see [`Notices`]).
+    pub fn notices(&self) -> &Arc<Notices> {
+        &self.notices
+    }
+
+    /// Up to `n` blob records after the blob `after` (in digest order), read on the blocking
+    /// pool by one RocksDB iterator: a walk over every blob record a page at a time.
+    pub async fn blob_page(
+        &self,
+        after: Option<Digest>,
+        n: usize,
+    ) -> Result<Vec<(Digest, BlobRecord)>, MetaError> {
+        self.blocking(move |db| {
+            let prefix = b"b/";
+            let start = after.map(|d| {
+                let mut k = keys::blob(&d);
+                k.push(0); // strictly after
+                k
+            });
+            let mut out = Vec::new();
+            for item in scan(db, prefix, start.as_deref()) {
+                if out.len() == n {
+                    break;
+                }
+                let (k, v) = item?;
+                let digest = std::str::from_utf8(&k[prefix.len()..])
+                    .ok()
+                    .and_then(|s| Digest::parse(s).ok());
+                let Some(digest) = digest else { continue };
+                let Stored::V1(record) = decode::<Stored<BlobRecord>>("blob record", &v)?;
+                out.push((digest, record));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Every replication policy, by pattern (in pattern order).
+    pub async fn replication_policies(
+        &self,
+    ) -> Result<Vec<(String, ReplicationPolicy)>, MetaError> {
+        self.blocking(|db| {
+            let mut out = Vec::new();
+            for item in scan(db, keys::POLICY_PREFIX, None) {
+                let (k, v) = item?;
+                let pattern = String::from_utf8_lossy(&k[keys::POLICY_PREFIX.len()..]).into_owned();
+                let Stored::V1(policy) = decode::<Stored<ReplicationPolicy>>("policy", &v)?;
+                out.push((pattern, policy));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The replication policy of exactly this pattern.
+    pub async fn replication_policy(
+        &self,
+        pattern: &str,
+    ) -> Result<Option<ReplicationPolicy>, MetaError> {
+        let key = keys::policy(pattern);
+        self.point(move |db| get(db, "policy", &key))
+    }
+
+    /// A manifest with its blobs' records, if it is stored.
+    pub async fn manifest_entry(
+        &self,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<ManifestEntry>, MetaError> {
+        let key = keys::manifest(repo, digest);
+        let (repo, digest) = (repo.clone(), digest.clone());
+        self.point(
+            move |db| match get::<ManifestRecord>(db, "manifest", &key)? {
+                Some(record) => manifest_entry(db, repo, digest, record).map(Some),
+                None => Ok(None),
+            },
+        )
+    }
+
+    /// Up to `n` manifests (of `repo`, or of every repository) after `after`, with their
+    /// blobs' records, read on the blocking pool by one RocksDB iterator. A walk over every
+    /// manifest holds one page in memory at a time; it is not a snapshot (a manifest stored
+    /// or deleted meanwhile may or may not be seen).
+    pub async fn manifest_page(
+        &self,
+        repo: Option<&RepositoryName>,
+        after: Option<ManifestCursor>,
+        n: usize,
+    ) -> Result<ManifestPage, MetaError> {
+        let prefix = match repo {
+            Some(r) => keys::manifest_prefix(r),
+            None => keys::MANIFEST_PREFIX.to_vec(),
+        };
+        self.blocking(move |db| {
+            let start = after.map(|ManifestCursor(mut k)| {
+                k.push(0); // strictly after
+                k
+            });
+            let mut entries = Vec::new();
+            let mut last = None;
+            for item in scan(db, &prefix, start.as_deref()) {
+                if entries.len() == n {
+                    return Ok(ManifestPage {
+                        entries,
+                        next: last.map(ManifestCursor),
+                    });
+                }
+                let (k, v) = item?;
+                let Stored::V1(record) = decode::<Stored<ManifestRecord>>("manifest", &v)?;
+                last = Some(k.to_vec());
+                let Some((repo, digest)) = manifest_key_parts(&k) else {
+                    continue;
+                };
+                entries.push(manifest_entry(db, repo, digest, record)?);
+            }
+            Ok(ManifestPage {
+                entries,
+                next: None,
+            })
+        })
+        .await
     }
 
     /// Runs a point read (a few keys) inline: they are served from RocksDB's memtable and

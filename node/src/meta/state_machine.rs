@@ -15,8 +15,9 @@ use serde::de::DeserializeOwned;
 
 use super::command::{
     BlobLinkRecord, BlobRecord, Command, CommandV1, ManifestRecord, PutManifest, Rejection,
-    RepositoryRecord, Stored, TagRecord, WriteResult,
+    ReplicationPolicy, RepositoryRecord, Stored, TagRecord, WriteResult,
 };
+use super::notices::{Notice, Notices};
 use super::snapshot::{SnapshotBuilder, SnapshotFiles};
 use super::tag_cache::TagCache;
 use super::write_gate::WriteGate;
@@ -31,6 +32,8 @@ pub struct StateMachine {
     tags: Arc<TagCache>,
     /// Applies wait here while the disk is full (shared with the log store).
     gate: WriteGate,
+    /// Told what changed for the replicator (after it is written).
+    notices: Arc<Notices>,
 }
 
 impl StateMachine {
@@ -39,6 +42,7 @@ impl StateMachine {
         snapshot_dir: PathBuf,
         tags: Arc<TagCache>,
         gate: WriteGate,
+        notices: Arc<Notices>,
     ) -> Result<StateMachine, MetaError> {
         let snapshots = SnapshotFiles::open(snapshot_dir)?;
         Ok(StateMachine {
@@ -46,6 +50,7 @@ impl StateMachine {
             snapshots,
             tags,
             gate,
+            notices,
         })
     }
 }
@@ -61,6 +66,32 @@ fn tags_changed_by(entry: &openraft::alias::EntryOf<TypeConfig>) -> Option<&Repo
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// Tells the replicator what an applied entry changed.
+fn notify(notices: &Notices, entry: &openraft::alias::EntryOf<TypeConfig>) {
+    match &entry.payload {
+        EntryPayload::Normal(Command::V1(cmd)) => match cmd {
+            CommandV1::PutManifest(p) => notices.push(Notice::Manifest {
+                repo: p.repo.clone(),
+                digest: p.digest.clone(),
+            }),
+            CommandV1::DeleteManifest { repo, digest } => notices.push(Notice::Manifest {
+                repo: repo.clone(),
+                digest: digest.clone(),
+            }),
+            CommandV1::BlobStored { digest, .. } | CommandV1::BlobCopied { digest, .. } => {
+                notices.push(Notice::Blob(digest.clone()))
+            }
+            CommandV1::SetReplicationPolicy { .. } | CommandV1::ClearReplicationPolicy { .. } => {
+                notices.resync()
+            }
+            CommandV1::MountBlob { .. } | CommandV1::UnlinkBlob { .. } => {}
+            CommandV1::DeleteTag { .. } => {}
+        },
+        EntryPayload::Membership(_) => notices.resync(),
+        EntryPayload::Blank => {}
     }
 }
 
@@ -104,6 +135,7 @@ pub(super) fn applied_state(
 fn apply_entry(
     db: &DB,
     tags: &TagCache,
+    notices: &Notices,
     entry: &openraft::alias::EntryOf<TypeConfig>,
 ) -> Result<WriteResult, MetaError> {
     let cf = state_cf(db);
@@ -124,6 +156,7 @@ fn apply_entry(
     if let Some(repo) = tags_changed_by(entry) {
         tags.invalidate(repo);
     }
+    notify(notices, entry);
     Ok(result)
 }
 
@@ -225,6 +258,20 @@ fn apply_command(
             Ok(WriteResult::Done)
         }
         CommandV1::PutManifest(p) => apply_put_manifest(db, cf, batch, p),
+        CommandV1::SetReplicationPolicy { pattern, policy } => {
+            put::<ReplicationPolicy>(batch, cf, &keys::policy(pattern), policy);
+            Ok(WriteResult::Done)
+        }
+        CommandV1::ClearReplicationPolicy { pattern } => {
+            let key = keys::policy(pattern);
+            if !exists(db, &key)? {
+                return Ok(WriteResult::Rejected(Rejection::PolicyUnknown(
+                    pattern.clone(),
+                )));
+            }
+            batch.delete_cf(cf, key);
+            Ok(WriteResult::Done)
+        }
         CommandV1::DeleteTag { repo, tag } => {
             let key = keys::tag(repo, tag);
             if !exists(db, &key)? {
@@ -332,15 +379,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // blocking pool and back (ADR 006). Applying never fsyncs (the log is durable).
             entries
                 .iter()
-                .map(|e| apply_entry(&self.db, &self.tags, e))
+                .map(|e| apply_entry(&self.db, &self.tags, &self.notices, e))
                 .collect::<Result<Vec<_>, _>>()?
         } else {
             // A long catch-up batch goes to the blocking pool in one trip.
-            let (db, tags) = (self.db.clone(), self.tags.clone());
+            let (db, tags, notices) = (self.db.clone(), self.tags.clone(), self.notices.clone());
             tokio::task::spawn_blocking(move || {
                 entries
                     .iter()
-                    .map(|e| apply_entry(&db, &tags, e))
+                    .map(|e| apply_entry(&db, &tags, &notices, e))
                     .collect::<Result<Vec<_>, _>>()
             })
             .await
@@ -373,8 +420,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(io::Error::other)?
         .map_err(io::Error::from);
-        // The whole state was replaced (or partly, on an error): no cached list holds.
+        // The whole state was replaced (or partly, on an error): no cached list holds, and
+        // the replicator recomputes its work.
         self.tags.clear();
+        self.notices.resync();
         res
     }
 
@@ -386,5 +435,202 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(io::Error::other)?
             .map_err(io::Error::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::Entry;
+    use openraft::storage::RaftSnapshotBuilder;
+    use openraft::testing::log_id;
+
+    use super::*;
+    use crate::meta::{MetaReader, Notice, open};
+
+    fn entry(index: u64, cmd: CommandV1) -> openraft::alias::EntryOf<TypeConfig> {
+        Entry {
+            log_id: log_id::<TypeConfig>(1, 1, index),
+            payload: EntryPayload::Normal(Command::V1(cmd)),
+        }
+    }
+
+    fn apply(sm: &StateMachine, index: u64, cmd: CommandV1) -> WriteResult {
+        apply_entry(&sm.db, &sm.tags, &sm.notices, &entry(index, cmd)).unwrap()
+    }
+
+    fn policy(regions: &[&str], on_demand: &[&str]) -> ReplicationPolicy {
+        ReplicationPolicy {
+            regions: regions.iter().map(|r| r.to_string()).collect(),
+            on_demand: on_demand.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    async fn policies(reader: &MetaReader) -> Vec<(String, ReplicationPolicy)> {
+        reader.replication_policies().await.unwrap()
+    }
+
+    /// Set replaces, clear removes, clearing an unknown pattern is rejected and changes
+    /// nothing; each change asks the replicator to resync.
+    #[tokio::test]
+    async fn replication_policies_are_set_replaced_and_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, sm, reader) = open(dir.path()).unwrap();
+        let set = |pattern: &str, p| CommandV1::SetReplicationPolicy {
+            pattern: pattern.into(),
+            policy: p,
+        };
+        assert_eq!(
+            apply(&sm, 1, set("eu/**", policy(&["r1"], &[]))),
+            WriteResult::Done
+        );
+        assert_eq!(
+            apply(&sm, 2, set("*", policy(&[], &["r3"]))),
+            WriteResult::Done
+        );
+        assert_eq!(
+            apply(&sm, 3, set("eu/**", policy(&["r1", "r2"], &[]))),
+            WriteResult::Done
+        );
+        assert!(reader.notices().take().resync);
+        assert_eq!(
+            policies(&reader).await,
+            vec![
+                ("*".to_string(), policy(&[], &["r3"])),
+                ("eu/**".to_string(), policy(&["r1", "r2"], &[])),
+            ]
+        );
+        assert_eq!(
+            reader.replication_policy("eu/**").await.unwrap(),
+            Some(policy(&["r1", "r2"], &[]))
+        );
+        let clear = |pattern: &str| CommandV1::ClearReplicationPolicy {
+            pattern: pattern.into(),
+        };
+        assert_eq!(apply(&sm, 4, clear("*")), WriteResult::Done);
+        assert_eq!(
+            apply(&sm, 5, clear("nope")),
+            WriteResult::Rejected(Rejection::PolicyUnknown("nope".into()))
+        );
+        assert_eq!(policies(&reader).await.len(), 1);
+        assert_eq!(reader.replication_policy("*").await.unwrap(), None);
+    }
+
+    /// Stored manifests and blob records come back in pages, and a put or delete of a
+    /// manifest is a notice.
+    #[tokio::test]
+    async fn manifests_are_walked_in_pages_and_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, sm, reader) = open(dir.path()).unwrap();
+        let mut index = 0;
+        let mut next = || {
+            index += 1;
+            index
+        };
+        let mut digests = Vec::new();
+        for (r, i) in [("a", 1u8), ("a", 2), ("b/c", 3)] {
+            let repo = RepositoryName::parse(r).unwrap();
+            let blob = Digest::sha256_of(&[i, 0]);
+            let stored = CommandV1::BlobStored {
+                repo: repo.clone(),
+                digest: blob.clone(),
+                size: 10 + i as u64,
+                node: 1,
+                at_ms: 5,
+            };
+            assert_eq!(apply(&sm, next(), stored), WriteResult::Done);
+            let bytes = vec![i; 3];
+            let digest = Digest::sha256_of(&bytes);
+            let put = CommandV1::PutManifest(Box::new(PutManifest {
+                repo: repo.clone(),
+                digest: digest.clone(),
+                tag: None,
+                record: ManifestRecord {
+                    media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                    bytes,
+                    blobs: vec![blob],
+                    children: vec![],
+                    subject: None,
+                    created_ms: 100 + i as u64,
+                },
+                referrer: None,
+            }));
+            assert_eq!(apply(&sm, next(), put), WriteResult::Done);
+            digests.push((repo, digest));
+        }
+        let taken = reader.notices().take();
+        assert!(!taken.resync);
+        assert_eq!(
+            taken
+                .notices
+                .iter()
+                .filter(|n| matches!(n, Notice::Manifest { .. }))
+                .count(),
+            3
+        );
+        // Two pages of two, in key order.
+        let first = reader.manifest_page(None, None, 2).await.unwrap();
+        assert_eq!(first.entries.len(), 2);
+        assert!(first.entries.iter().all(|e| e.repo.as_str() == "a"));
+        let second = reader.manifest_page(None, first.next, 2).await.unwrap();
+        assert_eq!(second.entries.len(), 1);
+        assert!(second.next.is_none());
+        let e = &second.entries[0];
+        assert_eq!(e.repo.as_str(), "b/c");
+        assert_eq!(e.created_ms, 103);
+        assert_eq!(e.blobs[0].1.as_ref().unwrap().size, 13);
+        // One repository only.
+        let a = RepositoryName::parse("a").unwrap();
+        let page = reader.manifest_page(Some(&a), None, 10).await.unwrap();
+        assert_eq!(page.entries.len(), 2);
+        // A delete is noticed and the manifest is gone.
+        let (repo, digest) = digests[0].clone();
+        let del = CommandV1::DeleteManifest {
+            repo: repo.clone(),
+            digest: digest.clone(),
+        };
+        assert_eq!(apply(&sm, next(), del), WriteResult::Done);
+        assert_eq!(
+            reader.notices().take().notices,
+            vec![Notice::Manifest {
+                repo: repo.clone(),
+                digest: digest.clone()
+            }]
+        );
+        assert!(
+            reader
+                .manifest_entry(&repo, &digest)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    /// Policies travel in snapshots: installed on another node's store, they read back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn policies_survive_a_snapshot_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, mut sm, _reader) = open(dir.path()).unwrap();
+        let set = CommandV1::SetReplicationPolicy {
+            pattern: "eu/*".into(),
+            policy: policy(&["r1"], &[]),
+        };
+        assert_eq!(apply(&sm, 1, set), WriteResult::Done);
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+
+        let other = tempfile::tempdir().unwrap();
+        let (_log2, mut sm2, reader2) = open(other.path()).unwrap();
+        sm2.install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert!(reader2.notices().take().resync);
+        assert_eq!(
+            reader2.replication_policies().await.unwrap(),
+            vec![("eu/*".to_string(), policy(&["r1"], &[]))]
+        );
     }
 }

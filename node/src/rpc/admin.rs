@@ -3,16 +3,21 @@
 //!
 //! Status is gathered from every member with a short deadline each; a member that does not
 //! answer is reported unreachable. A membership change that reaches a follower is relayed
-//! once to the leader, its progress stream passed through.
+//! once to the leader, its progress stream passed through. Replication status and policies
+//! are answered by `replication::Replication` (policy changes are Raft writes, forwarded by a
+//! follower like every write).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::admin::admin_client::AdminClient;
 use berth_proto::admin::admin_server::Admin;
 use berth_proto::admin::{
-    AddNodeRequest, Member, NodeRef, NodeStatusRequest, NodeStatusResponse, Progress,
-    StatusRequest, StatusResponse, TransferLeaderRequest,
+    AddNodeRequest, BlobReplication, Member, NodeRef, NodeStatusRequest, NodeStatusResponse,
+    Progress, RegionReplication, ReplicationPolicies, ReplicationPolicyEntry, ReplicationPolicyRef,
+    ReplicationStatusRequest, ReplicationStatusResponse, StatusRequest, StatusResponse,
+    TransferLeaderRequest,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -21,7 +26,8 @@ use tonic::{Request, Response, Status};
 
 use super::status::status;
 use crate::cluster::{self, Cluster, MembershipError, PeerError};
-use crate::meta::{NodeId, NodeInfo};
+use crate::meta::{NodeId, NodeInfo, ReplicationPolicy};
+use crate::replication::{Replication, ReplicationError, ReplicationReport};
 use crate::types::ErrorKind;
 
 /// Deadline for one member's NodeStatus during a Status call.
@@ -36,11 +42,64 @@ type ProgressStream = BoxStream<'static, Result<Progress, Status>>;
 /// The admin service of this node.
 pub(super) struct AdminService {
     cluster: Cluster,
+    replication: Arc<Replication>,
 }
 
 impl AdminService {
-    pub(super) fn new(cluster: Cluster) -> AdminService {
-        AdminService { cluster }
+    pub(super) fn new(cluster: Cluster, replication: Arc<Replication>) -> AdminService {
+        AdminService {
+            cluster,
+            replication,
+        }
+    }
+}
+
+fn replication_status(e: ReplicationError) -> Status {
+    status(e.kind(), e.to_string())
+}
+
+fn policy_message(pattern: String, p: ReplicationPolicy) -> ReplicationPolicyEntry {
+    ReplicationPolicyEntry {
+        pattern,
+        policy: Some(berth_proto::admin::ReplicationPolicy {
+            regions: p.regions,
+            on_demand: p.on_demand,
+        }),
+    }
+}
+
+fn report_message(node_id: NodeId, r: ReplicationReport) -> ReplicationStatusResponse {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    ReplicationStatusResponse {
+        node_id,
+        complete: r.complete(),
+        regions: r
+            .regions
+            .into_iter()
+            .map(|g| RegionReplication {
+                region: g.region,
+                complete: g.complete,
+                pending_blobs: g.pending_blobs,
+                pending_bytes: g.pending_bytes,
+                oldest_pending_age_ms: g.oldest_pending_ms.map_or(0, |t| now.saturating_sub(t)),
+            })
+            .collect(),
+        blobs: r
+            .blobs
+            .into_iter()
+            .map(|b| BlobReplication {
+                digest: b.digest.to_string(),
+                size: b.size,
+                holders: b.holders,
+                wanted: b.wanted,
+            })
+            .collect(),
+        manifests: r.manifests,
+        stale: r.stale.is_some(),
+        stale_reason: r.stale.unwrap_or_default(),
+        applied_index: r.applied_index,
     }
 }
 
@@ -276,6 +335,87 @@ impl Admin for AdminService {
             |mut client, r| async move { client.remove_node(r).await },
         )
         .await
+    }
+
+    async fn replication_status(
+        &self,
+        req: Request<ReplicationStatusRequest>,
+    ) -> Result<Response<ReplicationStatusResponse>, Status> {
+        let r = req.into_inner();
+        let report = self
+            .replication
+            .status(&r.reference, r.verbose)
+            .await
+            .map_err(replication_status)?;
+        Ok(Response::new(report_message(
+            self.cluster.node_id(),
+            report,
+        )))
+    }
+
+    async fn get_replication_policy(
+        &self,
+        req: Request<ReplicationPolicyRef>,
+    ) -> Result<Response<ReplicationPolicies>, Status> {
+        let pattern = req.into_inner().pattern;
+        // Read what the cluster committed (a policy just set at another node included); a
+        // node cut off from the leader answers from its own state.
+        let _ = self.replication.catch_up().await;
+        let policies = if pattern.is_empty() {
+            self.replication.policies().await
+        } else {
+            self.replication
+                .policy(&pattern)
+                .await
+                .map(|p| vec![(pattern, p)])
+        }
+        .map_err(replication_status)?;
+        Ok(Response::new(ReplicationPolicies {
+            policies: policies
+                .into_iter()
+                .map(|(pattern, p)| policy_message(pattern, p))
+                .collect(),
+        }))
+    }
+
+    async fn set_replication_policy(
+        &self,
+        req: Request<ReplicationPolicyEntry>,
+    ) -> Result<Response<ReplicationPolicyEntry>, Status> {
+        let r = req.into_inner();
+        let p = r.policy.unwrap_or_default();
+        let policy = ReplicationPolicy {
+            regions: p.regions,
+            on_demand: p.on_demand,
+        };
+        let stored = self
+            .replication
+            .set_policy(&r.pattern, policy)
+            .await
+            .map_err(replication_status)?;
+        Ok(Response::new(policy_message(r.pattern, stored)))
+    }
+
+    async fn clear_replication_policy(
+        &self,
+        req: Request<ReplicationPolicyRef>,
+    ) -> Result<Response<ReplicationPolicies>, Status> {
+        let pattern = req.into_inner().pattern;
+        self.replication
+            .clear_policy(&pattern)
+            .await
+            .map_err(replication_status)?;
+        let policies = self
+            .replication
+            .policies()
+            .await
+            .map_err(replication_status)?;
+        Ok(Response::new(ReplicationPolicies {
+            policies: policies
+                .into_iter()
+                .map(|(pattern, p)| policy_message(pattern, p))
+                .collect(),
+        }))
     }
 
     type TransferLeaderStream = ProgressStream;

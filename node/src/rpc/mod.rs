@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
 use crate::registry::Registry;
+use crate::replication::Replication;
 
 /// How long the cluster endpoint waits, after `stop`, for its connections to close by
 /// themselves (peers' replication streams never do) before it closes them.
@@ -46,6 +47,7 @@ const SEVERED_STOP: Duration = Duration::from_secs(1);
 /// still open (their tasks, and the registry handles they hold, end with them).
 pub async fn serve(
     registry: Arc<Registry>,
+    replication: Arc<Replication>,
     snapshot_dir: PathBuf,
     listener: tokio::net::TcpListener,
     stop: CancellationToken,
@@ -55,7 +57,7 @@ pub async fn serve(
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     let peer = PeerServer::new(peer::PeerService::new(registry.clone()));
-    let admin = AdminServer::new(admin::AdminService::new(cluster.clone()));
+    let admin = AdminServer::new(admin::AdminService::new(cluster.clone(), replication));
     let sever = CancellationToken::new();
     let incoming = {
         let sever = sever.clone();

@@ -1,0 +1,449 @@
+//! The replicator of this node: makes this node hold every blob the placement gives it.
+//!
+//! Its work is derived from the state machine, never kept in a queue of its own:
+//! - a full pass walks every manifest (a page at a time, on the blocking pool) and collects
+//!   each referenced blob some placement node does not hold yet. It runs at start, when the
+//!   state machine says everything may have changed (membership or policy change, installed
+//!   snapshot, lost notices), and every `full_pass_every`;
+//! - between passes, the state machine's notices (a manifest stored or deleted, a blob record
+//!   changed) update that view incrementally.
+//!
+//! So a restart, a partition or a week offline loses nothing: the work is recomputed from the
+//! state, which Raft brings up to date. Blobs whose placement includes this node are copied
+//! through `Registry::ensure_local_copy` (nearest holder, verified, crash-safe, recorded as
+//! `BlobCopied`), at most `max_parallel` at once, with exponential backoff per failing blob.
+//! Before a copy starts, the worker catches up with the leader (bounded) and checks that a
+//! manifest still wants the blob, so an image deleted meanwhile — also one whose delete this
+//! node learns only now, after a partition — is not copied.
+//!
+//! The pending view (every region's missing blobs, not only this node's) is published to
+//! [`Replication::view`] for the metrics and refreshed after every change.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::meta::{MetaError, NodeId, Notice};
+use crate::metrics::{Metrics, PairLabels, RegionLabels};
+use crate::registry::Registry;
+use crate::types::{Digest, RepositoryName};
+
+use super::{Pending, Plan, Replication, Tally, per_region};
+
+/// First wait after a failed copy; doubled after each failure of the same blob.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Longest wait between two tries of a blob.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a copy waits to catch up with the leader before it re-checks that the blob is
+/// still wanted (on failure it goes on with the local state).
+const CATCH_UP: Duration = Duration::from_secs(3);
+/// A catch-up this recent serves the copies that start after it (one ReadIndex round trip for
+/// a burst of copies, not one per blob).
+const CATCH_UP_FRESH: Duration = Duration::from_secs(1);
+
+/// The last time this node caught up with the leader for its copies; copies that start
+/// together share one catch-up.
+#[derive(Debug, Default)]
+struct CatchUp {
+    last: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl CatchUp {
+    /// Catches up with the leader unless that was done less than [`CATCH_UP_FRESH`] ago;
+    /// bounded by [`CATCH_UP`]. A failure is not an error: the copy then goes on from local
+    /// state (a node cut off from the leader may still reach a holder).
+    async fn ensure(&self, replication: &Replication) {
+        let mut last = self.last.lock().await;
+        if last.is_some_and(|t| t.elapsed() < CATCH_UP_FRESH) {
+            return;
+        }
+        let caught_up =
+            tokio::time::timeout(CATCH_UP, replication.cluster().catch_up_with_leader()).await;
+        if matches!(caught_up, Ok(Ok(()))) {
+            *last = Some(Instant::now());
+        }
+    }
+}
+
+/// The replicator of this node.
+pub struct ReplicationWorker {
+    replication: Arc<Replication>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    me: NodeId,
+    plan: Option<Plan>,
+    tally: Tally,
+    in_flight: HashSet<Digest>,
+    /// The blob each copy task works on (to clear it if the task panicked).
+    tasks: HashMap<tokio::task::Id, Digest>,
+    backoff: HashMap<Digest, (u32, Instant)>,
+    last_full: Option<Instant>,
+    resync: bool,
+    catch_up: Arc<CatchUp>,
+}
+
+/// How one copy ended.
+#[derive(Debug)]
+enum Outcome {
+    /// This node holds it now (it fetched a copy, or found one).
+    Held,
+    /// No manifest wants it any more: nothing was copied.
+    NotWanted,
+    /// The copy failed; tried again after a backoff.
+    Failed(String),
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl ReplicationWorker {
+    /// The replicator of the node `registry` serves.
+    pub fn new(replication: Arc<Replication>, registry: Arc<Registry>) -> ReplicationWorker {
+        let metrics = registry.metrics().clone();
+        let me = registry.cluster().node_id();
+        ReplicationWorker {
+            replication,
+            registry,
+            metrics,
+            me,
+            plan: None,
+            tally: Tally::default(),
+            in_flight: HashSet::new(),
+            tasks: HashMap::new(),
+            backoff: HashMap::new(),
+            last_full: None,
+            resync: true,
+            catch_up: Arc::default(),
+        }
+    }
+
+    /// Runs until `stop` is cancelled; copies in flight are then abandoned (a staging file
+    /// left behind is removed at the next start).
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut copies: JoinSet<(Digest, Outcome)> = JoinSet::new();
+        let notices = self.replication.meta().notices().clone();
+        let every = self.replication.settings().full_pass_every;
+        loop {
+            let taken = notices.take();
+            self.resync |= taken.resync;
+            let due = self.last_full.is_none_or(|t| t.elapsed() >= every);
+            let work = if self.resync || due {
+                self.resync = false;
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    r = self.full_pass() => r,
+                }
+            } else {
+                self.apply_notices(taken.notices).await
+            };
+            if let Err(e) = work {
+                tracing::warn!(error = %e, "failed to compute replication work");
+                // Try again from scratch on the next round.
+                self.resync = true;
+            }
+            self.publish();
+            self.dispatch(&mut copies);
+            let next_full = self.last_full.map_or(Instant::now(), |t| t + every);
+            let wake = self
+                .next_retry()
+                .map_or(next_full, |r| r.min(next_full))
+                .max(Instant::now() + Duration::from_millis(10));
+            let retry_soon = if self.resync {
+                Instant::now() + BACKOFF_MIN
+            } else {
+                wake
+            };
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = notices.changed() => {}
+                Some(done) = copies.join_next_with_id(), if !copies.is_empty() => {
+                    match done {
+                        Ok((id, (digest, outcome))) => {
+                            self.tasks.remove(&id);
+                            self.finished(digest, outcome);
+                        }
+                        Err(e) => {
+                            if let Some(digest) = self.tasks.remove(&e.id()) {
+                                self.finished(digest, Outcome::Failed(e.to_string()));
+                            }
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(retry_soon.into()) => {}
+            }
+        }
+        copies.abort_all();
+    }
+
+    /// Rebuilds the pending view from every manifest.
+    async fn full_pass(&mut self) -> Result<(), MetaError> {
+        let started = Instant::now();
+        let plan = self.replication.plan().await?;
+        let tally = self.replication.walk(&plan, None, false).await?;
+        let mine = tally
+            .pending
+            .values()
+            .filter(|p| p.missing.contains(&self.me))
+            .count();
+        tracing::info!(
+            manifests = tally.manifests,
+            pending = tally.pending.len(),
+            mine,
+            took_ms = started.elapsed().as_millis() as u64,
+            "computed replication work"
+        );
+        self.tally = tally;
+        self.plan = Some(plan);
+        self.last_full = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Updates the pending view with what the state machine applied since the last round.
+    async fn apply_notices(&mut self, notices: Vec<Notice>) -> Result<(), MetaError> {
+        let Some(plan) = self.plan.clone() else {
+            self.resync = true;
+            return Ok(());
+        };
+        let meta = self.replication.meta().clone();
+        for n in notices {
+            match n {
+                Notice::Manifest { repo, digest } => {
+                    match meta.manifest_entry(&repo, &digest).await? {
+                        Some(entry) => plan.add(&mut self.tally, &entry),
+                        None => self.forget_manifest(&repo, &digest),
+                    }
+                }
+                Notice::Blob(digest) => {
+                    if !self.tally.pending.contains_key(&digest) {
+                        continue;
+                    }
+                    // A new holder: its copy may now be near; retry at once.
+                    self.backoff.remove(&digest);
+                    if let Some(record) = meta.blob(&digest).await? {
+                        self.held_by(&digest, record.holders.iter().copied());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A manifest was deleted: blobs only it wanted are no longer pending.
+    fn forget_manifest(&mut self, repo: &RepositoryName, digest: &Digest) {
+        let by = (repo.clone(), digest.clone());
+        self.tally.pending.retain(|_, p| {
+            p.wanted_by.retain(|w| w != &by);
+            !p.wanted_by.is_empty() || p.more
+        });
+    }
+
+    /// Removes `holders` from a pending blob's missing nodes (and the blob once none miss it).
+    /// When that completes this node's region, the region's lag is observed.
+    fn held_by(&mut self, digest: &Digest, holders: impl Iterator<Item = NodeId>) {
+        let mut mine_done = false;
+        if let Some(p) = self.tally.pending.get_mut(digest) {
+            for h in holders {
+                if p.missing.remove(&h) && h == self.me {
+                    mine_done = true;
+                }
+            }
+        }
+        if mine_done {
+            self.observe_lag(digest);
+        }
+        if self
+            .tally
+            .pending
+            .get(digest)
+            .is_some_and(|p| p.missing.is_empty())
+        {
+            self.tally.pending.remove(digest);
+        }
+    }
+
+    /// Starts copies of this node's pending blobs that are due, up to `max_parallel`.
+    fn dispatch(&mut self, copies: &mut JoinSet<(Digest, Outcome)>) {
+        let max = self.replication.settings().max_parallel;
+        let now = Instant::now();
+        let due: Vec<(Digest, Pending)> = self
+            .tally
+            .pending
+            .iter()
+            .filter(|(d, p)| {
+                p.missing.contains(&self.me)
+                    && !self.in_flight.contains(*d)
+                    && self.backoff.get(*d).is_none_or(|(_, at)| *at <= now)
+            })
+            .take(max.saturating_sub(self.in_flight.len()))
+            .map(|(d, p)| (d.clone(), p.clone()))
+            .collect();
+        for (digest, pending) in due {
+            self.in_flight.insert(digest.clone());
+            let (replication, registry) = (self.replication.clone(), self.registry.clone());
+            let catch_up = self.catch_up.clone();
+            let task = digest.clone();
+            let handle = copies.spawn(async move {
+                catch_up.ensure(&replication).await;
+                let outcome = copy(&replication, &registry, &task, &pending).await;
+                (task, outcome)
+            });
+            self.tasks.insert(handle.id(), digest);
+        }
+    }
+
+    /// When the next blob in backoff may be tried.
+    fn next_retry(&self) -> Option<Instant> {
+        self.backoff
+            .iter()
+            .filter(|(d, _)| !self.in_flight.contains(*d) && self.tally.pending.contains_key(*d))
+            .map(|(_, (_, at))| *at)
+            .min()
+    }
+
+    fn finished(&mut self, digest: Digest, outcome: Outcome) {
+        self.in_flight.remove(&digest);
+        match outcome {
+            Outcome::Held => {
+                self.backoff.remove(&digest);
+                self.held_by(&digest, std::iter::once(self.me));
+            }
+            Outcome::NotWanted => {
+                self.backoff.remove(&digest);
+                self.tally.pending.remove(&digest);
+            }
+            Outcome::Failed(why) => {
+                let attempts = self.backoff.get(&digest).map_or(0, |(a, _)| *a) + 1;
+                let wait = BACKOFF_MIN
+                    .saturating_mul(1 << attempts.min(10))
+                    .min(BACKOFF_MAX);
+                tracing::warn!(%digest, attempts, retry_in_ms = wait.as_millis() as u64, error = %why, "failed to replicate blob");
+                self.backoff
+                    .insert(digest, (attempts, Instant::now() + wait));
+            }
+        }
+        self.publish();
+    }
+
+    /// This node now holds a blob it was placed on: if no other node of its region still
+    /// misses it, the time since the earliest manifest that wants it was pushed is the
+    /// region's lag for it.
+    fn observe_lag(&self, digest: &Digest) {
+        let (Some(plan), Some(p)) = (&self.plan, self.tally.pending.get(digest)) else {
+            return;
+        };
+        let Some(region) = plan.placement.region_of(self.me) else {
+            return;
+        };
+        let others_missing = p
+            .missing
+            .iter()
+            .any(|n| *n != self.me && plan.placement.region_of(*n) == Some(region));
+        if !others_missing {
+            let lag = now_ms().saturating_sub(p.oldest_ms) as f64 / 1000.0;
+            self.metrics
+                .replication_lag
+                .get_or_create(&RegionLabels {
+                    region: region.to_string(),
+                })
+                .observe(lag);
+        }
+    }
+
+    fn publish(&self) {
+        if let Some(plan) = &self.plan {
+            self.replication
+                .publish_view(per_region(plan, &self.tally.pending));
+        }
+    }
+}
+
+/// Copies one blob to this node, after checking that a manifest still wants it.
+async fn copy(
+    replication: &Replication,
+    registry: &Registry,
+    digest: &Digest,
+    pending: &Pending,
+) -> Outcome {
+    // The caller caught up with the leader first: a delete the cluster committed while this
+    // node was away is applied before the check below.
+    let meta = replication.meta();
+    if !pending.more {
+        let mut wanted = false;
+        for (repo, manifest) in &pending.wanted_by {
+            match meta.manifest(repo, manifest).await {
+                Ok(Some(_)) => {
+                    wanted = true;
+                    break;
+                }
+                Ok(None) => {}
+                Err(e) => return Outcome::Failed(e.to_string()),
+            }
+        }
+        if !wanted {
+            tracing::info!(%digest, "skipped a blob copy: no manifest wants it any more");
+            return Outcome::NotWanted;
+        }
+    }
+    let cluster = replication.cluster();
+    let me = cluster.node_id();
+    let held_before = registry.blob_store().holds(digest);
+    // The holder the fetch tries first (the nearest), for the bytes-per-pair counter.
+    let from = match meta.blob(digest).await {
+        Ok(Some(record)) => cluster
+            .order_by_nearness(record.holders.iter().copied().filter(|h| *h != me))
+            .first()
+            .copied(),
+        Ok(None) => None,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    match registry.ensure_local_copy(digest).await {
+        Ok(()) => {
+            if !held_before && let Some(from) = from {
+                registry
+                    .metrics()
+                    .replication_bytes
+                    .get_or_create(&PairLabels { from, to: me })
+                    .inc_by(pending.size);
+            }
+            Outcome::Held
+        }
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// The metrics hook: copies the replicator's last view into the pending gauges.
+pub fn register_metrics(replication: Arc<Replication>, metrics: &Metrics) {
+    let seen = std::sync::Mutex::new(BTreeMap::<String, ()>::new());
+    metrics.on_scrape(move |m| {
+        let view = replication.view();
+        let mut seen = seen.lock().expect("metrics regions lock");
+        // A region no longer in the view reads 0, not its last value.
+        for region in seen.keys() {
+            if !view.contains_key(region) {
+                let l = RegionLabels {
+                    region: region.clone(),
+                };
+                m.replication_pending_blobs.get_or_create(&l).set(0);
+                m.replication_pending_bytes.get_or_create(&l).set(0);
+            }
+        }
+        for (region, s) in &view {
+            let l = RegionLabels {
+                region: region.clone(),
+            };
+            m.replication_pending_blobs
+                .get_or_create(&l)
+                .set(s.pending_blobs as i64);
+            m.replication_pending_bytes
+                .get_or_create(&l)
+                .set(s.pending_bytes as i64);
+            seen.insert(region.clone(), ());
+        }
+    });
+}
