@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::meta::{MetaError, NodeId, Notice};
-use crate::metrics::{Metrics, PairLabels, RegionLabels};
+use crate::metrics::{Metrics, RegionLabels};
 use crate::registry::Registry;
 use crate::types::{Digest, RepositoryName};
 
@@ -390,29 +390,9 @@ async fn copy(
             return Outcome::NotWanted;
         }
     }
-    let cluster = replication.cluster();
-    let me = cluster.node_id();
-    let held_before = registry.blob_store().holds(digest);
-    // The holder the fetch tries first (the nearest), for the bytes-per-pair counter.
-    let from = match meta.blob(digest).await {
-        Ok(Some(record)) => cluster
-            .order_by_nearness(record.holders.iter().copied().filter(|h| *h != me))
-            .first()
-            .copied(),
-        Ok(None) => None,
-        Err(e) => return Outcome::Failed(e.to_string()),
-    };
+    // The fetch counts the bytes per pair of nodes (`registry/fetch.rs`), for every copy.
     match registry.ensure_local_copy(digest).await {
-        Ok(()) => {
-            if !held_before && let Some(from) = from {
-                registry
-                    .metrics()
-                    .replication_bytes
-                    .get_or_create(&PairLabels { from, to: me })
-                    .inc_by(pending.size);
-            }
-            Outcome::Held
-        }
+        Ok(()) => Outcome::Held,
         Err(e) => Outcome::Failed(e.to_string()),
     }
 }
