@@ -10,6 +10,8 @@
 //! - [`load`]: concurrent pushers that record which pushes were acknowledged.
 //! - [`admin`]: blocking Admin / Faults gRPC calls.
 //! - [`clusterctl`]: running the CLI, bounded.
+//! - [`compose`]: the three-region compose cluster of `deploy/compose` in Docker containers:
+//!   `docker push`/`pull`, `docker kill`, region cut-offs, bandwidth limits.
 //! - [`wait`]: the deadline pollers every wait goes through.
 //!
 //! The berth binary comes from env `BERTH_BIN` and must be built with the cargo feature
@@ -26,6 +28,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod clusterctl;
+pub mod compose;
 pub mod load;
 pub mod node;
 pub mod oci;
