@@ -20,8 +20,10 @@
 //! `BERTH_REQUIRE_CLIENT_TOOLS` names docker (`1`, `all`, or a list with `docker`; `scripts/test`
 //! sets it on a machine with an engine), and then it fails.
 //!
-//! A scenario is a few calls: `let c = Compose::up();`, then `c.docker_push(1, &img)`,
-//! `c.docker_pull_same(2, &img)`, `c.kill(1)`, `c.ctl(2, &[...])`, `c.cut_off_region("r3")`.
+//! A scenario is a few calls: `let c = Compose::up();` (or `Compose::up_with(&[("BERTH_…",
+//! "…")])` for settings on every node), then `let img = c.docker_image("repo", "1", bytes)`,
+//! `let digest = c.docker_push(1, &img)`, `c.ctl(1, &["…"], timeout).assert_success()`,
+//! `c.kill(1)`, `c.docker_pull_same(2, &img, Some(&digest))`, `c.cut_off_region("r3")`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -245,6 +247,12 @@ impl Compose {
     /// Packages `BERTH_BIN` and runs `scripts/compose up` in a project of this test's own on
     /// fresh ports; returns once node 1..3 are voters with a leader and node 4 a learner.
     pub fn up() -> Compose {
+        Compose::up_with(&[])
+    }
+
+    /// As [`Compose::up`], every node also getting the `BERTH_…` settings `env` (e.g.
+    /// `("BERTH_DURABILITY__MIN_COPIES", "2")`), through `COMPOSE_BERTH_ENV_FILE`.
+    pub fn up_with(env: &[(&str, &str)]) -> Compose {
         let bin = crate::node::berth_bin();
         let ctl = clusterctl::clusterctl_bin();
         remove_stale_projects();
@@ -262,6 +270,15 @@ impl Compose {
             images: Mutex::new(Vec::new()),
             tmp: tempfile::tempdir().expect("failed to create a temporary directory"),
         };
+        let env_file = c.tmp.path().join("berth.env");
+        let lines: String = env
+            .iter()
+            .map(|(k, v)| {
+                assert!(k.starts_with("BERTH_"), "{k} is not a berth setting");
+                format!("{k}={v}\n")
+            })
+            .collect();
+        std::fs::write(&env_file, lines).expect("failed to write the env file");
         let mut cmd = c.script("up");
         cmd.env("COMPOSE_BERTH_BIN", &bin)
             .env("CLUSTERCTL_BIN", &ctl)
@@ -288,7 +305,8 @@ impl Compose {
         cmd.arg(verb)
             .current_dir(repo_root())
             .env("COMPOSE_PROJECT_NAME", &self.project)
-            .env("COMPOSE_BERTH_IMAGE", TEST_IMAGE);
+            .env("COMPOSE_BERTH_IMAGE", TEST_IMAGE)
+            .env("COMPOSE_BERTH_ENV_FILE", self.tmp.path().join("berth.env"));
         for id in NODES {
             cmd.env(
                 format!("COMPOSE_BERTH_HTTP_PORT_{id}"),
