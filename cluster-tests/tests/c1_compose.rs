@@ -65,6 +65,20 @@ fn docker_push_at_r1_pulls_the_same_image_at_r2_r3_and_the_learner() {
             "node {id}"
         );
     }
+
+    // An OCI image pushed at r1 and pulled at r2 and r3 at once: both read through from r1
+    // concurrently, byte for byte.
+    let pushed = c.client(1).must_push_image(
+        "c1/oci",
+        "1",
+        &[random_layer(3 * 1024 * 1024), random_layer(64 * 1024)],
+    );
+    std::thread::scope(|s| {
+        for id in [2, 3] {
+            let (c, pushed) = (&c, &pushed);
+            s.spawn(move || c.client(id).must_pull_image("c1/oci", "1", pushed));
+        }
+    });
 }
 
 /// `docker kill` of a voter that does not lead: the others keep taking pushes and serving
@@ -155,6 +169,12 @@ fn cut_off_region_serves_what_it_had_refuses_writes_and_converges_after_reconnec
         r.status,
         503,
         "manifest PUT at the cut-off r3: {}",
+        r.text()
+    );
+    assert_eq!(
+        r.error_codes(),
+        vec!["UNAVAILABLE".to_string()],
+        "{}",
         r.text()
     );
     assert!(
