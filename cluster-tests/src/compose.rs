@@ -137,15 +137,12 @@ pub fn ready(test: &str) -> bool {
     decide(test, &[("docker", engine_probe())])
 }
 
-/// As [`ready`], for a test that also shapes traffic: it needs root (`nsenter` into a
-/// container, `tc` on the host) and installs `iproute2` with apt-get when `tc` is missing.
+/// As [`ready`], for a test that also shapes traffic: it needs root, or passwordless sudo,
+/// for `nsenter` into a container and `tc` on the host, and installs `iproute2` with apt-get
+/// when `tc` is missing.
 pub fn ready_to_shape(test: &str) -> bool {
     let engine = engine_probe();
-    let root = if unsafe { libc::geteuid() } == 0 {
-        Ok(())
-    } else {
-        Err("nsenter and tc need root".to_string())
-    };
+    let root = privilege_probe();
     let tools = if root.is_ok() {
         ensure_shaping_tools()
     } else {
@@ -155,6 +152,35 @@ pub fn ready_to_shape(test: &str) -> bool {
         test,
         &[("docker", engine), ("root", root), ("tc/nsenter", tools)],
     )
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `program` run as root: directly when the test runs as root, else through `sudo -n`.
+fn privileged(program: &str) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.args(["-n", program]);
+        c
+    }
+}
+
+fn privilege_probe() -> Result<(), String> {
+    if is_root() {
+        return Ok(());
+    }
+    match run_cmd(
+        Command::new("sudo").args(["-n", "true"]),
+        Duration::from_secs(10),
+    ) {
+        Ok(o) if o.status.success() => Ok(()),
+        _ => Err("nsenter and tc need root, and `sudo -n true` fails".to_string()),
+    }
 }
 
 fn ensure_shaping_tools() -> Result<(), String> {
@@ -181,7 +207,7 @@ fn ensure_shaping_tools() -> Result<(), String> {
         ],
     ] {
         let out = run_cmd(
-            Command::new("apt-get")
+            privileged("apt-get")
                 .args(&args)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
             Duration::from_secs(300),
@@ -535,7 +561,7 @@ impl Compose {
             // "67: eth1@if68: <…> … link/ether 02:42:… brd …": the interface and its peer's
             // index on the host.
             let links = must(
-                Command::new("nsenter").args(["-t", &pid, "-n", "ip", "-o", "link"]),
+                privileged("nsenter").args(["-t", &pid, "-n", "ip", "-o", "link"]),
                 DOCKER_TIMEOUT,
             )
             .stdout_text();
@@ -565,13 +591,13 @@ impl Compose {
                 "root", "tbf", "rate", rate, "burst", "32kb", "latency", "500ms",
             ];
             must(
-                Command::new("nsenter")
+                privileged("nsenter")
                     .args(["-t", &pid, "-n", "tc", "qdisc", "replace", "dev", inner])
                     .args(tbf),
                 Duration::from_secs(30),
             );
             must(
-                Command::new("tc")
+                privileged("tc")
                     .args(["qdisc", "replace", "dev", &host_dev])
                     .args(tbf),
                 Duration::from_secs(30),
@@ -599,11 +625,11 @@ impl Compose {
     /// Bytes a shaper's qdisc has sent so far (`tc -s qdisc show`: "Sent N bytes").
     pub fn shaped_bytes(&self, s: &Shaper) -> u64 {
         let mut cmd = if s.inbound {
-            let mut c = Command::new("tc");
+            let mut c = privileged("tc");
             c.args(["-s", "qdisc", "show", "dev", &s.dev]);
             c
         } else {
-            let mut c = Command::new("nsenter");
+            let mut c = privileged("nsenter");
             c.args([
                 "-t", &s.pid, "-n", "tc", "-s", "qdisc", "show", "dev", &s.dev,
             ]);
@@ -817,6 +843,7 @@ fn remove_stale_projects() {
             continue;
         };
         // Signal 0: does the process exist? (EPERM means it does, under another user.)
+        // SAFETY: kill with signal 0 sends nothing; it only checks the pid.
         let alive = unsafe { libc::kill(pid, 0) } == 0
             || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
         if alive {
