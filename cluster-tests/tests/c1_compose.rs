@@ -1,8 +1,8 @@
 //! Compose scenarios: the three-region cluster of `deploy/compose`, brought up by
 //! `scripts/compose up` from the `BERTH_BIN` that `scripts/test` built, with the Docker
 //! engine's own `docker push` / `docker pull` at the regions' endpoints, under the faults a
-//! real deployment meets: a node killed and started again, a region cut off from the others,
-//! a slow link between regions.
+//! real deployment meets: a node killed and started again, every node killed at once, a region
+//! cut off from the others, a slow link between regions.
 //!
 //! Each test brings up its own project on fresh ports (cluster_tests::compose) and takes it
 //! down at the end, also when it fails. A test runs when the Docker engine answers and prints
@@ -236,6 +236,40 @@ fn pull_across_a_bandwidth_limited_link_succeeds() {
         .client(r3)
         .must_push_image("c1/slow", "from-r3", &[random_layer(256 * 1024)]);
     c.client(1).must_pull_image("c1/slow", "from-r3", &pushed);
+}
+
+/// Every container killed at once (`docker kill`, no shutdown) and started again: the cluster
+/// elects a leader, every node serves what was acknowledged before, and writes go through.
+#[test]
+fn every_node_killed_at_once_comes_back_with_everything_acknowledged() {
+    let test = "every_node_killed_at_once_comes_back_with_everything_acknowledged";
+    if !compose::ready(test) {
+        return;
+    }
+    let c = Compose::up();
+    let image = c.docker_image("c1/all", "1", 1024 * 1024);
+    let digest = c.docker_push(2, &image);
+
+    for id in compose::NODES {
+        c.kill(id);
+    }
+    eprintln!("{test}: every node killed");
+    for id in compose::NODES.into_iter().rev() {
+        c.start(id);
+    }
+    for id in compose::NODES {
+        c.wait_ready(id, compose::READY_TIMEOUT);
+    }
+    let leader = c.leader();
+    eprintln!("{test}: every node ready again, leader {leader}");
+    for id in [3, 1, 4] {
+        c.wait_for_tag(id, "c1/all", "1", CONVERGE_TIMEOUT);
+        c.docker_pull_same(id, &image, Some(&digest));
+    }
+    let pushed = c
+        .client(3)
+        .must_push_image("c1/all", "after", &[random_layer(64 * 1024)]);
+    c.client(2).must_pull_image("c1/all", "after", &pushed);
 }
 
 /// The media type a manifest GET answered with (what a PUT of the same bytes must declare).
