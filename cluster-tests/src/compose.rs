@@ -9,7 +9,7 @@
 //! path between regions.
 //!
 //! Isolation: every [`Compose`] is its own docker-compose project, named
-//! `berthct<pid>` after the test process, on ports reserved afresh (never 500N/700N), so it
+//! `berthct<pid>` after the test process, on free ports chosen afresh (never 500N/700N), so it
 //! cannot collide with a user's `scripts/compose up` or another test. Dropping it runs
 //! `scripts/compose down` (containers, networks, volumes) and removes the images the test made
 //! in the engine; on a panic it first prints each node's log tail. A project left behind by a
@@ -285,13 +285,7 @@ impl Compose {
         let bin = crate::node::berth_bin();
         let ctl = clusterctl::clusterctl_bin();
         remove_stale_projects();
-        let mut ports = Vec::new();
-        while ports.len() < 8 {
-            let p = berth_testkit::free_port();
-            if !ports.contains(&p) {
-                ports.push(p);
-            }
-        }
+        let ports = host_ports(8);
         let c = Compose {
             project: format!("{PROJECT_PREFIX}{}", std::process::id()),
             http_ports: [ports[0], ports[1], ports[2], ports[3]],
@@ -789,6 +783,25 @@ impl Compose {
     }
 }
 
+/// `n` distinct free loopback ports below Linux's ephemeral range (32768–60999), so that no
+/// outgoing connection of another test takes one between this check and docker-compose
+/// publishing it.
+fn host_ports(n: usize) -> Vec<u16> {
+    use rand::Rng;
+    let mut ports = Vec::new();
+    for _ in 0..10_000 {
+        if ports.len() == n {
+            break;
+        }
+        let p = rand::rng().random_range(20_000..32_000);
+        if !ports.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            ports.push(p);
+        }
+    }
+    assert_eq!(ports.len(), n, "no {n} free ports in 20000..32000");
+    ports
+}
+
 fn repo_of(name: &str) -> &str {
     name.rsplit_once(':').map_or(name, |(repo, _)| repo)
 }
@@ -891,6 +904,20 @@ mod tests {
         assert!(!docker_required(Some("0")));
         assert!(!docker_required(Some("")));
         assert!(!docker_required(None));
+    }
+
+    #[test]
+    fn host_ports_are_distinct_free_and_below_the_ephemeral_range() {
+        let ports = host_ports(8);
+        assert_eq!(ports.len(), 8);
+        let mut sorted = ports.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 8, "{ports:?}");
+        assert!(
+            ports.iter().all(|p| (20_000..32_000).contains(p)),
+            "{ports:?}"
+        );
     }
 
     #[test]
