@@ -12,6 +12,8 @@
 //! - [`admin`]: blocking Admin / Faults gRPC calls (partitions, links).
 //! - [`clusterctl`]: running the CLI, bounded.
 //! - [`replication`]: blob files in a node's data directory; `clusterctl replication` runs.
+//! - [`compose`]: the three-region compose cluster of `deploy/compose` in Docker containers:
+//!   `docker push`/`pull`, `docker kill`, region cut-offs, bandwidth limits.
 //! - [`wait`]: the deadline pollers every wait goes through.
 //!
 //! The berth binary comes from env `BERTH_BIN` and must be built with the cargo feature
@@ -28,6 +30,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod clusterctl;
+pub mod compose;
 pub mod load;
 pub mod node;
 pub mod oci;
