@@ -2,7 +2,8 @@
 //! `scripts/compose up` from the `BERTH_BIN` that `scripts/test` built, with the Docker
 //! engine's own `docker push` / `docker pull` at the regions' endpoints, under the faults a
 //! real deployment meets: a node killed and started again, every node killed at once, a region
-//! cut off from the others, a slow link between regions.
+//! cut off from the others, a slow link between regions, the loss of the node an image was
+//! pushed to once replication completed.
 //!
 //! Each test brings up its own project on fresh ports (cluster_tests::compose) and takes it
 //! down at the end, also when it fails. A test runs when the Docker engine answers and prints
@@ -270,6 +271,31 @@ fn every_node_killed_at_once_comes_back_with_everything_acknowledged() {
         .client(3)
         .must_push_image("c1/all", "after", &[random_layer(64 * 1024)]);
     c.client(2).must_pull_image("c1/all", "after", &pushed);
+}
+
+/// `docker push` at r1 with no pull anywhere; `clusterctl replication status --wait` at r2
+/// reports every region complete; then r1's voter is killed, and docker pulls the image byte
+/// for byte at r2, r3 and r1's learner, from their own disks.
+#[test]
+fn replicated_image_outlives_the_node_it_was_pushed_to() {
+    let test = "replicated_image_outlives_the_node_it_was_pushed_to";
+    if !compose::ready(test) {
+        return;
+    }
+    let c = Compose::up();
+    let image = c.docker_image("c1/rep", "1", 1024 * 1024);
+    let digest = c.docker_push(1, &image);
+    c.ctl(
+        2,
+        &["replication", "status", "c1/rep:1", "--wait", "--timeout", "60"],
+        Duration::from_secs(90),
+    )
+    .assert_success();
+    c.kill(1);
+    eprintln!("{test}: replicated everywhere; node 1 killed");
+    for id in [2, 3, 4] {
+        c.docker_pull_same(id, &image, Some(&digest));
+    }
 }
 
 /// The media type a manifest GET answered with (what a PUT of the same bytes must declare).
