@@ -287,7 +287,14 @@ fn replicated_image_outlives_the_node_it_was_pushed_to() {
     let digest = c.docker_push(1, &image);
     c.ctl(
         2,
-        &["replication", "status", "c1/rep:1", "--wait", "--timeout", "60"],
+        &[
+            "replication",
+            "status",
+            "c1/rep:1",
+            "--wait",
+            "--timeout",
+            "60",
+        ],
         Duration::from_secs(90),
     )
     .assert_success();

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use cluster_tests::replication::{metric_sum, wait_for_blob_files};
-use cluster_tests::{ClusterBuilder, READY_TIMEOUT, random_layer};
 use cluster_tests::wait::try_wait_until;
+use cluster_tests::{ClusterBuilder, READY_TIMEOUT, random_layer};
 
 /// How long replication may take (from r3, over loopback, it takes well under a second).
 const REPLICATED: Duration = Duration::from_secs(60);
@@ -34,7 +34,8 @@ fn a_returning_node_copies_from_the_fast_third_region_not_the_slow_origin() {
     wait_for_blob_files(&cluster, 2, &image, REPLICATED);
 
     // The counter moves once the copy is recorded, a moment after its file is in place.
-    let counted = |from: &str| metric_sum(&cluster, 2, COPIED_BYTES, &[("from", from), ("to", "2")]);
+    let counted =
+        |from: &str| metric_sum(&cluster, 2, COPIED_BYTES, &[("from", from), ("to", "2")]);
     let _ = try_wait_until(Duration::from_secs(10), || {
         if counted("3") + counted("1") >= layer_size as f64 {
             Ok(())

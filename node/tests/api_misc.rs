@@ -256,7 +256,9 @@ async fn metrics_are_served_in_the_prometheus_text_format() {
     let r = t.get("/metrics").await;
     r.expect(StatusCode::OK);
     assert!(
-        r.header("content-type").unwrap_or("").starts_with("text/plain; version=0.0.4"),
+        r.header("content-type")
+            .unwrap_or("")
+            .starts_with("text/plain; version=0.0.4"),
         "{:?}",
         r.header("content-type")
     );

@@ -214,8 +214,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
                     )),
                 };
                 let n = failures.fetch_add(1, Ordering::Relaxed).min(16);
-                tokio::time::sleep(STREAM_RETRY_MIN.saturating_mul(1 << n).min(STREAM_RETRY_MAX))
-                    .await;
+                tokio::time::sleep(
+                    STREAM_RETRY_MIN
+                        .saturating_mul(1 << n)
+                        .min(STREAM_RETRY_MAX),
+                )
+                .await;
                 Err(failed(status))
             };
             let results = futures::stream::once(opened).flat_map(move |opened| match opened {
