@@ -13,6 +13,8 @@
 //! - [`clusterctl`]: running the CLI, bounded.
 //! - [`clients`]: real clients (docker, skopeo, containerd), skipped or required.
 //! - [`replication`]: blob files in a node's data directory; `clusterctl replication` runs.
+//! - [`compose`]: the three-region compose cluster of `deploy/compose` in Docker containers:
+//!   `docker push`/`pull`, `docker kill`, region cut-offs, bandwidth limits.
 //! - [`wait`]: the deadline pollers every wait goes through.
 //!
 //! The berth binary comes from env `BERTH_BIN` and must be built with the cargo feature
@@ -30,6 +32,7 @@ pub mod admin;
 pub mod clients;
 pub mod cluster;
 pub mod clusterctl;
+pub mod compose;
 pub mod load;
 pub mod node;
 pub mod oci;

@@ -51,7 +51,7 @@ pub use fetch::{BlobStream, PeerBandwidth};
 pub use leader_region::RegionPreference;
 pub use membership::{MemberView, MembershipError, NodeStatus, Progress, Role};
 pub use peer_view::{PROBE_EVERY, PeerView};
-pub use peers::{CONNECT_TIMEOUT, PeerError, Peers};
+pub use peers::{CONNECT_TIMEOUT, CONNECTION_WINDOW, PeerError, Peers, STREAM_WINDOW};
 pub use raft_service::{RaftService, RaftServiceError};
 
 use crate::meta::{

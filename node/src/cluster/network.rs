@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use berth_proto::raft::raft_client::RaftClient;
@@ -44,6 +45,13 @@ pub const SNAPSHOT_INSTALL_TIMEOUT: Duration = Duration::from_secs(120);
 const SNAPSHOT_WATCH_EVERY: Duration = Duration::from_millis(500);
 /// Bytes of snapshot file per stream message.
 const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+/// Wait before reporting the first failure to open a replication stream; doubled for each
+/// failure in a row, up to [`STREAM_RETRY_MAX`]. openraft's own backoff waits inside the
+/// request stream, which is never polled when the connection fails at once (a peer that is
+/// down refuses it in microseconds): without this the leader would retry at once, forever.
+const STREAM_RETRY_MIN: Duration = Duration::from_millis(50);
+/// Longest wait before reporting a failure to open a replication stream.
+const STREAM_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Creates a [`PeerClient`] per peer.
 #[derive(Debug, Clone)]
@@ -70,6 +78,8 @@ pub struct PeerClient {
     addr: String,
     peers: Arc<Peers>,
     stream_setup: Duration,
+    /// Replication streams that failed to open in a row (see [`STREAM_RETRY_MIN`]).
+    open_failures: Arc<AtomicU32>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -81,6 +91,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             addr: node.cluster_addr.clone(),
             peers: self.peers.clone(),
             stream_setup: self.stream_setup,
+            open_failures: Arc::default(),
         }
     }
 }
@@ -184,20 +195,32 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             });
             let req = self.peers.stream_request(requests);
             let (target, addr, setup) = (self.target, self.addr.clone(), self.stream_setup);
+            let failures = self.open_failures.clone();
             // The response headers come a round trip later, and openraft's bound on this call
             // (its heartbeat interval) may be shorter than a round trip between regions: the
             // stream is returned at once and opened when openraft first polls it, bounded by
             // `setup`. (A heartbeat is still bounded by openraft, around the whole exchange.)
             let opened = async move {
                 let failed = |s| rpc_error(Peers::call_error(target, &addr, s));
-                match tokio::time::timeout(setup, client.stream_append(req)).await {
-                    Err(_) => Err(failed(tonic::Status::deadline_exceeded(format!(
+                let status = match tokio::time::timeout(setup, client.stream_append(req)).await {
+                    Ok(Ok(resp)) => {
+                        failures.store(0, Ordering::Relaxed);
+                        return Ok((resp.into_inner(), addr));
+                    }
+                    Ok(Err(s)) => s,
+                    Err(_) => tonic::Status::deadline_exceeded(format!(
                         "replication stream setup timed out after {} ms",
                         setup.as_millis()
-                    )))),
-                    Ok(Err(s)) => Err(failed(s)),
-                    Ok(Ok(resp)) => Ok((resp.into_inner(), addr)),
-                }
+                    )),
+                };
+                let n = failures.fetch_add(1, Ordering::Relaxed).min(16);
+                tokio::time::sleep(
+                    STREAM_RETRY_MIN
+                        .saturating_mul(1 << n)
+                        .min(STREAM_RETRY_MAX),
+                )
+                .await;
+                Err(failed(status))
             };
             let results = futures::stream::once(opened).flat_map(move |opened| match opened {
                 Ok((resp, addr)) => resp

@@ -193,6 +193,29 @@ impl Cluster {
         self.views.record_failure(node, Instant::now());
     }
 
+    /// Waits until every other member has been probed once (answered or failed), at most
+    /// `bound`: a node that just started knows no round trip yet, and would otherwise take the
+    /// first holder by id for its first copies, however far away it is.
+    pub async fn wait_for_first_probes(&self, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        loop {
+            let now = Instant::now();
+            let unprobed = self
+                .members()
+                .iter()
+                .filter(|m| m.id != self.node_id)
+                .any(|m| {
+                    self.views
+                        .view(m.id, now)
+                        .is_none_or(|v| v.rtt.is_none() && v.failures == 0)
+                });
+            if !unprobed || now >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Probes `node` once and records the outcome.
     async fn probe(&self, node: NodeId) {
         let sent = Instant::now();

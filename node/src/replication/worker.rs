@@ -37,6 +37,9 @@ use super::{Pending, Plan, Replication, Tally, per_region};
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// Longest wait between two tries of a blob.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Longest the worker waits at start for the first round trip to every peer (a probe answers
+/// within a round trip, or fails within its 2 s timeout).
+const FIRST_PROBES_WAIT: Duration = Duration::from_secs(3);
 /// How long a copy waits to catch up with the leader before it re-checks that the blob is
 /// still wanted (on failure it goes on with the local state).
 const CATCH_UP: Duration = Duration::from_secs(3);
@@ -129,6 +132,11 @@ impl ReplicationWorker {
         let mut copies: JoinSet<(Digest, Outcome)> = JoinSet::new();
         let notices = self.replication.meta().notices().clone();
         let every = self.replication.settings().full_pass_every;
+        // The first copies go to the nearest holder only if the peers were measured first.
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = self.replication.cluster().wait_for_first_probes(FIRST_PROBES_WAIT) => {}
+        }
         loop {
             let taken = notices.take();
             self.resync |= taken.resync;

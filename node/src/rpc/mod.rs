@@ -70,6 +70,10 @@ pub async fn serve(
     let filter = tower::layer::util::Identity::new();
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // Raft's append streams and snapshots arrive here across regions: the same receive
+        // windows as the peer connections this node dials (ADR 012).
+        .initial_stream_window_size(crate::cluster::STREAM_WINDOW)
+        .initial_connection_window_size(crate::cluster::CONNECTION_WINDOW)
         .layer(filter)
         .add_service(raft)
         .add_service(peer)
