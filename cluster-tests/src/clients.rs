@@ -9,7 +9,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use berth_testkit::process::{CmdOutput, run_cmd};
+use berth_testkit::process::{CmdOutput, ctr_image_digest, run_cmd, succeeds};
 
 /// The environment variable naming the clients that must be available.
 pub const REQUIRE_VAR: &str = "BERTH_REQUIRE_CLIENT_TOOLS";
@@ -76,20 +76,6 @@ pub fn must(cmd: &mut Command) -> CmdOutput {
         out.stderr_text()
     );
     out
-}
-
-/// `Ok` when the command runs within 30 s and exits 0; else why not.
-fn succeeds(cmd: &mut Command) -> Result<(), String> {
-    let out = run_cmd(cmd, Duration::from_secs(30))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd:?} failed with {}: {}",
-            out.status,
-            out.stderr_text().trim()
-        ))
-    }
 }
 
 /// Probe of the Docker engine.
@@ -179,14 +165,7 @@ impl Ctr {
     /// The digest containerd recorded for an image reference.
     pub fn image_digest(&self, reference: &str) -> String {
         let listing = must(&mut self.command(&["images", "ls"])).stdout_text();
-        let line = listing
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(reference))
-            .unwrap_or_else(|| panic!("{reference} not in containerd's images:\n{listing}"));
-        line.split_whitespace()
-            .find(|w| w.starts_with("sha256:"))
-            .unwrap_or_else(|| panic!("no digest in {line:?}"))
-            .to_string()
+        ctr_image_digest(&listing, reference)
     }
 }
 

@@ -52,15 +52,7 @@ impl Ctr {
 
     /// The digest containerd recorded for an image reference.
     fn image_digest(&self, reference: &str) -> String {
-        let listing = self.must(&["images", "ls"]);
-        let line = listing
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(reference))
-            .unwrap_or_else(|| panic!("{reference} not in containerd's images:\n{listing}"));
-        line.split_whitespace()
-            .find(|w| w.starts_with("sha256:"))
-            .unwrap_or_else(|| panic!("no digest in {line:?}"))
-            .to_string()
+        berth_testkit::process::ctr_image_digest(&self.must(&["images", "ls"]), reference)
     }
 
     fn remove_all_images(&self) {

@@ -86,6 +86,34 @@ pub fn must_succeed(cmd: &mut Command, timeout: Duration) -> CmdOutput {
     out
 }
 
+/// A probe by a command (a daemon's `info`, a tool's `--version`): `Ok` when it runs within
+/// 30 s and exits 0; `Err` with the command and what it printed on stderr otherwise.
+pub fn succeeds(cmd: &mut Command) -> Result<(), String> {
+    let out = run_cmd(cmd, Duration::from_secs(30))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?} failed with {}: {}",
+            out.status,
+            out.stderr_text().trim()
+        ))
+    }
+}
+
+/// The digest containerd recorded for `reference`, from the output of `ctr images ls`.
+/// Panics, with the listing, when the reference or its digest is not there.
+pub fn ctr_image_digest(listing: &str, reference: &str) -> String {
+    let line = listing
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(reference))
+        .unwrap_or_else(|| panic!("{reference} not in containerd's images:\n{listing}"));
+    line.split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .unwrap_or_else(|| panic!("no digest in {line:?}"))
+        .to_string()
+}
+
 /// Waits up to `timeout` for a child to exit (polling every 10 ms) and returns its status;
 /// `None` when it was still running — it is then SIGKILLed and reaped, so it is stopped either
 /// way.

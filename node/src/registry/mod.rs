@@ -266,18 +266,22 @@ impl Registry {
             record = self.meta.linked_blob(repo, digest).await?;
         }
         let record = record.ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
-        let me = self.cluster.node_id();
         Ok(BlobLocation {
             digest: digest.clone(),
             size: record.size,
             local: self.blobs.holds(digest),
-            holders: self
-                .cluster
-                .order_by_nearness(record.holders)
-                .into_iter()
-                .filter(|h| *h != me)
-                .collect(),
+            holders: self.other_holders_nearest(record.holders),
         })
+    }
+
+    /// The holders of a blob other than this node, nearest first: where a copy is fetched from.
+    fn other_holders_nearest(&self, holders: impl IntoIterator<Item = NodeId>) -> Vec<NodeId> {
+        let me = self.cluster.node_id();
+        self.cluster
+            .order_by_nearness(holders)
+            .into_iter()
+            .filter(|h| *h != me)
+            .collect()
     }
 
     /// Size of a located blob (a HEAD). When this node has no copy yet, one is fetched from

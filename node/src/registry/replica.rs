@@ -41,12 +41,7 @@ impl Registry {
         let wanted = super::fetch::Wanted {
             digest: digest.clone(),
             size: record.size,
-            holders: self
-                .cluster
-                .order_by_nearness(record.holders)
-                .into_iter()
-                .filter(|h| *h != me)
-                .collect(),
+            holders: self.other_holders_nearest(record.holders),
         };
         self.fetcher
             .ensure(

@@ -58,6 +58,16 @@ fn replication_status(e: ReplicationError) -> Status {
     status(e.kind(), e.to_string())
 }
 
+/// The wire form of a list of policies, by pattern.
+fn policies_message(policies: Vec<(String, ReplicationPolicy)>) -> ReplicationPolicies {
+    ReplicationPolicies {
+        policies: policies
+            .into_iter()
+            .map(|(pattern, p)| policy_message(pattern, p))
+            .collect(),
+    }
+}
+
 fn policy_message(pattern: String, p: ReplicationPolicy) -> ReplicationPolicyEntry {
     ReplicationPolicyEntry {
         pattern,
@@ -370,12 +380,7 @@ impl Admin for AdminService {
                 .map(|p| vec![(pattern, p)])
         }
         .map_err(replication_status)?;
-        Ok(Response::new(ReplicationPolicies {
-            policies: policies
-                .into_iter()
-                .map(|(pattern, p)| policy_message(pattern, p))
-                .collect(),
-        }))
+        Ok(Response::new(policies_message(policies)))
     }
 
     async fn set_replication_policy(
@@ -410,12 +415,7 @@ impl Admin for AdminService {
             .policies()
             .await
             .map_err(replication_status)?;
-        Ok(Response::new(ReplicationPolicies {
-            policies: policies
-                .into_iter()
-                .map(|(pattern, p)| policy_message(pattern, p))
-                .collect(),
-        }))
+        Ok(Response::new(policies_message(policies)))
     }
 
     type TransferLeaderStream = ProgressStream;

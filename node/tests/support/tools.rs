@@ -12,7 +12,6 @@
 //! [`ready`] before it starts anything.
 
 use std::process::Command;
-use std::time::Duration;
 
 /// The environment variable naming the clients that must be available.
 pub const REQUIRE_VAR: &str = "BERTH_REQUIRE_CLIENT_TOOLS";
@@ -106,17 +105,4 @@ pub fn installed(program: &str) -> Result<(), String> {
     succeeds(Command::new(program).arg("--version"))
 }
 
-/// Probe by a command (a daemon's `info`, an `import`): it runs within 30 s and exits 0;
-/// `Err` with what it printed on stderr otherwise.
-pub fn succeeds(cmd: &mut Command) -> Result<(), String> {
-    let out = super::run_cmd(cmd, Duration::from_secs(30))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd:?} failed with {}: {}",
-            out.status,
-            out.stderr_text().trim()
-        ))
-    }
-}
+pub use berth_testkit::process::succeeds;
