@@ -4,8 +4,9 @@
 Every node is in a region of its own (r1, r2, r3); node 1 takes the pushes. Measures:
 
   replicate_1g        a 1 GiB blob pushed at r1 and referenced by a manifest, until the copy is
-                      in place at r2 (a 2-node cluster): MB/s, and the receiver's CPU-seconds
-                      against r1's CPU-seconds for the local push of the same blob (ratio)
+                      in place at r2 (a 2-node cluster): MB/s, against the local push of the
+                      same blob over loopback (curl, MB/s); and the receiver's CPU-seconds
+                      against r1's CPU-seconds for that push (ratio)
   ack_to_held         20 images of one 10 MiB layer pushed at r1, one after the other: time from
                       each manifest's 201 until the layer file is in place in every other region
                       (3 regions): median and p99; with --delay-ms D, every link between regions
@@ -22,7 +23,7 @@ Every node is in a region of its own (r1, r2, r3); node 1 takes the pushes. Meas
 verified and renamed; the holder record follows through Raft).
 
 Usage: scripts/bench-geo.py [--berth PATH] [--clusterctl PATH] [--faultctl PATH] [--delay-ms D]
-                            [--quick]
+                            [--parts replicate,ack,get] [--quick]
 Prints `name value unit` lines and comments starting with '#'.
 """
 
@@ -56,8 +57,9 @@ def replicate_1g(args, mib):
         origin, replica = b.nodes
         path = os.path.join(b.tmp, "big.bin")
         d = random_file(path, mib)
-        cpu0 = origin.cpu_seconds()
+        cpu0, t_push = origin.cpu_seconds(), time.monotonic()
         curl_push_file(origin.url, "bench/big", path, d)
+        push_secs = time.monotonic() - t_push
         push_cpu = origin.cpu_seconds() - cpu0
         os.unlink(path)
         cfg = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
@@ -70,6 +72,7 @@ def replicate_1g(args, mib):
         secs = time.monotonic() - t0
         recv_cpu = replica.cpu_seconds() - cpu1
         print("replicate_%dm %.0f MB/s" % (mib, mib * MIB / secs / 1e6))
+        print("push_%dm_local %.0f MB/s" % (mib, mib * MIB / push_secs / 1e6))
         print("replicate_%dm_receiver_cpu %.2f s" % (mib, recv_cpu))
         print("push_%dm_local_cpu %.2f s" % (mib, push_cpu))
         print("replicate_%dm_cpu_ratio %.2f x" % (mib, recv_cpu / push_cpu))
@@ -158,18 +161,21 @@ def main():
     ap.add_argument("--faultctl", default=os.path.join(target, "release", "faultctl"))
     ap.add_argument("--delay-ms", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes")
+    ap.add_argument("--parts", default="replicate,ack,get",
+                    help="comma-separated: replicate (1 GiB copy and pulls), ack (ack to held, "
+                         "and with --delay-ms again over the delay), get (manifest GETs while replicating)")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     print("# bench-geo date=%s nproc=%d" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), os.cpu_count()))
-    if args.quick:
-        replicate_1g(args, 64)
-        ack_to_held(args, 5, 1, args.delay_ms)
-        manifest_get_under_replication(args, 1, 3)
-        return
-    replicate_1g(args, 1024)
-    ack_to_held(args, 20, 10, 0)
-    if args.delay_ms:
-        ack_to_held(args, 20, 10, args.delay_ms)
-    manifest_get_under_replication(args, 4, 10)
+    big_mib, images, layer_mib, gib, secs = (64, 5, 1, 1, 3) if args.quick else (1024, 20, 10, 4, 10)
+    if "replicate" in parts:
+        replicate_1g(args, big_mib)
+    if "ack" in parts:
+        ack_to_held(args, images, layer_mib, 0)
+        if args.delay_ms:
+            ack_to_held(args, images, layer_mib, args.delay_ms)
+    if "get" in parts:
+        manifest_get_under_replication(args, gib, secs)
 
 
 if __name__ == "__main__":
