@@ -210,6 +210,35 @@ fn a_residency_policy_keeps_a_region_free_and_widening_it_adds_copies() {
     let (seen, _) = status(&cluster, 3, &reference(&resident));
     assert_eq!(seen["regions"]["r3"]["pending_blobs"], 0, "{seen}");
 
+    // A pull at r3 stores nothing there either: a HEAD answers from the record and fetches
+    // nothing, a GET is redirected to a holder in r1 or r2, which serves the bytes.
+    let holders = [cluster.node(1).url(), cluster.node(2).url()];
+    for blob in resident.blobs() {
+        let head = cluster
+            .client(3)
+            .head(&format!("/v2/eu/payroll/blobs/{}", blob.digest))
+            .expect("HEAD at r3");
+        assert_eq!(head.status, 200, "HEAD {} at r3", blob.digest);
+        let r = cluster
+            .client(3)
+            .get_blob("eu/payroll", &blob.digest)
+            .expect("GET at r3");
+        assert_eq!(r.status, 307, "GET {} at r3: {}", blob.digest, r.text());
+        let location = r.header("location").expect("a Location").to_string();
+        let holder = holders
+            .iter()
+            .position(|u| location.starts_with(u.as_str()))
+            .unwrap_or_else(|| panic!("{location} is not a holder's URL ({holders:?})"));
+        let got = cluster
+            .client(holder as u64 + 1)
+            .get_blob("eu/payroll", &blob.digest)
+            .expect("GET at the holder");
+        assert_eq!(got.status, 200);
+        assert_eq!(sha256_digest(&got.body), blob.digest);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_holds_no_blob(&cluster, 3, &resident);
+
     // Widen: every region.
     cluster_tests::replication::ctl(
         &cluster,

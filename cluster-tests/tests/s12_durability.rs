@@ -251,3 +251,51 @@ fn the_durability_copy_goes_to_the_nearest_node() {
         "{m3}"
     );
 }
+
+/// Durability copies respect data residency: with `min_regions = 2` and a policy keeping a
+/// repository in r1 only, a PUT there is refused with the reason (the policy allows one region),
+/// and no copy is made outside r1; another repository is made durable across two regions.
+#[test]
+fn durability_copies_stay_within_the_regions_a_policy_allows() {
+    let c = ClusterBuilder::new()
+        .nodes(3)
+        .regions(&["r1", "r2", "r3"])
+        .env("BERTH_DURABILITY__MIN_REGIONS", "2")
+        .build();
+    cluster_tests::replication::ctl(
+        &c,
+        1,
+        &["policy", "set", "local/**", "--regions", "r1"],
+        Duration::from_secs(10),
+    )
+    .assert_success();
+    let repo = "local/app";
+    let image = Image::new(repo, "v1", &[random_layer(4096)]);
+    let client = c.client(1);
+    for blob in std::iter::once(&image.config).chain(&image.layers) {
+        client
+            .push_blob(repo, blob, UploadStyle::Monolithic)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let r = client
+        .put_manifest(repo, "v1", OCI_MANIFEST, &image.manifest)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 503, "{}", r.text());
+    let text = r.text();
+    assert!(
+        text.contains("the repository's replication policy allows 1 node(s) in 1 region(s)"),
+        "{text}"
+    );
+    for id in [2, 3] {
+        for blob in std::iter::once(&image.config).chain(&image.layers) {
+            assert!(
+                !cluster_tests::replication::holds_blob(&c, id, &sha256_digest(blob)),
+                "node {id} holds a copy of a blob kept in r1"
+            );
+        }
+    }
+    let open = c
+        .client(1)
+        .must_push_image("open/app", "v1", &[random_layer(4096)]);
+    c.client(3).must_pull_image("open/app", "v1", &open);
+}

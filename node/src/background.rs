@@ -78,13 +78,7 @@ impl Drop for Background {
 /// the work then runs at normal priority.
 fn lower_priority() {
     // SAFETY: setpriority and gettid take plain integers and touch no memory of ours.
-    let rc = unsafe {
-        libc::setpriority(
-            libc::PRIO_PROCESS,
-            libc::gettid() as libc::id_t,
-            NICE,
-        )
-    };
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, NICE) };
     if rc != 0 {
         tracing::warn!(
             error = %io::Error::last_os_error(),

@@ -83,7 +83,7 @@ pub enum CommandV1 {
         node: NodeId,
     },
     /// Set (or replace) the replication policy of the repositories `pattern` matches (see
-    /// `replication::policy` for the pattern grammar and which pattern wins).
+    /// `meta::policy` for the pattern grammar and which pattern wins).
     SetReplicationPolicy {
         /// The repository pattern (validated by the proposer).
         pattern: String,

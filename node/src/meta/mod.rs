@@ -37,6 +37,7 @@ mod keys;
 mod legacy;
 mod log_store;
 mod notices;
+pub mod policy;
 mod read;
 mod snapshot;
 mod state_machine;

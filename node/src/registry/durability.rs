@@ -1,7 +1,8 @@
 //! The durability policy of a manifest PUT: every blob the manifest references is held by at
 //! least `durability.min_copies` nodes in at least `durability.min_regions` regions before the
 //! PUT is acknowledged. When a blob is short, the node taking the PUT makes the copies while
-//! the client waits: it chooses nodes (nearest first; nodes of regions that hold no copy first
+//! the client waits: it chooses nodes (nearest first, among the regions the repository's
+//! replication policy lets hold copies; nodes of regions that hold no copy first
 //! while regions are short), asks each to copy the blob now (`Peer.Replicate`, served by
 //! [`Registry::ensure_local_copy`]; itself directly), catches up with the leader so it sees
 //! their holder records, and looks again — until the policy holds or the write timeout ends.
@@ -21,7 +22,7 @@ use berth_proto::peer::peer_client::PeerClient;
 use super::{Registry, RegistryError};
 use crate::cluster::MemberView;
 use crate::meta::{BlobRecord, NodeId};
-use crate::types::Digest;
+use crate::types::{Digest, RepositoryName};
 
 /// Pause before asking again nodes whose copies all failed.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
@@ -87,8 +88,16 @@ impl Registry {
     /// Errors: [`RegistryError::Unavailable`] when the policy cannot be met, or not within the
     /// write timeout; [`RegistryError::NoQuorum`] when this node cannot catch up with the
     /// leader; [`RegistryError::ManifestBlobUnknown`] when a blob's record is gone.
-    pub(super) async fn make_durable(&self, digests: &[Digest]) -> Result<(), RegistryError> {
+    pub(super) async fn make_durable(
+        &self,
+        repo: &RepositoryName,
+        digests: &[Digest],
+    ) -> Result<(), RegistryError> {
         let (min_copies, min_regions) = (self.settings.min_copies, self.settings.min_regions);
+        // Copies go only where the repository's replication policy lets them be (residency).
+        let policies = self.meta.replication_policies().await?;
+        let policy = crate::meta::policy::effective(repo.as_str(), &policies).map(|(_, p)| p);
+        let restricted = policy.is_some_and(|p| !p.regions.is_empty());
         let deadline = Instant::now() + self.settings.write_timeout;
         // Nodes whose copy failed in this PUT, and why; tried again only once no other is left.
         let mut failed: BTreeMap<NodeId, String> = BTreeMap::new();
@@ -109,6 +118,7 @@ impl Registry {
                 let nearest = self.cluster.order_by_nearness(
                     members
                         .iter()
+                        .filter(|m| crate::meta::policy::allows(policy, &m.info.region))
                         .map(|m| m.id)
                         .filter(|id| !record.holders.contains(id)),
                 );
@@ -121,14 +131,23 @@ impl Registry {
                 let all: Vec<(NodeId, &str)> =
                     nearest.iter().map(|id| (*id, region_of(id))).collect();
                 if choose_targets(&all, &held, min_copies, min_regions).is_none() {
+                    let allowed: Vec<_> = members
+                        .iter()
+                        .filter(|m| crate::meta::policy::allows(policy, &m.info.region))
+                        .collect();
                     let regions: BTreeSet<&str> =
-                        members.iter().map(|m| m.info.region.as_str()).collect();
+                        allowed.iter().map(|m| m.info.region.as_str()).collect();
+                    let whose = if restricted {
+                        "the repository's replication policy allows"
+                    } else {
+                        "the cluster has"
+                    };
                     return Err(self.shortfall(
                         digest,
                         &held,
                         &format!(
-                            "the cluster has {} node(s) in {} region(s)",
-                            members.len(),
+                            "{whose} {} node(s) in {} region(s)",
+                            allowed.len(),
                             regions.len()
                         ),
                     ));

@@ -109,6 +109,10 @@ pub struct BlobLocation {
     pub size: u64,
     /// Whether this node holds a copy.
     pub local: bool,
+    /// Whether this node may keep a copy: false when the repository's replication policy keeps
+    /// copies out of this node's region (data residency). Such a node never stores the blob:
+    /// a GET is redirected to a holder, a HEAD fetches nothing.
+    pub resident: bool,
     /// The other nodes recorded as holders, nearest first.
     pub holders: Vec<NodeId>,
 }
@@ -266,12 +270,29 @@ impl Registry {
             record = self.meta.linked_blob(repo, digest).await?;
         }
         let record = record.ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
+        let local = self.blobs.holds(digest);
         Ok(BlobLocation {
             digest: digest.clone(),
             size: record.size,
-            local: self.blobs.holds(digest),
+            local,
+            // Only a miss asks: the policies are read (a short scan) when a copy would be made.
+            resident: local || self.may_hold(repo).await?,
             holders: self.other_holders_nearest(record.holders),
         })
+    }
+
+    /// Whether the replication policy of `repo` lets this node's region hold copies of its
+    /// blobs (`meta::policy::allows`; no policy: every region may).
+    async fn may_hold(&self, repo: &RepositoryName) -> Result<bool, RegistryError> {
+        let policies = self.meta.replication_policies().await?;
+        let Some((_, policy)) = crate::meta::policy::effective(repo.as_str(), &policies) else {
+            return Ok(true);
+        };
+        let region = self
+            .cluster
+            .member(self.cluster.node_id())
+            .map(|m| m.region);
+        Ok(region.is_some_and(|r| crate::meta::policy::allows(Some(policy), &r)))
     }
 
     /// The holders of a blob other than this node, nearest first: where a copy is fetched from.
@@ -287,7 +308,7 @@ impl Registry {
     /// Size of a located blob (a HEAD). When this node has no copy yet, one is fetched from
     /// the nearest holder in the background, if the disk has room for it.
     pub fn stat_blob(&self, location: &BlobLocation) -> u64 {
-        if !location.local && self.blobs.check_space(location.size).is_ok() {
+        if !location.local && location.resident && self.blobs.check_space(location.size).is_ok() {
             self.fetcher
                 .warm(&self.cluster, &self.blobs, location.wanted());
         }
@@ -316,6 +337,13 @@ impl Registry {
             // RFC 9110: a server may ignore a Range header it does not understand.
             Some(Err(_)) | None => None,
         };
+        if !location.local && !location.resident {
+            // Not redirected (`redirect_blob_get`): no holder was reachable.
+            return Err(RegistryError::Unavailable(format!(
+                "blob {digest} is kept out of this node's region by the repository's \
+                 replication policy, and no node holding it is reachable to redirect to"
+            )));
+        }
         if !location.local {
             // The copy this read makes must leave the reserve too (best effort: a fetch
             // already running for another request is joined all the same).
@@ -354,13 +382,22 @@ impl Registry {
         Ok(BlobRead { size, range, body })
     }
 
-    /// Where a blob GET from `client` should go instead of being served here, per the
-    /// `[routing]` settings: the base URL of another node (see [`routing::Routing`]).
+    /// Where a blob GET from `client` should go instead of being served here: the base URL of
+    /// the nearest reachable holder when the repository's replication policy keeps copies out
+    /// of this node's region and it has none; else per the `[routing]` settings (see
+    /// [`routing::Routing`]).
     pub fn redirect_blob_get(
         &self,
         client: Option<std::net::IpAddr>,
         location: &BlobLocation,
     ) -> Option<String> {
+        if !location.local && !location.resident {
+            // Data residency: the bytes may pass through no disk of this region.
+            return location
+                .holders
+                .iter()
+                .find_map(|h| self.cluster.reachable_member(*h).ok().map(|i| i.url));
+        }
         self.settings
             .routing
             .redirect(&self.cluster, client, location)
@@ -692,7 +729,7 @@ impl Registry {
         }
         // Blobs held by too few nodes or regions are copied now, while the client waits.
         if !short.is_empty() {
-            self.make_durable(&short).await?;
+            self.make_durable(repo, &short).await?;
         }
         let blobs: Vec<Digest> = parsed
             .referenced_blobs()

@@ -13,7 +13,6 @@
 //! registry), or hold a whole walk over the manifests in memory (it pages).
 
 pub mod placement;
-pub mod policy;
 pub mod scrub;
 pub mod status;
 pub mod worker;
@@ -29,8 +28,8 @@ use crate::meta::{
 };
 use crate::types::{Digest, ErrorKind, RepositoryName};
 
+pub use crate::meta::policy::{self, PolicyError};
 pub use placement::Placement;
-pub use policy::PolicyError;
 pub use scrub::ScrubWorker;
 pub use status::{BlobStatus, RegionStatus, ReplicationReport};
 pub use worker::ReplicationWorker;

@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 use crate::meta::{NodeId, ReplicationPolicy};
 use crate::types::Digest;
 
-use super::policy;
+use crate::meta::policy;
 
 /// The rendezvous score of `node` for `digest`: higher ranks first.
 pub fn score(digest: &Digest, node: NodeId) -> u64 {

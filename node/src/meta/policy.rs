@@ -1,6 +1,8 @@
 //! Per-repository replication policies: the pattern grammar, which pattern applies to a
 //! repository, and what a policy means for a region. Pure: the policies themselves are Raft
-//! state (`p/<pattern>`, read through `meta::MetaReader`).
+//! state (`p/<pattern>`, read through `MetaReader`). It sits in `meta`, beside the record it
+//! interprets, because both the replicator (`replication`) and the read path (`registry`,
+//! which keeps a blob out of a region the policy excludes) apply it.
 //!
 //! A pattern is a glob over repository names: `*` matches any run of characters within one
 //! path component (no `/`), `**` any run including `/` (also none); every other character
