@@ -11,6 +11,8 @@
 
 use std::future::Future;
 use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::runtime::{Builder, Runtime};
 use tokio::task::JoinHandle;
@@ -25,6 +27,8 @@ const MAX_BLOCKING: usize = 32;
 /// The background runtime; dropping it stops its tasks without waiting for them.
 pub struct Background {
     runtime: Option<Runtime>,
+    /// Its threads, by Linux thread id (to give them their priority back for the stop).
+    threads: Arc<Mutex<Vec<libc::pid_t>>>,
 }
 
 impl std::fmt::Debug for Background {
@@ -38,16 +42,46 @@ impl Background {
     ///
     /// Errors: the threads could not be started.
     pub fn start() -> io::Result<Background> {
+        let threads: Arc<Mutex<Vec<libc::pid_t>>> = Arc::default();
+        let (started, stopped) = (threads.clone(), threads.clone());
         let runtime = Builder::new_multi_thread()
             .worker_threads(WORKERS)
             .max_blocking_threads(MAX_BLOCKING)
             .thread_name("berth-background")
-            .on_thread_start(lower_priority)
+            .on_thread_start(move || {
+                // SAFETY: gettid takes nothing and touches no memory.
+                let tid = unsafe { libc::gettid() };
+                set_priority(tid, NICE);
+                started.lock().expect("thread list poisoned").push(tid);
+            })
+            .on_thread_stop(move || {
+                // SAFETY: as above.
+                let tid = unsafe { libc::gettid() };
+                stopped
+                    .lock()
+                    .expect("thread list poisoned")
+                    .retain(|t| *t != tid);
+            })
             .enable_all()
             .build()?;
         Ok(Background {
             runtime: Some(runtime),
+            threads,
         })
+    }
+
+    /// Stops the runtime, waiting at most `bound` for its tasks to be dropped (they hold the
+    /// metadata store, which the node closes next). Stopping is not background work: the
+    /// threads first get the normal priority back, where the process may raise it (root, or
+    /// `RLIMIT_NICE`), so a loaded machine does not make the stop wait on them; elsewhere the
+    /// stop may take up to `bound`.
+    pub async fn stop(mut self, bound: Duration) {
+        for tid in self.threads.lock().expect("thread list poisoned").iter() {
+            set_priority(*tid, 0);
+        }
+        if let Some(runtime) = self.runtime.take() {
+            let _ = tokio::task::spawn_blocking(move || runtime.shutdown_timeout(bound)).await;
+        }
     }
 
     /// Runs `task` on the background runtime; the handle may be awaited from any runtime.
@@ -73,16 +107,18 @@ impl Drop for Background {
     }
 }
 
-/// Gives the calling thread the lowest CPU priority. On Linux the nice value belongs to each
-/// thread, so this leaves the rest of the process as it is. A failure is logged and ignored:
-/// the work then runs at normal priority.
-fn lower_priority() {
-    // SAFETY: setpriority and gettid take plain integers and touch no memory of ours.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, NICE) };
+/// Sets the nice value of thread `tid`. On Linux the nice value belongs to each thread, so
+/// this leaves the rest of the process as it is. A failure is logged and ignored: lowering the
+/// priority cannot fail; raising it back needs the privilege to.
+fn set_priority(tid: libc::pid_t, nice: i32) {
+    // SAFETY: setpriority takes plain integers and touches no memory of ours.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
     if rc != 0 {
-        tracing::warn!(
+        tracing::debug!(
             error = %io::Error::last_os_error(),
-            "failed to lower the priority of a background thread"
+            tid,
+            nice,
+            "failed to set the priority of a background thread"
         );
     }
 }
@@ -92,7 +128,7 @@ mod tests {
     use super::*;
 
     fn my_nice() -> i32 {
-        // SAFETY: as in `lower_priority`.
+        // SAFETY: getpriority and gettid take plain integers and touch no memory of ours.
         unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
     }
 
@@ -111,5 +147,10 @@ mod tests {
         });
         assert_eq!((task, blocking), (NICE, NICE));
         assert_eq!(my_nice(), before, "the calling thread keeps its priority");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(bg.stop(Duration::from_secs(5)));
     }
 }

@@ -363,7 +363,7 @@ pub async fn run(
     if let Some(j) = joiner {
         finish(j, tasks_left()).await;
     }
-    drop(background);
+    background.stop(tasks_left()).await;
     // Raft first (it may still be sending to peers), then the cluster endpoint, then the
     // store, once nothing uses it.
     node.stop_raft().await;

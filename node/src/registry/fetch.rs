@@ -254,11 +254,14 @@ impl Job {
                 }
                 Err(e) => {
                     tracing::warn!(%digest, holder, error = %e, "failed to fetch blob from a peer");
-                    if let Failure::Holder(_) = e {
-                        // Tried last until its backoff ends.
-                        self.cluster.record_failure(holder);
-                    }
                     why = format!("node {holder}: {e}");
+                    match e {
+                        // Tried last until its backoff ends.
+                        Failure::Holder(_) => self.cluster.record_failure(holder),
+                        // This node's own disk failed (no room, an I/O error): another holder
+                        // would send the whole blob again only to fail the same way.
+                        Failure::Local(_) => break,
+                    }
                 }
             }
         }

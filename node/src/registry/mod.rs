@@ -308,7 +308,12 @@ impl Registry {
     /// Size of a located blob (a HEAD). When this node has no copy yet, one is fetched from
     /// the nearest holder in the background, if the disk has room for it.
     pub fn stat_blob(&self, location: &BlobLocation) -> u64 {
-        if !location.local && location.resident && self.blobs.check_space(location.size).is_ok() {
+        // No copy is warmed where a GET would be redirected to a holder anyway.
+        if !location.local
+            && location.resident
+            && !self.settings.routing.redirect_missing
+            && self.blobs.check_space(location.size).is_ok()
+        {
             self.fetcher
                 .warm(&self.cluster, &self.blobs, location.wanted());
         }

@@ -175,7 +175,14 @@ impl Routing {
                 return Some(url);
             }
         }
-        if self.redirect_missing && !location.local {
+        // A client the map places in this node's region was sent here on purpose (another
+        // region's node redirected it, or it is local): sending it on to a holder elsewhere
+        // could send it back here again (a holder recorded here whose file is gone), so it is
+        // read through instead.
+        let mapped_here = client
+            .and_then(|ip| self.client_regions.region_of(ip))
+            .is_some_and(|region| cluster.member(me).is_some_and(|i| i.region == region));
+        if self.redirect_missing && !location.local && !mapped_here {
             return location.holders.iter().find_map(|h| url(*h));
         }
         None

@@ -55,9 +55,10 @@ struct CatchUp {
 }
 
 impl CatchUp {
-    /// Catches up with the leader unless that was done less than [`CATCH_UP_FRESH`] ago;
+    /// Catches up with the leader unless that was tried less than [`CATCH_UP_FRESH`] ago;
     /// bounded by [`CATCH_UP`]. A failure is not an error: the copy then goes on from local
-    /// state (a node cut off from the leader may still reach a holder).
+    /// state (a node cut off from the leader may still reach a holder), and so do the copies
+    /// that start within [`CATCH_UP_FRESH`] of it — they do not each wait out the bound in turn.
     async fn ensure(&self, replication: &Replication) {
         let mut last = self.last.lock().await;
         if last.is_some_and(|t| t.elapsed() < CATCH_UP_FRESH) {
@@ -65,9 +66,12 @@ impl CatchUp {
         }
         let caught_up =
             tokio::time::timeout(CATCH_UP, replication.cluster().catch_up_with_leader()).await;
-        if matches!(caught_up, Ok(Ok(()))) {
-            *last = Some(Instant::now());
+        if !matches!(caught_up, Ok(Ok(()))) {
+            tracing::debug!(
+                "failed to catch up with the leader before a copy; going on from local state"
+            );
         }
+        *last = Some(Instant::now());
     }
 }
 
@@ -209,6 +213,9 @@ impl ReplicationWorker {
         self.tally = tally;
         self.plan = Some(plan);
         self.last_full = Some(Instant::now());
+        // Backoffs of blobs no longer pending (held meanwhile, or no longer wanted) go.
+        let pending = &self.tally.pending;
+        self.backoff.retain(|d, _| pending.contains_key(d));
         Ok(())
     }
 
