@@ -53,18 +53,24 @@ def set_delay(b, faultctl, delay_ms):
 def replicate_1g(args, mib):
     b = Bench(args.berth, args.clusterctl, "berth-geo-bench.")
     try:
-        b.start_cluster(2, regions=["r1", "r2"])
+        # --pin: the replica alone on CPU 1, the origin and curl on CPU 0 — as if the receiving
+        # node were a machine of its own; the local push then also has its receiver alone.
+        b.start_cluster(2, regions=["r1", "r2"], cpus=[1, 1] if args.pin else None)
         origin, replica = b.nodes
         path = os.path.join(b.tmp, "big.bin")
         d = random_file(path, mib)
         cpu0, t_push = origin.cpu_seconds(), time.monotonic()
-        curl_push_file(origin.url, "bench/big", path, d)
+        curl_push_file(origin.url, "bench/big", path, d, cpu=0 if args.pin else None)
         push_secs = time.monotonic() - t_push
         push_cpu = origin.cpu_seconds() - cpu0
         os.unlink(path)
         cfg = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
         cd = push_blob(origin.url, "bench/big", cfg)
         man = manifest_of((cd, len(cfg)), [(d, mib * MIB)])
+        if args.pin:
+            # The push was received on CPU 1; the origin now sends from CPU 0.
+            subprocess.run(["taskset", "-a", "-p", "-c", "0", str(origin.proc.pid)],
+                           check=True, capture_output=True)
         cpu1 = replica.cpu_seconds()
         t0 = time.monotonic()
         put_manifest(origin.url, "bench/big", "v1", man)
@@ -161,6 +167,8 @@ def main():
     ap.add_argument("--faultctl", default=os.path.join(target, "release", "faultctl"))
     ap.add_argument("--delay-ms", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="smoke run: small sizes")
+    ap.add_argument("--pin", action="store_true",
+                    help="replicate part: every receiver alone on CPU 1, senders on CPU 0")
     ap.add_argument("--parts", default="replicate,ack,get",
                     help="comma-separated: replicate (1 GiB copy and pulls), ack (ack to held, "
                          "and with --delay-ms again over the delay), get (manifest GETs while replicating)")

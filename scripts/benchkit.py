@@ -29,8 +29,8 @@ def free_port():
 class Node:
     """One berth process; `region` and `env` (config through BERTH_* variables) optional."""
 
-    def __init__(self, bench, node_id, join=None, region=None, env=None):
-        self.bench, self.id, self.join, self.region = bench, node_id, join, region
+    def __init__(self, bench, node_id, join=None, region=None, env=None, cpu=None):
+        self.bench, self.id, self.join, self.region, self.cpu = bench, node_id, join, region, cpu
         self.extra_env = env or {}
         self.port, self.cport = free_port(), free_port()
         self.data = os.path.join(bench.tmp, "node%d" % node_id)
@@ -52,6 +52,8 @@ class Node:
             cmd += ["--region", self.region]
         if self.join:
             cmd += ["--join", self.join]
+        if self.cpu is not None:
+            cmd = ["taskset", "-c", str(self.cpu)] + cmd
         env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
         env.setdefault("RUST_LOG", "warn")
         env.update(self.extra_env)
@@ -139,13 +141,15 @@ class Bench:
                 return next(x for x in self.nodes if x.id == leaders[0])
         return None
 
-    def start_cluster(self, n=3, regions=None, env=None, voters=None):
+    def start_cluster(self, n=3, regions=None, env=None, voters=None, cpus=None):
         """Node 1 initialises; the others join it and those in `voters` (default: all) are
-        promoted. `regions[i]` is node i+1's region."""
+        promoted. `regions[i]` is node i+1's region; `cpus[i]`, if given, the one CPU it runs
+        on."""
         voters = voters if voters is not None else range(2, n + 1)
         for i in range(1, n + 1):
             node = Node(self, i, join=None if i == 1 else self.nodes[0].caddr,
-                        region=regions[i - 1] if regions else None, env=env)
+                        region=regions[i - 1] if regions else None, env=env,
+                        cpu=cpus[i - 1] if cpus else None)
             node.start()
             self.nodes.append(node)
             wait_until("node %d ready" % i, 60, lambda node=node: request(node.url, "GET", "/readyz")[0] == 200)
@@ -205,8 +209,9 @@ def random_file(path, mib):
     return "sha256:" + h.hexdigest()
 
 
-def curl_push_file(url, repo, path, digest):
-    out = subprocess.run(["curl", "-s", "--noproxy", "*", "-o", "/dev/null", "-w", "%{http_code}",
+def curl_push_file(url, repo, path, digest, cpu=None):
+    pin = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    out = subprocess.run(pin + ["curl", "-s", "--noproxy", "*", "-o", "/dev/null", "-w", "%{http_code}",
                           "-X", "POST", "-T", path, "-H", "Content-Type: application/octet-stream",
                           url + "/v2/%s/blobs/uploads?digest=%s" % (repo, digest)],
                          capture_output=True, text=True, timeout=600).stdout

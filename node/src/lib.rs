@@ -3,8 +3,6 @@
 //! Modules, each with one job (dependencies point down):
 //!
 //! - [`types`]: wire value types (digests, names, references, ranges, manifests); no IO.
-//! - [`background`]: the low-priority runtime of work no client waits for (replication,
-//!   scrub).
 //! - [`blobstore`]: content-addressed blob files on local disk; knows digests, not repos.
 //! - [`meta`]: the Raft log store and state machine in RocksDB; the only user of RocksDB.
 //! - [`cluster`]: this node's Raft instance; proposes metadata writes.
@@ -24,7 +22,6 @@
 //! [`run`] is the composition root: it wires the concrete parts and serves until shutdown.
 
 pub mod api;
-pub mod background;
 pub mod blobstore;
 pub mod cluster;
 pub mod config;
@@ -43,7 +40,6 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::background::Background;
 use crate::blobstore::{BlobStore, BlobStoreError};
 use crate::cluster::{Bootstrap, Cluster, ClusterError, Peers};
 use crate::config::Config;
@@ -67,9 +63,6 @@ pub enum RunError {
     /// Serving failed.
     #[error("failed to serve")]
     Serve(#[from] std::io::Error),
-    /// The low-priority runtime of background work could not start.
-    #[error("failed to start the background runtime")]
-    Background(#[source] std::io::Error),
     /// Serving the cluster endpoint failed.
     #[error("failed to serve the cluster endpoint")]
     ServeCluster(#[from] tonic::transport::Error),
@@ -320,9 +313,7 @@ pub async fn run(
         }
     });
 
-    // Copies and scrubs run at the lowest CPU priority: client requests come first.
-    let background = Background::start().map_err(RunError::Background)?;
-    let replicator = background.spawn(
+    let replicator = tokio::spawn(
         ReplicationWorker::new(node.replication.clone(), node.registry.clone()).run(stop.clone()),
     );
     let scrubber = node.replication.settings().scrub_every.map(|every| {
@@ -332,7 +323,7 @@ pub async fn run(
             every,
             node.replication.settings().scrub_bytes_per_sec,
         );
-        background.spawn(scrub.run(stop.clone()))
+        tokio::spawn(scrub.run(stop.clone()))
     });
 
     tracing::info!(
@@ -363,7 +354,6 @@ pub async fn run(
     if let Some(j) = joiner {
         finish(j, tasks_left()).await;
     }
-    background.stop(tasks_left()).await;
     // Raft first (it may still be sending to peers), then the cluster endpoint, then the
     // store, once nothing uses it.
     node.stop_raft().await;
