@@ -9,31 +9,30 @@
 //! cannot meet answers 503 with the reason and commits nothing. The copies are paced by
 //! `replication.max_bytes_per_sec_per_peer` (a lower bound on the PUT's time only).
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cluster_tests::oci::{OCI_MANIFEST, sha256_digest};
+use cluster_tests::replication::holds_blob;
 use cluster_tests::{ClusterBuilder, Image, ImageRef, UploadStyle, random_layer};
 
 /// How long the surviving nodes may take to elect a leader and serve the image.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(20);
 
-/// Where a node keeps a blob: `<data>/blobs/sha256/<hh>/<hex>` (docs/on-disk-layout.md).
-fn blob_file(data_dir: &Path, digest: &str) -> PathBuf {
-    let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
-    data_dir
-        .join("blobs")
-        .join("sha256")
-        .join(&hex[..2])
-        .join(hex)
-}
-
 /// Ids of the nodes whose data directory holds the blob.
 fn holders_on_disk(c: &cluster_tests::Cluster, digest: &str) -> Vec<u64> {
     c.ids()
         .into_iter()
-        .filter(|id| blob_file(c.node(*id).data_dir(), digest).is_file())
+        .filter(|id| holds_blob(c, *id, digest))
         .collect()
+}
+
+/// Uploads the image's config and layers through `client` (no manifest).
+fn push_blobs(client: &cluster_tests::Client, image: &Image) {
+    for blob in std::iter::once(&image.config).chain(&image.layers) {
+        client
+            .push_blob(&image.repo, blob, UploadStyle::Monolithic)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
 }
 
 #[test]
@@ -148,11 +147,7 @@ fn a_policy_the_cluster_cannot_meet_answers_503_with_the_reason_and_commits_noth
     let repo = "s12/impossible";
     let image = Image::new(repo, "v1", &[random_layer(4096)]);
     let client = c.client(2);
-    for blob in std::iter::once(&image.config).chain(&image.layers) {
-        client
-            .push_blob(repo, blob, UploadStyle::Monolithic)
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+    push_blobs(&client, &image);
     let r = client
         .put_manifest(repo, "v1", OCI_MANIFEST, &image.manifest)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -201,11 +196,7 @@ fn durability_copies_are_paced_by_the_per_peer_cap() {
     let repo = "s12/paced";
     let image = Image::new(repo, "v1", &[random_layer(3 * CAP)]);
     let client = c.client(1);
-    for blob in std::iter::once(&image.config).chain(&image.layers) {
-        client
-            .push_blob(repo, blob, UploadStyle::Monolithic)
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+    push_blobs(&client, &image);
     let started = std::time::Instant::now();
     let r = client
         .put_manifest(repo, "v1", OCI_MANIFEST, &image.manifest)
@@ -272,11 +263,7 @@ fn durability_copies_stay_within_the_regions_a_policy_allows() {
     let repo = "local/app";
     let image = Image::new(repo, "v1", &[random_layer(4096)]);
     let client = c.client(1);
-    for blob in std::iter::once(&image.config).chain(&image.layers) {
-        client
-            .push_blob(repo, blob, UploadStyle::Monolithic)
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
+    push_blobs(&client, &image);
     let r = client
         .put_manifest(repo, "v1", OCI_MANIFEST, &image.manifest)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -289,7 +276,7 @@ fn durability_copies_stay_within_the_regions_a_policy_allows() {
     for id in [2, 3] {
         for blob in std::iter::once(&image.config).chain(&image.layers) {
             assert!(
-                !cluster_tests::replication::holds_blob(&c, id, &sha256_digest(blob)),
+                !holds_blob(&c, id, &sha256_digest(blob)),
                 "node {id} holds a copy of a blob kept in r1"
             );
         }
