@@ -17,7 +17,9 @@ Every node is in a region of its own (r1, r2, r3); node 1 takes the pushes. Meas
                       median of 3 each: a pull from a region's own copy against the origin
   manifest_get_idle / manifest_get_replicating
                       manifest GET rate at r2 with wrk (4 connections, 10 s), idle, then while
-                      r2 replicates 4 GiB (four 1 GiB layers of one manifest pushed at r1)
+                      r2 replicates 4 GiB (four 1 GiB layers of one manifest pushed at r1); the
+                      MB/s r2 received during the GETs and after them; with the default
+                      replication.busy_bytes_per_sec, then with 0 (copies ignore clients)
 
 "In place" is the blob file at its final path in the node's data directory (the copy was
 verified and renamed; the holder record follows through Raft).
@@ -130,10 +132,25 @@ def wrk_rate(url, path, secs):
     return float(m.group(1))
 
 
-def manifest_get_under_replication(args, gib, secs):
+def disk_bytes(node):
+    """Bytes allocated under a node's data directory (blobs and staging files)."""
+    total = 0
+    for root, _, files in os.walk(node.data):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(root, f)).st_blocks * 512
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def manifest_get_under_replication(args, gib, secs, busy_cap):
+    """`busy_cap`: replication.busy_bytes_per_sec of the replica (None: its default)."""
+    env = None if busy_cap is None else {"BERTH_REPLICATION__BUSY_BYTES_PER_SEC": str(busy_cap)}
+    label = "default" if busy_cap is None else "busy_cap_%d" % busy_cap
     b = Bench(args.berth, args.clusterctl, "berth-geo-bench.")
     try:
-        b.start_cluster(2, regions=["r1", "r2"])
+        b.start_cluster(2, regions=["r1", "r2"], env=env)
         origin, replica = b.nodes
         small = b'{"architecture":"amd64","os":"linux"}'
         sd = push_blob(origin.url, "bench/get", small)
@@ -147,13 +164,25 @@ def manifest_get_under_replication(args, gib, secs):
             curl_push_file(origin.url, "bench/get", f, d)
             os.unlink(f)
             layers.append((d, 1024 * MIB))
+        before = disk_bytes(replica)
         put_manifest(origin.url, "bench/get", "big", manifest_of((sd, len(small)), layers))
         busy = wrk_rate(replica.url, path, secs)
-        done = held_everywhere([replica], layers[-1][0]) and held_everywhere([replica], layers[0][0])
-        print("manifest_get_idle %.0f req/s" % idle)
-        print("manifest_get_replicating %.0f req/s" % busy)
-        print("manifest_get_replicating_ratio %.2f x" % (busy / idle))
-        print("# replication %s within the %d s window" % ("finished" if done else "still running", secs))
+        during = disk_bytes(replica) - before
+        ended = time.monotonic()
+        wait_until("the replica to hold the 4 layers", 600,
+                   lambda: held_everywhere([replica], layers[0][0]) and
+                   all(held_everywhere([replica], d) for d, _ in layers))
+        after = time.monotonic() - ended
+        print("manifest_get_idle_%s %.0f req/s" % (label, idle))
+        print("manifest_get_replicating_%s %.0f req/s" % (label, busy))
+        print("manifest_get_replicating_ratio_%s %.2f x" % (label, busy / idle))
+        print("replicated_during_gets_%s %.0f MB/s" % (label, during / secs / 1e6))
+        rest = gib * 1024 * MIB - during
+        if rest > 64 * MIB:
+            print("replicated_after_gets_%s %.0f MB/s (the rest of %d GiB in %.1f s)" %
+                  (label, rest / after / 1e6, gib, after))
+        else:
+            print("# %s: the copy of %d GiB ended within the GETs' window" % (label, gib))
     finally:
         b.close()
 
@@ -183,7 +212,10 @@ def main():
         if args.delay_ms:
             ack_to_held(args, images, layer_mib, args.delay_ms)
     if "get" in parts:
-        manifest_get_under_replication(args, gib, secs)
+        # As shipped, then with copies at full speed whatever the clients (the code before
+        # ADR 016), in the same sitting.
+        for cap in (None, 0):
+            manifest_get_under_replication(args, gib, secs, cap)
 
 
 if __name__ == "__main__":

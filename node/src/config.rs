@@ -139,6 +139,11 @@ pub struct Replication {
     /// copies (one token bucket per peer; a client's read-through is never capped). 0: no cap.
     /// Default 0.
     pub max_bytes_per_sec_per_peer: u64,
+    /// Bytes per second this node fetches for replication copies, from all peers together,
+    /// while it serves clients (a registry request within the last 250 ms): the copies leave
+    /// the CPU to the clients, then go on at full speed (or `max_bytes_per_sec_per_peer`) once
+    /// the node is idle. 0: no such cap. Default 67108864 (64 MiB/s). ADR 016.
+    pub busy_bytes_per_sec: u64,
 }
 
 impl Default for Replication {
@@ -150,6 +155,7 @@ impl Default for Replication {
             scrub_interval_secs: 86_400,
             scrub_bytes_per_sec: 50 * 1024 * 1024,
             max_bytes_per_sec_per_peer: 0,
+            busy_bytes_per_sec: 64 * 1024 * 1024,
         }
     }
 }
@@ -612,6 +618,7 @@ impl Config {
             min_regions: self.durability.min_regions,
             write_timeout: Duration::from_millis(self.raft.write_timeout_ms),
             copy_bytes_per_sec_per_peer: self.replication.max_bytes_per_sec_per_peer,
+            copy_bytes_per_sec_while_busy: self.replication.busy_bytes_per_sec,
             routing: crate::registry::routing::Routing {
                 // Validated by `Config::validate`; an invalid list routes nothing.
                 client_regions: crate::registry::routing::ClientRegions::parse(
@@ -817,15 +824,17 @@ mod tests {
         assert_eq!(c.durability.min_regions, 1);
         assert!(c.routing.client_regions.is_empty() && !c.routing.redirect_missing);
         assert_eq!(c.replication.max_bytes_per_sec_per_peer, 0);
+        assert_eq!(c.replication.busy_bytes_per_sec, 64 * 1024 * 1024);
         let file = "[durability]\nmin_copies = 2\nmin_regions = 2\n[routing]\n\
                     client_regions = [\"10.0.0.0/8=eu\"]\nredirect_missing = true\n\
-                    [replication]\nmax_bytes_per_sec_per_peer = 1000\n";
+                    [replication]\nmax_bytes_per_sec_per_peer = 1000\nbusy_bytes_per_sec = 0\n";
         let c = Config::load(file, &env(&[])).unwrap();
         assert_eq!((c.durability.min_copies, c.durability.min_regions), (2, 2));
         assert_eq!(c.routing.client_regions, vec!["10.0.0.0/8=eu".to_string()]);
         assert!(c.routing.redirect_missing);
         assert_eq!(c.replication.max_bytes_per_sec_per_peer, 1000);
         let settings = c.registry_settings();
+        assert_eq!(settings.copy_bytes_per_sec_while_busy, 0);
         assert_eq!(
             settings
                 .routing

@@ -100,6 +100,7 @@ async fn readyz(State(registry): State<Arc<Registry>>) -> Response {
 
 /// Every `/v2/…` request: route, dispatch by method, add the API version header.
 async fn v2(State(registry): State<Arc<Registry>>, req: Request) -> Response {
+    registry.client_request();
     let path = req.uri().path().to_string();
     // Exactly one slash after `/v2`: `/v2//a` names the (invalid) repository `/a`.
     let rest = path

@@ -237,7 +237,11 @@ impl Job {
                     self.count(holder, wanted.size);
                     // The nearness view learns the holder's throughput (a paced copy's rate is
                     // the cap's, not the link's: only unpaced copies are reported).
-                    if self.for_client.load(Ordering::Relaxed) || !self.bandwidth.is_capped() {
+                    let paced = self.bandwidth.is_capped()
+                        || self
+                            .bandwidth
+                            .yielded_since(tokio::time::Instant::from_std(started));
+                    if self.for_client.load(Ordering::Relaxed) || !paced {
                         self.cluster
                             .record_transfer(holder, wanted.size, started.elapsed());
                     }

@@ -55,6 +55,8 @@ pub struct RegistrySettings {
     /// Bytes per second fetched from one peer for replication and durability copies (0: no
     /// cap).
     pub copy_bytes_per_sec_per_peer: u64,
+    /// Bytes per second of all copies together while clients are served (0: no cap).
+    pub copy_bytes_per_sec_while_busy: u64,
     /// Where blob GETs are redirected.
     pub routing: routing::Routing,
     /// An upload with no activity for this long is cancelled.
@@ -165,6 +167,8 @@ pub struct Registry {
     settings: RegistrySettings,
     uploads: uploads::Uploads,
     fetcher: fetch::BlobFetcher,
+    /// Paces copies (shared with `fetcher`); told of client requests.
+    pacing: Arc<PeerBandwidth>,
     metrics: Arc<Metrics>,
 }
 
@@ -214,8 +218,11 @@ impl Registry {
         metrics: Arc<Metrics>,
     ) -> Arc<Registry> {
         let uploads = uploads::Uploads::new(cluster.node_id(), settings.upload_limits);
-        let bandwidth = Arc::new(PeerBandwidth::new(settings.copy_bytes_per_sec_per_peer));
-        let fetcher = fetch::BlobFetcher::new(bandwidth, metrics.clone());
+        let pacing = Arc::new(PeerBandwidth::new(
+            settings.copy_bytes_per_sec_per_peer,
+            settings.copy_bytes_per_sec_while_busy,
+        ));
+        let fetcher = fetch::BlobFetcher::new(pacing.clone(), metrics.clone());
         Arc::new(Registry {
             blobs,
             meta,
@@ -223,8 +230,15 @@ impl Registry {
             settings,
             uploads,
             fetcher,
+            pacing,
             metrics,
         })
+    }
+
+    /// Notes that a client request arrived: replication copies slow down while clients are
+    /// served (`cluster::PeerBandwidth`).
+    pub fn client_request(&self) {
+        self.pacing.client_request();
     }
 
     /// This node's metrics.
