@@ -9,8 +9,11 @@
 //! joiner gets at once what is already fetched, and a slow client never slows the fetch (the
 //! disk is the buffer, not memory). A read's last byte comes only once the digest is verified;
 //! a failed fetch ends every read with an error; a read that got bytes of an attempt that
-//! failed ends with an error rather than go on with the next holder's bytes. A range read, a
-//! HEAD's warm-up and the copies wait for the whole copy. A client hanging up never cancels
+//! failed ends with an error rather than go on with the next holder's bytes (one that got none
+//! follows the next attempt). The file is written a 1 MiB block at a time, so readers move in
+//! such steps. A client's response starts (200) once a holder is sending; when none can, the
+//! client gets the error instead. A range read and the copies (`ensure`) wait for the whole
+//! copy; a HEAD starts the fetch without waiting (`warm`). A client hanging up never cancels
 //! the fetch (it runs on its own task). The caller names the holders to try, nearest first;
 //! each call to a peer has a deadline (see `cluster::fetch`), so a dead holder costs the time
 //! of one failed call, not a hung request. A holder announcing a size other than the recorded
