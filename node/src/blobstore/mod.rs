@@ -16,6 +16,9 @@
 //!   by `rename` of a staging file whose digest was verified and which was fsynced; the
 //!   directory is fsynced after the rename. A crash at any instant leaves no partial blob.
 //! - An upload streams into its staging file while it is hashed: nothing is buffered whole.
+//! - A staging file is read while it is written only by followers of a copy (`follow.rs`), and
+//!   only up to what its writes have put in it; a follower's last byte comes from the stored,
+//!   verified blob.
 //! - Everything in `uploads/` is removed at start-up: uploads do not survive a restart.
 
 mod aligned;
