@@ -16,9 +16,13 @@
 //!   by `rename` of a staging file whose digest was verified and which was fsynced; the
 //!   directory is fsynced after the rename. A crash at any instant leaves no partial blob.
 //! - An upload streams into its staging file while it is hashed: nothing is buffered whole.
+//! - A staging file is read while it is written only by followers of a copy (`follow.rs`), and
+//!   only up to what its writes have put in it; a follower's last byte comes from the stored,
+//!   verified blob.
 //! - Everything in `uploads/` is removed at start-up: uploads do not survive a restart.
 
 mod aligned;
+mod follow;
 mod read;
 mod upload;
 mod verify;
@@ -27,6 +31,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use follow::{Begun, CopyProgress, CopyWatch};
 pub use read::BlobBody;
 pub use upload::StagedUpload;
 pub use verify::Verified;
@@ -264,26 +269,12 @@ impl BlobStore {
         range: Option<(u64, u64)>,
     ) -> Result<BlobBody, BlobStoreError> {
         let path = self.blob_path(digest);
-        let digest = digest.clone();
-        // A small first window is read without a permit, so small reads never queue behind
-        // large ones; a large one is disk work like any later window. (One inline `stat`, as in
-        // `holds`.)
+        // One inline `stat`, as in `holds`.
         let len = match range {
             Some((start, end)) => end + 1 - start,
             None => std::fs::metadata(&path).map_or(0, |m| m.len()),
         };
-        let permit = if len > read::SMALL_READ {
-            Some(self.shared.disk_permit().await)
-        } else {
-            None
-        };
-        let opened = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            read::open(&path, digest, range)
-        })
-        .await
-        .map_err(|e| BlobStoreError::io("read", Path::new("blob"))(io::Error::other(e)))??;
-        Ok(read::body(opened, self.shared.clone()))
+        read::read_file(path, digest.clone(), range, len, self.shared.clone()).await
     }
 
     /// Whether uploads are written with direct I/O (set, and the file system allows it).

@@ -26,7 +26,7 @@
 
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -42,10 +42,10 @@ use crate::types::Digest;
 /// Size of one mapped window handed to the HTTP layer. Mapped pages count towards the
 /// process's RSS while a window is alive: 1 MiB keeps four parallel pulls around 8 MiB of
 /// mappings (2 MiB windows measured ~16 MiB more peak RSS, and no faster pulls).
-const WINDOW: u64 = 1024 * 1024;
+pub(super) const WINDOW: u64 = 1024 * 1024;
 
 /// Reads up to this size are prepared without a disk permit (see the module docs).
-pub(super) const SMALL_READ: u64 = 64 * 1024;
+const SMALL_READ: u64 = 64 * 1024;
 
 /// A stream of a blob's bytes; its length is known up front.
 pub struct BlobBody {
@@ -53,34 +53,22 @@ pub struct BlobBody {
     len: u64,
 }
 
-enum Source {
-    /// Fed by another producer (a copy streaming in from a peer).
-    Channel(tokio::sync::mpsc::Receiver<io::Result<Bytes>>),
-    /// Windows of a local file.
-    File(BoxStream<'static, io::Result<Bytes>>),
-}
+/// Windows of a stored blob, or of a copy being written (`follow.rs`); an `Err` item aborts
+/// the response.
+type Source = BoxStream<'static, io::Result<Bytes>>;
 
 impl std::fmt::Debug for BlobBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let source = match self.source {
-            Source::Channel(_) => "channel",
-            Source::File(_) => "file",
-        };
         f.debug_struct("BlobBody")
-            .field("source", &source)
             .field("len", &self.len)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
 impl BlobBody {
-    /// A body fed by another producer (e.g. a copy streaming in from a peer): `len` bytes, in
-    /// order, then the end of the channel. An `Err` item aborts the response.
-    pub fn from_channel(rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>, len: u64) -> BlobBody {
-        BlobBody {
-            source: Source::Channel(rx),
-            len,
-        }
+    /// A body of `len` bytes yielded by `source`.
+    pub(super) fn from_stream(source: Source, len: u64) -> BlobBody {
+        BlobBody { source, len }
     }
 
     /// How many bytes the stream yields.
@@ -98,15 +86,36 @@ impl Stream for BlobBody {
     type Item = io::Result<Bytes>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        match &mut self.source {
-            Source::Channel(rx) => rx.poll_recv(cx),
-            Source::File(s) => s.as_mut().poll_next(cx),
-        }
+        self.source.as_mut().poll_next(cx)
     }
 }
 
+/// Opens the blob file at `path` for reading `range` (`None`: all of it), `len` bytes in all.
+/// A small first window is read without a permit, so small reads never queue behind large
+/// ones; a large one is disk work like any later window.
+pub(super) async fn read_file(
+    path: PathBuf,
+    digest: Digest,
+    range: Option<(u64, u64)>,
+    len: u64,
+    shared: Arc<Shared>,
+) -> Result<BlobBody, BlobStoreError> {
+    let permit = if len > SMALL_READ {
+        Some(shared.disk_permit().await)
+    } else {
+        None
+    };
+    let opened = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        open(&path, digest, range)
+    })
+    .await
+    .map_err(|e| BlobStoreError::io("read", Path::new("blob"))(io::Error::other(e)))??;
+    Ok(body(opened, shared))
+}
+
 /// An opened blob file and its first window, prepared on a blocking thread.
-pub(super) struct Opened {
+struct Opened {
     file: Arc<File>,
     first: Option<Bytes>,
     /// Where the window after the first starts, and how many bytes follow it.
@@ -117,11 +126,7 @@ pub(super) struct Opened {
 
 /// Opens the blob file and prepares the first window of `range` (inclusive bounds). Runs on a
 /// blocking thread.
-pub(super) fn open(
-    path: &Path,
-    digest: Digest,
-    range: Option<(u64, u64)>,
-) -> Result<Opened, BlobStoreError> {
+fn open(path: &Path, digest: Digest, range: Option<(u64, u64)>) -> Result<Opened, BlobStoreError> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -154,7 +159,7 @@ pub(super) fn open(
 
 /// The body of an opened blob: the first window, then each next window prepared by a short
 /// blocking task started when the one before it is handed out.
-pub(super) fn body(opened: Opened, shared: Arc<Shared>) -> BlobBody {
+fn body(opened: Opened, shared: Arc<Shared>) -> BlobBody {
     struct Windows {
         file: Arc<File>,
         first: Option<Bytes>,
@@ -204,10 +209,7 @@ pub(super) fn body(opened: Opened, shared: Arc<Shared>) -> BlobBody {
         }
         Some((window, w))
     });
-    BlobBody {
-        source: Source::File(Box::pin(stream)),
-        len,
-    }
+    BlobBody::from_stream(Box::pin(stream), len)
 }
 
 /// Maps `len` bytes of `file` from `offset` (any offset: the map starts at the page below).
@@ -250,7 +252,7 @@ fn resident(map: &memmap2::Mmap) -> bool {
 
 /// Reads `len` bytes of `file` at `offset` into memory: the path for a window whose pages could
 /// not all be mapped in.
-fn read_window(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
+pub(super) fn read_window(file: &File, offset: u64, len: u64) -> io::Result<Bytes> {
     use std::os::unix::fs::FileExt;
     let mut buf = vec![0u8; len as usize];
     file.read_exact_at(&mut buf, offset)?;

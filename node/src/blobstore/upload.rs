@@ -23,6 +23,10 @@
 //! offset) and the final tail go through the page cache. Where the file system refuses direct
 //! I/O, the whole file goes through the page cache.
 //!
+//! A copy fetched from a peer may be read while it is written (`follow.rs`): an upload given a
+//! [`CopyProgress`] ([`StagedUpload::publish_to`]) publishes, after each write returns, how far
+//! its staging file is written; what it holds in memory is never published.
+//!
 //! Cancellation: if an `append` is dropped half-way (its task was cancelled), the hash, the
 //! blocks in flight and the file no longer agree: the upload is marked broken and can only be
 //! aborted. Dropping a `StagedUpload` that was neither finished nor aborted removes its staging
@@ -41,8 +45,8 @@ use tokio::task::JoinHandle;
 
 use super::aligned::{ALIGN, AlignedBuf};
 use super::{
-    BlobInfo, BlobStore, BlobStoreError, HELD_TAILS_BUDGET, Shared, WRITEBACK_EVERY, blob_path,
-    commit_staged, sync_dir,
+    BlobInfo, BlobStore, BlobStoreError, CopyProgress, HELD_TAILS_BUDGET, Shared, WRITEBACK_EVERY,
+    blob_path, commit_staged, sync_dir,
 };
 use crate::types::{Digest, DigestHasher};
 
@@ -73,6 +77,9 @@ pub struct StagedUpload {
     in_flight: Option<JoinHandle<WriteOutcome>>,
     /// Bytes of the store's held-tail budget this upload holds for `pending`.
     held: usize,
+    /// Where each write that returned is published for readers following this upload, and
+    /// under which attempt ([`StagedUpload::publish_to`]).
+    progress: Option<(CopyProgress, u64)>,
     shared: Arc<Shared>,
 }
 
@@ -259,8 +266,18 @@ impl StagedUpload {
             broken: false,
             in_flight: None,
             held: 0,
+            progress: None,
             shared,
         }
+    }
+
+    /// Makes this upload the next attempt of the copy `progress` stands for: readers following
+    /// it read this staging file from now on, up to the bytes whose write returned (never the
+    /// partial block held in memory). Call it before the first append.
+    pub fn publish_to(&mut self, progress: &CopyProgress) {
+        debug_assert_eq!(self.offset(), 0, "published after bytes were appended");
+        let attempt = progress.begin(self.path.clone());
+        self.progress = Some((progress.clone(), attempt));
     }
 
     /// Bytes received so far.
@@ -375,6 +392,7 @@ impl StagedUpload {
         let permit = self.shared.disk_permit().await;
         let (file, path) = (self.file.take(), self.path.clone());
         let (direct, shared) = (self.direct_requested, self.shared.clone());
+        let progress = self.progress.clone();
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let mut file = match file {
@@ -383,6 +401,9 @@ impl StagedUpload {
             };
             if file.write_at(&path, block.as_slice(), offset, direct)? {
                 shared.direct_blocks.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some((progress, attempt)) = progress {
+                progress.written(attempt, offset + block.len() as u64);
             }
             let mut block = block;
             block.clear();

@@ -2,12 +2,22 @@
 //! recorded (`BlobCopied`) so the cluster knows this node holds it too.
 //!
 //! One fetch per blob at a time: concurrent misses (clients reading through, replication and
-//! durability copies) share it. The client request that starts a fetch is served while the
-//! bytes arrive (the last piece only once the digest is verified); the others wait for the
-//! copy and read it from disk. The caller names the holders to try, nearest first; each call
-//! to a peer has a deadline (see `cluster::fetch`), so a dead holder costs the time of one
-//! failed call, not a hung request. A holder announcing a size other than the recorded one is
-//! skipped.
+//! durability copies) share it. The fetch writes the bytes to a staging file as they arrive
+//! and publishes how far that file is written ([`CopyProgress`]); every client whole-blob read
+//! of it — the one that started it and any that join later, also a read that joins a
+//! replication copy — follows the staging file from its start ([`BlobStore::follow`]), so a
+//! joiner gets at once what is already fetched, and a slow client never slows the fetch (the
+//! disk is the buffer, not memory). A read's last byte comes only once the digest is verified;
+//! a failed fetch ends every read with an error; a read that got bytes of an attempt that
+//! failed ends with an error rather than go on with the next holder's bytes (one that got none
+//! follows the next attempt). The file is written a 1 MiB block at a time, so readers move in
+//! such steps. A client's response starts (200) once a holder is sending; when none can, the
+//! client gets the error instead. A range read and the copies (`ensure`) wait for the whole
+//! copy; a HEAD starts the fetch without waiting (`warm`). A client hanging up never cancels
+//! the fetch (it runs on its own task). The caller names the holders to try, nearest first;
+//! each call to a peer has a deadline (see `cluster::fetch`), so a dead holder costs the time
+//! of one failed call, not a hung request. A holder announcing a size other than the recorded
+//! one is skipped.
 //!
 //! A fetch made only for a copy (replication, durability) is paced by the per-peer bandwidth
 //! cap; once a client's read starts or joins it, the cap no longer applies to it (a pull never
@@ -25,10 +35,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::blobstore::{BlobBody, BlobStore, BlobStoreError};
+use crate::blobstore::{Begun, BlobBody, BlobStore, BlobStoreError, CopyProgress, CopyWatch};
 use crate::cluster::{Cluster, PeerBandwidth};
 use crate::meta::{Command, CommandV1, NodeId};
 use crate::metrics::{Metrics, PairLabels, SourceLabels};
@@ -45,11 +55,12 @@ pub(super) enum Purpose {
     Copy,
 }
 
-/// A fetch in flight, and whether a client waits for it.
+/// A fetch in flight, whether a client waits for it, and how far it has written.
 #[derive(Clone)]
 struct InFlight {
     fetch: Fetch,
     for_client: Arc<AtomicBool>,
+    progress: CopyProgress,
 }
 
 /// The fetches in flight on this node. Clones share them.
@@ -79,20 +90,6 @@ pub(super) struct Wanted {
     pub holders: Vec<NodeId>,
 }
 
-/// The caller that started a fetch, served while the bytes arrive.
-struct Tap {
-    /// Told once a holder starts sending, or why none could.
-    started: Option<oneshot::Sender<Result<(), String>>>,
-    /// The bytes, in order; the last piece only once the digest is verified, or an error.
-    bytes: Option<mpsc::Sender<io::Result<Bytes>>>,
-}
-
-/// Pieces of a streaming fetch buffered for the client that started it.
-const TAP_PIECES: usize = 4;
-/// Longest the fetch waits for the client that started it to take a piece; a client slower
-/// than that is cut off rather than slowing the copy down for everyone.
-const TAP_STALL: std::time::Duration = std::time::Duration::from_secs(5);
-
 impl BlobFetcher {
     /// A fetcher pacing copies with `bandwidth` and counting into `metrics`.
     pub(super) fn new(bandwidth: Arc<PeerBandwidth>, metrics: Arc<Metrics>) -> BlobFetcher {
@@ -112,88 +109,73 @@ impl BlobFetcher {
         wanted: Wanted,
         purpose: Purpose,
     ) -> Result<(), Arc<String>> {
-        let (fetch, _) = self.start(cluster, blobs, wanted, purpose, false);
+        let (fetch, _) = self.start(cluster, blobs, wanted, purpose);
         fetch.await
     }
 
     /// Starts fetching the blob for a client that will ask for it soon (a HEAD), and returns
     /// at once. The fetch runs on its own task.
     pub(super) fn warm(&self, cluster: &Cluster, blobs: &Arc<BlobStore>, wanted: Wanted) {
-        drop(self.start(cluster, blobs, wanted, Purpose::Client, false));
+        drop(self.start(cluster, blobs, wanted, Purpose::Client));
     }
 
-    /// For a client's whole-blob read: when this call starts the fetch, the bytes as they
-    /// arrive from the holder (`Some(body)`, exactly the recorded size), while the copy is
-    /// written and verified. The body's last piece is held back until the digest is verified;
-    /// a failed fetch ends the body with an error, so a client never gets a complete response
-    /// of wrong bytes. `None`: the blob is local now (the fetch this call joined finished).
+    /// For a client's whole-blob read: starts the fetch or joins the one in flight, and once
+    /// a holder is sending, returns a body that follows the copy as it is written
+    /// (`Some(body)`, exactly the recorded size, from its first byte): its last piece only
+    /// once the digest is verified, an error if the fetch fails, so a client never gets a
+    /// complete response of wrong bytes. `None`: the blob is local now (found there, or the
+    /// fetch this call joined finished).
     pub(super) async fn stream(
         &self,
         cluster: &Cluster,
         blobs: &Arc<BlobStore>,
         wanted: Wanted,
     ) -> Result<Option<BlobBody>, Arc<String>> {
-        let size = wanted.size;
-        let (fetch, tap) = self.start(cluster, blobs, wanted, Purpose::Client, true);
-        if let Some((started, rx)) = tap {
-            match started.await {
-                Ok(Ok(())) => return Ok(Some(BlobBody::from_channel(rx, size))),
-                Ok(Err(why)) => return Err(Arc::new(why)),
-                // The fetch found the blob already local.
-                Err(_) => {}
-            }
+        let (digest, size) = (wanted.digest.clone(), wanted.size);
+        let (_, mut watch) = self.start(cluster, blobs, wanted, Purpose::Client);
+        match watch.begun().await {
+            Begun::Writing => Ok(Some(blobs.follow(&digest, size, watch))),
+            Begun::Stored => Ok(None),
+            Begun::Failed(why) => Err(why),
         }
-        fetch.await.map(|()| None)
     }
 
-    #[allow(clippy::type_complexity)]
+    /// Starts a fetch of the blob, or joins the one in flight: its outcome, and a view of its
+    /// progress for a reader.
     fn start(
         &self,
         cluster: &Cluster,
         blobs: &Arc<BlobStore>,
         wanted: Wanted,
         purpose: Purpose,
-        tap: bool,
-    ) -> (
-        Fetch,
-        Option<(
-            oneshot::Receiver<Result<(), String>>,
-            mpsc::Receiver<io::Result<Bytes>>,
-        )>,
-    ) {
+    ) -> (Fetch, CopyWatch) {
         let mut map = self.in_flight.lock().expect("fetch map poisoned");
         if let Some(f) = map.get(&wanted.digest) {
             if purpose == Purpose::Client {
                 f.for_client.store(true, Ordering::Relaxed);
             }
-            return (f.fetch.clone(), None);
+            return (f.fetch.clone(), f.progress.watch());
         }
-        let (tap, receivers) = if tap {
-            let (started_tx, started_rx) = oneshot::channel();
-            let (tx, rx) = mpsc::channel(TAP_PIECES);
-            let tap = Tap {
-                started: Some(started_tx),
-                bytes: Some(tx),
-            };
-            (Some(tap), Some((started_rx, rx)))
-        } else {
-            (None, None)
-        };
         let for_client = Arc::new(AtomicBool::new(purpose == Purpose::Client));
+        let progress = CopyProgress::new();
         let job = Job {
             cluster: cluster.clone(),
             blobs: blobs.clone(),
             bandwidth: self.bandwidth.clone(),
             metrics: self.metrics.clone(),
             for_client: for_client.clone(),
+            progress: progress.clone(),
         };
         let in_flight = self.in_flight.clone();
         let digest = wanted.digest.clone();
+        let watch = progress.watch();
         let f = async move {
             let d = wanted.digest.clone();
-            let res = job.run(wanted, tap).await;
+            let res = job.run(wanted).await.map_err(Arc::new);
+            // Readers finish from the stored blob, or end with the error.
+            job.progress.end(res.clone());
             in_flight.lock().expect("fetch map poisoned").remove(&d);
-            res.map_err(Arc::new)
+            res
         }
         .boxed()
         .shared();
@@ -202,12 +184,13 @@ impl BlobFetcher {
             InFlight {
                 fetch: f.clone(),
                 for_client,
+                progress,
             },
         );
         // Run it on its own task: a client that hangs up must not cancel a fetch that others
         // share.
         tokio::spawn(f.clone());
-        (f, receivers)
+        (f, watch)
     }
 }
 
@@ -218,10 +201,12 @@ struct Job {
     bandwidth: Arc<PeerBandwidth>,
     metrics: Arc<Metrics>,
     for_client: Arc<AtomicBool>,
+    /// How far the attempt in progress has written, for the readers following it.
+    progress: CopyProgress,
 }
 
 impl Job {
-    async fn run(&self, wanted: Wanted, mut tap: Option<Tap>) -> Result<(), String> {
+    async fn run(&self, wanted: Wanted) -> Result<(), String> {
         let me = self.cluster.node_id();
         let digest = &wanted.digest;
         // A fetch that finished between the caller's look and this one's start left a copy.
@@ -231,7 +216,7 @@ impl Job {
         let mut why = "no other node holds it".to_string();
         for holder in wanted.holders.iter().copied().filter(|h| *h != me) {
             let started = std::time::Instant::now();
-            match self.copy_from(&wanted, holder, &mut tap).await {
+            match self.copy_from(&wanted, holder).await {
                 Ok(()) => {
                     tracing::info!(%digest, holder, size = wanted.size, "fetched a copy of a blob from a peer");
                     self.count(holder, wanted.size);
@@ -269,9 +254,6 @@ impl Job {
                 }
             }
         }
-        if let Some(started) = tap.and_then(|mut t| t.started.take()) {
-            let _ = started.send(Err(why.clone()));
-        }
         Err(why)
     }
 
@@ -298,14 +280,9 @@ impl Job {
         }
     }
 
-    /// Streams the blob from `holder` into a staging file (and to the tap, if any), verifies it
-    /// and moves it into place.
-    async fn copy_from(
-        &self,
-        wanted: &Wanted,
-        holder: NodeId,
-        tap: &mut Option<Tap>,
-    ) -> Result<(), Failure> {
+    /// Streams the blob from `holder` into a staging file that readers follow, verifies it and
+    /// moves it into place.
+    async fn copy_from(&self, wanted: &Wanted, holder: NodeId) -> Result<(), Failure> {
         let (digest, size) = (&wanted.digest, wanted.size);
         let stream = self
             .cluster
@@ -318,48 +295,20 @@ impl Job {
                 stream.size
             )));
         }
-        // From here on the tap's client sees this attempt's bytes: a failure ends its response.
-        let mut client = None;
-        if let Some(t) = tap.as_mut()
-            && let Some(started) = t.started.take()
-            && started.send(Ok(())).is_ok()
-        {
-            client = t.bytes.take();
-        }
+        // From here on readers follow this attempt's staging file: a reader that gets bytes of
+        // it ends with an error if it fails.
         let mut staged = self
             .blobs
             .begin_upload(&super::uploads::new_id(self.cluster.node_id()));
+        staged.publish_to(&self.progress);
         let (to_file, from_pump) = mpsc::channel::<io::Result<Bytes>>(2);
         let pump = async {
             let mut body = stream.body;
-            let mut seen = 0u64;
-            let mut held = None;
             while let Some(item) = body.next().await {
                 match item {
                     Ok(piece) => {
                         if !self.for_client.load(Ordering::Relaxed) {
                             self.bandwidth.take(holder, piece.len() as u64).await;
-                        }
-                        seen += piece.len() as u64;
-                        if let Some(tx) = &client {
-                            if seen >= size {
-                                held = Some(piece.clone());
-                            } else {
-                                match tokio::time::timeout(TAP_STALL, tx.send(Ok(piece.clone())))
-                                    .await
-                                {
-                                    Ok(Ok(())) => {}
-                                    // The client hung up; the copy goes on.
-                                    Ok(Err(_)) => client = None,
-                                    Err(_) => {
-                                        // The client stopped reading: it must not hold the copy
-                                        // (and the clients waiting for it) back. Its response
-                                        // ends short, which it sees as a broken transfer.
-                                        tracing::info!(%digest, "a client reading a blob as it is fetched stalled; the fetch goes on without it");
-                                        client = None;
-                                    }
-                                }
-                            }
                         }
                         if to_file.send(Ok(piece)).await.is_err() {
                             break;
@@ -372,30 +321,28 @@ impl Job {
                 }
             }
             drop(to_file);
-            held
         };
-        let (appended, held) = tokio::join!(staged.append(ReceiverStream::new(from_pump)), pump);
+        let (appended, ()) = tokio::join!(staged.append(ReceiverStream::new(from_pump)), pump);
         match appended {
             Ok(n) if n == size => {}
             Ok(n) => {
                 staged.abort().await;
-                let why = Failure::Holder(format!("received {n} bytes of a {size}-byte blob"));
-                return fail(client, why).await;
+                return Err(Failure::Holder(format!(
+                    "received {n} bytes of a {size}-byte blob"
+                )));
             }
             Err(e) => {
                 staged.abort().await;
-                return fail(client, Failure::of(e)).await;
+                return Err(Failure::of(e));
             }
         }
         // Verifies the digest, makes the copy durable and moves it into place (a mismatch
         // removes the staging file).
-        if let Err(e) = staged.finish(&self.blobs, digest).await {
-            return fail(client, Failure::of(e)).await;
-        }
-        if let (Some(tx), Some(last)) = (client, held) {
-            let _ = tx.send(Ok(last)).await;
-        }
-        Ok(())
+        staged
+            .finish(&self.blobs, digest)
+            .await
+            .map(|_| ())
+            .map_err(Failure::of)
     }
 }
 
@@ -425,16 +372,4 @@ impl std::fmt::Display for Failure {
             Failure::Local(why) => write!(f, "this node could not store it: {why}"),
         }
     }
-}
-
-/// Ends the tap's response with an error (so the client sees a broken transfer, not a short
-/// or wrong blob) and returns the error.
-async fn fail(
-    client: Option<mpsc::Sender<io::Result<Bytes>>>,
-    why: Failure,
-) -> Result<(), Failure> {
-    if let Some(tx) = client {
-        let _ = tx.send(Err(io::Error::other(why.to_string()))).await;
-    }
-    Err(why)
 }

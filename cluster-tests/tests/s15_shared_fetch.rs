@@ -1,0 +1,153 @@
+//! Scenario 15: the one fetch of a blob a node lacks is read by every client from its staging
+//! file as it grows (`registry::fetch`, `blobstore::follow`).
+//!
+//! Two nodes in regions r1 and r2, the link between them capped at 1 MB/s; an 8 MiB blob is
+//! uploaded at node 1 (the blob alone: the replicator and the durability policy copy what
+//! manifests reference, so no copy to node 2 starts before a client asks for it). At node 2,
+//! which lacks it:
+//! - a first client starts a GET and reads the response head, then nothing (its connection
+//!   stays open): it started the fetch, and must not slow it down;
+//! - a second client's GET joins the fetch and gets its first bytes while the blob is not yet
+//!   stored at node 2 (its file is absent) — before, a joiner got nothing until the whole copy
+//!   was stored and verified — and then the whole blob, byte for byte;
+//! - the first client, reading at last, gets the whole blob too.
+//!
+//! And when the only holder dies part-way through the copy, every response of it breaks (the
+//! client never sees a complete one), and node 2 keeps neither the blob nor a staging file.
+//!
+//! No speed is asserted: "before the blob is stored" is observed on node 2's disk.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use cluster_tests::oci::sha256_digest;
+use cluster_tests::replication::holds_blob;
+use cluster_tests::{Cluster, ClusterBuilder, UploadStyle, random_layer, wait_for};
+
+const REPO: &str = "s15/shared";
+/// The blob: about 8 s over the capped link.
+const SIZE: usize = 8 * 1024 * 1024;
+/// Bytes per second between the two nodes.
+const LINK_CAP: u64 = 1_000_000;
+/// Longest any one GET here may take (the copy takes about 8 s).
+const GET_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Starts a GET of the blob at node `at` and returns once its head is read.
+fn open_get(c: &Cluster, at: u64, digest: &str) -> ureq::http::Response<ureq::Body> {
+    let url = format!("{}/v2/{REPO}/blobs/{digest}", c.node(at).url());
+    let agent = berth_testkit::http::agent_with_timeout(GET_TIMEOUT);
+    let resp = agent
+        .get(&url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(resp.status().as_u16(), 200, "GET {url}");
+    let len = resp
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    assert_eq!(len, Some(SIZE), "GET {url}: Content-Length");
+    resp
+}
+
+/// Reads the first bytes a body gives (at least one).
+fn must_read_some(who: &str, body: &mut impl Read) -> Vec<u8> {
+    let mut first = vec![0u8; 64 * 1024];
+    let n = body
+        .read(&mut first)
+        .unwrap_or_else(|e| panic!("{who}: no first bytes: {e}"));
+    assert!(n > 0, "{who}: the body ended before its first byte");
+    first.truncate(n);
+    first
+}
+
+/// Reads the rest of a body after `head`, and checks the whole against `want`'s digest.
+fn must_read_rest(who: &str, mut head: Vec<u8>, body: &mut impl Read, want: &str) {
+    body.read_to_end(&mut head)
+        .unwrap_or_else(|e| panic!("{who}: the body broke after {} bytes: {e}", head.len()));
+    assert_eq!(head.len(), SIZE, "{who}: body length");
+    assert_eq!(sha256_digest(&head), want, "{who}: the bytes differ");
+}
+
+/// Uploads an [`SIZE`]-byte blob at node 1 of a fresh two-node cluster and caps the link;
+/// returns the cluster and the blob's digest.
+fn cluster_with_a_blob_at_node_1() -> (Cluster, String) {
+    let c = ClusterBuilder::new()
+        .nodes(2)
+        .regions(&["r1", "r2"])
+        .build();
+    let data = random_layer(SIZE);
+    let digest = sha256_digest(&data);
+    c.client(1)
+        .push_blob(REPO, &data, UploadStyle::Monolithic)
+        .unwrap_or_else(|e| panic!("upload at node 1: {e}"));
+    assert!(!holds_blob(&c, 2, &digest), "node 2 got a copy unasked");
+    c.set_link(1, 2, Duration::ZERO, Some(LINK_CAP));
+    (c, digest)
+}
+
+#[test]
+fn a_joiner_streams_the_fetched_bytes_while_the_starter_reads_nothing() {
+    let (c, digest) = cluster_with_a_blob_at_node_1();
+
+    // The starter: its head came once node 1 was sending; it reads nothing more for now.
+    let started = Instant::now();
+    let starter = open_get(&c, 2, &digest);
+
+    // The joiner reads as fast as it can.
+    let mut joiner = open_get(&c, 2, &digest).into_body().into_reader();
+    let first = must_read_some("joiner", &mut joiner);
+    let stored_at_first_bytes = holds_blob(&c, 2, &digest);
+    let first_after = started.elapsed();
+    assert!(
+        !stored_at_first_bytes,
+        "the joiner's first bytes came only after node 2 had stored the blob ({first_after:?} \
+         after the first GET): it waited for the whole copy instead of following it"
+    );
+    eprintln!(
+        "the joiner had its first {} bytes {first_after:?} after the first GET",
+        first.len()
+    );
+    must_read_rest("joiner", first, &mut joiner, &digest);
+    eprintln!(
+        "the joiner had the whole blob {:?} after the first GET",
+        started.elapsed()
+    );
+
+    // The copy is kept; the starter, reading at last, gets the whole blob too.
+    wait_for("node 2 to store the blob", GET_TIMEOUT, || {
+        holds_blob(&c, 2, &digest)
+    });
+    let mut starter = starter.into_body().into_reader();
+    must_read_rest("starter", Vec::new(), &mut starter, &digest);
+}
+
+#[test]
+fn a_fetch_that_fails_part_way_breaks_every_response_and_keeps_nothing() {
+    let (mut c, digest) = cluster_with_a_blob_at_node_1();
+    let starter = open_get(&c, 2, &digest);
+    let mut joiner = open_get(&c, 2, &digest).into_body().into_reader();
+    let mut got = must_read_some("joiner", &mut joiner);
+    // The only holder dies part-way through the copy.
+    c.kill(1);
+    let mut starter = starter.into_body().into_reader();
+    let mut starter_got = Vec::new();
+    for (who, body, got) in [
+        ("joiner", &mut joiner as &mut dyn Read, &mut got),
+        ("starter", &mut starter, &mut starter_got),
+    ] {
+        let broke = body.read_to_end(got).err();
+        assert!(
+            broke.is_some() && got.len() < SIZE,
+            "{who}: the response of a failed fetch was not broken ({} of {SIZE} bytes, {broke:?})",
+            got.len()
+        );
+    }
+    assert!(!holds_blob(&c, 2, &digest), "node 2 kept a partial blob");
+    let uploads = c.node(2).data_dir().join("uploads");
+    wait_for(
+        "node 2 to remove the staging file of the failed fetch",
+        Duration::from_secs(30),
+        || std::fs::read_dir(&uploads).is_ok_and(|mut d| d.next().is_none()),
+    );
+}
