@@ -1,10 +1,11 @@
 //! Scenario 10: geo-replication. Three regions (`r1`, `r2`, `r3`, one node each: node N is in
 //! region rN). A push at one region reaches every region's disk without any pull, as
 //! `clusterctl replication status --wait` reports; it survives the loss of the pushing node;
-//! a node down for the whole push, a region cut off, and a restart of every node at once all
-//! converge with no manual step (the replicator derives its work from the state); a residency
-//! policy keeps a region free of copies and widening it adds them; an image deleted while a
-//! region was cut off is never copied there; the scrubber replaces a corrupt or missing copy.
+//! a node down for the whole push, a region cut off for a minute (serving what it held and
+//! refusing writes meanwhile), and a restart of every node at once all converge with no manual
+//! step (the replicator derives its work from the state); a residency policy keeps a region
+//! free of copies and widening it adds them; an image deleted while a region was cut off is
+//! never copied there; the scrubber replaces a corrupt or missing copy.
 
 use std::time::{Duration, Instant};
 
@@ -175,7 +176,7 @@ fn a_region_cut_off_during_pushes_converges_after_healing() {
         refused_tags.push(tag);
         let blob = random_layer(16 * 1024);
         let digest = sha256_digest(&blob);
-        let refusal = if n % 2 == 0 {
+        let refusal = if n.is_multiple_of(2) {
             cluster.client(3).request(
                 "POST",
                 &format!("/v2/cut/app/blobs/uploads/?digest={digest}"),
@@ -279,7 +280,7 @@ fn a_region_cut_off_during_pushes_converges_after_healing() {
 }
 
 /// A write refused for want of a quorum: 503 `UNAVAILABLE` with a `Retry-After` in seconds
-/// and the reason, within the write timeout.
+/// and the reason.
 #[track_caller]
 fn assert_refused(what: &str, answer: Result<Resp, String>) {
     let r = answer.unwrap_or_else(|e| panic!("{what} got no answer: {e}"));
