@@ -288,6 +288,8 @@ def snapshot_over_slow_link(args, count):
         got = os.path.getsize(os.path.join(learner.data, "snapshots", "current.snap"))
         print("snapshot_link %.1f MB/s" % (rate / 1e6))
         print("snapshot_installed_after %.1f s" % t_installed)
+        # The snapshot's size over the time from the learner's start to its install (the join
+        # and the install included): the link's rate as the transfer saw it.
         print("snapshot_transfer_rate %.2f MB/s" % (size / t_installed / 1e6))
         print("snapshot_applied_after %.1f s" % t_applied)
         print("snapshot_served_last_after %.1f s" % t_served)
