@@ -20,25 +20,40 @@ Every node is in a region of its own (r1, r2, r3); node 1 takes the pushes. Meas
                       r2 replicates 4 GiB (four 1 GiB layers of one manifest pushed at r1); the
                       MB/s r2 received during the GETs and after them; with the default
                       replication.busy_bytes_per_sec, then with 0 (copies ignore clients)
+  snapshot_*          (part `snapshot`, not run by default) a one-node cluster takes N distinct
+                      manifests (--manifests, default 100 000; ~1 KB each: one config and five
+                      layers, shared by all, and an annotation of its own) by concurrent PUTs
+                      (--put-concurrency), and snapshots every --snapshot-every entries (the
+                      node's default, 10 000); then a learner in r2 joins behind a link capped at
+                      --link-bytes-per-sec (default 4 MB/s, both directions; needs the
+                      fault-injection build and faultctl). Reports the creation rate, the
+                      snapshot's size on disk (what crosses the link, less the framing of its
+                      1 MiB chunks), the time until the learner installed it and until it applied
+                      the last entry and served the last manifest, and whether any snapshot
+                      transfer failed or was sent again (node logs)
 
 "In place" is the blob file at its final path in the node's data directory (the copy was
 verified and renamed; the holder record follows through Raft).
 
 Usage: scripts/bench-geo.py [--berth PATH] [--clusterctl PATH] [--faultctl PATH] [--delay-ms D]
-                            [--parts replicate,ack,get] [--quick]
+                            [--parts replicate,ack,get,snapshot] [--quick] [--manifests N]
+                            [--put-concurrency C] [--snapshot-every E] [--link-bytes-per-sec B]
 Prints `name value unit` lines and comments starting with '#'.
 """
 
 import argparse
+import http.client
+import json
 import os
 import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
-from benchkit import (MIB, Bench, curl_pull, curl_push_file, manifest_of, push_blob,
-                      put_manifest, random_file, wait_until)
+from benchkit import (MIB, OCI_MANIFEST, Bench, Node, curl_pull, curl_push_file, manifest_of,
+                      push_blob, put_manifest, random_file, request, wait_until)
 
 
 def held_everywhere(nodes, digest):
@@ -187,6 +202,138 @@ def manifest_get_under_replication(args, gib, secs, busy_cap):
         b.close()
 
 
+def put_manifests(url, repo, count, concurrency, make):
+    """PUTs manifests `make(i)` as tags t<i>, i < count, over `concurrency` kept-alive
+    connections; returns the seconds it took."""
+    host, port = url.split("//")[1].split(":")
+    lock, next_i, failed = threading.Lock(), [0], []
+
+    def worker():
+        conn = http.client.HTTPConnection(host, int(port), timeout=120)
+        while not failed:
+            with lock:
+                i = next_i[0]
+                next_i[0] += 1
+            if i >= count:
+                break
+            conn.request("PUT", "/v2/%s/manifests/t%d" % (repo, i), body=make(i),
+                         headers={"Content-Type": OCI_MANIFEST})
+            r = conn.getresponse()
+            body = r.read()
+            if r.status != 201:
+                failed.append("manifest PUT t%d: HTTP %d %s" % (i, r.status, body[:300]))
+        conn.close()
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        raise SystemExit(failed[0])
+    return time.monotonic() - t0
+
+
+def built_snapshots(node):
+    """Last log indexes of the snapshots `node` built, from its log."""
+    with open(node.log_path, errors="replace") as f:
+        return [int(m.group(1)) for m in
+                re.finditer(r"built metadata snapshot.*?index: (\d+)", f.read())]
+
+
+def log_lines(node, pattern):
+    with open(node.log_path, errors="replace") as f:
+        return [l.rstrip() for l in f if re.search(pattern, l)]
+
+
+def snapshot_over_slow_link(args, count):
+    b = Bench(args.berth, args.clusterctl, "berth-geo-bench.")
+    # The snapshot lines are at info; the rest at warn (a request log would be 100k lines).
+    env = {"RUST_LOG": "warn,berth_node::meta::snapshot=info",
+           "BERTH_RAFT__SNAPSHOT_EVERY_ENTRIES": str(args.snapshot_every)}
+    try:
+        b.start_cluster(1, regions=["r1"], env=env)
+        origin = b.nodes[0]
+        repo = "bench/snap"
+        cfg = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+        config = (push_blob(origin.url, repo, cfg), len(cfg))
+        layers = []
+        for _ in range(5):
+            layer = os.urandom(4096)
+            layers.append((push_blob(origin.url, repo, layer), len(layer)))
+        base = json.loads(manifest_of(config, layers))
+
+        def make(i):
+            m = dict(base, annotations={"org.opencontainers.image.ref.name": "t%d" % i,
+                                        "org.opencontainers.image.created": "2026-01-01T00:00:00Z"})
+            return json.dumps(m).encode()
+
+        secs = put_manifests(origin.url, repo, count, args.put_concurrency, make)
+        print("snapshot_manifests %d" % count)
+        print("snapshot_manifest_bytes %d B" % len(make(count - 1)))
+        print("snapshot_create %.1f s" % secs)
+        print("snapshot_create_rate %.0f manifests/s" % (count / secs))
+        last = b.status(origin)["last_log_index"]
+        # The node snapshots every `snapshot_every` applied entries: wait for the last one.
+        wait_until("the snapshot after the last PUTs", 600,
+                   lambda: built_snapshots(origin) and last - max(built_snapshots(origin)) < args.snapshot_every)
+        snap_index = max(built_snapshots(origin))
+        snap_file = os.path.join(origin.data, "snapshots", "current.snap")
+        wait_until("the snapshot file", 60, lambda: os.path.exists(snap_file))
+        size = os.path.getsize(snap_file)
+        print("snapshot_size %.1f MB" % (size / 1e6))
+        print("# snapshot at log index %d of %d (the learner replays the last %d entries from the "
+              "log); %d snapshots built while the manifests were created"
+              % (snap_index, last, last - snap_index, len(built_snapshots(origin))))
+
+        # The learner's link to node 1 (both ends: each shapes the connections it dials).
+        rate = args.link_bytes_per_sec
+        subprocess.run([args.faultctl, "--endpoint", origin.caddr, "links", "2=0/%d" % rate],
+                       check=True, timeout=30)
+        learner = Node(b, 2, join=origin.caddr, region="r2", env=env)
+        t0 = time.monotonic()
+        learner.start()
+        b.nodes.append(learner)
+        wait_until("node 2's cluster endpoint", 60,
+                   lambda: subprocess.run([args.faultctl, "--endpoint", learner.caddr, "links",
+                                           "1=0/%d" % rate], capture_output=True,
+                                          timeout=30).returncode == 0, every=0.01)
+        installed = lambda: log_lines(learner, "installed metadata snapshot")
+        wait_until("the learner to install the snapshot", 1800, installed, every=0.1)
+        t_installed = time.monotonic() - t0
+
+        def applied():
+            members = b.status(origin)["members"]
+            return any(m["id"] == 2 and m.get("applied_index", 0) >= last for m in members)
+
+        wait_until("the learner to apply index %d" % last, 600, applied, every=0.2)
+        t_applied = time.monotonic() - t0
+        st, body, _ = request(learner.url, "GET", "/v2/%s/manifests/t%d" % (repo, count - 1),
+                              headers={"Accept": OCI_MANIFEST})
+        if st != 200 or body != make(count - 1):
+            raise SystemExit("the learner did not serve the last manifest: HTTP %d %s" % (st, body[:200]))
+        t_served = time.monotonic() - t0
+        got = os.path.getsize(os.path.join(learner.data, "snapshots", "current.snap"))
+        print("snapshot_link %.1f MB/s" % (rate / 1e6))
+        print("snapshot_installed_after %.1f s" % t_installed)
+        # The snapshot's size over the time from the learner's start to its install (the join
+        # and the install included): the link's rate as the transfer saw it.
+        print("snapshot_transfer_rate %.2f MB/s" % (size / t_installed / 1e6))
+        print("snapshot_applied_after %.1f s" % t_applied)
+        print("snapshot_served_last_after %.1f s" % t_served)
+        trouble = [l for n in (origin, learner)
+                   for l in log_lines(n, r"(?i)snapshot|stall|timed? ?out")
+                   if re.search(r"WARN|ERROR", l)]
+        print("snapshot_installs %d" % len(installed()))
+        print("snapshot_errors %d" % len(trouble))
+        print("# learner's snapshot file %d bytes (leader's %d)" % (got, size))
+        for l in trouble[:10]:
+            print("# " + l[:300])
+    finally:
+        b.close()
+
+
 def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
@@ -200,7 +347,16 @@ def main():
                     help="replicate part: every receiver alone on CPU 1, senders on CPU 0")
     ap.add_argument("--parts", default="replicate,ack,get",
                     help="comma-separated: replicate (1 GiB copy and pulls), ack (ack to held, "
-                         "and with --delay-ms again over the delay), get (manifest GETs while replicating)")
+                         "and with --delay-ms again over the delay), get (manifest GETs while "
+                         "replicating), snapshot (a learner joining behind a slow link)")
+    ap.add_argument("--manifests", type=int, default=100_000,
+                    help="snapshot part: manifests in the cluster (--quick: 2000)")
+    ap.add_argument("--put-concurrency", type=int, default=32,
+                    help="snapshot part: manifest PUTs in flight")
+    ap.add_argument("--snapshot-every", type=int, default=10_000,
+                    help="snapshot part: raft.snapshot_every_entries")
+    ap.add_argument("--link-bytes-per-sec", type=int, default=4_000_000,
+                    help="snapshot part: the learner's link cap, bytes per second")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     print("# bench-geo date=%s nproc=%d" % (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), os.cpu_count()))
@@ -216,6 +372,8 @@ def main():
         # ADR 016), in the same sitting.
         for cap in (None, 0):
             manifest_get_under_replication(args, gib, secs, cap)
+    if "snapshot" in parts:
+        snapshot_over_slow_link(args, 2000 if args.quick else args.manifests)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,11 @@ class Node:
     def caddr(self):
         return "127.0.0.1:%d" % self.cport
 
+    @property
+    def log_path(self):
+        """Its stderr (the log), appended to across restarts."""
+        return os.path.join(self.bench.tmp, "node%d.log" % self.id)
+
     def start(self):
         cmd = [self.bench.berth, "serve", "--node-id", str(self.id),
                "--listen", "127.0.0.1:%d" % self.port, "--cluster-listen", self.caddr,
@@ -57,7 +62,7 @@ class Node:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")}
         env.setdefault("RUST_LOG", "warn")
         env.update(self.extra_env)
-        log = open(os.path.join(self.bench.tmp, "node%d.log" % self.id), "ab")
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
 
     def cpu_seconds(self):

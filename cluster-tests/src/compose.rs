@@ -674,9 +674,15 @@ impl Compose {
     /// `docker push` of the image to node `id`'s registry; returns the manifest digest docker
     /// reported. Tags the local image for that registry first.
     pub fn docker_push(&self, id: u64, image: &DockerImage) -> String {
-        let reference = format!("{}/{}", self.registry(id), image.name);
-        docker(&["tag", &image.id, &reference]);
-        let out = docker(&["push", &reference]);
+        let (reference, out) = self.try_docker_push(id, image, DOCKER_TIMEOUT);
+        let out = out.unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.status.success(),
+            "`docker push {reference}` failed with {}:\n{}\n{}",
+            out.status,
+            out.stdout_text(),
+            out.stderr_text()
+        );
         out.stdout_text()
             .split_whitespace()
             .skip_while(|w| *w != "digest:")
@@ -688,6 +694,22 @@ impl Compose {
                     out.stdout_text()
                 )
             })
+    }
+
+    /// `docker push` of the image to node `id`'s registry, whatever its outcome, bounded by
+    /// `timeout` (docker retries a refused layer several times, with growing pauses): the
+    /// reference pushed, and docker's output (`Err` when it overran and was killed). Tags the
+    /// local image for that registry first.
+    pub fn try_docker_push(
+        &self,
+        id: u64,
+        image: &DockerImage,
+        timeout: Duration,
+    ) -> (String, Result<CmdOutput, String>) {
+        let reference = format!("{}/{}", self.registry(id), image.name);
+        docker(&["tag", &image.id, &reference]);
+        let out = run_cmd(Command::new("docker").args(["push", &reference]), timeout);
+        (reference, out)
     }
 
     /// Removes the image from the engine (every tag), so that the next pull downloads every

@@ -22,6 +22,11 @@ use cluster_tests::random_layer;
 const REFUSAL_WITHIN: Duration = Duration::from_secs(30);
 /// How long a healed region may take to see what was written while it was cut off.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound of a `docker push` at a cut-off region: docker tries a refused upload five times,
+/// pausing 5, 10, 15 and 20 s between tries, and each try waits for the write timeout.
+const DOCKER_REFUSAL_WITHIN: Duration = Duration::from_secs(300);
+/// The repository docker tries to push to at the cut-off region.
+const REFUSED_REPO: &str = "c1/refused";
 
 /// Push at r1 with docker; docker pulls the same image at r2, r3 and r1's learner, each
 /// reading through from r1 (every blob downloaded again from that endpoint).
@@ -129,8 +134,9 @@ fn killed_follower_comes_back_and_serves_what_was_pushed_meanwhile() {
 }
 
 /// Region r3 cut off (its node disconnected from `wan`): it serves pulls of what it held,
-/// refuses a manifest push with 503, the rest of the cluster takes a push; after reconnecting,
-/// r3 sees and serves that push with no manual step.
+/// refuses a manifest push with 503, and a `docker push` of a new image there fails; the rest
+/// of the cluster takes a push; after reconnecting, r3 sees and serves that push with no manual
+/// step, and nothing r3 refused exists at any node.
 #[test]
 fn cut_off_region_serves_what_it_had_refuses_writes_and_converges_after_reconnect() {
     let test = "cut_off_region_serves_what_it_had_refuses_writes_and_converges_after_reconnect";
@@ -188,6 +194,27 @@ fn cut_off_region_serves_what_it_had_refuses_writes_and_converges_after_reconnec
         started.elapsed(),
         r.text()
     );
+    // A real client's push at r3 fails too: docker retries the refused upload a few times,
+    // then exits non-zero on its own.
+    let refused = c.docker_image(REFUSED_REPO, "1", 256 * 1024);
+    let started = std::time::Instant::now();
+    let (reference, out) = c.try_docker_push(r3, &refused, DOCKER_REFUSAL_WITHIN);
+    let out = out.unwrap_or_else(|e| panic!("`docker push {reference}` at the cut-off r3: {e}"));
+    let said = format!("{}{}", out.stdout_text(), out.stderr_text());
+    assert!(
+        !out.status.success(),
+        "`docker push {reference}` at the cut-off r3 succeeded:\n{said}"
+    );
+    assert!(
+        said.to_lowercase().contains("unavailable") || said.contains("503"),
+        "`docker push {reference}` failed for another reason than the refusal:\n{said}"
+    );
+    eprintln!(
+        "{test}: `docker push` at r3 failed with {} after {:?}: {}",
+        out.status,
+        started.elapsed(),
+        out.stderr_text().trim()
+    );
 
     // The majority takes a push meanwhile (docker, at r1).
     let during = c.docker_image("c1/cut", "during", 512 * 1024);
@@ -198,6 +225,21 @@ fn cut_off_region_serves_what_it_had_refuses_writes_and_converges_after_reconnec
     c.wait_for_tag(r3, "c1/cut", "during", CONVERGE_TIMEOUT);
     c.wait_ready(r3, compose::READY_TIMEOUT);
     c.docker_pull_same(r3, &during, Some(&during_digest));
+    // Nothing r3 refused was written: no node has the tag of the refused manifest PUT, nor
+    // anything of the repository docker tried to push to.
+    for id in compose::NODES {
+        c.wait_for_tag(id, "c1/cut", "during", CONVERGE_TIMEOUT);
+        let client = c.client(id);
+        let tags = client.must_tags("c1/cut");
+        assert!(!tags.iter().any(|t| t == "at-r3"), "node {id}: {tags:?}");
+        let catalog = client.must_catalog();
+        assert!(
+            !catalog.iter().any(|r| r == REFUSED_REPO),
+            "node {id} lists {REFUSED_REPO}: {catalog:?}"
+        );
+        let m = client.get_manifest(REFUSED_REPO, "1").unwrap();
+        assert_eq!(m.status, 404, "node {id}: {}", m.text());
+    }
     // And it takes writes again.
     let layer = random_layer(4096);
     let pushed = c

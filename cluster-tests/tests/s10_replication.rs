@@ -1,20 +1,25 @@
 //! Scenario 10: geo-replication. Three regions (`r1`, `r2`, `r3`, one node each: node N is in
 //! region rN). A push at one region reaches every region's disk without any pull, as
 //! `clusterctl replication status --wait` reports; it survives the loss of the pushing node;
-//! a node down for the whole push, a region cut off, and a restart of every node at once all
-//! converge with no manual step (the replicator derives its work from the state); a residency
-//! policy keeps a region free of copies and widening it adds them; an image deleted while a
-//! region was cut off is never copied there; the scrubber replaces a corrupt or missing copy.
+//! a node down for the whole push, a region cut off for a minute (serving what it held and
+//! refusing writes meanwhile), and a restart of every node at once all converge with no manual
+//! step (the replicator derives its work from the state); a residency policy keeps a region
+//! free of copies and widening it adds them; an image deleted while a region was cut off is
+//! never copied there; the scrubber replaces a corrupt or missing copy.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use cluster_tests::oci::sha256_digest;
+use berth_testkit::oci::with_query;
+use cluster_tests::oci::{Client, OCI_MANIFEST, Resp, sha256_digest};
 use cluster_tests::replication::{
     blob_path, holds_blob, metric_sum, missing_blobs, must_wait_complete, status,
     wait_for_blob_files, wait_for_region_complete,
 };
 use cluster_tests::wait_until;
-use cluster_tests::{Cluster, ClusterBuilder, ImageRef, READY_TIMEOUT, random_layer};
+use cluster_tests::{
+    CONVERGE_TIMEOUT, Cluster, ClusterBuilder, ImageRef, LEADER_TIMEOUT, READY_TIMEOUT,
+    random_layer,
+};
 
 /// How long replication may take in these scenarios.
 const REPLICATED: Duration = Duration::from_secs(60);
@@ -28,6 +33,14 @@ const LAG_COUNT: &str = "berth_replication_lag_seconds_count";
 const SCRUB_CHECKED: &str = "berth_scrub_checked_total";
 /// Copies the scrubber repaired.
 const SCRUB_REPAIRS: &str = "berth_scrub_repairs_total";
+/// How long r3 stays cut off while r1 takes pushes (wall time).
+const CUT_FOR: Duration = Duration::from_secs(60);
+/// A push at r1 (and a round of reads and refused writes at r3) this often during the cut.
+const PUSH_EVERY: Duration = Duration::from_secs(4);
+/// Bound on the pushes during the cut.
+const MAX_CUT_PUSHES: usize = 20;
+/// Write timeout of the cut-off scenario: how long a write at r3 may wait before its 503.
+const CUT_WRITE_TIMEOUT_MS: u64 = 2000;
 
 fn three_regions() -> Cluster {
     ClusterBuilder::new()
@@ -122,15 +135,74 @@ fn a_node_down_for_the_whole_push_catches_up_by_itself() {
     must_wait_complete(&cluster, 3, "team/svc", REPLICATED);
 }
 
-/// r3 cut off while r1 takes pushes: r2 replicates, r3 is reported pending; after healing r3
-/// converges with no manual step.
+/// r3 cut off for a minute of wall time while r1 takes a push every few seconds. Throughout,
+/// r3 serves the image it held before the cut byte for byte, and refuses every write that
+/// needs Raft with 503 `UNAVAILABLE`, a `Retry-After` and the reason: a manifest PUT (a new
+/// tag for the manifest it holds) and the completion of a blob upload (monolithic, and a
+/// session whose POST and PATCH are accepted — they only touch r3's own staging file — and
+/// whose final PUT is refused); nothing of it appears anywhere, then or after healing. r2
+/// replicates meanwhile, r3 is reported pending; after healing r3 converges with no manual step.
 #[test]
 fn a_region_cut_off_during_pushes_converges_after_healing() {
-    let cluster = three_regions();
+    let cluster = ClusterBuilder::new()
+        .nodes(3)
+        .regions(&["r1", "r2", "r3"])
+        .write_timeout_ms(CUT_WRITE_TIMEOUT_MS)
+        .build();
+    let held = cluster.must_push_image(1, "cut/app", "held", &layers());
+    must_wait_complete(&cluster, 3, "cut/app:held", REPLICATED);
+    assert_holds_every_blob(&cluster, 3, &held);
+
     cluster.partition(&[3], &[1, 2]);
-    let images: Vec<ImageRef> = (0..3)
-        .map(|i| cluster.must_push_image(1, "cut/app", &format!("v{i}"), &layers()))
-        .collect();
+    let cut = Instant::now();
+    cluster.wait_for_leader_among(&[1, 2], LEADER_TIMEOUT);
+    let mut images: Vec<ImageRef> = Vec::new();
+    let mut refused_tags = Vec::new();
+    let mut refused_blobs = Vec::new();
+    while cut.elapsed() < CUT_FOR && images.len() < MAX_CUT_PUSHES {
+        let round = Instant::now();
+        let n = images.len();
+        images.push(cluster.must_push_image(1, "cut/app", &format!("v{n}"), &layers()));
+        // r3 serves what it had, from its own disk, and shows nothing new.
+        cluster.must_pull_image(3, "cut/app", "held", &held);
+        assert_eq!(cluster.must_tags(3, "cut/app"), vec!["held".to_string()]);
+        let tag = format!("at-r3-{n}");
+        assert_refused(
+            &format!("manifest PUT of {tag} at r3"),
+            cluster
+                .client(3)
+                .put_manifest("cut/app", &tag, OCI_MANIFEST, &held.manifest),
+        );
+        refused_tags.push(tag);
+        let blob = random_layer(16 * 1024);
+        let digest = sha256_digest(&blob);
+        let refusal = if n.is_multiple_of(2) {
+            cluster.client(3).request(
+                "POST",
+                &format!("/v2/cut/app/blobs/uploads/?digest={digest}"),
+                &[("Content-Type", "application/octet-stream")],
+                Some(&blob),
+            )
+        } else {
+            finish_chunked_upload(&cluster.client(3), "cut/app", &blob)
+        };
+        assert_refused(&format!("upload of blob {digest} at r3"), refusal);
+        refused_blobs.push(digest);
+        std::thread::sleep(PUSH_EVERY.saturating_sub(round.elapsed()));
+    }
+    eprintln!(
+        "r3 was cut off for {:?}: {} pushes at r1, {} manifest PUTs and {} blob uploads refused at r3",
+        cut.elapsed(),
+        images.len(),
+        refused_tags.len(),
+        refused_blobs.len()
+    );
+    assert!(
+        cut.elapsed() >= CUT_FOR,
+        "the cut ended early: {:?}",
+        cut.elapsed()
+    );
+
     let seen = wait_for_region_complete(&cluster, 1, "cut/app", "r2", REPLICATED);
     for image in &images {
         assert_holds_every_blob(&cluster, 2, image);
@@ -140,9 +212,10 @@ fn a_region_cut_off_during_pushes_converges_after_healing() {
     // The cut-off node answers from its own state and says so.
     let (own, _) = status(&cluster, 3, "");
     assert_eq!(own["stale"], true, "{own}");
-    // Three images of two random layers each (and their configs).
+    // Each image has two random layers and a config of its own.
+    let pending = 3 * images.len() as u64;
     assert!(
-        seen["regions"]["r3"]["pending_blobs"].as_u64().unwrap() >= 6,
+        seen["regions"]["r3"]["pending_blobs"].as_u64().unwrap() >= pending,
         "{seen}"
     );
     for image in &images {
@@ -150,11 +223,11 @@ fn a_region_cut_off_during_pushes_converges_after_healing() {
     }
     // The backlog shows in the metrics of the majority's nodes.
     wait_until("node 1 to report r3's backlog", REPLICATED, || {
-        let pending = metric_sum(&cluster, 1, PENDING_BLOBS, &[("region", "r3")]);
-        if pending >= 6.0 {
+        let n = metric_sum(&cluster, 1, PENDING_BLOBS, &[("region", "r3")]);
+        if n >= pending as f64 {
             Ok(())
         } else {
-            Err(format!("{PENDING_BLOBS}{{region=\"r3\"}} = {pending}"))
+            Err(format!("{PENDING_BLOBS}{{region=\"r3\"}} = {n}"))
         }
     });
     assert_eq!(
@@ -163,9 +236,27 @@ fn a_region_cut_off_during_pushes_converges_after_healing() {
     );
 
     cluster.heal();
+    for image in &images {
+        wait_for_blob_files(&cluster, 3, image, REPLICATED);
+    }
     must_wait_complete(&cluster, 3, "cut/app", REPLICATED);
     for image in &images {
         assert_holds_every_blob(&cluster, 3, image);
+    }
+    cluster.must_pull_everywhere(&[3], &images);
+    // What r3 refused was never written: no node lists the tags or links the blobs.
+    let tags = cluster.wait_for_same_tags(&cluster.ids(), "cut/app", CONVERGE_TIMEOUT);
+    assert_eq!(tags.len(), images.len() + 1, "{tags:?}");
+    for id in cluster.ids() {
+        let client = cluster.client(id);
+        for tag in &refused_tags {
+            let r = client.get_manifest("cut/app", tag).unwrap();
+            assert_eq!(r.status, 404, "node {id}: manifest {tag}: {}", r.text());
+        }
+        for digest in &refused_blobs {
+            let r = client.head(&format!("/v2/cut/app/blobs/{digest}")).unwrap();
+            assert_eq!(r.status, 404, "node {id}: blob {digest} refused at r3");
+        }
     }
     // r3 counted what it received and how late it was; the backlog drains everywhere.
     let layer_bytes: u64 = images
@@ -186,6 +277,45 @@ fn a_region_cut_off_during_pushes_converges_after_healing() {
             n => Err(format!("{n} pending")),
         },
     );
+}
+
+/// A write refused for want of a quorum: 503 `UNAVAILABLE` with a `Retry-After` in seconds
+/// and the reason.
+#[track_caller]
+fn assert_refused(what: &str, answer: Result<Resp, String>) {
+    let r = answer.unwrap_or_else(|e| panic!("{what} got no answer: {e}"));
+    assert_eq!(r.status, 503, "{what}: {}", r.text());
+    assert_eq!(
+        r.error_codes(),
+        vec!["UNAVAILABLE".to_string()],
+        "{what}: {}",
+        r.text()
+    );
+    let retry_after = r.header("retry-after").unwrap_or_default();
+    assert!(
+        retry_after.trim().parse::<u64>().is_ok(),
+        "{what}: Retry-After {retry_after:?}"
+    );
+    assert!(
+        r.text().contains("no quorum"),
+        "{what} gave no reason: {}",
+        r.text()
+    );
+}
+
+/// Opens an upload session and sends `blob` in a PATCH (both only touch this node's staging
+/// file, so they must succeed), then answers the final `PUT ?digest=`.
+fn finish_chunked_upload(client: &Client, repo: &str, blob: &[u8]) -> Result<Resp, String> {
+    let location = client.open_upload(repo).map_err(|e| e.to_string())?;
+    let location = client
+        .patch_upload(&location, 0, blob)
+        .map_err(|e| e.to_string())?;
+    client.request(
+        "PUT",
+        &with_query(&location, "digest", &sha256_digest(blob)),
+        &[("Content-Type", "application/octet-stream")],
+        Some(&[]),
+    )
 }
 
 /// A repository limited to r1 and r2 leaves r3 without copies (while another repository
