@@ -1,7 +1,11 @@
 //! Pacing of the blob copies this node makes for replication and durability
 //! ([`PeerBandwidth`]): a cap per peer, and a slower pace while this node serves clients.
 //!
-//! A client's read-through is never paced (`registry::fetch` decides which fetches are).
+//! A client's read-through is never paced (`registry::fetch` decides which fetches are). A
+//! durability copy (a manifest PUT waits for it, [`PeerBandwidth::take_urgent`]) keeps to the
+//! per-peer cap but goes ahead of replication's copies from the same peer: it has a bucket of
+//! its own, and what it takes is charged to the replication bucket too, so replication slows
+//! down by as much and the two together keep to the cap.
 //!
 //! Why the second pace: a copy costs the receiving node CPU for every byte (hashing, the page
 //! cache, the HTTP/2 stream), about as much as a push of the same bytes. On a node whose cores
@@ -35,7 +39,7 @@ const BUSY_BURST: Duration = Duration::from_millis(100);
 pub struct PeerBandwidth {
     /// Bytes per second per peer; 0: no cap.
     rate: u64,
-    buckets: Mutex<HashMap<NodeId, Bucket>>,
+    buckets: Mutex<HashMap<NodeId, PeerBuckets>>,
     /// Bytes per second of all copies together while clients are served; 0: no such cap.
     busy_rate: u64,
     busy_bucket: Mutex<Bucket>,
@@ -45,6 +49,13 @@ pub struct PeerBandwidth {
     last_client: AtomicU64,
     /// When a copy last waited for the busy cap (same encoding).
     last_yield: AtomicU64,
+}
+
+/// One peer's buckets: replication's, and durability's (whose takes are charged to both).
+#[derive(Debug, Clone, Copy)]
+struct PeerBuckets {
+    copies: Bucket,
+    urgent: Bucket,
 }
 
 /// One bucket: tokens (bytes) available at `at`; negative when copies reserved more than
@@ -111,28 +122,14 @@ impl PeerBandwidth {
         self.last_yield.load(Ordering::Relaxed) >= self.stamp(since)
     }
 
-    /// Takes `n` bytes of a copy from `peer`: from its bucket, then, while clients are served,
-    /// from the busy bucket; waits until the buckets have paid them back when they run short.
-    /// Returns at once when no cap applies.
+    /// Takes `n` bytes of a replication copy from `peer`: from its bucket, then, while clients
+    /// are served, from the busy bucket; waits until the buckets have paid them back when they
+    /// run short. Returns at once when no cap applies.
     pub async fn take(&self, peer: NodeId, n: u64) {
         if n == 0 {
             return;
         }
-        if self.rate > 0 {
-            let wait = {
-                let mut buckets = self.buckets.lock().expect("bandwidth buckets poisoned");
-                let now = Instant::now();
-                let b = buckets.entry(peer).or_insert(Bucket::full(
-                    self.rate,
-                    Duration::from_secs(1),
-                    now,
-                ));
-                b.reserve(now, n, self.rate, Duration::from_secs(1))
-            };
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-        }
+        self.take_per_peer(peer, n, false).await;
         if self.busy_rate > 0 {
             let now = Instant::now();
             if !self.busy(now) {
@@ -147,6 +144,39 @@ impl PeerBandwidth {
                 self.last_yield.store(self.stamp(now), Ordering::Relaxed);
                 tokio::time::sleep(wait).await;
             }
+        }
+    }
+
+    /// Takes `n` bytes of a durability copy from `peer`: from its own bucket (at the per-peer
+    /// cap; charged to replication's bucket too), never from the busy bucket.
+    pub async fn take_urgent(&self, peer: NodeId, n: u64) {
+        if n > 0 {
+            self.take_per_peer(peer, n, true).await;
+        }
+    }
+
+    async fn take_per_peer(&self, peer: NodeId, n: u64, urgent: bool) {
+        if self.rate == 0 {
+            return;
+        }
+        let second = Duration::from_secs(1);
+        let wait = {
+            let mut buckets = self.buckets.lock().expect("bandwidth buckets poisoned");
+            let now = Instant::now();
+            let full = Bucket::full(self.rate, second, now);
+            let b = buckets.entry(peer).or_insert(PeerBuckets {
+                copies: full,
+                urgent: full,
+            });
+            let copies = b.copies.reserve(now, n, self.rate, second);
+            if urgent {
+                b.urgent.reserve(now, n, self.rate, second)
+            } else {
+                copies
+            }
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -204,6 +234,26 @@ mod tests {
             .expect("a peer of its own");
         let buckets = capped.buckets.lock().unwrap();
         assert_eq!(buckets.len(), 2);
+    }
+
+    /// A durability copy does not wait behind replication's debt to the same peer, nor for the
+    /// busy cap; what it takes slows replication down.
+    #[tokio::test]
+    async fn durability_copies_go_ahead_of_replication() {
+        let pacing = std::sync::Arc::new(PeerBandwidth::new(1_000_000, 1_000));
+        pacing.client_request();
+        // Replication takes its first second's worth and runs nine seconds into debt.
+        let behind = tokio::spawn({
+            let pacing = pacing.clone();
+            async move { pacing.take(7, 10_000_000).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::timeout(Duration::from_secs(5), pacing.take_urgent(7, 1_000_000))
+            .await
+            .expect("a durability copy waited behind replication or the busy cap");
+        let debt = -pacing.buckets.lock().unwrap()[&7].copies.tokens;
+        assert!(debt >= 9_900_000.0, "replication was not charged: {debt}");
+        behind.abort();
     }
 
     /// The busy cap holds copies back only while client requests arrive, and says so.

@@ -216,7 +216,12 @@ impl Registry {
     ) -> Result<(), String> {
         let left = deadline.saturating_duration_since(Instant::now());
         if node == self.cluster.node_id() {
-            return match tokio::time::timeout(left, self.ensure_local_copy(digest)).await {
+            return match tokio::time::timeout(
+                left,
+                self.ensure_local_copy(digest, super::CopyFor::Durability),
+            )
+            .await
+            {
                 Ok(r) => r.map_err(|e| e.to_string()),
                 Err(_) => Err(format!("no copy within {} ms", left.as_millis())),
             };

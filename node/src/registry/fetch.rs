@@ -19,9 +19,11 @@
 //! of one failed call, not a hung request. A holder announcing a size other than the recorded
 //! one is skipped.
 //!
-//! A fetch made only for a copy (replication, durability) is paced by the per-peer bandwidth
-//! cap; once a client's read starts or joins it, the cap no longer applies to it (a pull never
-//! waits behind replication's pacing). After each successful fetch the metrics count the bytes
+//! The most urgent of a fetch's wanters sets its pace (`cluster::PeerBandwidth`): a fetch
+//! made only for replication is paced by the per-peer cap and, while this node serves
+//! clients, by the busy cap; a durability copy (a manifest PUT waits for it) only by the
+//! per-peer cap, ahead of replication's copies from the same peer; once a client's read
+//! starts or joins a fetch, nothing paces it (a pull never waits behind replication). After each successful fetch the metrics count the bytes
 //! per pair of nodes, and a fetch a client waited for counts as a read-through from the
 //! holder's region; the nearness view (`Cluster::record_transfer`, `record_failure`) learns
 //! the holder's throughput, or puts a failing holder in backoff (a failure of this node's own
@@ -29,7 +31,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -46,20 +48,44 @@ use crate::types::Digest;
 
 type Fetch = Shared<BoxFuture<'static, Result<(), Arc<String>>>>;
 
-/// Who wants a copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who wants a copy, least urgent first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Purpose {
+    /// Replication or a scrub's repair: paced by the per-peer cap and the busy cap.
+    Copy = 0,
+    /// A manifest PUT waits for it: paced by the per-peer cap only, ahead of copies.
+    Durability = 1,
     /// A client request is waiting for the bytes: no pacing.
-    Client,
-    /// Replication or durability: paced by the per-peer bandwidth cap.
-    Copy,
+    Client = 2,
 }
 
-/// A fetch in flight, whether a client waits for it, and how far it has written.
+/// The most urgent purpose of a fetch's wanters so far (wanters join while it runs).
+#[derive(Debug, Clone)]
+struct Wanters(Arc<AtomicU8>);
+
+impl Wanters {
+    fn new(first: Purpose) -> Wanters {
+        Wanters(Arc::new(AtomicU8::new(first as u8)))
+    }
+
+    fn join(&self, purpose: Purpose) {
+        self.0.fetch_max(purpose as u8, Ordering::Relaxed);
+    }
+
+    fn most(&self) -> Purpose {
+        match self.0.load(Ordering::Relaxed) {
+            0 => Purpose::Copy,
+            1 => Purpose::Durability,
+            _ => Purpose::Client,
+        }
+    }
+}
+
+/// A fetch in flight, who wants it, and how far it has written.
 #[derive(Clone)]
 struct InFlight {
     fetch: Fetch,
-    for_client: Arc<AtomicBool>,
+    wanters: Wanters,
     progress: CopyProgress,
 }
 
@@ -151,19 +177,17 @@ impl BlobFetcher {
     ) -> (Fetch, CopyWatch) {
         let mut map = self.in_flight.lock().expect("fetch map poisoned");
         if let Some(f) = map.get(&wanted.digest) {
-            if purpose == Purpose::Client {
-                f.for_client.store(true, Ordering::Relaxed);
-            }
+            f.wanters.join(purpose);
             return (f.fetch.clone(), f.progress.watch());
         }
-        let for_client = Arc::new(AtomicBool::new(purpose == Purpose::Client));
+        let wanters = Wanters::new(purpose);
         let progress = CopyProgress::new();
         let job = Job {
             cluster: cluster.clone(),
             blobs: blobs.clone(),
             bandwidth: self.bandwidth.clone(),
             metrics: self.metrics.clone(),
-            for_client: for_client.clone(),
+            wanters: wanters.clone(),
             progress: progress.clone(),
         };
         let in_flight = self.in_flight.clone();
@@ -183,7 +207,7 @@ impl BlobFetcher {
             digest,
             InFlight {
                 fetch: f.clone(),
-                for_client,
+                wanters,
                 progress,
             },
         );
@@ -200,7 +224,7 @@ struct Job {
     blobs: Arc<BlobStore>,
     bandwidth: Arc<PeerBandwidth>,
     metrics: Arc<Metrics>,
-    for_client: Arc<AtomicBool>,
+    wanters: Wanters,
     /// How far the attempt in progress has written, for the readers following it.
     progress: CopyProgress,
 }
@@ -226,7 +250,7 @@ impl Job {
                         || self
                             .bandwidth
                             .yielded_since(tokio::time::Instant::from_std(started));
-                    if self.for_client.load(Ordering::Relaxed) || !paced {
+                    if self.wanters.most() == Purpose::Client || !paced {
                         self.cluster
                             .record_transfer(holder, wanted.size, started.elapsed());
                     }
@@ -267,7 +291,7 @@ impl Job {
                 to: me,
             })
             .inc_by(size);
-        if self.for_client.load(Ordering::Relaxed) {
+        if self.wanters.most() == Purpose::Client {
             let source_region = self
                 .cluster
                 .member(holder)
@@ -307,8 +331,11 @@ impl Job {
             while let Some(item) = body.next().await {
                 match item {
                     Ok(piece) => {
-                        if !self.for_client.load(Ordering::Relaxed) {
-                            self.bandwidth.take(holder, piece.len() as u64).await;
+                        let n = piece.len() as u64;
+                        match self.wanters.most() {
+                            Purpose::Copy => self.bandwidth.take(holder, n).await,
+                            Purpose::Durability => self.bandwidth.take_urgent(holder, n).await,
+                            Purpose::Client => {}
                         }
                         if to_file.send(Ok(piece)).await.is_err() {
                             break;

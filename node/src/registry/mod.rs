@@ -29,6 +29,7 @@ use bytes::Bytes;
 use futures::Stream;
 
 pub use error::{ErrorKind, RegistryError};
+pub use replica::CopyFor;
 pub use uploads::{UploadLimits, UploadStatus, owner_of};
 
 use crate::blobstore::{BlobBody, BlobStore, StagedUpload};

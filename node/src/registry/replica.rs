@@ -2,23 +2,39 @@
 //! replicator and the synchronous copies of a manifest PUT ask for one here. The bytes come
 //! through the same fetch as a read-through (nearest holder first, verified, stored through the
 //! crash-safe path, recorded with `BlobCopied`), so a copy in progress for either purpose is
-//! shared with the other. A fetch made for a copy only is paced by the per-peer bandwidth cap
-//! (`replication.max_bytes_per_sec_per_peer`), until a client's read joins it.
+//! shared with the other. A copy for placement is paced by the per-peer bandwidth cap
+//! (`replication.max_bytes_per_sec_per_peer`) and, while this node serves clients, by
+//! `replication.busy_bytes_per_sec`; a durability copy only by the per-peer cap, ahead of
+//! placement copies; a client's read that joins either lifts the pacing (`registry::fetch`).
 
+use super::fetch::Purpose;
 use super::{Registry, RegistryError};
 use crate::meta::CommandV1;
 use crate::types::Digest;
 
+/// What a copy is for: it sets the copy's pace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFor {
+    /// Placement (the replicator) or a scrub's repair: background work.
+    Placement,
+    /// A manifest PUT waits for it (`durability.min_copies`, `min_regions`).
+    Durability,
+}
+
 impl Registry {
     /// Makes sure this node holds a verified copy of a blob the cluster knows, fetching it from
     /// the nearest holder if needed and recording this node as a holder. Joins a fetch of the
-    /// same blob already running.
+    /// same blob already running. `purpose` sets its pace.
     ///
     /// Errors: [`RegistryError::BlobUnknown`] when the cluster has no record of it (this node
     /// caught up with the leader before saying so: a durability copy is asked for right after
     /// the blob's push elsewhere); [`RegistryError::NoQuorum`] when it could not catch up; [`RegistryError::Unavailable`] when no holder could provide it;
     /// a storage error when there is no room for it.
-    pub async fn ensure_local_copy(&self, digest: &Digest) -> Result<(), RegistryError> {
+    pub async fn ensure_local_copy(
+        &self,
+        digest: &Digest,
+        purpose: CopyFor,
+    ) -> Result<(), RegistryError> {
         let mut caught_up = false;
         let record = self
             .look_up(&mut caught_up, || self.meta.blob(digest))
@@ -48,7 +64,10 @@ impl Registry {
                 &self.cluster,
                 &self.blobs,
                 wanted,
-                super::fetch::Purpose::Copy,
+                match purpose {
+                    CopyFor::Placement => Purpose::Copy,
+                    CopyFor::Durability => Purpose::Durability,
+                },
             )
             .await
             .map_err(|why| {

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::blobstore::Verified;
 use crate::meta::MetaReader;
-use crate::registry::Registry;
+use crate::registry::{CopyFor, Registry};
 use crate::types::Digest;
 
 /// Blob records read per page of a scrub.
@@ -119,7 +119,11 @@ impl ScrubWorker {
                         tracing::error!(%digest, "a local blob copy is missing; fetching it from a peer");
                     }
                 }
-                match self.registry.ensure_local_copy(&digest).await {
+                match self
+                    .registry
+                    .ensure_local_copy(&digest, CopyFor::Placement)
+                    .await
+                {
                     Ok(()) => {
                         tracing::info!(%digest, "repaired a local blob copy from a peer");
                         report.repaired += 1;

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::meta::{MetaError, NodeId, Notice};
 use crate::metrics::{Metrics, RegionLabels};
-use crate::registry::Registry;
+use crate::registry::{CopyFor, Registry};
 use crate::types::{Digest, RepositoryName};
 
 use super::{Pending, Plan, Replication, Tally, per_region};
@@ -406,7 +406,7 @@ async fn copy(
         }
     }
     // The fetch counts the bytes per pair of nodes (`registry/fetch.rs`), for every copy.
-    match registry.ensure_local_copy(digest).await {
+    match registry.ensure_local_copy(digest, CopyFor::Placement).await {
         Ok(()) => Outcome::Held,
         Err(e) => Outcome::Failed(e.to_string()),
     }

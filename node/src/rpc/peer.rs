@@ -18,7 +18,7 @@ use super::status::status;
 use crate::blobstore::BlobStoreError;
 use crate::cluster::LeaderWriteError;
 use crate::meta::Command;
-use crate::registry::Registry;
+use crate::registry::{CopyFor, Registry};
 use crate::types::{Digest, ErrorKind};
 
 /// Bytes of blob per stream message (well under gRPC's default 4 MiB message limit).
@@ -134,7 +134,7 @@ impl Peer for PeerService {
         let digest = Digest::parse(&req.get_ref().digest)
             .map_err(|e| status(ErrorKind::Invalid, format!("bad digest: {e}")))?;
         self.registry
-            .ensure_local_copy(&digest)
+            .ensure_local_copy(&digest, CopyFor::Durability)
             .await
             .map_err(|e| status(e.kind(), e.to_string()))?;
         Ok(Response::new(ReplicateResponse {}))
