@@ -42,6 +42,10 @@ pub struct Faults {
     /// The table, published through a watch channel so that open connections and streams
     /// learn of every change.
     table: tokio::sync::watch::Sender<Table>,
+    /// The bottleneck of each direction of the link to each peer, shared by every connection
+    /// to that peer (a WAN path is one queue, whichever connection the bytes belong to).
+    #[cfg(feature = "fault-injection")]
+    bottlenecks: std::sync::Mutex<BTreeMap<(NodeId, bool), super::link::SharedBottleneck>>,
 }
 
 impl Default for Faults {
@@ -55,7 +59,20 @@ impl Faults {
     pub fn new() -> Faults {
         Faults {
             table: tokio::sync::watch::Sender::new(Table::default()),
+            #[cfg(feature = "fault-injection")]
+            bottlenecks: std::sync::Mutex::default(),
         }
+    }
+
+    /// The bottleneck of the link to `node` in one direction (`outbound`: from this node).
+    #[cfg(feature = "fault-injection")]
+    pub(super) fn bottleneck(&self, node: NodeId, outbound: bool) -> super::link::SharedBottleneck {
+        self.bottlenecks
+            .lock()
+            .expect("bottlenecks poisoned")
+            .entry((node, outbound))
+            .or_default()
+            .clone()
     }
 
     /// Whether a test partition cuts `node` off from this node.

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::Cluster;
-use super::peers::{PeerError, Peers};
+use super::peers::{Lane, PeerError, Peers};
 use crate::meta::NodeId;
 use crate::types::Digest;
 
@@ -41,7 +41,8 @@ impl std::fmt::Debug for BlobStream {
 }
 
 impl Cluster {
-    /// Opens a stream of a blob from `holder`.
+    /// Opens a stream of a blob from `holder`, on the connection of `lane` (`Reads` for a
+    /// stream read at full speed, `Copies` for one that may pause for its pace).
     ///
     /// Errors: [`PeerError::NotMember`] when the holder is not a member; else as
     /// [`Peers::call`] (NOT_FOUND in the status when it does not hold the blob).
@@ -49,6 +50,7 @@ impl Cluster {
         &self,
         holder: NodeId,
         digest: &Digest,
+        lane: Lane,
     ) -> Result<BlobStream, PeerError> {
         let addr = self.reachable_member(holder)?.cluster_addr;
         let message = FetchBlobRequest {
@@ -56,7 +58,8 @@ impl Cluster {
         };
         let mut stream = self
             .peers
-            .call(
+            .call_on(
+                lane,
                 holder,
                 &addr,
                 OPEN_TIMEOUT,

@@ -12,6 +12,9 @@
 //! in front of the bottleneck holds at most [`QUEUE_TIME`] of traffic, as a router's buffer
 //! would; beyond it the pump stops reading and the sender is held back.
 //!
+//! The bottleneck of each direction is shared by every connection to the peer (this node has
+//! one per [`super::Lane`]): the emulated path is one queue, as a real one is.
+//!
 //! The link is read again for every chunk, so a change applies to open connections. When the
 //! peer gets blocked (a test partition) the pump closes both ends at once: every stream on
 //! the connection ends, as with a network that drops everything.
@@ -95,8 +98,8 @@ fn splice(tcp: tokio::net::TcpStream, node: NodeId, faults: Arc<Faults>) -> Dupl
     let (app, proxy) = tokio::io::duplex(APP_BUFFER);
     let (proxy_r, proxy_w) = tokio::io::split(proxy);
     let (tcp_r, tcp_w) = tcp.into_split();
-    let out = tokio::spawn(pump(proxy_r, tcp_w, node, faults.clone()));
-    let back = tokio::spawn(pump(tcp_r, proxy_w, node, faults.clone()));
+    let out = tokio::spawn(pump(proxy_r, tcp_w, node, faults.clone(), true));
+    let back = tokio::spawn(pump(tcp_r, proxy_w, node, faults.clone(), false));
     let blocked = faults.blocked(node);
     tokio::spawn(async move {
         let (out_abort, back_abort) = (out.abort_handle(), back.abort_handle());
@@ -119,11 +122,20 @@ struct InFlight {
     bytes: Bytes,
 }
 
+/// The bottleneck of one direction of a link, shared by the connections over it.
+pub type SharedBottleneck = Arc<std::sync::Mutex<Bottleneck>>;
+
 /// When the bottleneck of one direction is free again, and what it implies for each chunk.
 #[derive(Debug)]
-struct Bottleneck {
+pub struct Bottleneck {
     free_at: Instant,
     last_arrival: Instant,
+}
+
+impl Default for Bottleneck {
+    fn default() -> Bottleneck {
+        Bottleneck::new(Instant::now())
+    }
 }
 
 impl Bottleneck {
@@ -163,16 +175,17 @@ fn chunk_size(link: Link) -> usize {
     }
 }
 
-/// Carries one direction's bytes from `src` to `dst` through the link to `node`, until `src`
-/// ends (then `dst` is shut down after the last byte) or either side fails.
-async fn pump<R, W>(mut src: R, mut dst: W, node: NodeId, faults: Arc<Faults>)
+/// Carries one direction's bytes (`outbound`: from this node) from `src` to `dst` through the
+/// link to `node`, until `src` ends (then `dst` is shut down after the last byte) or either side
+/// fails.
+async fn pump<R, W>(mut src: R, mut dst: W, node: NodeId, faults: Arc<Faults>, outbound: bool)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut queue: VecDeque<InFlight> = VecDeque::new();
     let mut queued = 0usize;
-    let mut bottleneck = Bottleneck::new(Instant::now());
+    let bottleneck = faults.bottleneck(node, outbound);
     let mut eof = false;
     let mut buf = BytesMut::new();
     loop {
@@ -182,7 +195,10 @@ where
         }
         let link = faults.link(node).unwrap_or_default();
         let room = !eof && queued < PIPE_LIMIT;
-        let readable_at = bottleneck.readable_at();
+        let readable_at = bottleneck
+            .lock()
+            .expect("bottleneck poisoned")
+            .readable_at();
         let now = Instant::now();
         let head = queue.front().map(|c| c.arrival);
         tokio::select! {
@@ -204,7 +220,10 @@ where
                     Ok(0) => eof = true,
                     Ok(n) => {
                         let bytes = buf.split_to(n).freeze();
-                        let arrival = bottleneck.schedule(Instant::now(), n, link);
+                        let arrival = bottleneck
+                            .lock()
+                            .expect("bottleneck poisoned")
+                            .schedule(Instant::now(), n, link);
                         queued += n;
                         queue.push_back(InFlight { arrival, bytes });
                     }

@@ -1,7 +1,11 @@
 //! Connections to the other nodes' cluster endpoints (gRPC), shared by every node-to-node
 //! caller: Raft replication, write forwarding, blob fetches, probes and admin relays.
 //!
-//! One lazily connected channel per peer, reused; every call gets a deadline and the
+//! Lazily connected channels per peer, reused: one for Raft and the small calls, and one each
+//! for blob streams a client or a manifest PUT waits for and for replication's paced copies
+//! ([`Lane`]): a paced stream leaves up to a stream window of bytes unread in its connection's
+//! window, and those must not hold back Raft's answers or an unpaced read. Every call gets a
+//! deadline and the
 //! `berth-from-node` metadata naming this node. The client side of the fault layer
 //! (`faults.rs`) is here and nowhere else: [`Peers::channel`] refuses a peer a test partition
 //! cuts off, and — in `fault-injection` builds — dials through the in-process delay proxy
@@ -103,12 +107,23 @@ impl PeerError {
     }
 }
 
+/// Which of a peer's connections a call uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Raft, write forwarding, probes, admin relays, durability requests.
+    Control,
+    /// Blob streams a client or a manifest PUT waits for.
+    Reads,
+    /// Blob streams of replication copies, which may pause for their pace.
+    Copies,
+}
+
 /// This node's connections to its peers.
 #[derive(Debug)]
 pub struct Peers {
     me: NodeId,
-    /// By peer and address (a peer's channel dials through that peer's link).
-    channels: Mutex<HashMap<(NodeId, String), Channel>>,
+    /// By peer, address and lane (a peer's channels dial through that peer's link).
+    channels: Mutex<HashMap<(NodeId, String, Lane), Channel>>,
     /// The faults a test injects (always empty without `fault-injection`).
     faults: Arc<Faults>,
 }
@@ -135,10 +150,15 @@ impl Peers {
 
     /// A channel to `addr` (`host:port`) for a call to `node`, unless a test partition cuts it.
     pub fn channel(&self, node: NodeId, addr: &str) -> Result<Channel, PeerError> {
+        self.channel_on(Lane::Control, node, addr)
+    }
+
+    /// As [`Peers::channel`], on the connection of `lane`.
+    pub fn channel_on(&self, lane: Lane, node: NodeId, addr: &str) -> Result<Channel, PeerError> {
         if self.faults.is_blocked(node) {
             return Err(PeerError::Partitioned(node));
         }
-        let key = (node, addr.to_string());
+        let key = (node, addr.to_string(), lane);
         let mut channels = self.channels.lock().expect("peer channel map poisoned");
         if let Some(c) = channels.get(&key) {
             return Ok(c.clone());
@@ -212,7 +232,25 @@ impl Peers {
         F: FnOnce(Channel, tonic::Request<M>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let channel = self.channel(node, addr)?;
+        self.call_on(Lane::Control, node, addr, timeout, message, call)
+            .await
+    }
+
+    /// As [`Peers::call`], on the connection of `lane`.
+    pub async fn call_on<M, T, F, Fut>(
+        &self,
+        lane: Lane,
+        node: NodeId,
+        addr: &str,
+        timeout: Duration,
+        message: M,
+        call: F,
+    ) -> Result<T, PeerError>
+    where
+        F: FnOnce(Channel, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let channel = self.channel_on(lane, node, addr)?;
         let answer = tokio::time::timeout(timeout, call(channel, self.request(message, timeout)))
             .await
             .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded(no_answer_within(timeout))));

@@ -31,17 +31,16 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::blobstore::{Begun, BlobBody, BlobStore, BlobStoreError, CopyProgress, CopyWatch};
-use crate::cluster::{Cluster, PeerBandwidth};
+use crate::cluster::{Cluster, Lane, PeerBandwidth};
 use crate::meta::{Command, CommandV1, NodeId};
 use crate::metrics::{Metrics, PairLabels, SourceLabels};
 use crate::types::Digest;
@@ -61,23 +60,31 @@ pub(super) enum Purpose {
 
 /// The most urgent purpose of a fetch's wanters so far (wanters join while it runs).
 #[derive(Debug, Clone)]
-struct Wanters(Arc<AtomicU8>);
+struct Wanters(Arc<watch::Sender<Purpose>>);
 
 impl Wanters {
     fn new(first: Purpose) -> Wanters {
-        Wanters(Arc::new(AtomicU8::new(first as u8)))
+        Wanters(Arc::new(watch::channel(first).0))
     }
 
     fn join(&self, purpose: Purpose) {
-        self.0.fetch_max(purpose as u8, Ordering::Relaxed);
+        self.0.send_if_modified(|most| {
+            let more = purpose > *most;
+            if more {
+                *most = purpose;
+            }
+            more
+        });
     }
 
     fn most(&self) -> Purpose {
-        match self.0.load(Ordering::Relaxed) {
-            0 => Purpose::Copy,
-            1 => Purpose::Durability,
-            _ => Purpose::Client,
-        }
+        *self.0.borrow()
+    }
+
+    /// Resolves once a wanter more urgent than `than` has joined: a copy pausing for its pace
+    /// stops pausing when a client or a durability copy joins it.
+    async fn more_urgent(&self, than: Purpose) {
+        let _ = self.0.subscribe().wait_for(|most| *most > than).await;
     }
 }
 
@@ -195,7 +202,17 @@ impl BlobFetcher {
         let watch = progress.watch();
         let f = async move {
             let d = wanted.digest.clone();
-            let res = job.run(wanted).await.map_err(Arc::new);
+            // A panic in the fetch must still end its readers and free the digest for the next
+            // fetch (else every later GET of it would join a fetch that never ends).
+            let res = match std::panic::AssertUnwindSafe(job.run(wanted))
+                .catch_unwind()
+                .await
+            {
+                Ok(r) => r.map_err(Arc::new),
+                Err(_) => Err(Arc::new(
+                    "the fetch failed (a bug: it panicked)".to_string(),
+                )),
+            };
             // Readers finish from the stored blob, or end with the error.
             job.progress.end(res.clone());
             in_flight.lock().expect("fetch map poisoned").remove(&d);
@@ -242,6 +259,9 @@ impl Job {
             let started = std::time::Instant::now();
             match self.copy_from(&wanted, holder).await {
                 Ok(()) => {
+                    // Readers get their last bytes now, not after the holder record's Raft
+                    // write below (a round trip to the leader, or the write timeout).
+                    self.progress.end(Ok(()));
                     tracing::info!(%digest, holder, size = wanted.size, "fetched a copy of a blob from a peer");
                     self.count(holder, wanted.size);
                     // The nearness view learns the holder's throughput (a paced copy's rate is
@@ -308,9 +328,15 @@ impl Job {
     /// moves it into place.
     async fn copy_from(&self, wanted: &Wanted, holder: NodeId) -> Result<(), Failure> {
         let (digest, size) = (&wanted.digest, wanted.size);
+        // A copy that may pause for its pace streams on a connection of its own, so that the
+        // bytes it leaves unread hold back no other stream from that peer.
+        let lane = match self.wanters.most() {
+            Purpose::Copy => Lane::Copies,
+            Purpose::Durability | Purpose::Client => Lane::Reads,
+        };
         let stream = self
             .cluster
-            .fetch_blob(holder, digest)
+            .fetch_blob(holder, digest, lane)
             .await
             .map_err(|e| Failure::Holder(e.to_string()))?;
         if stream.size != size {
@@ -332,10 +358,19 @@ impl Job {
                 match item {
                     Ok(piece) => {
                         let n = piece.len() as u64;
-                        match self.wanters.most() {
-                            Purpose::Copy => self.bandwidth.take(holder, n).await,
-                            Purpose::Durability => self.bandwidth.take_urgent(holder, n).await,
-                            Purpose::Client => {}
+                        let most = self.wanters.most();
+                        let pace = async {
+                            match most {
+                                Purpose::Copy => self.bandwidth.take(holder, n).await,
+                                Purpose::Durability => {
+                                    self.bandwidth.take_urgent(holder, n).await;
+                                }
+                                Purpose::Client => {}
+                            }
+                        };
+                        tokio::select! {
+                            () = pace => {}
+                            () = self.wanters.more_urgent(most) => {}
                         }
                         if to_file.send(Ok(piece)).await.is_err() {
                             break;
