@@ -110,17 +110,21 @@ impl Backlog {
         self.by_manifest.clear();
         self.ready.clear();
         self.waiting.clear();
-        let digests: Vec<Digest> = self.blobs.keys().cloned().collect();
-        for d in &digests {
-            let p = &self.blobs[d];
+        let placement = &self.plan.as_ref().expect("just set").placement;
+        for (d, p) in &self.blobs {
             for by in &p.wanted_by {
                 self.by_manifest
                     .entry(by.clone())
                     .or_default()
                     .insert(d.clone());
             }
-            self.count(d, true);
-            self.enqueue(d);
+            count(&mut self.regions, placement, p, true);
+            if copyable(self.me, &self.in_flight, d, p) {
+                match self.backoff.get(d) {
+                    None => self.ready.insert(d.clone()),
+                    Some(b) => self.waiting.insert((b.until, d.clone())),
+                };
+            }
         }
     }
 
@@ -331,37 +335,16 @@ impl Backlog {
 
     /// Adds (or, `add` false, takes away) a pending blob's share of each region it misses in.
     fn count(&mut self, digest: &Digest, add: bool) {
-        let (Some(plan), Some(p)) = (&self.plan, self.blobs.get(digest)) else {
-            return;
-        };
-        for region in regions_missing(&plan.placement, p) {
-            let t = self
-                .regions
-                .get_mut(region)
-                .expect("a region of the placement");
-            if add {
-                t.blobs += 1;
-                t.bytes += p.size;
-                *t.oldest.entry(p.oldest_ms).or_default() += 1;
-            } else {
-                t.blobs -= 1;
-                t.bytes -= p.size;
-                let n = t.oldest.get_mut(&p.oldest_ms).expect("counted");
-                *n -= 1;
-                if *n == 0 {
-                    t.oldest.remove(&p.oldest_ms);
-                }
-            }
+        if let (Some(plan), Some(p)) = (&self.plan, self.blobs.get(digest)) {
+            count(&mut self.regions, &plan.placement, p, add);
         }
     }
 
     /// Whether this node may copy `digest` now or after its backoff.
     fn copyable(&self, digest: &Digest) -> bool {
-        !self.in_flight.contains(digest)
-            && self
-                .blobs
-                .get(digest)
-                .is_some_and(|p| p.missing.contains(&self.me))
+        self.blobs
+            .get(digest)
+            .is_some_and(|p| copyable(self.me, &self.in_flight, digest, p))
     }
 
     /// Puts `digest` in `ready` or `waiting` if it is copyable and in neither yet (a blob seen
@@ -392,12 +375,41 @@ impl Backlog {
     }
 }
 
-/// The regions with a node that misses `p` (nodes of no known region are left out).
-fn regions_missing<'a>(placement: &'a Placement, p: &Pending) -> BTreeSet<&'a str> {
-    p.missing
+/// Whether node `me` may copy the pending blob `digest` now or after its backoff: it misses it
+/// and is not copying it.
+fn copyable(me: NodeId, in_flight: &HashSet<Digest>, digest: &Digest, p: &Pending) -> bool {
+    p.missing.contains(&me) && !in_flight.contains(digest)
+}
+
+/// Adds `p`'s share (or, `add` false, takes it away) to each region with a node that misses
+/// it (nodes of no known region are left out).
+fn count(
+    regions: &mut BTreeMap<String, RegionTally>,
+    placement: &Placement,
+    p: &Pending,
+    add: bool,
+) {
+    let missing_in: BTreeSet<&str> = p
+        .missing
         .iter()
         .filter_map(|n| placement.region_of(*n))
-        .collect()
+        .collect();
+    for region in missing_in {
+        let t = regions.get_mut(region).expect("a region of the placement");
+        if add {
+            t.blobs += 1;
+            t.bytes += p.size;
+            *t.oldest.entry(p.oldest_ms).or_default() += 1;
+        } else {
+            t.blobs -= 1;
+            t.bytes -= p.size;
+            let n = t.oldest.get_mut(&p.oldest_ms).expect("counted");
+            *n -= 1;
+            if *n == 0 {
+                t.oldest.remove(&p.oldest_ms);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -818,67 +830,112 @@ mod tests {
         assert!(b.contains(&blob(i)));
     }
 
-    /// Times draining `BENCH_PENDING` (default 100 000) pending blobs, half of them this
-    /// node's, with 4 copies at once: per copy, what the worker does when one ends (held,
-    /// view published twice, next copy started, next retry). A benchmark, not a test:
+    /// Times the drain of `BENCH_PENDING` (default 100 000) pending blobs of one manifest
+    /// each, half of them this node's, with 4 copies at once: per copy, what the worker does
+    /// when one ends (held, view published twice, next copy started, next retry). Then the
+    /// same with the bookkeeping as it was before the indexes ([`Reference`]: a scan of every
+    /// pending blob per decision), for its first `BENCH_OLD_COPIES` (default 500) copies. A
+    /// benchmark, not a test:
     /// `cargo test --release -p berth-node --lib drain_bench -- --ignored --nocapture`.
     #[test]
     #[ignore = "benchmark"]
     fn drain_bench() {
-        let p: u32 = std::env::var("BENCH_PENDING").map_or(100_000, |v| v.parse().unwrap());
+        let var = |name: &str, default: usize| {
+            std::env::var(name).map_or(default, |v| v.parse().expect("a number"))
+        };
+        let (p, old_copies) = (var("BENCH_PENDING", 100_000), var("BENCH_OLD_COPIES", 500));
+        // Held in r1 and r2; missing on one of the two nodes of r3, this node or node 4.
         let plan = Plan {
-            placement: Placement::new([(1, "r1"), (2, "r2"), (3, "r3"), (4, "r3")], 1),
+            placement: Placement::new([(1, "r1"), (3, "r2"), (ME, "r3"), (4, "r3")], 1),
             policies: vec![],
         };
         let repo = RepositoryName::parse("bench/app").unwrap();
-        let mut tally = Tally::default();
-        for i in 0..p {
-            let entry = ManifestEntry {
-                repo: repo.clone(),
-                digest: Digest::sha256_of(&[&i.to_be_bytes()[..], b"m"].concat()),
-                created_ms: u64::from(i),
-                blobs: vec![(
-                    Digest::sha256_of(&i.to_be_bytes()),
-                    Some(BlobRecord {
-                        size: 1000,
-                        holders: BTreeSet::from([1, 2]),
-                        first_seen_ms: 0,
-                    }),
-                )],
-                children: vec![],
-            };
-            plan.add(&mut tally, &entry);
-        }
-        let mut b = Backlog::new(3);
+        // Built by inserts, as a walk builds it (a clone would be laid out better in memory).
+        let walk = || {
+            let mut tally = Tally::default();
+            for i in 0..p as u32 {
+                let entry = ManifestEntry {
+                    repo: repo.clone(),
+                    digest: Digest::sha256_of(&[&i.to_be_bytes()[..], b"m"].concat()),
+                    created_ms: u64::from(i),
+                    blobs: vec![(
+                        Digest::sha256_of(&i.to_be_bytes()),
+                        Some(BlobRecord {
+                            size: 1000,
+                            holders: BTreeSet::from([1, 3]),
+                            first_seen_ms: 0,
+                        }),
+                    )],
+                    children: vec![],
+                };
+                plan.add(&mut tally, &entry);
+            }
+            tally.pending
+        };
         let view = std::sync::Mutex::new(BTreeMap::new());
-        let publish = |b: &Backlog| *view.lock().unwrap() = b.view().unwrap();
+        // Copies end in the order they started; returns the copies and the time taken.
+        let drain = |first: Vec<(Digest, Pending)>,
+                     limit: usize,
+                     step: &mut dyn FnMut(&Digest) -> Vec<(Digest, Pending)>| {
+            let mut queue: std::collections::VecDeque<Digest> =
+                first.into_iter().map(|(d, _)| d).collect();
+            let started = Instant::now();
+            let mut copies = 0;
+            while copies < limit {
+                let Some(d) = queue.pop_front() else { break };
+                queue.extend(step(&d).into_iter().map(|(d, _)| d));
+                copies += 1;
+            }
+            (copies, started.elapsed())
+        };
+        let report = |what: &str, copies: usize, took: Duration| {
+            println!(
+                "{what}: pending {p}, {copies} copies in {:.3} s, {:.2} us/copy",
+                took.as_secs_f64(),
+                took.as_secs_f64() * 1e6 / copies as f64
+            );
+        };
+
+        let mut r = Reference {
+            plan: plan.clone(),
+            pending: walk(),
+            in_flight: HashSet::new(),
+            backoff: HashMap::new(),
+        };
+        let mut b = Backlog::new(ME);
         let started = Instant::now();
-        b.replace(plan, tally.pending);
-        let rebuilt = started.elapsed();
-        let mine = b.ready.len();
-        let mut queue: std::collections::VecDeque<Digest> = b
-            .start(4, Instant::now())
-            .into_iter()
-            .map(|(d, _)| d)
-            .collect();
-        let started = Instant::now();
-        let mut copies = 0usize;
-        while let Some(d) = queue.pop_front() {
-            std::hint::black_box(b.held(&d));
-            publish(&b);
-            publish(&b);
-            queue.extend(b.start(4, Instant::now()).into_iter().map(|(d, _)| d));
-            std::hint::black_box(b.next_retry());
-            copies += 1;
-        }
-        let took = started.elapsed();
+        b.replace(plan.clone(), walk());
         println!(
-            "backlog: pending {p}, mine {mine}, rebuild {:.3} s; drained {copies} copies in \
-             {:.3} s, {:.2} us/copy",
-            rebuilt.as_secs_f64(),
-            took.as_secs_f64(),
-            took.as_secs_f64() * 1e6 / copies as f64
+            "backlog: rebuilt in {:.3} s",
+            started.elapsed().as_secs_f64()
         );
+        let mine = b.ready.len();
+        let first = b.start(4, Instant::now());
+        let (copies, took) = drain(first, usize::MAX, &mut |d| {
+            std::hint::black_box(b.held(d));
+            for _ in 0..2 {
+                *view.lock().unwrap() = b.view().unwrap();
+            }
+            let started = b.start(4, Instant::now());
+            std::hint::black_box(b.next_retry());
+            started
+        });
         assert_eq!(copies, mine);
+        report("backlog", copies, took);
+
+        let first = r.start(4, Instant::now());
+        let (copies, took) = drain(first, old_copies, &mut |d| {
+            r.in_flight.remove(d);
+            r.backoff.remove(d);
+            std::hint::black_box(r.held_by(d, &BTreeSet::from([ME])));
+            for _ in 0..2 {
+                *view.lock().unwrap() = per_region(&r.plan, &r.pending);
+            }
+            let now = Instant::now();
+            let started = r.start(4, now);
+            std::hint::black_box(r.next_retry(now));
+            started
+        });
+        report("scan (before)", copies, took);
     }
 }
