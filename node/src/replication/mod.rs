@@ -1,7 +1,8 @@
 //! Geo-replication: where each blob should be held ([`placement`], [`policy`]), the
 //! replicator that makes it so on this node ([`worker`]), and what is still missing where
-//! ([`status`], the replication metrics), and the scrubber that re-hashes this node's copies
-//! and repairs a bad one from a peer ([`scrub`]).
+//! ([`status`], the replication metrics; the replicator keeps its own view of it, indexed, in
+//! a [`pending::Backlog`]), and the scrubber that re-hashes this node's copies and repairs a
+//! bad one from a peer ([`scrub`]).
 //!
 //! Nothing here is durable of its own: the work is derived from the state machine (manifests,
 //! blob records, policies and the membership, all in Raft), so it resumes after a restart, a
@@ -12,6 +13,7 @@
 //! Must not: touch files or RocksDB itself (it goes through `meta::MetaReader` and the
 //! registry), or hold a whole walk over the manifests in memory (it pages).
 
+pub mod pending;
 pub mod placement;
 pub mod scrub;
 pub mod status;
@@ -23,8 +25,8 @@ use std::time::Duration;
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::meta::{
-    Command, CommandV1, ManifestEntry, MetaError, MetaReader, NodeId, Rejection, ReplicationPolicy,
-    WriteResult,
+    BlobRecord, Command, CommandV1, ManifestEntry, MetaError, MetaReader, NodeId, Rejection,
+    ReplicationPolicy, WriteResult,
 };
 use crate::types::{Digest, ErrorKind, RepositoryName};
 
@@ -109,6 +111,42 @@ pub struct Pending {
     pub oldest_ms: u64,
 }
 
+impl Pending {
+    /// A blob of `size` bytes first wanted by a manifest pushed at `oldest_ms`, before any
+    /// node is known to miss it.
+    pub fn new(size: u64, oldest_ms: u64) -> Pending {
+        Pending {
+            size,
+            missing: BTreeSet::new(),
+            wanted_by: Vec::new(),
+            more: false,
+            oldest_ms,
+        }
+    }
+
+    /// Adds what the manifest `by`, pushed at `created_ms`, wants of it: the placement nodes
+    /// that miss it. Returns whether `by` was added to `wanted_by`.
+    pub fn want(
+        &mut self,
+        missing: BTreeSet<NodeId>,
+        created_ms: u64,
+        by: &(RepositoryName, Digest),
+    ) -> bool {
+        self.missing.extend(missing);
+        self.oldest_ms = self.oldest_ms.min(created_ms);
+        if self.wanted_by.contains(by) {
+            return false;
+        }
+        if self.wanted_by.len() < WANTED_BY_MAX {
+            self.wanted_by.push(by.clone());
+            true
+        } else {
+            self.more = true;
+            false
+        }
+    }
+}
+
 /// What one walk found: the blobs still missing somewhere, and (when asked) every blob seen.
 #[derive(Debug, Default)]
 pub struct Tally {
@@ -137,50 +175,64 @@ impl Plan {
     /// Adds a manifest's blobs to `tally`.
     pub fn add(&self, tally: &mut Tally, entry: &ManifestEntry) {
         tally.manifests += 1;
-        let policy = self.policy_for(&entry.repo);
-        for (digest, record) in &entry.blobs {
-            let wanted = self.placement.nodes_for(digest, policy);
-            let (size, holders) = match record {
-                Some(r) => (r.size, r.holders.clone()),
-                None => (0, BTreeSet::new()),
-            };
+        let by = (entry.repo.clone(), entry.digest.clone());
+        for (digest, record, wanted) in self.placed(entry) {
             if let Some(all) = &mut tally.all {
                 let b = all.entry(digest.clone()).or_insert_with(|| BlobStatus {
                     digest: digest.clone(),
-                    size,
-                    holders: holders.iter().copied().collect(),
+                    size: record.map_or(0, |r| r.size),
+                    holders: record
+                        .map(|r| r.holders.iter().copied().collect())
+                        .unwrap_or_default(),
                     wanted: Vec::new(),
                 });
                 let mut w: BTreeSet<NodeId> = b.wanted.iter().copied().collect();
                 w.extend(wanted.iter().copied());
                 b.wanted = w.into_iter().collect();
             }
-            let missing: BTreeSet<NodeId> = wanted.difference(&holders).copied().collect();
-            if missing.is_empty() || record.is_none() {
-                continue;
-            }
-            let p = tally
-                .pending
-                .entry(digest.clone())
-                .or_insert_with(|| Pending {
-                    size,
-                    missing: BTreeSet::new(),
-                    wanted_by: Vec::new(),
-                    more: false,
-                    oldest_ms: entry.created_ms,
-                });
-            p.missing.extend(missing);
-            p.oldest_ms = p.oldest_ms.min(entry.created_ms);
-            let by = (entry.repo.clone(), entry.digest.clone());
-            if !p.wanted_by.contains(&by) {
-                if p.wanted_by.len() < WANTED_BY_MAX {
-                    p.wanted_by.push(by);
-                } else {
-                    p.more = true;
-                }
+            if let Some((size, missing)) = missing_of(record, &wanted) {
+                tally
+                    .pending
+                    .entry(digest.clone())
+                    .or_insert_with(|| Pending::new(size, entry.created_ms))
+                    .want(missing, entry.created_ms, &by);
             }
         }
     }
+
+    /// The blobs of `entry` that some placement node misses: digest, size and those nodes.
+    /// Blobs without a record are left out.
+    pub fn missing<'e>(
+        &self,
+        entry: &'e ManifestEntry,
+    ) -> impl Iterator<Item = (&'e Digest, u64, BTreeSet<NodeId>)> {
+        self.placed(entry).filter_map(|(digest, record, wanted)| {
+            missing_of(record, &wanted).map(|(size, missing)| (digest, size, missing))
+        })
+    }
+
+    /// Each blob of `entry`, with its record and the placement nodes that should hold it.
+    fn placed<'e>(
+        &self,
+        entry: &'e ManifestEntry,
+    ) -> impl Iterator<Item = (&'e Digest, Option<&'e BlobRecord>, BTreeSet<NodeId>)> {
+        let policy = self.policy_for(&entry.repo);
+        entry.blobs.iter().map(move |(digest, record)| {
+            let wanted = self.placement.nodes_for(digest, policy);
+            (digest, record.as_ref(), wanted)
+        })
+    }
+}
+
+/// A blob's size and the `wanted` nodes that do not hold it; `None` when none misses it or it
+/// has no record.
+fn missing_of(
+    record: Option<&BlobRecord>,
+    wanted: &BTreeSet<NodeId>,
+) -> Option<(u64, BTreeSet<NodeId>)> {
+    let record = record?;
+    let missing: BTreeSet<NodeId> = wanted.difference(&record.holders).copied().collect();
+    (!missing.is_empty()).then_some((record.size, missing))
 }
 
 /// Pending blobs and bytes per region, and the oldest pending manifest's time.

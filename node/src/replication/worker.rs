@@ -16,10 +16,12 @@
 //! manifest still wants the blob, so an image deleted meanwhile — also one whose delete this
 //! node learns only now, after a partition — is not copied.
 //!
-//! The pending view (every region's missing blobs, not only this node's) is published to
-//! [`Replication::view`] for the metrics and refreshed after every change.
+//! The pending view (every region's missing blobs, not only this node's) is kept in a
+//! [`Backlog`], indexed so that each event — a copy ending, a notice, a round — costs
+//! O(log P) for P pending blobs (only a full pass is O(P)), and published to
+//! [`Replication::view`] for the metrics after every change.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,14 +31,11 @@ use tokio_util::sync::CancellationToken;
 use crate::meta::{MetaError, NodeId, Notice};
 use crate::metrics::{Metrics, RegionLabels};
 use crate::registry::{CopyFor, Registry};
-use crate::types::{Digest, RepositoryName};
+use crate::types::Digest;
 
-use super::{Pending, Plan, Replication, Tally, per_region};
+use super::pending::{BACKOFF_MIN, Backlog};
+use super::{Pending, Replication};
 
-/// First wait after a failed copy; doubled after each failure of the same blob.
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-/// Longest wait between two tries of a blob.
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Longest the worker waits at start for the first round trip to every peer (a probe answers
 /// within a round trip, or fails within its 2 s timeout).
 const FIRST_PROBES_WAIT: Duration = Duration::from_secs(3);
@@ -81,12 +80,10 @@ pub struct ReplicationWorker {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     me: NodeId,
-    plan: Option<Plan>,
-    tally: Tally,
-    in_flight: HashSet<Digest>,
+    /// The pending blobs, this node's copies in flight and its backoffs.
+    backlog: Backlog,
     /// The blob each copy task works on (to clear it if the task panicked).
     tasks: HashMap<tokio::task::Id, Digest>,
-    backoff: HashMap<Digest, (u32, Instant)>,
     last_full: Option<Instant>,
     resync: bool,
     catch_up: Arc<CatchUp>,
@@ -119,11 +116,8 @@ impl ReplicationWorker {
             registry,
             metrics,
             me,
-            plan: None,
-            tally: Tally::default(),
-            in_flight: HashSet::new(),
+            backlog: Backlog::new(me),
             tasks: HashMap::new(),
-            backoff: HashMap::new(),
             last_full: None,
             resync: true,
             catch_up: Arc::default(),
@@ -210,38 +204,36 @@ impl ReplicationWorker {
             took_ms = started.elapsed().as_millis() as u64,
             "computed replication work"
         );
-        self.tally = tally;
-        self.plan = Some(plan);
-        self.last_full = Some(Instant::now());
         // Backoffs of blobs no longer pending (held meanwhile, or no longer wanted) go.
-        let pending = &self.tally.pending;
-        self.backoff.retain(|d, _| pending.contains_key(d));
+        self.backlog.replace(plan, tally.pending);
+        self.last_full = Some(Instant::now());
         Ok(())
     }
 
     /// Updates the pending view with what the state machine applied since the last round.
     async fn apply_notices(&mut self, notices: Vec<Notice>) -> Result<(), MetaError> {
-        let Some(plan) = self.plan.clone() else {
+        if self.backlog.plan().is_none() {
             self.resync = true;
             return Ok(());
-        };
+        }
         let meta = self.replication.meta().clone();
         for n in notices {
             match n {
                 Notice::Manifest { repo, digest } => {
                     match meta.manifest_entry(&repo, &digest).await? {
-                        Some(entry) => plan.add(&mut self.tally, &entry),
-                        None => self.forget_manifest(&repo, &digest),
+                        Some(entry) => self.backlog.add_manifest(&entry),
+                        None => self.backlog.forget_manifest(&repo, &digest),
                     }
                 }
                 Notice::Blob(digest) => {
-                    if !self.tally.pending.contains_key(&digest) {
+                    if !self.backlog.contains(&digest) {
                         continue;
                     }
                     // A new holder: its copy may now be near; retry at once.
-                    self.backoff.remove(&digest);
+                    self.backlog.clear_backoff(&digest);
                     if let Some(record) = meta.blob(&digest).await? {
-                        self.held_by(&digest, record.holders.iter().copied());
+                        let done = self.backlog.held_by(&digest, record.holders);
+                        self.observe_lag(done);
                     }
                 }
             }
@@ -249,57 +241,11 @@ impl ReplicationWorker {
         Ok(())
     }
 
-    /// A manifest was deleted: blobs only it wanted are no longer pending.
-    fn forget_manifest(&mut self, repo: &RepositoryName, digest: &Digest) {
-        let by = (repo.clone(), digest.clone());
-        self.tally.pending.retain(|_, p| {
-            p.wanted_by.retain(|w| w != &by);
-            !p.wanted_by.is_empty() || p.more
-        });
-    }
-
-    /// Removes `holders` from a pending blob's missing nodes (and the blob once none miss it).
-    /// When that completes this node's region, the region's lag is observed.
-    fn held_by(&mut self, digest: &Digest, holders: impl Iterator<Item = NodeId>) {
-        let mut mine_done = false;
-        if let Some(p) = self.tally.pending.get_mut(digest) {
-            for h in holders {
-                if p.missing.remove(&h) && h == self.me {
-                    mine_done = true;
-                }
-            }
-        }
-        if mine_done {
-            self.observe_lag(digest);
-        }
-        if self
-            .tally
-            .pending
-            .get(digest)
-            .is_some_and(|p| p.missing.is_empty())
-        {
-            self.tally.pending.remove(digest);
-        }
-    }
-
     /// Starts copies of this node's pending blobs that are due, up to `max_parallel`.
     fn dispatch(&mut self, copies: &mut JoinSet<(Digest, Outcome)>) {
         let max = self.replication.settings().max_parallel;
-        let now = Instant::now();
-        let due: Vec<(Digest, Pending)> = self
-            .tally
-            .pending
-            .iter()
-            .filter(|(d, p)| {
-                p.missing.contains(&self.me)
-                    && !self.in_flight.contains(*d)
-                    && self.backoff.get(*d).is_none_or(|(_, at)| *at <= now)
-            })
-            .take(max.saturating_sub(self.in_flight.len()))
-            .map(|(d, p)| (d.clone(), p.clone()))
-            .collect();
+        let due = self.backlog.start(max, Instant::now());
         for (digest, pending) in due {
-            self.in_flight.insert(digest.clone());
             let (replication, registry) = (self.replication.clone(), self.registry.clone());
             let catch_up = self.catch_up.clone();
             let task = digest.clone();
@@ -312,68 +258,52 @@ impl ReplicationWorker {
         }
     }
 
-    /// When the next blob in backoff may be tried.
+    /// When the next of this node's blobs in backoff may be tried.
     fn next_retry(&self) -> Option<Instant> {
-        self.backoff
-            .iter()
-            .filter(|(d, _)| !self.in_flight.contains(*d) && self.tally.pending.contains_key(*d))
-            .map(|(_, (_, at))| *at)
-            .min()
+        self.backlog.next_retry()
     }
 
     fn finished(&mut self, digest: Digest, outcome: Outcome) {
-        self.in_flight.remove(&digest);
         match outcome {
             Outcome::Held => {
-                self.backoff.remove(&digest);
-                self.held_by(&digest, std::iter::once(self.me));
+                let done = self.backlog.held(&digest);
+                self.observe_lag(done);
             }
-            Outcome::NotWanted => {
-                self.backoff.remove(&digest);
-                self.tally.pending.remove(&digest);
-            }
+            Outcome::NotWanted => self.backlog.not_wanted(&digest),
             Outcome::Failed(why) => {
-                let attempts = self.backoff.get(&digest).map_or(0, |(a, _)| *a) + 1;
-                let wait = BACKOFF_MIN
-                    .saturating_mul(1 << attempts.min(10))
-                    .min(BACKOFF_MAX);
+                let (attempts, wait) = self.backlog.failed(&digest, Instant::now());
                 tracing::warn!(%digest, attempts, retry_in_ms = wait.as_millis() as u64, error = %why, "failed to replicate blob");
-                self.backoff
-                    .insert(digest, (attempts, Instant::now() + wait));
             }
         }
         self.publish();
     }
 
-    /// This node now holds a blob it was placed on: if no other node of its region still
-    /// misses it, the time since the earliest manifest that wants it was pushed is the
-    /// region's lag for it.
-    fn observe_lag(&self, digest: &Digest) {
-        let (Some(plan), Some(p)) = (&self.plan, self.tally.pending.get(digest)) else {
+    /// `done`: this node now holds a blob it was placed on and no other node of its region
+    /// misses it, with the earliest push time of the manifests that want it; the time since
+    /// is the region's lag for it.
+    fn observe_lag(&self, done: Option<u64>) {
+        let Some(oldest_ms) = done else {
             return;
         };
-        let Some(region) = plan.placement.region_of(self.me) else {
+        let Some(region) = self
+            .backlog
+            .plan()
+            .and_then(|plan| plan.placement.region_of(self.me))
+        else {
             return;
         };
-        let others_missing = p
-            .missing
-            .iter()
-            .any(|n| *n != self.me && plan.placement.region_of(*n) == Some(region));
-        if !others_missing {
-            let lag = now_ms().saturating_sub(p.oldest_ms) as f64 / 1000.0;
-            self.metrics
-                .replication_lag
-                .get_or_create(&RegionLabels {
-                    region: region.to_string(),
-                })
-                .observe(lag);
-        }
+        let lag = now_ms().saturating_sub(oldest_ms) as f64 / 1000.0;
+        self.metrics
+            .replication_lag
+            .get_or_create(&RegionLabels {
+                region: region.to_string(),
+            })
+            .observe(lag);
     }
 
     fn publish(&self) {
-        if let Some(plan) = &self.plan {
-            self.replication
-                .publish_view(per_region(plan, &self.tally.pending));
+        if let Some(view) = self.backlog.view() {
+            self.replication.publish_view(view);
         }
     }
 }
