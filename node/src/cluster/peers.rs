@@ -32,6 +32,9 @@ use crate::types::ErrorKind;
 /// HTTP/2 receive window of one stream on a peer connection (both ends): what may be in flight
 /// unacknowledged, so the most one stream carries per round trip.
 pub const STREAM_WINDOW: u32 = 16 << 20;
+/// Largest HTTP/2 frame a peer may send on a blob stream's connection (a blob message is at
+/// most 1 MiB).
+const BLOB_FRAME: u32 = 1 << 20;
 /// HTTP/2 receive window of a whole peer connection.
 pub const CONNECTION_WINDOW: u32 = 32 << 20;
 /// How long connecting to a peer may take (a TCP handshake across regions costs a round
@@ -181,7 +184,10 @@ impl Peers {
             // Receive windows for round trips between regions (ADR 012): hyper's defaults
             // (2 MiB per stream) cap a blob stream at 2 MiB per round trip, ~7 MB/s at 300 ms.
             .initial_stream_window_size(Some(STREAM_WINDOW))
-            .initial_connection_window_size(Some(CONNECTION_WINDOW));
+            .initial_connection_window_size(Some(CONNECTION_WINDOW))
+            // Blob streams in frames of up to a message (fewer frames to cut and reassemble);
+            // Raft's connection keeps small frames, so a message never waits behind a large one.
+            .max_frame_size((lane != Lane::Control).then_some(BLOB_FRAME));
         #[cfg(feature = "fault-injection")]
         let channel =
             endpoint.connect_with_connector_lazy(super::link::connector(node, self.faults.clone()));
