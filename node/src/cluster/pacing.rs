@@ -5,7 +5,8 @@
 //! durability copy (a manifest PUT waits for it, [`PeerBandwidth::take_urgent`]) keeps to the
 //! per-peer cap but goes ahead of replication's copies from the same peer: it has a bucket of
 //! its own, and what it takes is charged to the replication bucket too, so replication slows
-//! down by as much and the two together keep to the cap.
+//! down by as much and the two together keep to the cap (past the first second, when both
+//! buckets may spend their burst).
 //!
 //! Why the second pace: a copy costs the receiving node CPU for every byte (hashing, the page
 //! cache, the HTTP/2 stream), about as much as a push of the same bytes. On a node whose cores

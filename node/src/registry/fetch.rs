@@ -12,7 +12,9 @@
 //! failed ends with an error rather than go on with the next holder's bytes (one that got none
 //! follows the next attempt). The file is written a 1 MiB block at a time, so readers move in
 //! such steps. A client's response starts (200) once a holder is sending; when none can, the
-//! client gets the error instead. A range read and the copies (`ensure`) wait for the whole
+//! client gets the error instead (a client that joins between two attempts may get its 200
+//! from the attempt that just failed, and then a broken body if no later holder can send).
+//! A range read and the copies (`ensure`) wait for the whole
 //! copy; a HEAD starts the fetch without waiting (`warm`). A client hanging up never cancels
 //! the fetch (it runs on its own task). The caller names the holders to try, nearest first;
 //! each call to a peer has a deadline (see `cluster::fetch`), so a dead holder costs the time
@@ -54,7 +56,7 @@ pub(super) enum Purpose {
     Copy = 0,
     /// A manifest PUT waits for it: paced by the per-peer cap only, ahead of copies.
     Durability = 1,
-    /// A client request is waiting for the bytes: no pacing.
+    /// A client asked for it (a GET waits for the bytes, a HEAD's GET will): no pacing.
     Client = 2,
 }
 
