@@ -16,11 +16,11 @@
 //! client never sees a complete one), and node 2 keeps neither the blob nor a staging file.
 //!
 //! And a client's GET that joins a replication copy paced to a crawl (the busy cap while node 2
-//! serves clients, or the per-peer cap: 128 KiB/s, about a minute for the blob) gets the whole
+//! serves clients, or the per-peer cap: 64 KiB/s, two minutes for the blob) gets the whole
 //! blob long before that pace could have copied it: a client joining a copy ends its pacing.
 //!
 //! No speed is asserted: "before the blob is stored" is observed on node 2's disk, and the
-//! paced copy's bound (20 s against the minute it would take) is an outcome, not a speed.
+//! paced copy's bound (10 s against the two minutes it would take) is an outcome, not a speed.
 
 use std::io::Read;
 use std::path::Path;
@@ -159,11 +159,13 @@ fn a_fetch_that_fails_part_way_breaks_every_response_and_keeps_nothing() {
     );
 }
 
-/// The pace of the replication copies in the paced-copy tests: [`SIZE`] takes about a minute.
-const PACE: u64 = 128 * 1024;
-/// Longest a client's GET that joined a paced copy may take: a third of what the rest of the
-/// copy would take at [`PACE`] (at least 7 MiB: 56 s).
-const JOINED_GET_BOUND: Duration = Duration::from_secs(20);
+/// The pace of the replication copies in the paced-copy tests: [`SIZE`] takes two minutes, and
+/// one 1 MiB piece of the holder's stream 16 s.
+const PACE: u64 = 64 * 1024;
+/// Longest a client's GET that joined a paced copy may take: a tenth of what the rest of the
+/// copy would take at [`PACE`] (at least 7 MiB: 112 s), and less than the pause for the one
+/// piece the copy is waiting on when the client joins (about 15 s).
+const JOINED_GET_BOUND: Duration = Duration::from_secs(10);
 
 /// Whether the directory `dir` holds a file.
 fn has_a_file(dir: &Path) -> bool {
@@ -182,13 +184,17 @@ impl Drop for SetOnDrop<'_> {
 /// Node 2 (its copies paced by `pace_env`) replicates an image with a [`SIZE`]-byte layer
 /// pushed at node 1, while a client sends requests to node 2 every 20 ms from before the push
 /// to the end (so the busy cap applies throughout). Once the copy of the layer is under way (its
-/// staging file holds a first block) and still going two seconds later (it is paced), a client
-/// GETs the layer at node 2: it must get it whole within [`JOINED_GET_BOUND`].
+/// staging file holds a first block, about 16 s in) and still going a second later (it is
+/// paced), a client GETs the layer at node 2: it must get it whole within [`JOINED_GET_BOUND`].
 ///
-/// Guards `Wanters::more_urgent` and the pacing by the most urgent wanter (registry::fetch):
-/// if the copy kept pausing for its pace after the client joined, the GET would take the rest
-/// of the paced copy (over 50 s); a joiner that got the bytes of another attempt, or lost some
-/// at the switch to the stored blob, would fail the byte-for-byte check.
+/// Guards the pacing by the most urgent wanter (registry::fetch): if the copy went on at its
+/// pace after the client joined, the GET would take the rest of the paced copy (over 100 s).
+/// And `Wanters::more_urgent`: the copy is then pausing for the next piece of the holder's
+/// stream (1 MiB, 16 s at the pace); a pause that did not end when the client joined would
+/// hold the GET for its rest (about 15 s, past the bound; a holder sending smaller pieces
+/// would make that pause, and what this test can see of it, shorter). A joiner that got the
+/// bytes of another attempt, or lost some at the switch to the stored blob, would fail the
+/// byte-for-byte check.
 fn a_client_joining_a_paced_copy_gets_the_blob_long_before_the_pace_would(pace_env: &str) {
     let c = ClusterBuilder::new()
         .nodes(2)
@@ -216,10 +222,10 @@ fn a_client_joining_a_paced_copy_gets_the_blob_long_before_the_pace_would(pace_e
         let uploads = c.node(2).data_dir().join("uploads");
         wait_for(
             "node 2 to have copied a first block of the layer",
-            Duration::from_secs(60),
+            GET_TIMEOUT,
             || has_a_file(&uploads) || holds_blob(&c, 2, &layer),
         );
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_secs(1));
         assert!(
             !holds_blob(&c, 2, &layer),
             "node 2 copied the layer within seconds: the copy was not paced ({pace_env} = {PACE})"
