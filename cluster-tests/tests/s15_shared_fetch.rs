@@ -19,6 +19,10 @@
 //! serves clients, or the per-peer cap: 64 KiB/s, two minutes for the blob) gets the whole
 //! blob long before that pace could have copied it: a client joining a copy ends its pacing.
 //!
+//! And a client reading through at a node cut off from the Raft leader (but not from the
+//! holder) gets its last byte before that node's write of the holder record (`BlobCopied`)
+//! ends: the write waits three election timeouts for a leader it can reach, then fails.
+//!
 //! No speed is asserted: "before the blob is stored" is observed on node 2's disk, and the
 //! paced copy's bound (10 s against the two minutes it would take) is an outcome, not a speed.
 
@@ -264,4 +268,61 @@ fn a_client_joining_a_copy_held_to_the_per_peer_cap_gets_the_blob_promptly() {
     a_client_joining_a_paced_copy_gets_the_blob_long_before_the_pace_would(
         "BERTH_REPLICATION__MAX_BYTES_PER_SEC_PER_PEER",
     );
+}
+
+/// What the fetching node logs when its holder record (`BlobCopied`) could not be written
+/// (registry::fetch).
+const RECORD_FAILED: &str = "failed to record a fetched blob copy";
+
+/// Three nodes with slow Raft timings (election timeout 3–6 s): a write at a node cut off
+/// from the leader waits three election timeouts (18 s) for another leader before it fails.
+/// The [`SIZE`]-byte blob is uploaded at a follower (the holder); the other follower (the
+/// reader), cut off from the leader but not from the holder, reads it through.
+///
+/// Guards the order at the end of a fetch (registry::fetch, `Job::run`): its readers get their
+/// last bytes once the copy is verified and stored, before the `BlobCopied` write. Were the
+/// readers ended after that write, the GET's last byte would wait the 18 s for it, and the
+/// node would have logged the write's failure by the time the GET ended. No time is measured:
+/// the order is read from the node's log.
+#[test]
+fn a_reader_gets_its_last_byte_before_the_holder_record_is_written() {
+    let c = ClusterBuilder::new()
+        .nodes(3)
+        .raft_timing(300, 3000, 6000)
+        .write_timeout_ms(60_000)
+        .build();
+    let leader = c.wait_for_leader(GET_TIMEOUT);
+    let [holder, reader] = c.followers()[..] else {
+        panic!("not two followers: {:?}", c.followers());
+    };
+    let data = random_layer(SIZE);
+    let digest = sha256_digest(&data);
+    c.client(holder)
+        .push_blob(REPO, &data, UploadStyle::Monolithic)
+        .unwrap_or_else(|e| panic!("upload at node {holder}: {e}"));
+    // The reader knows the blob (and its holder) before it is cut off.
+    c.wait_for_applied_converged(GET_TIMEOUT);
+    assert!(
+        !holds_blob(&c, reader, &digest),
+        "node {reader} got a copy unasked"
+    );
+    c.partition(&[reader], &[leader]);
+    let mut body = open_get(&c, reader, &digest).into_body().into_reader();
+    must_read_rest("the reader", Vec::new(), &mut body, &digest);
+    assert!(
+        holds_blob(&c, reader, &digest),
+        "node {reader} sent the whole blob but does not hold it"
+    );
+    assert!(
+        !c.node(reader).stderr().contains(RECORD_FAILED),
+        "the reader's last byte came only after node {reader}'s BlobCopied write had failed: \
+         the readers of a fetch waited for its holder record"
+    );
+    // The premise: that write was held up, and failed (no leader within reach).
+    wait_for(
+        &format!("node {reader} to give up recording its copy"),
+        GET_TIMEOUT,
+        || c.node(reader).stderr().contains(RECORD_FAILED),
+    );
+    c.heal();
 }
