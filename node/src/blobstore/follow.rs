@@ -465,6 +465,16 @@ mod tests {
         assert_eq!(first_diff, None, "{who}: the bytes differ from there on");
     }
 
+    /// Asserts that `b` yields nothing and does not end (within 300 ms): it waits for the copy.
+    async fn must_wait(who: &str, b: &mut BlobBody) {
+        let (got, err, done) = drain(b, Duration::from_millis(300)).await;
+        assert!(
+            got.is_empty() && err.is_none() && !done,
+            "{who}: {} bytes, {err:?}, ended: {done}",
+            got.len()
+        );
+    }
+
     /// Starts a copy whose readers follow the staging file of upload `id`.
     fn begin_copy(store: &BlobStore, id: &str) -> (CopyProgress, super::super::StagedUpload) {
         let progress = CopyProgress::new();
@@ -486,12 +496,7 @@ mod tests {
         let (progress, mut up) = begin_copy(&store, "follow-empty");
         let mut reader = store.follow(&d, 0, progress.watch());
         assert_eq!(up.append(body(b"")).await.unwrap(), 0);
-        let (got, err, done) = drain(&mut reader, Duration::from_millis(300)).await;
-        assert!(
-            got.is_empty() && err.is_none() && !done,
-            "before the copy was stored: {} bytes, {err:?}, ended: {done}",
-            got.len()
-        );
+        must_wait("the reader, before the copy was stored", &mut reader).await;
         up.finish(&store, &d).await.unwrap();
         progress.end(Ok(()));
         must_end_with("the reader", &mut reader, Vec::new(), b"").await;
@@ -519,14 +524,8 @@ mod tests {
         up.append(body(&data[..1000])).await.unwrap();
         up.append(body(&data[1000..])).await.unwrap();
         let mut joiner = store.follow(&d, size, progress.watch());
-        for (who, reader) in [("the early reader", &mut early), ("the joiner", &mut joiner)] {
-            let (got, err, done) = drain(reader, Duration::from_millis(300)).await;
-            assert!(
-                got.is_empty() && err.is_none() && !done,
-                "{who}, before the copy was stored: {} bytes, {err:?}, ended: {done}",
-                got.len()
-            );
-        }
+        must_wait("the early reader, before the copy was stored", &mut early).await;
+        must_wait("the joiner, before the copy was stored", &mut joiner).await;
         up.finish(&store, &d).await.unwrap();
         progress.end(Ok(()));
         must_end_with("the early reader", &mut early, Vec::new(), &data).await;
@@ -557,7 +556,10 @@ mod tests {
         );
         let mut joiner = store.follow(&d, size, progress.watch());
         let mut heads = Vec::new();
-        for (who, reader) in [("the early reader", &mut early), ("the joiner", &mut joiner)] {
+        for (who, reader) in [
+            ("the early reader", &mut early),
+            ("the joiner", &mut joiner),
+        ] {
             let (got, err, done) = drain(reader, Duration::from_millis(300)).await;
             assert!(err.is_none() && !done, "{who}: {err:?}, ended: {done}");
             assert!(
@@ -571,18 +573,23 @@ mod tests {
         up.finish(&store, &d).await.unwrap();
         // Stored, the outcome not yet published.
         let mut after_rename = store.follow(&d, size, progress.watch());
-        let (got, err, done) = drain(&mut after_rename, Duration::from_millis(300)).await;
-        assert!(
-            got.is_empty() && err.is_none() && !done,
-            "a reader that found the staging file gone: {} bytes, {err:?}, ended: {done}",
-            got.len()
-        );
+        must_wait(
+            "a reader that found the staging file gone",
+            &mut after_rename,
+        )
+        .await;
         progress.end(Ok(()));
         let joiner_head = heads.pop().unwrap();
         let early_head = heads.pop().unwrap();
         must_end_with("the early reader", &mut early, early_head, &data).await;
         must_end_with("the joiner", &mut joiner, joiner_head, &data).await;
-        must_end_with("the reader after the rename", &mut after_rename, Vec::new(), &data).await;
+        must_end_with(
+            "the reader after the rename",
+            &mut after_rename,
+            Vec::new(),
+            &data,
+        )
+        .await;
         assert!(super::super::no_staging_files(dir.path()));
     }
 
