@@ -15,9 +15,20 @@
 //! And when the only holder dies part-way through the copy, every response of it breaks (the
 //! client never sees a complete one), and node 2 keeps neither the blob nor a staging file.
 //!
-//! No speed is asserted: "before the blob is stored" is observed on node 2's disk.
+//! And a client's GET that joins a replication copy paced to a crawl (the busy cap while node 2
+//! serves clients, or the per-peer cap: 64 KiB/s, two minutes for the blob) gets the whole
+//! blob long before that pace could have copied it: a client joining a copy ends its pacing.
+//!
+//! And a client reading through at a node cut off from the Raft leader (but not from the
+//! holder) gets its last byte before that node's write of the holder record (`BlobCopied`)
+//! ends: the write waits three election timeouts for a leader it can reach, then fails.
+//!
+//! No speed is asserted: "before the blob is stored" is observed on node 2's disk, and the
+//! paced copy's bound (10 s against the two minutes it would take) is an outcome, not a speed.
 
 use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster_tests::oci::sha256_digest;
@@ -150,4 +161,168 @@ fn a_fetch_that_fails_part_way_breaks_every_response_and_keeps_nothing() {
         Duration::from_secs(30),
         || std::fs::read_dir(&uploads).is_ok_and(|mut d| d.next().is_none()),
     );
+}
+
+/// The pace of the replication copies in the paced-copy tests: [`SIZE`] takes two minutes, and
+/// one 1 MiB piece of the holder's stream 16 s.
+const PACE: u64 = 64 * 1024;
+/// Longest a client's GET that joined a paced copy may take: a tenth of what the rest of the
+/// copy would take at [`PACE`] (at least 7 MiB: 112 s), and less than the pause for the one
+/// piece the copy is waiting on when the client joins (about 15 s).
+const JOINED_GET_BOUND: Duration = Duration::from_secs(10);
+
+/// Whether the directory `dir` holds a file.
+fn has_a_file(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}
+
+/// Sets its flag when dropped (also when the test panics).
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Node 2 (its copies paced by `pace_env`) replicates an image with a [`SIZE`]-byte layer
+/// pushed at node 1, while a client sends requests to node 2 every 20 ms from before the push
+/// to the end (so the busy cap applies throughout). Once the copy of the layer is under way (its
+/// staging file holds a first block, about 16 s in) and still going a second later (it is
+/// paced), a client GETs the layer at node 2: it must get it whole within [`JOINED_GET_BOUND`].
+///
+/// Guards the pacing by the most urgent wanter (registry::fetch): if the copy went on at its
+/// pace after the client joined, the GET would take the rest of the paced copy (over 100 s).
+/// And `Wanters::more_urgent`: the copy is then pausing for the next piece of the holder's
+/// stream (1 MiB, 16 s at the pace); a pause that did not end when the client joined would
+/// hold the GET for its rest (about 15 s, past the bound; a holder sending smaller pieces
+/// would make that pause, and what this test can see of it, shorter). A joiner that got the
+/// bytes of another attempt, or lost some at the switch to the stored blob, would fail the
+/// byte-for-byte check.
+fn a_client_joining_a_paced_copy_gets_the_blob_long_before_the_pace_would(pace_env: &str) {
+    let c = ClusterBuilder::new()
+        .nodes(2)
+        .regions(&["r1", "r2"])
+        .env(pace_env, &PACE.to_string())
+        .build();
+    let stop = AtomicBool::new(false);
+    let client = c.client(2);
+    std::thread::scope(|s| {
+        let _stop_pings = SetOnDrop(&stop);
+        let pings = s.spawn(|| {
+            let started = Instant::now();
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < 2 * GET_TIMEOUT {
+                // Any registry request counts as a client's; its answer does not matter.
+                let _ = client.get("/v2/");
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            sent
+        });
+        let image = c.must_push_image(1, REPO, "paced", &[random_layer(SIZE)]);
+        let layer = image.layers[0].digest.clone();
+        // Only node 2's replication copies stage files there (the push was at node 1).
+        let uploads = c.node(2).data_dir().join("uploads");
+        wait_for(
+            "node 2 to have copied a first block of the layer",
+            GET_TIMEOUT,
+            || has_a_file(&uploads) || holds_blob(&c, 2, &layer),
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(
+            !holds_blob(&c, 2, &layer),
+            "node 2 copied the layer within seconds: the copy was not paced ({pace_env} = {PACE})"
+        );
+        let joined = Instant::now();
+        let mut body = open_get(&c, 2, &layer).into_body().into_reader();
+        assert!(
+            !holds_blob(&c, 2, &layer),
+            "node 2 held the layer when the client's GET began: it joined no copy"
+        );
+        must_read_rest("the joined GET", Vec::new(), &mut body, &layer);
+        let took = joined.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        let sent = pings.join().expect("the pinging client panicked");
+        eprintln!("the joined GET took {took:?} ({sent} pings in the test)");
+        assert!(
+            took < JOINED_GET_BOUND,
+            "a GET that joined a paced copy took {took:?}: the copy went on at its pace \
+             ({pace_env} = {PACE}) instead of at the client's"
+        );
+        wait_for("node 2 to store the layer", GET_TIMEOUT, || {
+            holds_blob(&c, 2, &layer)
+        });
+    });
+}
+
+#[test]
+fn a_client_joining_a_copy_held_to_the_busy_cap_gets_the_blob_promptly() {
+    a_client_joining_a_paced_copy_gets_the_blob_long_before_the_pace_would(
+        "BERTH_REPLICATION__BUSY_BYTES_PER_SEC",
+    );
+}
+
+#[test]
+fn a_client_joining_a_copy_held_to_the_per_peer_cap_gets_the_blob_promptly() {
+    a_client_joining_a_paced_copy_gets_the_blob_long_before_the_pace_would(
+        "BERTH_REPLICATION__MAX_BYTES_PER_SEC_PER_PEER",
+    );
+}
+
+/// What the fetching node logs when its holder record (`BlobCopied`) could not be written
+/// (registry::fetch).
+const RECORD_FAILED: &str = "failed to record a fetched blob copy";
+
+/// Three nodes with slow Raft timings (election timeout 3–6 s): a write at a node cut off
+/// from the leader waits three election timeouts (18 s) for another leader before it fails.
+/// The [`SIZE`]-byte blob is uploaded at a follower (the holder); the other follower (the
+/// reader), cut off from the leader but not from the holder, reads it through.
+///
+/// Guards the order at the end of a fetch (registry::fetch, `Job::run`): its readers get their
+/// last bytes once the copy is verified and stored, before the `BlobCopied` write. Were the
+/// readers ended after that write, the GET's last byte would wait the 18 s for it, and the
+/// node would have logged the write's failure by the time the GET ended. No time is measured:
+/// the order is read from the node's log.
+#[test]
+fn a_reader_gets_its_last_byte_before_the_holder_record_is_written() {
+    let c = ClusterBuilder::new()
+        .nodes(3)
+        .raft_timing(300, 3000, 6000)
+        .write_timeout_ms(60_000)
+        .build();
+    let leader = c.wait_for_leader(GET_TIMEOUT);
+    let [holder, reader] = c.followers()[..] else {
+        panic!("not two followers: {:?}", c.followers());
+    };
+    let data = random_layer(SIZE);
+    let digest = sha256_digest(&data);
+    c.client(holder)
+        .push_blob(REPO, &data, UploadStyle::Monolithic)
+        .unwrap_or_else(|e| panic!("upload at node {holder}: {e}"));
+    // The reader knows the blob (and its holder) before it is cut off.
+    c.wait_for_applied_converged(GET_TIMEOUT);
+    assert!(
+        !holds_blob(&c, reader, &digest),
+        "node {reader} got a copy unasked"
+    );
+    c.partition(&[reader], &[leader]);
+    let mut body = open_get(&c, reader, &digest).into_body().into_reader();
+    must_read_rest("the reader", Vec::new(), &mut body, &digest);
+    assert!(
+        holds_blob(&c, reader, &digest),
+        "node {reader} sent the whole blob but does not hold it"
+    );
+    assert!(
+        !c.node(reader).stderr().contains(RECORD_FAILED),
+        "the reader's last byte came only after node {reader}'s BlobCopied write had failed: \
+         the readers of a fetch waited for its holder record"
+    );
+    // The premise: that write was held up, and failed (no leader within reach).
+    wait_for(
+        &format!("node {reader} to give up recording its copy"),
+        GET_TIMEOUT,
+        || c.node(reader).stderr().contains(RECORD_FAILED),
+    );
+    c.heal();
 }

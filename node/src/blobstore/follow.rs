@@ -453,6 +453,146 @@ mod tests {
         assert!(all == data, "a body that waited did not get the blob");
     }
 
+    /// Reads the rest of `b` once its copy ended well: it must end, without an error, and
+    /// `head` followed by the rest must be `want`, byte for byte.
+    async fn must_end_with(who: &str, b: &mut BlobBody, head: Vec<u8>, want: &[u8]) {
+        let (rest, err, done) = drain(b, Duration::from_secs(5)).await;
+        assert!(err.is_none(), "{who}: {err:?}");
+        assert!(done, "{who}: the body did not end once the copy was stored");
+        let got = [head, rest].concat();
+        assert_eq!(got.len(), want.len(), "{who}: length");
+        let first_diff = got.iter().zip(want).position(|(a, b)| a != b);
+        assert_eq!(first_diff, None, "{who}: the bytes differ from there on");
+    }
+
+    /// Asserts that `b` yields nothing and does not end (within 300 ms): it waits for the copy.
+    async fn must_wait(who: &str, b: &mut BlobBody) {
+        let (got, err, done) = drain(b, Duration::from_millis(300)).await;
+        assert!(
+            got.is_empty() && err.is_none() && !done,
+            "{who}: {} bytes, {err:?}, ended: {done}",
+            got.len()
+        );
+    }
+
+    /// Starts a copy whose readers follow the staging file of upload `id`.
+    fn begin_copy(store: &BlobStore, id: &str) -> (CopyProgress, super::super::StagedUpload) {
+        let progress = CopyProgress::new();
+        let mut up = store.begin_upload(id);
+        up.publish_to(&progress);
+        (progress, up)
+    }
+
+    // Guards: a zero-byte blob is the edge of every `size - 1` in the follower (the last
+    // byte's hold-back, the range of the stored rest): an underflow would panic or ask the
+    // store for a range past the end (an error), and a reader that waits for a byte that never
+    // comes would hang. The body must end, empty and without an error, once the copy is stored
+    // — not before (a copy can still fail: the holder may send bytes a 0-byte blob lacks).
+    #[tokio::test]
+    async fn a_follower_of_a_zero_byte_blob_ends_empty_once_it_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let d = Digest::sha256_of(b"");
+        let (progress, mut up) = begin_copy(&store, "follow-empty");
+        let mut reader = store.follow(&d, 0, progress.watch());
+        assert_eq!(up.append(body(b"")).await.unwrap(), 0);
+        must_wait("the reader, before the copy was stored", &mut reader).await;
+        up.finish(&store, &d).await.unwrap();
+        progress.end(Ok(()));
+        must_end_with("the reader", &mut reader, Vec::new(), b"").await;
+        // One that starts after the end too.
+        let mut late = store.follow(&d, 0, progress.watch());
+        must_end_with("a late reader", &mut late, Vec::new(), b"").await;
+        assert!(super::super::no_staging_files(dir.path()));
+    }
+
+    // Guards: a blob smaller than one block (1 MiB) stays in the upload's memory until the
+    // finish writes it (the staging file does not even exist before): a mark that counted
+    // those bytes would have readers read a missing or short file (an error, or zeros), and a
+    // reader given them before the verification could get unverified bytes. Nothing is
+    // readable until the copy is stored; then every reader gets the whole blob from the store.
+    #[tokio::test]
+    async fn a_follower_of_a_blob_smaller_than_a_block_gets_it_whole_once_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let data = blob(MIB / 2 + 3);
+        let d = Digest::sha256_of(&data);
+        let size = data.len() as u64;
+        let (progress, mut up) = begin_copy(&store, "follow-small");
+        let mut early = store.follow(&d, size, progress.watch());
+        // In two pieces, as a holder's stream would send it.
+        up.append(body(&data[..1000])).await.unwrap();
+        up.append(body(&data[1000..])).await.unwrap();
+        let mut joiner = store.follow(&d, size, progress.watch());
+        must_wait("the early reader, before the copy was stored", &mut early).await;
+        must_wait("the joiner, before the copy was stored", &mut joiner).await;
+        up.finish(&store, &d).await.unwrap();
+        progress.end(Ok(()));
+        must_end_with("the early reader", &mut early, Vec::new(), &data).await;
+        must_end_with("the joiner", &mut joiner, Vec::new(), &data).await;
+        assert!(super::super::no_staging_files(dir.path()));
+    }
+
+    // Guards: a blob of exactly whole blocks is all in the staging file before the
+    // verification (the mark reaches its size): the follower itself must hold the last byte
+    // back (stop at size - 1) and take it from the stored blob afterwards — neither yield it
+    // unverified, nor lose it or yield it twice at the switch. A reader that starts after the
+    // staging file was renamed into place, but before the outcome is published, finds no file
+    // to open: it must wait for the outcome (not fail), then read the whole blob from the store.
+    #[tokio::test]
+    async fn a_follower_of_whole_blocks_gets_the_last_byte_from_the_stored_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let data = blob(2 * MIB);
+        let d = Digest::sha256_of(&data);
+        let size = data.len() as u64;
+        let (progress, mut up) = begin_copy(&store, "follow-blocks");
+        let mut early = store.follow(&d, size, progress.watch());
+        up.append(body(&data)).await.unwrap();
+        assert_eq!(
+            progress.tx.borrow().readable,
+            size,
+            "the mark should cover the whole file (else this test shows nothing)"
+        );
+        let mut joiner = store.follow(&d, size, progress.watch());
+        let mut heads = Vec::new();
+        for (who, reader) in [
+            ("the early reader", &mut early),
+            ("the joiner", &mut joiner),
+        ] {
+            let (got, err, done) = drain(reader, Duration::from_millis(300)).await;
+            assert!(err.is_none() && !done, "{who}: {err:?}, ended: {done}");
+            assert!(
+                got == data[..data.len() - 1],
+                "{who}: got {} bytes before the verification, not the first {} exactly",
+                got.len(),
+                size - 1
+            );
+            heads.push(got);
+        }
+        up.finish(&store, &d).await.unwrap();
+        // Stored, the outcome not yet published.
+        let mut after_rename = store.follow(&d, size, progress.watch());
+        must_wait(
+            "a reader that found the staging file gone",
+            &mut after_rename,
+        )
+        .await;
+        progress.end(Ok(()));
+        let joiner_head = heads.pop().unwrap();
+        let early_head = heads.pop().unwrap();
+        must_end_with("the early reader", &mut early, early_head, &data).await;
+        must_end_with("the joiner", &mut joiner, joiner_head, &data).await;
+        must_end_with(
+            "the reader after the rename",
+            &mut after_rename,
+            Vec::new(),
+            &data,
+        )
+        .await;
+        assert!(super::super::no_staging_files(dir.path()));
+    }
+
     #[tokio::test]
     async fn begun_tells_writing_stored_failed_and_abandoned() {
         let progress = CopyProgress::new();
