@@ -1,5 +1,5 @@
-//! The `berth` binary: parses flags, loads configuration, starts telemetry, raises the
-//! open-file limit, binds, and calls [`berth_node::run`].
+//! The `berth` binary: installs the ring crypto provider, parses flags, loads configuration,
+//! starts telemetry, raises the open-file limit, binds, and calls [`berth_node::run`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

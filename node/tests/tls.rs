@@ -414,6 +414,9 @@ async fn reload_check(watch: u64, trigger: fn()) {
     let before = connect(&ca, node.addr, b"h2").await.unwrap();
     assert_eq!(server_cert(&before), old.der);
     let mut before = Sender::over(before).await;
+    // A request now: bytes the client sends before its first request count against
+    // `http.header_read_timeout_secs` (5 s here), which the reload below may outlast.
+    assert_eq!(before.send(Method::GET, "/v2/", b"").await.0, StatusCode::OK);
 
     // A bad key: the reload fails and the old certificate stays.
     std::fs::write(
@@ -506,39 +509,30 @@ fn start_up_refuses_plaintext_beyond_loopback_and_a_cert_without_key() {
     let cert = dir.path().join("cert.pem");
     std::fs::write(&cert, "not pem").unwrap();
     let cert = cert.to_str().unwrap();
-    let (code, stderr) = berth_exit(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cert,
-            "--tls-key",
-            "/nonexistent-key.pem",
-        ],
-        &[],
-    );
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        stderr.contains("tls.cert_file") && stderr.contains(cert),
-        "{stderr}"
-    );
-    let ca = TestCa::new();
-    let leaf = ca.issue("berth-1");
-    std::fs::write(cert, &leaf.cert_pem).unwrap();
-    let (code, stderr) = berth_exit(
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cert,
-            "--tls-key",
-            "/nonexistent-key.pem",
-        ],
-        &[],
-    );
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(
-        stderr.contains("failed to read tls.key_file /nonexistent-key.pem"),
-        "{stderr}"
-    );
+    let leaf = TestCa::new().issue("berth-1");
+    // First the certificate file is not PEM, then (valid) the key file is missing.
+    for (cert_pem, want) in [
+        (None, format!("failed to parse tls.cert_file {cert} as PEM")),
+        (
+            Some(&leaf.cert_pem),
+            "failed to read tls.key_file /nonexistent-key.pem".to_string(),
+        ),
+    ] {
+        if let Some(pem) = cert_pem {
+            std::fs::write(cert, pem).unwrap();
+        }
+        let (code, stderr) = berth_exit(
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                cert,
+                "--tls-key",
+                "/nonexistent-key.pem",
+            ],
+            &[],
+        );
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(stderr.contains(&want), "{want} missing from {stderr}");
+    }
 }
