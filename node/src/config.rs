@@ -432,6 +432,24 @@ impl Config {
     /// Builds the configuration from a TOML document (empty: all defaults) and environment
     /// variables, then validates it.
     pub fn load(toml_text: &str, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let (config, mut problems) = Config::read(toml_text, env)?;
+        problems.extend(config.problems());
+        finish(config, problems)
+    }
+
+    /// As [`Config::load`] without checking the values (only the syntax, names and types): for
+    /// a caller that overrides fields (command-line flags) and then calls [`Config::validate`].
+    pub fn parse(toml_text: &str, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let (config, problems) = Config::read(toml_text, env)?;
+        finish(config, problems)
+    }
+
+    /// The configuration the document and environment describe, and the problems with the
+    /// environment's variable names; `Err` when no configuration could be built.
+    fn read(
+        toml_text: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
         let mut problems = Vec::new();
         let mut doc: toml::Table = match toml_text.parse() {
             Ok(t) => t,
@@ -462,12 +480,7 @@ impl Config {
                 return Err(ConfigError { problems });
             }
         };
-        problems.extend(config.problems());
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError { problems })
-        }
+        Ok((config, problems))
     }
 
     /// Checks the values; returns every problem found.
@@ -721,6 +734,15 @@ impl Config {
                 max_sessions_per_client: self.limits.max_upload_sessions_per_client,
             },
         }
+    }
+}
+
+/// `config` when there is no problem, else every problem.
+fn finish(config: Config, problems: Vec<String>) -> Result<Config, ConfigError> {
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError { problems })
     }
 }
 
@@ -985,6 +1007,18 @@ mod tests {
         assert_eq!(c.tls.watch_interval(), None);
         assert!(!c.plaintext_beyond_loopback());
         assert_eq!(c.advertised_url(), "https://0.0.0.0:5000");
+    }
+
+    #[test]
+    fn parse_leaves_value_checks_to_validate() {
+        let env = env(&[("BERTH_LISTEN", "0.0.0.0:5000")]);
+        assert!(Config::load("", &env).is_err());
+        let mut c = Config::parse("", &env).unwrap();
+        assert!(c.validate().is_err());
+        c.tls.cert_file = Some(PathBuf::from("c.pem"));
+        c.tls.key_file = Some(PathBuf::from("k.pem"));
+        c.validate().unwrap();
+        assert!(Config::parse("lisen = 1", &BTreeMap::new()).is_err());
     }
 
     #[test]

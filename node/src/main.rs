@@ -79,7 +79,9 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
         None => String::new(),
     };
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let mut config = Config::load(&text, &env).map_err(|e| e.to_string())?;
+    // Checked once the flags are applied: a flag may settle what the file and environment
+    // leave invalid (e.g. `--tls-cert` with `BERTH_LISTEN=0.0.0.0:5000`).
+    let mut config = Config::parse(&text, &env).map_err(|e| e.to_string())?;
     if let Some(listen) = args.listen {
         config.listen = listen;
     }

@@ -219,9 +219,17 @@ impl Sender {
         }
         let req = req.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
         let fut = async {
+            // Waiting for `ready` first: HTTP/1.1 takes the next request only once the previous
+            // exchange is done on the connection's task.
             let resp = match self {
-                Sender::H1(s) => s.send_request(req).await,
-                Sender::H2(s) => s.send_request(req).await,
+                Sender::H1(s) => match s.ready().await {
+                    Ok(()) => s.send_request(req).await,
+                    Err(e) => Err(e),
+                },
+                Sender::H2(s) => match s.ready().await {
+                    Ok(()) => s.send_request(req).await,
+                    Err(e) => Err(e),
+                },
             }
             .expect("a response");
             let status = resp.status();
@@ -416,7 +424,10 @@ async fn reload_check(watch: u64, trigger: fn()) {
     let mut before = Sender::over(before).await;
     // A request now: bytes the client sends before its first request count against
     // `http.header_read_timeout_secs` (5 s here), which the reload below may outlast.
-    assert_eq!(before.send(Method::GET, "/v2/", b"").await.0, StatusCode::OK);
+    assert_eq!(
+        before.send(Method::GET, "/v2/", b"").await.0,
+        StatusCode::OK
+    );
 
     // A bad key: the reload fails and the old certificate stays.
     std::fs::write(
@@ -535,4 +546,19 @@ fn start_up_refuses_plaintext_beyond_loopback_and_a_cert_without_key() {
         assert_eq!(code, Some(1), "{stderr}");
         assert!(stderr.contains(&want), "{want} missing from {stderr}");
     }
+    // The environment and the flags together make the pair: checked after both apply.
+    let (code, stderr) = berth_exit(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-key",
+            "/nonexistent-key.pem",
+        ],
+        &[("BERTH_TLS__CERT_FILE", cert)],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("failed to read tls.key_file /nonexistent-key.pem"),
+        "{stderr}"
+    );
 }
