@@ -14,7 +14,7 @@ use berth_testkit::process::{CmdOutput, ctr_image_digest, run_cmd, succeeds};
 /// The environment variable naming the clients that must be available.
 pub const REQUIRE_VAR: &str = "BERTH_REQUIRE_CLIENT_TOOLS";
 /// Every client name [`REQUIRE_VAR`] may list (as in the node crate's tests).
-pub const CLIENTS: &[&str] = &["docker", "containerd", "skopeo", "umoci", "podman", "oras"];
+pub const CLIENTS: &[&str] = berth_testkit::CLIENT_TOOLS;
 /// Bound of one client command (a pull).
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 /// containerd sockets tried when `BERTH_TEST_CONTAINERD_SOCK` is not set.

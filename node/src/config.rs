@@ -72,6 +72,8 @@ pub struct Config {
     pub storage: Storage,
     /// Connections of the registry HTTP front: timeouts, connection cap, early-error draining.
     pub http: Http,
+    /// TLS on the registry HTTP front.
+    pub tls: Tls,
     /// Regional endpoints: redirects of blob GETs.
     pub routing: Routing,
     /// Geo-replication: copies per region and the replicator's pace.
@@ -192,6 +194,57 @@ pub struct Http {
     pub drain_timeout_secs: u64,
 }
 
+/// TLS on the registry HTTP front (`[tls]`, env `BERTH_TLS__<FIELD>`; ADR 017). Without a
+/// certificate the front serves plain HTTP, which a listen address other than loopback allows
+/// only with `allow_plaintext`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM file of the certificate chain, leaf first (flag `--tls-cert`). Set together with
+    /// `key_file`. Reloaded on SIGHUP and when the file changes. Default none (plain HTTP).
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of the certificate's private key, PKCS#8, PKCS#1 or SEC1 (flag `--tls-key`).
+    /// Default none.
+    pub key_file: Option<PathBuf>,
+    /// Serve plain HTTP on a listen address that is not loopback (e.g. behind a proxy that
+    /// terminates TLS, or a private test network); a warning is logged at start-up. Default
+    /// false: such an address without a certificate fails start-up.
+    pub allow_plaintext: bool,
+    /// Seconds between two checks of the certificate and key files for a change (their
+    /// modification time or size); a change reloads them. 0 turns the checks off (SIGHUP
+    /// still reloads). Default 5.
+    pub watch_interval_secs: u64,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            cert_file: None,
+            key_file: None,
+            allow_plaintext: false,
+            watch_interval_secs: 5,
+        }
+    }
+}
+
+impl Tls {
+    /// The certificate and key files, when TLS is on.
+    pub fn files(&self) -> Option<crate::server::tls::TlsFiles> {
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => Some(crate::server::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// How often the files are checked for a change; `None` when never.
+    pub fn watch_interval(&self) -> Option<Duration> {
+        (self.watch_interval_secs > 0).then(|| Duration::from_secs(self.watch_interval_secs))
+    }
+}
+
 /// How blobs are written, and the free space kept back from them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -306,6 +359,7 @@ impl Default for Config {
             raft: Raft::default(),
             storage: Storage::default(),
             http: Http::default(),
+            tls: Tls::default(),
             routing: Routing::default(),
             replication: Replication::default(),
         }
@@ -378,6 +432,24 @@ impl Config {
     /// Builds the configuration from a TOML document (empty: all defaults) and environment
     /// variables, then validates it.
     pub fn load(toml_text: &str, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let (config, mut problems) = Config::read(toml_text, env)?;
+        problems.extend(config.problems());
+        finish(config, problems)
+    }
+
+    /// As [`Config::load`] without checking the values (only the syntax, names and types): for
+    /// a caller that overrides fields (command-line flags) and then calls [`Config::validate`].
+    pub fn parse(toml_text: &str, env: &BTreeMap<String, String>) -> Result<Config, ConfigError> {
+        let (config, problems) = Config::read(toml_text, env)?;
+        finish(config, problems)
+    }
+
+    /// The configuration the document and environment describe, and the problems with the
+    /// environment's variable names; `Err` when no configuration could be built.
+    fn read(
+        toml_text: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
         let mut problems = Vec::new();
         let mut doc: toml::Table = match toml_text.parse() {
             Ok(t) => t,
@@ -408,12 +480,7 @@ impl Config {
                 return Err(ConfigError { problems });
             }
         };
-        problems.extend(config.problems());
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError { problems })
-        }
+        Ok((config, problems))
     }
 
     /// Checks the values; returns every problem found.
@@ -543,6 +610,25 @@ impl Config {
         if h.max_connections == 0 {
             p.push("http.max_connections: must be at least 1".to_string());
         }
+        let t = &self.tls;
+        match (&t.cert_file, &t.key_file) {
+            (Some(_), None) => p.push("tls.key_file: must be set with tls.cert_file".to_string()),
+            (None, Some(_)) => p.push("tls.cert_file: must be set with tls.key_file".to_string()),
+            (None, None) if !self.listen.ip().is_loopback() && !t.allow_plaintext => {
+                p.push(format!(
+                    "listen: {} is not a loopback address and TLS is off: set tls.cert_file and \
+                 tls.key_file (--tls-cert, --tls-key), or tls.allow_plaintext = true to serve \
+                 plain HTTP on it",
+                    self.listen
+                ))
+            }
+            _ => {}
+        }
+        if t.watch_interval_secs > MAX_TIMEOUT_SECS {
+            p.push(format!(
+                "tls.watch_interval_secs: must be at most {MAX_TIMEOUT_SECS} (one day)"
+            ));
+        }
         let r = &self.replication;
         for (field, v) in [
             ("copies_per_region", r.copies_per_region as u64),
@@ -561,7 +647,22 @@ impl Config {
     pub fn advertised_url(&self) -> String {
         self.advertise_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .unwrap_or_else(|| format!("{}://{}", self.scheme(), self.listen))
+    }
+
+    /// `https` when the HTTP front serves TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.files().is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// Whether the HTTP front serves plain HTTP on an address other than loopback (allowed by
+    /// `tls.allow_plaintext`; worth a warning).
+    pub fn plaintext_beyond_loopback(&self) -> bool {
+        self.tls.files().is_none() && !self.listen.ip().is_loopback()
     }
 
     /// The address this node advertises for its cluster endpoint.
@@ -633,6 +734,15 @@ impl Config {
                 max_sessions_per_client: self.limits.max_upload_sessions_per_client,
             },
         }
+    }
+}
+
+/// `config` when there is no problem, else every problem.
+fn finish(config: Config, problems: Vec<String>) -> Result<Config, ConfigError> {
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError { problems })
     }
 }
 
@@ -722,6 +832,7 @@ mod tests {
             file,
             &env(&[
                 ("BERTH_LISTEN", "0.0.0.0:7001"),
+                ("BERTH_TLS__ALLOW_PLAINTEXT", "true"),
                 ("BERTH_RAFT__HEARTBEAT_MS", "70"),
                 ("BERTH_CONFIG", "x.toml"),
                 ("OTHER", "1"),
@@ -860,6 +971,68 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("durability.min_regions"), "{text}");
         assert_eq!(text.matches("routing.client_regions").count(), 2, "{text}");
+    }
+
+    #[test]
+    fn plaintext_beyond_loopback_needs_tls_or_allow_plaintext() {
+        let c = Config::load("", &env(&[])).unwrap();
+        assert!(c.tls.files().is_none() && !c.tls.allow_plaintext);
+        assert_eq!(c.tls.watch_interval(), Some(Duration::from_secs(5)));
+        assert_eq!(c.advertised_url(), "http://127.0.0.1:5000");
+        for listen in ["0.0.0.0:5000", "10.1.2.3:5000", "[::]:5000"] {
+            let err = Config::load("", &env(&[("BERTH_LISTEN", listen)])).unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{err}");
+            assert!(err.to_string().contains("tls.allow_plaintext"), "{err}");
+            let c = Config::load(
+                "[tls]\nallow_plaintext = true\n",
+                &env(&[("BERTH_LISTEN", listen)]),
+            )
+            .unwrap();
+            assert!(c.plaintext_beyond_loopback());
+        }
+        let c = Config::load("listen = \"[::1]:5000\"\n", &env(&[])).unwrap();
+        assert!(!c.plaintext_beyond_loopback());
+        let c = Config::load(
+            "listen = \"0.0.0.0:5000\"\n",
+            &env(&[
+                ("BERTH_TLS__CERT_FILE", "/etc/berth/cert.pem"),
+                ("BERTH_TLS__KEY_FILE", "/etc/berth/key.pem"),
+                ("BERTH_TLS__WATCH_INTERVAL_SECS", "0"),
+            ]),
+        )
+        .unwrap();
+        let files = c.tls.files().expect("tls on");
+        assert_eq!(files.cert, PathBuf::from("/etc/berth/cert.pem"));
+        assert_eq!(files.key, PathBuf::from("/etc/berth/key.pem"));
+        assert_eq!(c.tls.watch_interval(), None);
+        assert!(!c.plaintext_beyond_loopback());
+        assert_eq!(c.advertised_url(), "https://0.0.0.0:5000");
+    }
+
+    #[test]
+    fn parse_leaves_value_checks_to_validate() {
+        let env = env(&[("BERTH_LISTEN", "0.0.0.0:5000")]);
+        assert!(Config::load("", &env).is_err());
+        let mut c = Config::parse("", &env).unwrap();
+        assert!(c.validate().is_err());
+        c.tls.cert_file = Some(PathBuf::from("c.pem"));
+        c.tls.key_file = Some(PathBuf::from("k.pem"));
+        c.validate().unwrap();
+        assert!(Config::parse("lisen = 1", &BTreeMap::new()).is_err());
+    }
+
+    #[test]
+    fn tls_cert_and_key_go_together() {
+        let err = Config::load("[tls]\ncert_file = \"c.pem\"\n", &env(&[])).unwrap_err();
+        assert_eq!(
+            err.problems,
+            vec!["tls.key_file: must be set with tls.cert_file"]
+        );
+        let err = Config::load("", &env(&[("BERTH_TLS__KEY_FILE", "k.pem")])).unwrap_err();
+        assert_eq!(
+            err.problems,
+            vec!["tls.cert_file: must be set with tls.key_file"]
+        );
     }
 
     #[test]

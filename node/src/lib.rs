@@ -66,6 +66,20 @@ pub enum RunError {
     /// Serving the cluster endpoint failed.
     #[error("failed to serve the cluster endpoint")]
     ServeCluster(#[from] tonic::transport::Error),
+    /// The TLS certificate or key of the registry port could not be used.
+    #[error("failed to set up TLS on the registry port")]
+    Tls(#[from] server::tls::TlsError),
+}
+
+/// An error and its sources on one line, `error: source: source…`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    msg
 }
 
 /// How often idle upload sessions are looked for.
@@ -237,15 +251,29 @@ async fn finish<T>(task: tokio::task::JoinHandle<T>, bound: Duration) {
 /// Runs a node on its bound listeners (registry HTTP, cluster gRPC) until `shutdown`
 /// resolves; then stops accepting, gives in-flight requests `config.shutdown_grace_secs` to
 /// finish, and stops the rest within [`STOP_MARGIN`]: Raft, the cluster endpoint, and the
-/// metadata store. Unset advertised addresses default to the bound ones.
+/// metadata store. Unset advertised addresses default to the bound ones. With `config.tls`
+/// the registry port serves HTTPS; its certificate must load before anything else starts.
 pub async fn run(
     mut config: Config,
     listener: tokio::net::TcpListener,
     cluster_listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    let certs = config
+        .tls
+        .files()
+        .map(server::tls::CertStore::open)
+        .transpose()?;
+    let tls = certs.as_ref().map(|c| c.server_config()).transpose()?;
+    if config.plaintext_beyond_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "serving plain HTTP beyond loopback (tls.allow_plaintext = true): credentials and \
+             content cross the network unencrypted"
+        );
+    }
     if config.advertise_url.is_none() {
-        config.advertise_url = Some(format!("http://{}", listener.local_addr()?));
+        config.advertise_url = Some(format!("{}://{}", config.scheme(), listener.local_addr()?));
     }
     if config.advertise_cluster.is_none() {
         config.advertise_cluster = Some(cluster_listener.local_addr()?.to_string());
@@ -316,6 +344,8 @@ pub async fn run(
     let replicator = tokio::spawn(
         ReplicationWorker::new(node.replication.clone(), node.registry.clone()).run(stop.clone()),
     );
+    let cert_watch =
+        certs.map(|c| tokio::spawn(c.watch(config.tls.watch_interval(), stop.clone())));
     let scrubber = node.replication.settings().scrub_every.map(|every| {
         let scrub = ScrubWorker::new(
             node.registry.clone(),
@@ -328,6 +358,7 @@ pub async fn run(
 
     tracing::info!(
         listen = %listener.local_addr()?,
+        tls = tls.is_some(),
         cluster = %config.advertised_cluster(),
         data_dir = %config.data_dir.display(),
         node_id = config.node_id,
@@ -337,6 +368,7 @@ pub async fn run(
         listener,
         node.router(),
         config.http_settings(),
+        tls,
         stop.clone(),
         Duration::from_secs(config.shutdown_grace_secs),
     )
@@ -353,6 +385,9 @@ pub async fn run(
     }
     if let Some(j) = joiner {
         finish(j, tasks_left()).await;
+    }
+    if let Some(w) = cert_watch {
+        finish(w, tasks_left()).await;
     }
     // Raft first (it may still be sending to peers), then the cluster endpoint, then the
     // store, once nothing uses it.

@@ -1,5 +1,5 @@
-//! The `berth` binary: parses flags, loads configuration, starts telemetry, raises the
-//! open-file limit, binds, and calls [`berth_node::run`].
+//! The `berth` binary: installs the ring crypto provider, parses flags, loads configuration,
+//! starts telemetry, raises the open-file limit, binds, and calls [`berth_node::run`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -63,6 +63,13 @@ struct ServeArgs {
     /// this node as a learner instead of starting a new cluster.
     #[arg(long)]
     join: Option<String>,
+    /// PEM certificate chain of the registry port: serve HTTPS (with --tls-key)
+    /// [tls.cert_file].
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of that certificate [tls.key_file].
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
 }
 
 fn load_config(args: &ServeArgs) -> Result<Config, String> {
@@ -72,9 +79,19 @@ fn load_config(args: &ServeArgs) -> Result<Config, String> {
         None => String::new(),
     };
     let env: BTreeMap<String, String> = std::env::vars().collect();
-    let mut config = Config::load(&text, &env).map_err(|e| e.to_string())?;
+    // Checked once the flags are applied: a flag may settle what the file and environment
+    // leave invalid (e.g. `--tls-cert` with `BERTH_LISTEN=0.0.0.0:5000`).
+    let mut config = Config::parse(&text, &env).map_err(|e| e.to_string())?;
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    for (flag, field) in [
+        (&args.tls_cert, &mut config.tls.cert_file),
+        (&args.tls_key, &mut config.tls.key_file),
+    ] {
+        if let Some(path) = flag {
+            *field = Some(path.clone());
+        }
     }
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
@@ -139,6 +156,10 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
+    // ring, not aws-lc-rs, is the process's one crypto provider (docs/adr/017).
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .expect("no crypto provider is installed before main");
     // Blob transfers may hold up to `MAX_TRANSFER_THREADS` blocking threads; the pool keeps as
     // many again for Raft storage, metadata scans and file operations.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -185,13 +206,7 @@ async fn serve() -> ExitCode {
     match berth_node::run(config, listener, cluster_listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            tracing::error!(error = %msg, "berth stopped on an error");
+            tracing::error!(error = %berth_node::error_chain(&e), "berth stopped on an error");
             ExitCode::FAILURE
         }
     }

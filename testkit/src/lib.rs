@@ -10,7 +10,7 @@
 //!   [`oci::PushError`].
 //! - [`process`]: external commands and child processes, always bounded in time.
 //!
-//! And at the top: [`free_port`] and [`sha256_digest`].
+//! And at the top: [`free_port`], [`sha256_digest`], and [`CLIENT_TOOLS`].
 
 #![warn(missing_docs)]
 
@@ -21,6 +21,18 @@ pub mod process;
 use std::net::TcpListener;
 
 use sha2::Digest as _;
+
+/// Every real client `BERTH_REQUIRE_CLIENT_TOOLS` may name (the node crate's tests and
+/// cluster-tests read the same variable, so they share the list).
+pub const CLIENT_TOOLS: &[&str] = &[
+    "docker",
+    "containerd",
+    "skopeo",
+    "umoci",
+    "podman",
+    "oras",
+    "openssl",
+];
 
 /// Reserves a free loopback port: binds `127.0.0.1:0`, reads the port, drops the listener.
 /// Another process may take it before the caller binds it; callers retry on "failed to bind".

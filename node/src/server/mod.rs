@@ -2,8 +2,12 @@
 //! router on each with hyper, within bounds a hostile or careless client cannot stretch.
 //!
 //! Owns: the accept loop, the connection cap, per-connection timeouts (`io.rs`), request
-//! body stall and early-answer draining (`body.rs`), graceful stop, and the process's
+//! body stall and early-answer draining (`body.rs`), TLS (`tls.rs`: the handshake runs in the
+//! connection's task, bounded by `header_read_timeout`), graceful stop, and the process's
 //! open-file limit. Knows nothing of the registry: it serves any [`axum::Router`].
+//!
+//! Plain TCP serves HTTP/1.1 only. TLS serves what ALPN chose: HTTP/2 for `h2`, else
+//! HTTP/1.1.
 //!
 //! Invariants:
 //! - At most `max_connections` connections are open (lowered at start to fit the open-file
@@ -11,11 +15,14 @@
 //!   warning says so (at most one a minute).
 //! - Accept errors never spin the loop: a failed accept (e.g. `EMFILE`) waits
 //!   [`ACCEPT_BACKOFF`] before the next one.
+//! - A connection in its TLS handshake holds its slot like any other, and no longer than
+//!   `header_read_timeout`; the accept loop never waits for a handshake.
 //! - No connection outlives [`serve`]: after `stop`, connections finish the requests in
 //!   flight (idle ones close at once) for at most the grace, then are dropped.
 
 mod body;
 mod io;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -106,11 +113,14 @@ pub fn connection_cap(configured: usize, soft_limit: u64) -> usize {
 }
 
 /// Serves `router` on `listener` until `stop` is cancelled; then stops accepting, lets
-/// connections finish their requests for at most `grace`, and drops the rest.
+/// connections finish their requests for at most `grace`, and drops the rest. With `tls`,
+/// every connection is HTTPS (a client that does not complete its handshake within
+/// `header_read_timeout` is dropped).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     settings: HttpSettings,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: CancellationToken,
     grace: Duration,
 ) {
@@ -134,7 +144,7 @@ pub async fn serve(
     };
     tracing::info!(max_connections = cap, "accepting connections");
     let slots = Arc::new(Semaphore::new(cap));
-    let conn = Arc::new(ConnSettings::new(&settings, router));
+    let conn = Arc::new(ConnSettings::new(&settings, router, tls));
     let mut conns = JoinSet::new();
     let mut full_warning = Every::new(WARN_EVERY);
     let mut accept_warning = Every::new(WARN_EVERY);
@@ -247,7 +257,13 @@ impl Every {
 
 /// What every connection shares.
 struct ConnSettings {
-    builder: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1 only: plain TCP, and TLS without ALPN `h2`.
+    http1: auto::Builder<TokioExecutor>,
+    /// HTTP/2 only: TLS with ALPN `h2`.
+    http2: auto::Builder<TokioExecutor>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Longest TLS handshake (`header_read_timeout`).
+    handshake_timeout: Duration,
     router: Router,
     io: IoTimeouts,
     body_stall: Duration,
@@ -255,21 +271,36 @@ struct ConnSettings {
 }
 
 impl ConnSettings {
-    fn new(s: &HttpSettings, router: Router) -> ConnSettings {
-        // HTTP/1 only: over HTTP/2 a client that stops granting flow-control window leaves the
-        // server with nothing to write, so no write ever waits and the write-stall timer never
-        // starts; every registry client speaks HTTP/1.1 over plain TCP. (HTTP/2 returns with
-        // TLS, with a per-stream stall watchdog.)
-        let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    fn new(
+        s: &HttpSettings,
+        router: Router,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> ConnSettings {
+        // HTTP/1 only over plain TCP: every registry client speaks HTTP/1.1 there, and h2c
+        // would add a second protocol to bound for no client.
+        let mut http1 = auto::Builder::new(TokioExecutor::new()).http1_only();
         // hyper's own header timer also starts when a connection goes idle (hyper 1.x), so it
         // cannot tell idle from slow; `TimedIo` applies both. hyper's is set past both as a
         // backstop (it also makes hyper read again as soon as a response is done).
-        builder
+        http1
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(s.idle_timeout + s.header_read_timeout);
+        // HTTP/2 over TLS (ALPN `h2`). Over HTTP/2 a client that stops granting flow-control
+        // window leaves the server with nothing to write, so the write-stall timer never
+        // starts; keep-alive pings close a connection whose client stopped answering, and a
+        // stream's body stall still applies (ADR 017).
+        let mut http2 = auto::Builder::new(TokioExecutor::new()).http2_only();
+        http2
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(s.write_stall_timeout))
+            .keep_alive_timeout(s.write_stall_timeout);
         ConnSettings {
-            builder,
+            http1,
+            http2,
+            tls: tls.map(tokio_rustls::TlsAcceptor::from),
+            handshake_timeout: s.header_read_timeout,
             router,
             io: IoTimeouts {
                 idle: s.idle_timeout,
@@ -285,7 +316,8 @@ impl ConnSettings {
     }
 }
 
-/// Serves one connection until it closes; on `stop`, finishes the requests in flight first.
+/// Serves one connection until it closes (after its TLS handshake, when TLS is on); on
+/// `stop`, finishes the requests in flight first.
 async fn serve_connection(
     stream: TcpStream,
     peer: std::net::SocketAddr,
@@ -293,6 +325,43 @@ async fn serve_connection(
     stop: CancellationToken,
     _slot: OwnedSemaphorePermit,
 ) {
+    let Some(acceptor) = &settings.tls else {
+        serve_http(stream, &settings.http1, peer, &settings, stop).await;
+        return;
+    };
+    let handshake = tokio::select! {
+        done = tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream)) => done,
+        () = stop.cancelled() => return,
+    };
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake not done within http.header_read_timeout_secs");
+            return;
+        }
+    };
+    let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        &settings.http2
+    } else {
+        &settings.http1
+    };
+    serve_http(stream, builder, peer, &settings, stop).await;
+}
+
+/// Serves HTTP on an established connection (plain or TLS) with `builder`.
+async fn serve_http<S>(
+    stream: S,
+    builder: &auto::Builder<TokioExecutor>,
+    peer: std::net::SocketAddr,
+    settings: &Arc<ConnSettings>,
+    stop: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let state = Arc::new(ConnState::default());
     let io = TokioIo::new(TimedIo::new(stream, state.clone(), settings.io));
     let service = ConnService {
@@ -300,7 +369,7 @@ async fn serve_connection(
         state,
         peer,
     };
-    let conn = settings.builder.serve_connection(io, service);
+    let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let served = tokio::select! {
         served = conn.as_mut() => served,

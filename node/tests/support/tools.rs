@@ -17,7 +17,7 @@ use std::process::Command;
 pub const REQUIRE_VAR: &str = "BERTH_REQUIRE_CLIENT_TOOLS";
 
 /// Every client name [`REQUIRE_VAR`] may list.
-pub const CLIENTS: &[&str] = &["docker", "containerd", "skopeo", "umoci", "podman", "oras"];
+pub const CLIENTS: &[&str] = berth_testkit::CLIENT_TOOLS;
 
 /// Whether a test runs, after its probes.
 #[derive(Debug, PartialEq, Eq)]
