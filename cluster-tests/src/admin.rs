@@ -7,7 +7,8 @@
 //! wrappers live on [`crate::Cluster`].
 
 use std::future::Future;
-use std::sync::OnceLock;
+use std::path::Path;
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 use berth_proto::admin::admin_client::AdminClient;
@@ -16,7 +17,7 @@ use berth_proto::admin::{
     AddNodeRequest, Link, NodeRef, NodeStatusRequest, NodeStatusResponse, Progress,
     SetLinksRequest, SetPartitionRequest, StatusRequest, StatusResponse, TransferLeaderRequest,
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// How long connecting to a node's cluster address may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -44,10 +45,35 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
     runtime().block_on(f)
 }
 
+/// The mutual TLS of every call, once a test set it.
+static CLIENT_TLS: RwLock<Option<ClientTlsConfig>> = RwLock::new(None);
+
+/// From now on, every call of this process dials with mutual TLS: `ca.pem`, `node.pem` and
+/// `node-key.pem` in `dir`. Process-wide (nextest runs each test in its own process); panics
+/// when a file cannot be read.
+pub fn use_client_tls(dir: &Path) {
+    let read = |name: &str| {
+        std::fs::read(dir.join(name))
+            .unwrap_or_else(|e| panic!("failed to read {}: {e}", dir.join(name).display()))
+    };
+    let config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .identity(Identity::from_pem(read("node.pem"), read("node-key.pem")));
+    *CLIENT_TLS.write().unwrap_or_else(|e| e.into_inner()) = Some(config);
+}
+
 async fn channel(addr: &str) -> Result<Channel, String> {
-    Endpoint::from_shared(format!("http://{addr}"))
+    let tls = CLIENT_TLS.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
         .map_err(|e| format!("bad cluster address {addr}: {e}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT);
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| format!("bad TLS settings for {addr}: {e}"))?;
+    }
+    endpoint
         .connect()
         .await
         .map_err(|e| format!("failed to connect to {addr}: {e}"))

@@ -123,6 +123,18 @@ impl ClusterBuilder {
         self
     }
 
+    /// Mutual TLS on the cluster port (ADR 018): every node uses `ca.pem`, `node.pem` and
+    /// `node-key.pem` in `dir` (`clusterctl certs issue --name node --host 127.0.0.1`), and
+    /// the harness's admin and fault calls present the same certificate (process-wide, see
+    /// [`admin::use_client_tls`]).
+    pub fn cluster_tls(self, dir: &std::path::Path) -> ClusterBuilder {
+        admin::use_client_tls(dir);
+        let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        self.env("BERTH_CLUSTER_TLS__CA_FILE", &file("ca.pem"))
+            .env("BERTH_CLUSTER_TLS__CERT_FILE", &file("node.pem"))
+            .env("BERTH_CLUSTER_TLS__KEY_FILE", &file("node-key.pem"))
+    }
+
     /// An environment variable for every node (e.g. a `BERTH_…` setting); later wins.
     pub fn env(mut self, key: &str, value: &str) -> ClusterBuilder {
         self.env.retain(|(k, _)| k != key);
@@ -213,7 +225,18 @@ impl Cluster {
     /// Starts node `max id + 1` (joining through `join`'s cluster address when given) and
     /// returns its id, without waiting for readiness.
     fn start_node(&mut self, join: Option<u64>) -> u64 {
+        self.start_node_with_env(join, &[])
+    }
+
+    /// As [`Cluster::add_node`] with `extra` environment variables over the cluster's (e.g. a
+    /// node with other certificates), without waiting for anything but its listeners.
+    pub fn start_node_with_env(&mut self, join: Option<u64>, extra: &[(&str, &str)]) -> u64 {
         let id = self.nodes.keys().max().map_or(1, |m| m + 1);
+        let mut env = self.env.clone();
+        for (k, v) in extra {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.to_string(), v.to_string()));
+        }
         let dir = self.root().join(format!("node-{id}"));
         let region = self.region_of(id);
         let spec = NodeSpec {
@@ -223,7 +246,7 @@ impl Cluster {
             join: join.map(|j| self.node(j).cluster_addr()),
             region,
             zone: "default".to_string(),
-            env: self.env.clone(),
+            env,
         };
         self.nodes.insert(id, NodeHandle::start(spec));
         self.push_links(id);

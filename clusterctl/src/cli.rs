@@ -6,6 +6,7 @@
 //! plain functions (`&str -> Result<T, String>`) so they are tested without clap.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_proto::admin::AddNodeRequest;
@@ -35,6 +36,19 @@ pub struct Cli {
     )]
     pub endpoint: Endpoint,
 
+    /// PEM file of the cluster CA: connect with mutual TLS, verifying the member's
+    /// certificate against it (with --cert and --key).
+    #[arg(long, global = true, env = "CLUSTERCTL_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// PEM file of this client's certificate, signed by the cluster CA (with --ca, --key).
+    #[arg(long, global = true, env = "CLUSTERCTL_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+
+    /// PEM file of that certificate's private key (with --ca, --cert).
+    #[arg(long, global = true, env = "CLUSTERCTL_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+
     /// Print JSON instead of tables and lines (JSON lines for progress).
     #[arg(long, global = true)]
     pub json: bool,
@@ -63,6 +77,38 @@ pub enum Command {
     /// See where images are replicated, and set where they may be.
     #[command(subcommand)]
     Replication(ReplicationCommand),
+    /// Make a development cluster CA and the node and client certificates it signs (local
+    /// files; contacts no node).
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+/// `clusterctl certs …`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum CertsCommand {
+    /// Make a new CA: `ca.pem` and `ca-key.pem` in DIR (never overwritten).
+    Init {
+        /// The directory to write to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Issue a node or client certificate signed by the CA: `NAME.pem`, `NAME-key.pem` and
+    /// a copy of `ca.pem` in DIR.
+    Issue {
+        /// The CA directory `certs init` made.
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// The certificate's common name and file name.
+        #[arg(long, value_parser = parse_label)]
+        name: String,
+        /// A DNS name or IP address the certificate names (repeat for several); a node's
+        /// certificate must name the host of its advertised cluster address.
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+        /// The directory to write to (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// `clusterctl replication …`.
@@ -208,9 +254,35 @@ pub enum Action {
     },
     /// `replication policy clear`.
     PolicyClear(String),
+    /// `certs init|issue` (no connection).
+    Certs(CertsCommand),
+}
+
+/// The files of `--ca`, `--cert` and `--key`: connect with mutual TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The cluster CA.
+    pub ca: PathBuf,
+    /// This client's certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
 }
 
 impl Cli {
+    /// The mutual TLS files, when all three flags are given; `Err` when only some are.
+    pub fn tls(&self) -> Result<Option<TlsFiles>, String> {
+        match (&self.ca, &self.cert, &self.key) {
+            (Some(ca), Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            })),
+            (None, None, None) => Ok(None),
+            _ => Err("give --ca, --cert and --key together (or CLUSTERCTL_CA, _CERT, _KEY)".into()),
+        }
+    }
+
     /// The deadline of the whole command: `--timeout`, or the command's default.
     pub fn timeout(&self) -> Duration {
         self.timeout.unwrap_or(match self.command.action() {
@@ -220,7 +292,8 @@ impl Cli {
             | Action::ReplicationStatus { .. }
             | Action::PolicyGet(_)
             | Action::PolicySet { .. }
-            | Action::PolicyClear(_) => READ_TIMEOUT,
+            | Action::PolicyClear(_)
+            | Action::Certs(_) => READ_TIMEOUT,
             Action::Change(_) => CHANGE_TIMEOUT,
         })
     }
@@ -253,6 +326,7 @@ impl Command {
             Command::Leader(LeaderCommand::Transfer { to }) => {
                 Action::Change(Change::TransferLeader { to: *to })
             }
+            Command::Certs(c) => Action::Certs(c.clone()),
             Command::Replication(ReplicationCommand::Status(a)) => Action::ReplicationStatus {
                 reference: a.reference.clone().unwrap_or_default(),
                 wait: a.wait,
@@ -290,9 +364,10 @@ impl Endpoint {
         &self.addr
     }
 
-    /// The URI tonic dials: `http://host:port`.
-    pub fn uri(&self) -> String {
-        format!("http://{}", self.addr)
+    /// The URI tonic dials: `http://host:port`, or `https://host:port` with TLS.
+    pub fn uri(&self, tls: bool) -> String {
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 }
 
@@ -303,11 +378,11 @@ impl fmt::Display for Endpoint {
 }
 
 /// Parses `--endpoint`: `host:port` or `http://host:port` (a trailing `/` is dropped).
-/// `https://` is refused: this build of clusterctl speaks plain HTTP/2 only.
+/// `https://` is refused: TLS is chosen by `--ca`, `--cert` and `--key`.
 pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
     let s = s.trim();
     if s.starts_with("https://") {
-        return Err("https endpoints are not supported; give host:port".into());
+        return Err("give host:port; TLS is on with --ca, --cert and --key".into());
     }
     let addr = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
     if addr.contains("://") {
@@ -477,7 +552,7 @@ mod tests {
     fn endpoints_accept_an_optional_http_scheme() {
         let plain = parse_endpoint("127.0.0.1:7000").unwrap();
         assert_eq!(plain.addr(), "127.0.0.1:7000");
-        assert_eq!(plain.uri(), "http://127.0.0.1:7000");
+        assert_eq!(plain.uri(false), "http://127.0.0.1:7000");
         assert_eq!(parse_endpoint("http://127.0.0.1:7000/"), Ok(plain));
         assert!(parse_endpoint("https://127.0.0.1:7000").is_err());
         assert!(parse_endpoint("grpc://127.0.0.1:7000").is_err());

@@ -22,7 +22,7 @@ use tokio::time::{Instant, timeout_at};
 use tonic::transport::Channel;
 
 use crate::change::Change;
-use crate::cli::Endpoint;
+use crate::cli::{Endpoint, TlsFiles};
 use crate::error::Error;
 
 /// What `status` and `nodes list` are called in error messages.
@@ -39,15 +39,30 @@ pub struct AdminConn {
 impl AdminConn {
     /// Connects to `endpoint`; `timeout` is the deadline of the whole command, counted from
     /// now. Fails with [`Error::Connect`] or [`Error::ConnectTimedOut`].
-    pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<Self, Error> {
+    /// With `tls` it presents the client certificate and verifies the member's against the CA.
+    pub async fn connect(
+        endpoint: &Endpoint,
+        tls: Option<&TlsFiles>,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
         let deadline = Instant::now() + timeout;
         let connect_error = |source| Error::Connect {
             endpoint: endpoint.to_string(),
             source,
         };
-        let target = tonic::transport::Endpoint::from_shared(endpoint.uri())
+        let mut target = tonic::transport::Endpoint::from_shared(endpoint.uri(tls.is_some()))
             .map_err(connect_error)?
             .connect_timeout(timeout);
+        if let Some(files) = tls {
+            let read = crate::certs::read_file;
+            let config = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read(&files.ca)?))
+                .identity(tonic::transport::Identity::from_pem(
+                    read(&files.cert)?,
+                    read(&files.key)?,
+                ));
+            target = target.tls_config(config).map_err(connect_error)?;
+        }
         let channel = match timeout_at(deadline, target.connect()).await {
             Ok(connected) => connected.map_err(connect_error)?,
             Err(_) => {

@@ -75,6 +75,9 @@ pub enum Error {
         /// How long `--wait` waited, when it did.
         waited: Option<Duration>,
     },
+    /// A certificate file could not be read, made or written (`certs`, `--ca/--cert/--key`).
+    #[error("{0}")]
+    Certs(String),
     /// Writing to stdout failed (e.g. a closed pipe).
     #[error("failed to write output: {0}")]
     Output(#[from] std::io::Error),
@@ -94,6 +97,7 @@ impl Error {
             } => Code::DeadlineExceeded,
             Error::NotReplicated { waited: None, .. } => Code::FailedPrecondition,
             Error::Incomplete { .. } | Error::Output(_) => Code::Unknown,
+            Error::Certs(_) => Code::InvalidArgument,
         }
     }
 

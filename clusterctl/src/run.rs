@@ -18,8 +18,15 @@ use crate::render;
 
 /// Runs the parsed command against `cli.endpoint`, writing its output to `out`.
 pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
-    let mut conn = AdminConn::connect(&cli.endpoint, cli.timeout()).await?;
-    match cli.command.action() {
+    let action = cli.command.action();
+    if let Action::Certs(command) = &action {
+        return crate::certs::run(command, out);
+    }
+    let tls = cli.tls().map_err(Error::Certs)?;
+    let mut conn = AdminConn::connect(&cli.endpoint, tls.as_ref(), cli.timeout()).await?;
+    match action {
+        // Handled above, without a connection.
+        Action::Certs(_) => {}
         Action::Status => {
             let status = conn.status().await?;
             if cli.json {

@@ -74,6 +74,8 @@ pub struct Config {
     pub http: Http,
     /// TLS on the registry HTTP front.
     pub tls: Tls,
+    /// Mutual TLS on the cluster endpoint and on every connection this node dials to a peer.
+    pub cluster_tls: ClusterTls,
     /// Regional endpoints: redirects of blob GETs.
     pub routing: Routing,
     /// Geo-replication: copies per region and the replicator's pace.
@@ -245,6 +247,37 @@ impl Tls {
     }
 }
 
+/// Mutual TLS between nodes (`[cluster_tls]`, env `BERTH_CLUSTER_TLS__<FIELD>`; ADR 018): all
+/// three files or none. When set, the cluster endpoint serves TLS and requires a client
+/// certificate the CA signed, and every connection to a peer presents `cert_file` and checks
+/// the peer's certificate against the CA and the dialled host. Read at start-up. Default none:
+/// plain, unauthenticated gRPC.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterTls {
+    /// PEM file of the cluster CA certificate(s) that sign every node's and client's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// PEM file of this node's certificate chain, leaf first; it must name the host of this
+    /// node's advertised cluster address (a DNS or IP subject alternative name).
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of that certificate's private key.
+    pub key_file: Option<PathBuf>,
+}
+
+impl ClusterTls {
+    /// The three files, when cluster TLS is on.
+    pub fn files(&self) -> Option<crate::cluster::tls::ClusterTlsFiles> {
+        match (&self.ca_file, &self.cert_file, &self.key_file) {
+            (Some(ca), Some(cert), Some(key)) => Some(crate::cluster::tls::ClusterTlsFiles {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// How blobs are written, and the free space kept back from them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -360,6 +393,7 @@ impl Default for Config {
             storage: Storage::default(),
             http: Http::default(),
             tls: Tls::default(),
+            cluster_tls: ClusterTls::default(),
             routing: Routing::default(),
             replication: Replication::default(),
         }
@@ -628,6 +662,14 @@ impl Config {
             p.push(format!(
                 "tls.watch_interval_secs: must be at most {MAX_TIMEOUT_SECS} (one day)"
             ));
+        }
+        let ct = &self.cluster_tls;
+        let set = [&ct.ca_file, &ct.cert_file, &ct.key_file].map(Option::is_some);
+        if set.contains(&true) && set.contains(&false) {
+            p.push(
+                "cluster_tls: set ca_file, cert_file and key_file together, or none of them"
+                    .to_string(),
+            );
         }
         let r = &self.replication;
         for (field, v) in [
@@ -1019,6 +1061,30 @@ mod tests {
         c.tls.key_file = Some(PathBuf::from("k.pem"));
         c.validate().unwrap();
         assert!(Config::parse("lisen = 1", &BTreeMap::new()).is_err());
+    }
+
+    #[test]
+    fn cluster_tls_files_go_together() {
+        let c = Config::load("", &env(&[])).unwrap();
+        assert!(c.cluster_tls.files().is_none());
+        let err = Config::load("[cluster_tls]\nca_file = \"ca.pem\"\n", &env(&[])).unwrap_err();
+        assert!(
+            err.to_string().contains("cluster_tls: set ca_file"),
+            "{err}"
+        );
+        let c = Config::load(
+            "",
+            &env(&[
+                ("BERTH_CLUSTER_TLS__CA_FILE", "ca.pem"),
+                ("BERTH_CLUSTER_TLS__CERT_FILE", "node.pem"),
+                ("BERTH_CLUSTER_TLS__KEY_FILE", "node-key.pem"),
+            ]),
+        )
+        .unwrap();
+        let files = c.cluster_tls.files().expect("cluster tls on");
+        assert_eq!(files.ca, PathBuf::from("ca.pem"));
+        assert_eq!(files.cert, PathBuf::from("node.pem"));
+        assert_eq!(files.key, PathBuf::from("node-key.pem"));
     }
 
     #[test]

@@ -115,6 +115,12 @@ impl Node {
     /// (without waiting when the node is waiting to join a cluster). The node advertises
     /// `config.advertised_url()` and `config.advertised_cluster()`.
     pub async fn start(config: &Config, leader_wait: Duration) -> Result<Node, RunError> {
+        // The cluster certificates load before storage opens: a bad file fails start-up.
+        let cluster_tls = config
+            .cluster_tls
+            .files()
+            .map(|f| cluster::tls::ClusterTls::load(&f))
+            .transpose()?;
         let blobs = Arc::new(
             BlobStore::open(&config.data_dir)?
                 .with_direct_writes(config.storage.direct_writes)
@@ -132,7 +138,7 @@ impl Node {
             log_store,
             state_machine,
             &config.raft_settings(),
-            Arc::new(Peers::new(config.node_id)),
+            Arc::new(Peers::new(config.node_id).with_tls(cluster_tls)),
             bootstrap,
         )
         .await?;

@@ -32,6 +32,7 @@ mod pacing;
 mod peer_view;
 mod peers;
 mod raft_service;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

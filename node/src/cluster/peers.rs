@@ -129,6 +129,8 @@ pub struct Peers {
     channels: Mutex<HashMap<(NodeId, String, Lane), Channel>>,
     /// The faults a test injects (always empty without `fault-injection`).
     faults: Arc<Faults>,
+    /// Mutual TLS on every connection, when `[cluster_tls]` is set.
+    tls: Option<super::tls::ClusterTls>,
 }
 
 impl Peers {
@@ -138,7 +140,24 @@ impl Peers {
             me,
             channels: Mutex::default(),
             faults: Arc::new(Faults::new()),
+            tls: None,
         }
+    }
+
+    /// These connections, dialled with mutual TLS when `tls` is set (ADR 018).
+    pub fn with_tls(mut self, tls: Option<super::tls::ClusterTls>) -> Peers {
+        self.tls = tls;
+        self
+    }
+
+    /// The cluster TLS these connections use, when `[cluster_tls]` is set.
+    pub fn tls(&self) -> Option<&super::tls::ClusterTls> {
+        self.tls.as_ref()
+    }
+
+    /// An endpoint for the cluster address `addr` (`host:port`), with this node's TLS.
+    pub fn endpoint(&self, addr: &str) -> Result<Endpoint, String> {
+        super::tls::endpoint(addr, self.tls.as_ref())
     }
 
     /// The fault table this node's connections obey (see `faults.rs`).
@@ -173,8 +192,9 @@ impl Peers {
         if addr.is_empty() {
             return Err(bad("empty".to_string()));
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| bad(e.to_string()))?
+        let endpoint = self
+            .endpoint(addr)
+            .map_err(bad)?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             // Long-lived replication streams notice a dead or hung peer by keep-alive.

@@ -43,8 +43,9 @@ pub async fn join(cluster: Cluster, addr: String, me: NodeInfo, stop: Cancellati
 }
 
 async fn try_join(cluster: &Cluster, addr: &str, me: &NodeInfo) -> Result<(), String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| e.to_string())?
+    let endpoint = cluster
+        .peers()
+        .endpoint(addr)?
         .connect_timeout(crate::cluster::CONNECT_TIMEOUT);
     let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
     let req = cluster.peers().request(

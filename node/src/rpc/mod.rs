@@ -3,6 +3,9 @@
 //! streaming (`berth.peer.v1`), the admin service `clusterctl` talks to (`berth.admin.v1`),
 //! and, in builds with the `fault-injection` feature, the test-only `Faults` service.
 //!
+//! With `[cluster_tls]` the endpoint serves mutual TLS (`cluster::tls`, ADR 018): every
+//! connection must present a certificate the cluster CA signed.
+//!
 //! In `fault-injection` builds the cluster's fault layer (`cluster::FaultLayer`) wraps every
 //! service: calls and streams from a peer a test partition cuts off are refused there, in one
 //! place, not by each handler.
@@ -68,7 +71,13 @@ pub async fn serve(
     let filter = crate::cluster::FaultLayer::new(cluster.peers().faults().clone());
     #[cfg(not(feature = "fault-injection"))]
     let filter = tower::layer::util::Identity::new();
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = cluster.peers().tls() {
+        // Mutual TLS (ADR 018): a connection without a certificate the cluster CA signed
+        // fails in the handshake.
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    let router = builder
         .tcp_nodelay(true)
         // Raft's append streams and snapshots arrive here across regions: the same receive
         // windows as the peer connections this node dials (ADR 012).

@@ -53,8 +53,10 @@ pub enum TlsError {
         detail: String,
     },
     /// The key is not usable with the certificate (unsupported type, or not the certificate's).
-    #[error("failed to use tls.key_file {} with tls.cert_file {}", key.display(), cert.display())]
+    #[error("failed to use {} {} with {} {}", fields[1], key.display(), fields[0], cert.display())]
     Key {
+        /// The config fields naming the certificate and the key.
+        fields: &'static [&'static str; 2],
         /// The certificate file.
         cert: PathBuf,
         /// The key file.
@@ -82,7 +84,8 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+/// The bytes of the file `field` names.
+pub(crate) fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
         field,
         path: path.to_path_buf(),
@@ -90,28 +93,46 @@ fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// Reads and checks the certificate chain and key named by `files`.
-pub fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
-    let pem_error = |field: &'static str, path: &Path, detail: String| TlsError::Pem {
+fn pem_error(field: &'static str, path: &Path, detail: String) -> TlsError {
+    TlsError::Pem {
         field,
         path: path.to_path_buf(),
         detail,
-    };
-    let cert_pem = read("tls.cert_file", &files.cert)?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| pem_error("tls.cert_file", &files.cert, e.to_string()))?;
-    if chain.is_empty() {
-        return Err(pem_error(
-            "tls.cert_file",
-            &files.cert,
-            "no CERTIFICATE block".to_string(),
-        ));
     }
-    let key_pem = read("tls.key_file", &files.key)?;
+}
+
+/// The certificates (at least one) in the PEM file `field` names.
+pub(crate) fn read_certs(
+    field: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(field, path)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem_error(field, path, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(pem_error(field, path, "no CERTIFICATE block".to_string()));
+    }
+    Ok(certs)
+}
+
+/// Reads and checks the certificate chain and key named by `files`.
+pub fn load_certified_key(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
+    load_key_pair(files, &["tls.cert_file", "tls.key_file"])
+}
+
+/// As [`load_certified_key`], naming the files by the config `fields` (certificate, key) in
+/// errors.
+pub(crate) fn load_key_pair(
+    files: &TlsFiles,
+    fields: &'static [&'static str; 2],
+) -> Result<CertifiedKey, TlsError> {
+    let chain = read_certs(fields[0], &files.cert)?;
+    let key_pem = read(fields[1], &files.key)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| pem_error("tls.key_file", &files.key, e.to_string()))?;
+        .map_err(|e| pem_error(fields[1], &files.key, e.to_string()))?;
     CertifiedKey::from_der(chain, key, &provider()).map_err(|source| TlsError::Key {
+        fields,
         cert: files.cert.clone(),
         key: files.key.clone(),
         source,
