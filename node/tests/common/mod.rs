@@ -46,12 +46,15 @@ pub struct TestNode {
 }
 
 /// The configuration of a test node in `data_dir`: defaults, with Raft timings short enough
-/// that a one-voter cluster elects itself at once.
+/// that a one-voter cluster elects itself at once, and a free-space reserve of the default
+/// 1 GiB only (not 5 % of the file system: on a large, busy machine 5 % can exceed what is
+/// free, and every upload would answer 503; `disk_full.rs` tests the reserve).
 pub fn test_config(data_dir: &std::path::Path) -> berth_node::config::Config {
     let mut config = berth_node::config::Config {
         data_dir: data_dir.to_path_buf(),
         ..Default::default()
     };
+    config.storage.reserve_percent = 0;
     config.raft.heartbeat_ms = 50;
     config.raft.election_timeout_min_ms = 150;
     config.raft.election_timeout_max_ms = 300;
