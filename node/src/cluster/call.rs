@@ -14,7 +14,7 @@ use std::time::Duration;
 use tonic::transport::Channel;
 
 use super::Cluster;
-use super::peers::PeerError;
+use super::peers::{Lane, PeerError};
 use crate::meta::{NodeId, NodeInfo};
 
 impl Cluster {
@@ -46,7 +46,14 @@ impl Cluster {
     {
         let info = self.reachable_member(node)?;
         self.peers
-            .call(node, &info.cluster_addr, timeout, message, call)
+            .call(
+                Lane::Control,
+                node,
+                &info.cluster_addr,
+                timeout,
+                message,
+                call,
+            )
             .await
     }
 
@@ -134,7 +141,7 @@ mod tests {
     async fn a_failed_call_keeps_the_status_and_is_unavailable() {
         let peers = Peers::new(1);
         let err = peers
-            .call(2, "127.0.0.1:1", SHORT, (), |_, _| async {
+            .call(Lane::Control, 2, "127.0.0.1:1", SHORT, (), |_, _| async {
                 Err::<tonic::Response<()>, _>(tonic::Status::not_found("no such blob"))
             })
             .await
@@ -153,7 +160,7 @@ mod tests {
     async fn a_hung_call_ends_at_the_timeout() {
         let peers = Peers::new(1);
         let err = peers
-            .call(2, "127.0.0.1:1", SHORT, (), |_, _| {
+            .call(Lane::Control, 2, "127.0.0.1:1", SHORT, (), |_, _| {
                 std::future::pending::<Result<tonic::Response<()>, tonic::Status>>()
             })
             .await
@@ -168,10 +175,17 @@ mod tests {
     async fn the_request_carries_deadline_and_sender() {
         let peers = Peers::new(1);
         let sender = peers
-            .call(2, "127.0.0.1:1", SHORT, (), |_, req| async move {
-                assert!(req.metadata().contains_key("grpc-timeout"));
-                Ok::<_, tonic::Status>(tonic::Response::new(Peers::sender(&req)))
-            })
+            .call(
+                Lane::Control,
+                2,
+                "127.0.0.1:1",
+                SHORT,
+                (),
+                |_, req| async move {
+                    assert!(req.metadata().contains_key("grpc-timeout"));
+                    Ok::<_, tonic::Status>(tonic::Response::new(Peers::sender(&req)))
+                },
+            )
             .await
             .unwrap();
         assert_eq!(sender, Some(1));

@@ -58,7 +58,7 @@ impl Cluster {
         };
         let mut stream = self
             .peers
-            .call_on(
+            .call(
                 lane,
                 holder,
                 &addr,

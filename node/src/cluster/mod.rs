@@ -52,7 +52,7 @@ pub use faults::{Faults, Link};
 pub use fetch::BlobStream;
 pub use leader_region::RegionPreference;
 pub use membership::{MemberView, MembershipError, NodeStatus, Progress, Role};
-pub use pacing::{BUSY_WINDOW, PeerBandwidth};
+pub use pacing::PeerBandwidth;
 pub use peer_view::{PROBE_EVERY, PeerView};
 pub use peers::{CONNECT_TIMEOUT, CONNECTION_WINDOW, Lane, PeerError, Peers, STREAM_WINDOW};
 pub use raft_service::{RaftService, RaftServiceError};

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use crate::meta::NodeId;
 
 /// A client request within this long ago makes the node busy.
-pub const BUSY_WINDOW: Duration = Duration::from_millis(250);
+const BUSY_WINDOW: Duration = Duration::from_millis(250);
 /// The busy bucket holds this much time's worth of bytes: a copy gets at most that burst when
 /// clients arrive.
 const BUSY_BURST: Duration = Duration::from_millis(100);

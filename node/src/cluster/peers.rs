@@ -238,32 +238,15 @@ impl Peers {
         req
     }
 
-    /// Calls `node` at `addr`: `call` gets the channel and `message` wrapped with a deadline of
-    /// `timeout` (see [`Peers::request`]), and the wait for its answer is bounded by the same
-    /// `timeout` here, so a hung peer cannot hold the caller past it. For a streaming call the
+    /// Calls `node` at `addr` on the connection of `lane`: `call` gets the channel and `message`
+    /// wrapped with a deadline of `timeout` (see [`Peers::request`]), and the wait for its
+    /// answer is bounded by the same `timeout` here, so a hung peer cannot hold the caller past it. For a streaming call the
     /// bound covers opening the stream; the peer's deadline covers the whole stream.
     ///
     /// Errors: [`PeerError::Partitioned`] or [`PeerError::BadAddress`] before calling;
     /// [`PeerError::Call`] with what the peer or the transport answered, or
     /// `DEADLINE_EXCEEDED` when no answer came within `timeout`.
     pub async fn call<M, T, F, Fut>(
-        &self,
-        node: NodeId,
-        addr: &str,
-        timeout: Duration,
-        message: M,
-        call: F,
-    ) -> Result<T, PeerError>
-    where
-        F: FnOnce(Channel, tonic::Request<M>) -> Fut,
-        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        self.call_on(Lane::Control, node, addr, timeout, message, call)
-            .await
-    }
-
-    /// As [`Peers::call`], on the connection of `lane`.
-    pub async fn call_on<M, T, F, Fut>(
         &self,
         lane: Lane,
         node: NodeId,
