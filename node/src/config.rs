@@ -80,6 +80,59 @@ pub struct Config {
     pub routing: Routing,
     /// Geo-replication: copies per region and the replicator's pace.
     pub replication: Replication,
+    /// Authentication and authorisation of the registry port (and of the admin service).
+    pub auth: Auth,
+}
+
+/// Authentication (`[auth]`, env `BERTH_AUTH__<FIELD>`; docs/security.md, ADR 019).
+/// Identities, scope maps, signing keys and network rules are cluster state (Raft), changed
+/// with `clusterctl`; these are the node's own settings, which should match on every node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Require credentials on the registry port. Default: on whenever `listen` is not a
+    /// loopback address.
+    pub enabled: Option<bool>,
+    /// The `service` of the token challenge and the audience of registry tokens. Default
+    /// `berth`; the same on every node (a token issued by one node is checked by all).
+    pub service: String,
+    /// The token endpoint URL of the challenge. Default `<scheme>://<Host header>/auth/token`.
+    pub realm: Option<String>,
+    /// How long a registry (access) token lives. Default 300.
+    pub token_ttl_secs: u64,
+    /// How long a refresh token (`docker login`'s identity token) lives. Default 1209600
+    /// (14 days).
+    pub refresh_token_ttl_secs: u64,
+    /// Password of the `admin` user, created at start-up when the cluster has no user.
+    #[serde(skip_serializing)]
+    pub bootstrap_admin_password: Option<String>,
+    /// A file holding that password (its first line).
+    pub bootstrap_admin_password_file: Option<PathBuf>,
+    /// Proxies (CIDR) whose `X-Forwarded-For` names the client; from any other address the
+    /// header is ignored.
+    pub trusted_proxies: Vec<String>,
+    /// Failed logins per identity and per client address within the window before further
+    /// attempts answer 429. Default 10.
+    pub max_failed_logins: u32,
+    /// The window of `max_failed_logins`, in seconds. Default 300.
+    pub failed_login_window_secs: u64,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            enabled: None,
+            service: "berth".to_string(),
+            realm: None,
+            token_ttl_secs: 300,
+            refresh_token_ttl_secs: 14 * 24 * 3600,
+            bootstrap_admin_password: None,
+            bootstrap_admin_password_file: None,
+            trusted_proxies: Vec::new(),
+            max_failed_logins: 10,
+            failed_login_window_secs: 300,
+        }
+    }
 }
 
 /// Regional endpoints (`[routing]`, env `BERTH_ROUTING__<FIELD>`): where blob GETs are
@@ -396,6 +449,7 @@ impl Default for Config {
             cluster_tls: ClusterTls::default(),
             routing: Routing::default(),
             replication: Replication::default(),
+            auth: Auth::default(),
         }
     }
 }
@@ -546,6 +600,22 @@ impl Config {
         }
         if self.zone.is_empty() {
             p.push("zone: must not be empty".to_string());
+        }
+        for cidr in &self.auth.trusted_proxies {
+            if let Err(e) = crate::auth::parse_cidr(cidr) {
+                p.push(format!("auth.trusted_proxies: {e}"));
+            }
+        }
+        if self.auth.service.is_empty() || self.auth.service.contains('"') {
+            p.push("auth.service: must be non-empty and hold no '\"'".to_string());
+        }
+        if self.auth.token_ttl_secs == 0 || self.auth.refresh_token_ttl_secs == 0 {
+            p.push(
+                "auth.token_ttl_secs, auth.refresh_token_ttl_secs: must be at least 1".to_string(),
+            );
+        }
+        if self.auth.failed_login_window_secs == 0 {
+            p.push("auth.failed_login_window_secs: must be at least 1".to_string());
         }
         if let Some(url) = &self.advertise_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -751,6 +821,49 @@ impl Config {
                 .then(|| Duration::from_secs(self.replication.scrub_interval_secs)),
             scrub_bytes_per_sec: self.replication.scrub_bytes_per_sec,
         }
+    }
+
+    /// Whether the registry port requires credentials.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth.enabled.unwrap_or(!self.listen.ip().is_loopback())
+    }
+
+    /// Auth settings derived from this configuration (the bootstrap password read from its
+    /// file when one is named).
+    pub fn auth_settings(&self) -> std::io::Result<crate::auth::AuthConfig> {
+        let bootstrap = match (
+            &self.auth.bootstrap_admin_password,
+            &self.auth.bootstrap_admin_password_file,
+        ) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        Ok(crate::auth::AuthConfig {
+            enabled: self.auth_enabled(),
+            service: self.auth.service.clone(),
+            realm: self.auth.realm.clone(),
+            scheme: self.scheme(),
+            token_ttl: Duration::from_secs(self.auth.token_ttl_secs),
+            refresh_ttl: Duration::from_secs(self.auth.refresh_token_ttl_secs),
+            bootstrap_admin_password: bootstrap.filter(|p| !p.is_empty()),
+            trusted_proxies: self
+                .auth
+                .trusted_proxies
+                .iter()
+                .filter_map(|c| crate::auth::parse_cidr(c).ok())
+                .collect(),
+            max_failed_logins: self.auth.max_failed_logins,
+            failed_login_window: Duration::from_secs(self.auth.failed_login_window_secs),
+            node: self.node_id,
+            region: self.region.clone(),
+        })
     }
 
     /// Registry settings derived from this configuration.

@@ -9,7 +9,8 @@
 //! - [`registry`]: the use cases (push, pull, delete, lists) over the three above.
 //! - [`replication`]: placement of blobs by region, per-repository policies, the replicator
 //!   that copies what this node should hold, and replication status.
-//! - [`api`]: the HTTP adapter (axum) of the OCI Distribution API.
+//! - [`auth`]: credentials, registry tokens and grants (over the auth records in `meta`).
+//! - [`api`]: the HTTP adapter (axum) of the OCI Distribution API and the token endpoint.
 //! - [`rpc`]: the gRPC adapter (tonic) of the cluster endpoint: Raft, forwarding, blob
 //!   streaming, admin.
 //! - [`server`]: the HTTP server loop: connections, timeouts, connection cap, draining of
@@ -22,6 +23,7 @@
 //! [`run`] is the composition root: it wires the concrete parts and serves until shutdown.
 
 pub mod api;
+pub mod auth;
 pub mod blobstore;
 pub mod cluster;
 pub mod config;
@@ -66,6 +68,9 @@ pub enum RunError {
     /// Serving the cluster endpoint failed.
     #[error("failed to serve the cluster endpoint")]
     ServeCluster(#[from] tonic::transport::Error),
+    /// The bootstrap admin password file could not be read.
+    #[error("failed to read auth.bootstrap_admin_password_file")]
+    AuthConfig(#[source] std::io::Error),
     /// The TLS certificate or key of the registry port could not be used.
     #[error("failed to set up TLS on the registry port")]
     Tls(#[from] server::tls::TlsError),
@@ -106,6 +111,8 @@ pub struct Node {
     pub registry: Arc<Registry>,
     /// Replication status and policies (the replicator runs only under [`run`]).
     pub replication: Arc<Replication>,
+    /// Credentials and grants of the registry port.
+    pub auth: Arc<auth::Auth>,
     /// Closes the metadata store once every other handle on it is gone.
     closer: MetaCloser,
 }
@@ -153,17 +160,22 @@ impl Node {
             config.replication_settings(),
         );
         replication::worker::register_metrics(replication.clone(), &metrics);
+        let auth = auth::Auth::new(
+            config.auth_settings().map_err(RunError::AuthConfig)?,
+            reader.auth().clone(),
+        );
         let registry = Registry::new(blobs, reader, cluster, config.registry_settings(), metrics);
         Ok(Node {
             registry,
             replication,
+            auth,
             closer,
         })
     }
 
     /// The HTTP router of this node.
     pub fn router(&self) -> axum::Router {
-        api::router(self.registry.clone())
+        api::router(self.registry.clone(), self.auth.clone())
     }
 
     /// Stops Raft (after the HTTP front has stopped), waiting at most 1.5 s for it; the
@@ -186,10 +198,12 @@ impl Node {
         let Node {
             registry,
             replication,
+            auth,
             closer,
         } = self;
         drop(registry);
         drop(replication);
+        drop(auth);
         match closer.close(bound).await {
             Ok(()) => true,
             Err(closer) => {
@@ -347,6 +361,10 @@ pub async fn run(
         }
     });
 
+    let auth_bootstrap = tokio::spawn(
+        auth::manage::AuthAdmin::new(node.auth.clone(), node.registry.cluster().clone())
+            .bootstrap(stop.clone()),
+    );
     let replicator = tokio::spawn(
         ReplicationWorker::new(node.replication.clone(), node.registry.clone()).run(stop.clone()),
     );
@@ -386,6 +404,7 @@ pub async fn run(
     let tasks_left = || tasks_end.saturating_duration_since(tokio::time::Instant::now());
     finish(expiry, tasks_left()).await;
     finish(replicator, tasks_left()).await;
+    finish(auth_bootstrap, tasks_left()).await;
     if let Some(s) = scrubber {
         finish(s, tasks_left()).await;
     }

@@ -41,6 +41,10 @@ pub enum Code {
     ManifestTooLarge,
     /// Too many requests, or too many open upload sessions (429 `TOOMANYREQUESTS`).
     TooManyRequests,
+    /// Authentication required (401 `UNAUTHORIZED`).
+    Unauthorized,
+    /// Requested access to the resource is denied (403 `DENIED`).
+    Denied,
     /// The service is unavailable (Distribution's `UNAVAILABLE`).
     Unavailable,
     /// An internal error (Distribution's `UNKNOWN`).
@@ -126,6 +130,16 @@ impl Code {
                 "TOOMANYREQUESTS",
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many requests",
+            ),
+            Unauthorized => (
+                "UNAUTHORIZED",
+                StatusCode::UNAUTHORIZED,
+                "authentication required",
+            ),
+            Denied => (
+                "DENIED",
+                StatusCode::FORBIDDEN,
+                "requested access to the resource is denied",
             ),
             Unavailable => (
                 "UNAVAILABLE",

@@ -1,8 +1,10 @@
-//! The HTTP front: the OCI Distribution API (`/v2/…`), `/healthz` and `/readyz`.
+//! The HTTP front: the OCI Distribution API (`/v2/…`), the token endpoint (`/auth/token`),
+//! `/healthz`, `/readyz` and `/metrics`. Every `/v2/` request passes [`auth::gate`] first.
 //!
 //! Handlers are adapters: extract from the request → call [`Registry`] → map the answer or the
 //! error (one table, [`error`]) to the wire. They never touch storage, RocksDB or openraft.
 
+mod auth;
 mod blobs;
 pub mod error;
 mod manifests;
@@ -12,31 +14,34 @@ mod telemetry;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use axum::{Extension, Router};
 
 use self::error::{ApiError, Code};
 use self::path::Route;
+use crate::auth::{Auth, Caller};
 use crate::meta::Page;
 use crate::registry::{self, Registry};
 
 /// The header every `/v2/` response carries.
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 
-/// Builds the HTTP router over a registry.
-pub fn router(registry: Arc<Registry>) -> Router {
+/// Builds the HTTP router over a registry, its requests checked by `auth`.
+pub fn router(registry: Arc<Registry>, auth: Arc<Auth>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/auth/token", get(auth::token_get).post(auth::token_post))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v2", any(v2))
         .route("/v2/", any(v2))
         .route("/v2/{*rest}", any(v2))
         .layer(axum::middleware::from_fn(telemetry::request_span))
+        .layer(Extension(auth))
         .with_state(registry)
 }
 
@@ -99,7 +104,11 @@ async fn readyz(State(registry): State<Arc<Registry>>) -> Response {
 }
 
 /// Every `/v2/…` request: route, dispatch by method, add the API version header.
-async fn v2(State(registry): State<Arc<Registry>>, req: Request) -> Response {
+async fn v2(
+    State(registry): State<Arc<Registry>>,
+    Extension(auth): Extension<Arc<Auth>>,
+    mut req: Request,
+) -> Response {
     registry.client_request();
     let path = req.uri().path().to_string();
     // Exactly one slash after `/v2`: `/v2//a` names the (invalid) repository `/a`.
@@ -110,9 +119,12 @@ async fn v2(State(registry): State<Arc<Registry>>, req: Request) -> Response {
     let mut resp = match path::parse(rest) {
         Some(route) => {
             telemetry::record_route(&route);
-            dispatch(&registry, route, req)
-                .await
-                .unwrap_or_else(IntoResponse::into_response)
+            match auth::gate(&auth, &route, &mut req).await {
+                Ok(caller) => dispatch(&registry, &auth, &caller, route, req)
+                    .await
+                    .unwrap_or_else(IntoResponse::into_response),
+                Err(e) => e.into_response(),
+            }
         }
         None => ApiError::new(Code::Unsupported)
             .status(StatusCode::NOT_FOUND)
@@ -126,6 +138,8 @@ async fn v2(State(registry): State<Arc<Registry>>, req: Request) -> Response {
 
 async fn dispatch(
     registry: &Arc<Registry>,
+    auth: &Auth,
+    caller: &Caller,
     route: Route<'_>,
     req: Request,
 ) -> Result<Response, ApiError> {
@@ -139,7 +153,7 @@ async fn dispatch(
         (Route::Base, Method::GET | Method::HEAD) => {
             Ok(json_response(StatusCode::OK, b"{}".to_vec()))
         }
-        (Route::Catalog, Method::GET) => catalog(registry, &query(&req)).await,
+        (Route::Catalog, Method::GET) => catalog(registry, auth, caller, &query(&req)).await,
         (Route::Tags(name), Method::GET) => tags(registry, name, &query(&req)).await,
         (Route::Manifest(name, r), Method::GET) => {
             manifests::get(registry, name, r, req.headers(), true).await
@@ -270,9 +284,21 @@ async fn tags(
     Ok(resp)
 }
 
-async fn catalog(registry: &Registry, q: &[(String, String)]) -> Result<Response, ApiError> {
+/// Repositories read per scan step of a filtered catalog.
+const CATALOG_SCAN: usize = 1000;
+
+async fn catalog(
+    registry: &Registry,
+    auth: &Auth,
+    caller: &Caller,
+    q: &[(String, String)],
+) -> Result<Response, ApiError> {
     let page = page(q)?;
-    let (repos, more) = registry.catalog(page.clone()).await?;
+    let (repos, more) = if *caller == Caller::Unchecked {
+        registry.catalog(page.clone()).await?
+    } else {
+        visible_catalog(registry, auth, caller, &page).await?
+    };
     let body = serde_json::to_vec(&Catalog {
         repositories: &repos,
     })
@@ -280,6 +306,38 @@ async fn catalog(registry: &Registry, q: &[(String, String)]) -> Result<Response
     let mut resp = json_response(StatusCode::OK, body);
     link_next(&mut resp, "/v2/_catalog", &page, &repos, more);
     Ok(resp)
+}
+
+/// A catalog page of only the repositories `caller` may list: scans the catalog in steps,
+/// keeping what it may see, until the page is full or the catalog ends.
+async fn visible_catalog(
+    registry: &Registry,
+    auth: &Auth,
+    caller: &Caller,
+    page: &Page,
+) -> Result<(Vec<String>, bool), ApiError> {
+    let want = page.n.unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    let mut last = page.last.clone();
+    loop {
+        let step = Page {
+            n: Some(CATALOG_SCAN),
+            last: last.clone(),
+        };
+        let (repos, more) = registry.catalog(step).await?;
+        last = repos.last().cloned();
+        for r in repos {
+            if auth.may_list(caller, &r) {
+                if out.len() == want {
+                    return Ok((out, true));
+                }
+                out.push(r);
+            }
+        }
+        if !more {
+            return Ok((out, false));
+        }
+    }
 }
 
 /// Sets a header from a string the registry produced (always valid header text).

@@ -10,6 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::NodeId;
+use super::auth::AuthCommand;
 use crate::types::{Digest, RepositoryName, Tag};
 
 /// A change to the metadata, as written to the Raft log.
@@ -96,6 +97,8 @@ pub enum CommandV1 {
         /// The repository pattern.
         pattern: String,
     },
+    /// A change to identities, scope maps, signing keys or auth settings (`meta::auth`).
+    Auth(Box<AuthCommand>),
 }
 
 /// Where copies of the blobs of the repositories a pattern matches are kept (stored as
@@ -153,8 +156,25 @@ impl fmt::Display for Command {
                 CommandV1::ClearReplicationPolicy { pattern } => {
                     write!(f, "clear-replication-policy {pattern}")
                 }
+                CommandV1::Auth(a) => write!(f, "auth {}", auth_verb(a)),
             },
         }
+    }
+}
+
+/// What an auth command does, for logs (never a secret).
+fn auth_verb(a: &AuthCommand) -> String {
+    match a {
+        AuthCommand::PutIdentity { name, expect, .. } => match expect {
+            None => format!("create-identity {name}"),
+            Some(_) => format!("update-identity {name}"),
+        },
+        AuthCommand::DeleteIdentity { name } => format!("delete-identity {name}"),
+        AuthCommand::PutScopeMap { name, .. } => format!("put-scope-map {name}"),
+        AuthCommand::DeleteScopeMap { name } => format!("delete-scope-map {name}"),
+        AuthCommand::AddSigningKey { key, .. } => format!("add-signing-key {}", key.kid),
+        AuthCommand::BootstrapAdmin { .. } => "bootstrap-admin".to_string(),
+        AuthCommand::SetSettings { .. } => "set-settings".to_string(),
     }
 }
 
@@ -187,6 +207,23 @@ pub enum Rejection {
     /// No replication policy has this pattern.
     #[error("no replication policy for pattern {0:?}")]
     PolicyUnknown(String),
+    /// An identity, scope map or key of that name exists already.
+    #[error("{0} exists already")]
+    AuthExists(String),
+    /// No identity or scope map has that name.
+    #[error("{0} does not exist")]
+    AuthUnknown(String),
+    /// The record changed since the proposer read it.
+    #[error("{0} was changed meanwhile")]
+    AuthConflict(String),
+    /// A scope map cannot be deleted while a token uses it.
+    #[error("scope map {map} is used by token {token}")]
+    ScopeMapInUse {
+        /// The scope map.
+        map: String,
+        /// A token bound to it.
+        token: String,
+    },
 }
 
 /// A stored manifest.

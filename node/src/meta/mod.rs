@@ -21,6 +21,8 @@
 //! state          "b/" digest                           BlobRecord (size, holders, first seen)
 //! state          "f/" repo \0 subject \0 referrer      ReferrerRecord (descriptor of a referrer)
 //! state          "p/" pattern                          ReplicationPolicy (repositories it matches)
+//! state          "a/…"                                 auth records (identities, scope maps,
+//!                                                      signing keys, settings; see `auth`)
 //! ```
 //!
 //! Invariants:
@@ -32,6 +34,7 @@
 //! - No write reaches RocksDB while the disk is nearly full: it waits at the [`WriteGate`]
 //!   (RocksDB cannot recover from `ENOSPC` in its log files without a restart; ADR 010).
 
+pub mod auth;
 mod command;
 mod keys;
 mod legacy;
@@ -228,18 +231,20 @@ pub fn open_closable(
     // One gate for both writers: the log store and the state machine share the disk.
     let gate = WriteGate::new(&path);
     let notices = Arc::new(Notices::default());
+    let (auth, auth_view) = auth::AuthPublisher::open(&db)?;
     let sm = StateMachine::open(
         db.clone(),
         snapshot_dir,
         tags.clone(),
         gate.clone(),
         notices.clone(),
+        Arc::new(auth),
     )?;
     let closer = MetaCloser { db: db.clone() };
     Ok((
         LogStore::new(db.clone(), gate),
         sm,
-        MetaReader::new(db, tags, notices),
+        MetaReader::new(db, tags, notices, auth_view),
         closer,
     ))
 }

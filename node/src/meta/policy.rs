@@ -163,21 +163,24 @@ fn specificity(pattern: &str) -> (usize, Reverse<usize>, Reverse<usize>) {
     (literal, Reverse(double), Reverse(single))
 }
 
+/// The most specific of `patterns` that matches `repo` (the module's rule), if any.
+pub fn most_specific<'a>(patterns: impl Iterator<Item = &'a str>, repo: &str) -> Option<&'a str> {
+    patterns.filter(|p| matches(p, repo)).max_by(|a, b| {
+        specificity(a)
+            .cmp(&specificity(b))
+            // The lexically smaller pattern wins a tie: it must compare greater.
+            .then_with(|| b.cmp(a))
+    })
+}
+
 /// The policy that applies to `repo` among `policies` (pattern, policy): the most specific
 /// matching pattern, or `None` (the default: every region).
 pub fn effective<'a>(
     repo: &str,
     policies: &'a [(String, ReplicationPolicy)],
 ) -> Option<&'a (String, ReplicationPolicy)> {
-    policies
-        .iter()
-        .filter(|(p, _)| matches(p, repo))
-        .max_by(|(a, _), (b, _)| {
-            specificity(a)
-                .cmp(&specificity(b))
-                // The lexically smaller pattern wins a tie: it must compare greater.
-                .then_with(|| b.cmp(a))
-        })
+    let best = most_specific(policies.iter().map(|(p, _)| p.as_str()), repo)?;
+    policies.iter().find(|(p, _)| p == best)
 }
 
 /// Whether a policy lets `region` hold copies at all (residency). `None`: the default.

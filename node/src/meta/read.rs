@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions};
 
+use super::auth::AuthView;
 use super::command::{
     BlobRecord, ManifestRecord, ReferrerRecord, ReplicationPolicy, Stored, TagRecord,
 };
@@ -150,6 +151,7 @@ pub struct MetaReader {
     db: Arc<DB>,
     tags: Arc<TagCache>,
     notices: Arc<Notices>,
+    auth: AuthView,
 }
 
 impl std::fmt::Debug for MetaReader {
@@ -159,8 +161,23 @@ impl std::fmt::Debug for MetaReader {
 }
 
 impl MetaReader {
-    pub(super) fn new(db: Arc<DB>, tags: Arc<TagCache>, notices: Arc<Notices>) -> MetaReader {
-        MetaReader { db, tags, notices }
+    pub(super) fn new(
+        db: Arc<DB>,
+        tags: Arc<TagCache>,
+        notices: Arc<Notices>,
+        auth: AuthView,
+    ) -> MetaReader {
+        MetaReader {
+            db,
+            tags,
+            notices,
+            auth,
+        }
+    }
+
+    /// The applied auth records (identities, scope maps, keys, settings).
+    pub fn auth(&self) -> &AuthView {
+        &self.auth
     }
 
     /// What the state machine applied lately, for the replicator (see [`Notices`]).

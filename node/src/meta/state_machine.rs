@@ -13,6 +13,7 @@ use rocksdb::{ColumnFamily, DB, WriteBatch};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::auth::AuthPublisher;
 use super::command::{
     BlobLinkRecord, BlobRecord, Command, CommandV1, ManifestRecord, PutManifest, Rejection,
     ReplicationPolicy, RepositoryRecord, Stored, TagRecord, WriteResult,
@@ -34,6 +35,8 @@ pub struct StateMachine {
     gate: WriteGate,
     /// Told what changed for the replicator (after it is written).
     notices: Arc<Notices>,
+    /// Republishes the auth state after an auth command or a snapshot.
+    auth: Arc<AuthPublisher>,
 }
 
 impl StateMachine {
@@ -43,6 +46,7 @@ impl StateMachine {
         tags: Arc<TagCache>,
         gate: WriteGate,
         notices: Arc<Notices>,
+        auth: Arc<AuthPublisher>,
     ) -> Result<StateMachine, MetaError> {
         let snapshots = SnapshotFiles::open(snapshot_dir)?;
         Ok(StateMachine {
@@ -51,6 +55,7 @@ impl StateMachine {
             tags,
             gate,
             notices,
+            auth,
         })
     }
 }
@@ -87,7 +92,7 @@ fn notify(notices: &Notices, entry: &openraft::alias::EntryOf<TypeConfig>) {
             CommandV1::SetReplicationPolicy { .. } | CommandV1::ClearReplicationPolicy { .. } => {
                 notices.resync()
             }
-            CommandV1::MountBlob { .. } | CommandV1::UnlinkBlob { .. } => {}
+            CommandV1::MountBlob { .. } | CommandV1::UnlinkBlob { .. } | CommandV1::Auth(_) => {}
             CommandV1::DeleteTag { .. } => {}
         },
         EntryPayload::Membership(_) => notices.resync(),
@@ -136,6 +141,7 @@ fn apply_entry(
     db: &DB,
     tags: &TagCache,
     notices: &Notices,
+    auth: &AuthPublisher,
     entry: &openraft::alias::EntryOf<TypeConfig>,
 ) -> Result<WriteResult, MetaError> {
     let cf = state_cf(db);
@@ -155,6 +161,12 @@ fn apply_entry(
     // After the write: a reader that scans from now on sees it (see `tag_cache`).
     if let Some(repo) = tags_changed_by(entry) {
         tags.invalidate(repo);
+    }
+    if matches!(
+        &entry.payload,
+        EntryPayload::Normal(Command::V1(CommandV1::Auth(_)))
+    ) {
+        auth.reload(db)?;
     }
     notify(notices, entry);
     Ok(result)
@@ -258,6 +270,7 @@ fn apply_command(
             Ok(WriteResult::Done)
         }
         CommandV1::PutManifest(p) => apply_put_manifest(db, cf, batch, p),
+        CommandV1::Auth(a) => super::auth::apply(db, batch, a),
         CommandV1::SetReplicationPolicy { pattern, policy } => {
             put::<ReplicationPolicy>(batch, cf, &keys::policy(pattern), policy);
             Ok(WriteResult::Done)
@@ -379,15 +392,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // blocking pool and back (ADR 006). Applying never fsyncs (the log is durable).
             entries
                 .iter()
-                .map(|e| apply_entry(&self.db, &self.tags, &self.notices, e))
+                .map(|e| apply_entry(&self.db, &self.tags, &self.notices, &self.auth, e))
                 .collect::<Result<Vec<_>, _>>()?
         } else {
             // A long catch-up batch goes to the blocking pool in one trip.
-            let (db, tags, notices) = (self.db.clone(), self.tags.clone(), self.notices.clone());
+            let (db, tags, notices, auth) = (
+                self.db.clone(),
+                self.tags.clone(),
+                self.notices.clone(),
+                self.auth.clone(),
+            );
             tokio::task::spawn_blocking(move || {
                 entries
                     .iter()
-                    .map(|e| apply_entry(&db, &tags, &notices, e))
+                    .map(|e| apply_entry(&db, &tags, &notices, &auth, e))
                     .collect::<Result<Vec<_>, _>>()
             })
             .await
@@ -424,6 +442,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // the replicator recomputes its work.
         self.tags.clear();
         self.notices.resync();
+        let db = self.db.clone();
+        let auth = self.auth.clone();
+        tokio::task::spawn_blocking(move || auth.reload(&db))
+            .await
+            .map_err(io::Error::other)??;
         res
     }
 
@@ -455,7 +478,7 @@ mod tests {
     }
 
     fn apply(sm: &StateMachine, index: u64, cmd: CommandV1) -> WriteResult {
-        apply_entry(&sm.db, &sm.tags, &sm.notices, &entry(index, cmd)).unwrap()
+        apply_entry(&sm.db, &sm.tags, &sm.notices, &sm.auth, &entry(index, cmd)).unwrap()
     }
 
     fn policy(regions: &[&str], on_demand: &[&str]) -> ReplicationPolicy {
