@@ -407,9 +407,10 @@ impl Auth {
         password: &str,
         addr: Option<IpAddr>,
     ) -> Result<u64, AuthError> {
-        let ip_key = format!("ip:{}", addr.map(|a| a.to_string()).unwrap_or_default());
         let name_key = format!("u:{name}");
-        let keys = [name_key.as_str(), ip_key.as_str()];
+        let ip_key = addr.map(|a| format!("ip:{a}"));
+        let mut keys = vec![name_key.as_str()];
+        keys.extend(ip_key.as_deref());
         if let Some(wait) = self.limiter.blocked(&keys, Instant::now()) {
             return Err(AuthError::TooManyRequests(wait));
         }

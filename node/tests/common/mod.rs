@@ -64,8 +64,14 @@ pub fn test_config(data_dir: &std::path::Path) -> berth_node::config::Config {
 impl TestNode {
     /// Starts a single-node cluster in a fresh temporary directory.
     pub async fn start() -> TestNode {
+        TestNode::start_with(|_| {}).await
+    }
+
+    /// As [`TestNode::start`], with the configuration changed by `change` first.
+    pub async fn start_with(change: impl FnOnce(&mut berth_node::config::Config)) -> TestNode {
         let dir = tempfile::tempdir().unwrap();
-        let config = test_config(dir.path());
+        let mut config = test_config(dir.path());
+        change(&mut config);
         let node = berth_node::Node::start(&config, Duration::from_secs(10))
             .await
             .unwrap();
@@ -83,6 +89,11 @@ impl TestNode {
         let TestNode { client, node, _dir } = self;
         drop(client);
         assert!(node.stop().await, "the metadata store did not close");
+    }
+
+    /// The node (its registry, auth service, cluster handle).
+    pub fn node(&self) -> &berth_node::Node {
+        &self.node
     }
 
     /// Stops Raft but keeps the node's router and data (to see how the API answers then).
