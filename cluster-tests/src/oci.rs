@@ -187,6 +187,11 @@ impl Client {
         Client(berth_testkit::oci::Client::with_agent(agent, base).with_label(label))
     }
 
+    /// The same client, sending `Authorization: value` with every request.
+    pub fn with_authorization(self, value: &str) -> Client {
+        Client(self.0.with_authorization(value))
+    }
+
     /// `PUT` a manifest; `Ok(response)` on 201 with the right `Docker-Content-Digest`.
     pub fn push_manifest(&self, image: &Image) -> Result<Resp, PushError> {
         self.push_manifest_bytes(&image.repo, &image.tag, OCI_MANIFEST, &image.manifest)

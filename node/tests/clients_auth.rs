@@ -40,7 +40,8 @@ fn start_with_auth(data: &Path) -> BerthProcess {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = berth_testkit::http::read_resp(agent.get(&url).header("authorization", &auth).call());
+        let r =
+            berth_testkit::http::read_resp(agent.get(&url).header("authorization", &auth).call());
         if r.is_ok_and(|r| r.status == 200) {
             return berth;
         }
@@ -97,7 +98,11 @@ fn docker_login_push_pull_logout_with_tokens() {
     std::fs::create_dir_all(&config).unwrap();
     let root = tmp.path().join("rootfs");
     std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("hello.txt"), format!("auth test {:?}\n", Instant::now())).unwrap();
+    std::fs::write(
+        root.join("hello.txt"),
+        format!("auth test {:?}\n", Instant::now()),
+    )
+    .unwrap();
     let tarball = tmp.path().join("rootfs.tar");
     support::must_run(
         "tar",
@@ -117,14 +122,24 @@ fn docker_login_push_pull_logout_with_tokens() {
     assert!(catalog(&berth).is_empty());
     // A wrong password: login fails.
     let mut login = Command::new("docker");
-    login
-        .arg("--config")
-        .arg(&config)
-        .args(["login", &host, "-u", "admin", "-p", "wrong-password"]);
+    login.arg("--config").arg(&config).args([
+        "login",
+        &host,
+        "-u",
+        "admin",
+        "-p",
+        "wrong-password",
+    ]);
     let out = run_cmd(&mut login, CMD_TIMEOUT).unwrap();
-    assert!(!out.status.success(), "login with a wrong password succeeded");
+    assert!(
+        !out.status.success(),
+        "login with a wrong password succeeded"
+    );
 
-    let out = docker(&config, &["login", &host, "-u", "admin", "-p", ADMIN_PASSWORD]);
+    let out = docker(
+        &config,
+        &["login", &host, "-u", "admin", "-p", ADMIN_PASSWORD],
+    );
     assert!(out.status.success(), "login: {}", out.stderr_text());
     // docker keeps the refresh token (identity token), not the password.
     let saved = std::fs::read_to_string(config.join("config.json")).unwrap();
@@ -179,7 +194,10 @@ fn skopeo_with_creds_copies_and_without_is_refused() {
     let creds = format!("admin:{ADMIN_PASSWORD}");
 
     let out = skopeo(&["copy", "--dest-tls-verify=false", &layout.oci("v1"), &dest]);
-    assert!(!out.status.success(), "a copy without credentials succeeded");
+    assert!(
+        !out.status.success(),
+        "a copy without credentials succeeded"
+    );
     let out = skopeo(&[
         "copy",
         "--dest-tls-verify=false",
@@ -188,7 +206,10 @@ fn skopeo_with_creds_copies_and_without_is_refused() {
         &layout.oci("v1"),
         &dest,
     ]);
-    assert!(!out.status.success(), "a copy with a wrong password succeeded");
+    assert!(
+        !out.status.success(),
+        "a copy with a wrong password succeeded"
+    );
     assert!(catalog(&berth).is_empty());
 
     let out = skopeo(&[
@@ -203,7 +224,10 @@ fn skopeo_with_creds_copies_and_without_is_refused() {
     let out = skopeo(&["inspect", "--tls-verify=false", "--creds", &creds, &dest]);
     assert!(out.status.success(), "inspect: {}", out.stderr_text());
     let out = skopeo(&["inspect", "--tls-verify=false", &dest]);
-    assert!(!out.status.success(), "inspect without credentials succeeded");
+    assert!(
+        !out.status.success(),
+        "inspect without credentials succeeded"
+    );
     // Registry to registry, both sides authenticated.
     let second = format!("docker://{}/sk/copy:v1", berth.host_port());
     let out = skopeo(&[

@@ -146,6 +146,8 @@ pub struct Client {
     agent: ureq::Agent,
     base: String,
     label: String,
+    /// `Authorization` sent with every request that does not set its own.
+    authorization: Option<String>,
 }
 
 impl Client {
@@ -162,7 +164,15 @@ impl Client {
             agent,
             label: base.clone(),
             base,
+            authorization: None,
         }
+    }
+
+    /// The same client, sending `Authorization: value` (e.g. `Basic …`, `Bearer …`) with
+    /// every request that does not set its own.
+    pub fn with_authorization(mut self, value: &str) -> Client {
+        self.authorization = Some(value.to_string());
+        self
     }
 
     /// The same client, called `label` in messages (e.g. "node 2").
@@ -202,6 +212,13 @@ impl Client {
         let mut builder = ureq::http::Request::builder().method(method).uri(&url);
         for (k, v) in headers {
             builder = builder.header(*k, *v);
+        }
+        if let Some(a) = &self.authorization
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            builder = builder.header("authorization", a);
         }
         let result = match body {
             Some(b) => {
