@@ -128,6 +128,14 @@ impl AuthNode {
         .await
     }
 
+    /// `POST /auth/token` with an OAuth2 form.
+    async fn post_form(&self, form: impl Into<Vec<u8>>) -> Resp {
+        let ct = [("content-type", "application/x-www-form-urlencoded")];
+        self.t
+            .send(request(Method::POST, "/auth/token", &ct, form))
+            .await
+    }
+
     async fn get(&self, uri: &str, auth: &str) -> Resp {
         self.send(Method::GET, uri, auth, Vec::new(), None).await
     }
@@ -674,14 +682,7 @@ async fn refresh_tokens_and_the_oauth_form() {
     let n = AuthNode::start(|_| {}).await;
     let form = "grant_type=password&username=admin&password=admin-pass-1&service=berth\
                 &client_id=docker&access_type=offline&scope=repository%3Aa%3Apull%2Cpush";
-    let r =
-        n.t.send(request(
-            Method::POST,
-            "/auth/token",
-            &[("content-type", "application/x-www-form-urlencoded")],
-            form,
-        ))
-        .await;
+    let r = n.post_form(form).await;
     r.expect(StatusCode::OK);
     let v = r.json();
     assert_eq!(v["scope"], "repository:a:pull,push");
@@ -695,14 +696,7 @@ async fn refresh_tokens_and_the_oauth_form() {
     let form = format!(
         "grant_type=refresh_token&refresh_token={refresh}&service=berth&scope=repository%3Aa%3Apull"
     );
-    let r =
-        n.t.send(request(
-            Method::POST,
-            "/auth/token",
-            &[("content-type", "application/x-www-form-urlencoded")],
-            form.clone(),
-        ))
-        .await;
+    let r = n.post_form(form.clone()).await;
     r.expect(StatusCode::OK);
     let t = r.json()["access_token"].as_str().unwrap().to_string();
     n.get("/v2/a/manifests/v1", &bearer(&t))
@@ -716,13 +710,8 @@ async fn refresh_tokens_and_the_oauth_form() {
         )
         .await;
     assert!(r.json()["refresh_token"].is_string());
-    let r =
-        n.t.send(request(
-            Method::POST,
-            "/auth/token",
-            &[("content-type", "application/x-www-form-urlencoded")],
-            "grant_type=password&username=admin&password=bad&service=berth",
-        ))
+    let r = n
+        .post_form("grant_type=password&username=admin&password=bad&service=berth")
         .await;
     assert_error(&r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
     // Disabling the user kills its refresh token.
@@ -734,13 +723,8 @@ async fn refresh_tokens_and_the_oauth_form() {
         )
         .await
         .unwrap();
-    let r =
-        n.t.send(request(
-            Method::POST,
-            "/auth/token",
-            &[("content-type", "application/x-www-form-urlencoded")],
-            "grant_type=password&username=ann&password=ann-password&access_type=offline",
-        ))
+    let r = n
+        .post_form("grant_type=password&username=ann&password=ann-password&access_type=offline")
         .await;
     let ann_refresh = r.json()["refresh_token"].as_str().unwrap().to_string();
     n.admin
@@ -753,12 +737,9 @@ async fn refresh_tokens_and_the_oauth_form() {
         )
         .await
         .unwrap();
-    let r =
-        n.t.send(request(
-            Method::POST,
-            "/auth/token",
-            &[("content-type", "application/x-www-form-urlencoded")],
-            format!("grant_type=refresh_token&refresh_token={ann_refresh}"),
+    let r = n
+        .post_form(format!(
+            "grant_type=refresh_token&refresh_token={ann_refresh}"
         ))
         .await;
     assert_error(&r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");

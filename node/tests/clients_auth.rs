@@ -112,7 +112,7 @@ fn docker_login_push_pull_logout_with_tokens() {
     let berth = start_with_auth(&tmp.path().join("data"));
     let host = berth.host_port();
     let reference = format!("{host}/auth/img:1");
-    let cleanup = ImageCleanup(vec![reference.clone()]);
+    let cleanup = support::ImageCleanup(vec![reference.clone()]);
     let out = docker(&config, &["import", path_str(&tarball), &reference]);
     assert!(out.status.success(), "{}", out.stderr_text());
 
@@ -158,20 +158,6 @@ fn docker_login_push_pull_logout_with_tokens() {
     let out = docker(&config, &["pull", &reference]);
     assert!(!out.status.success(), "a pull after logout succeeded");
     drop(cleanup);
-}
-
-/// Removes the images a test created from the engine, also when the test fails.
-struct ImageCleanup(Vec<String>);
-
-impl Drop for ImageCleanup {
-    fn drop(&mut self) {
-        for r in &self.0 {
-            let _ = run_cmd(
-                Command::new("docker").args(["rmi", "--force", r]),
-                Duration::from_secs(60),
-            );
-        }
-    }
 }
 
 fn skopeo(args: &[&str]) -> support::CmdOutput {

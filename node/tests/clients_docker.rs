@@ -43,20 +43,6 @@ fn image_id(reference: &str) -> Option<String> {
         .then(|| out.stdout_text().trim().to_string())
 }
 
-/// Removes the images a test created from the engine, also when the test fails.
-struct ImageCleanup(Vec<String>);
-
-impl Drop for ImageCleanup {
-    fn drop(&mut self) {
-        for r in &self.0 {
-            let _ = run_cmd(
-                Command::new("docker").args(["rmi", "--force", r]),
-                Duration::from_secs(60),
-            );
-        }
-    }
-}
-
 #[test]
 fn docker_import_push_rmi_pull_same_image_id() {
     let test = "docker_import_push_rmi_pull_same_image_id";
@@ -89,7 +75,7 @@ fn docker_import_push_rmi_pull_same_image_id() {
 
     let berth = BerthProcess::start(&tmp.path().join("data"));
     let reference = format!("{}/dock/img:1", berth.host_port());
-    let _cleanup = ImageCleanup(vec![reference.clone()]);
+    let _cleanup = support::ImageCleanup(vec![reference.clone()]);
 
     docker(&["import", tarball.to_str().unwrap(), &reference]);
     let imported = image_id(&reference).expect("the imported image exists");

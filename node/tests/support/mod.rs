@@ -301,3 +301,17 @@ pub fn dir_entries(dir: &Path) -> Vec<PathBuf> {
         Err(_) => Vec::new(),
     }
 }
+
+/// Removes the images a test created from the Docker engine, also when the test fails.
+pub struct ImageCleanup(pub Vec<String>);
+
+impl Drop for ImageCleanup {
+    fn drop(&mut self) {
+        for r in &self.0 {
+            let _ = run_cmd(
+                std::process::Command::new("docker").args(["rmi", "--force", r]),
+                std::time::Duration::from_secs(60),
+            );
+        }
+    }
+}
