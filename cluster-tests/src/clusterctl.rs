@@ -103,14 +103,7 @@ pub fn run_with(
     all.extend(args.iter().map(|a| a.to_string()));
     let mut cmd = Command::new(clusterctl_bin());
     cmd.args(&all);
-    for var in [
-        "CLUSTERCTL_ENDPOINT",
-        "CLUSTERCTL_USER",
-        "CLUSTERCTL_PASSWORD",
-        "CLUSTERCTL_TOKEN",
-    ] {
-        cmd.env_remove(var);
-    }
+    berth_testkit::process::without_env_prefix(&mut cmd, "CLUSTERCTL_");
     cmd.envs(env.iter().copied());
     let input = stdin.map(str::as_bytes);
     let out = berth_testkit::process::run_cmd_with_input(&mut cmd, input, timeout)

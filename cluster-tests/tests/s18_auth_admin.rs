@@ -7,7 +7,8 @@
 //! 2. the admin creates a scope map, a token bound to it and a user, each at another node;
 //!    the token's password obtains a registry token at `/auth/token` of every node, pushes
 //!    within its scope map at one node and pulls at the others; a push outside it is refused;
-//! 3. `scope-maps delete` of the map in use is refused;
+//! 3. `scope-maps delete` of the map in use is refused, and so is `users delete` of the last
+//!    admin;
 //! 4. `tokens update --regenerate 1` stops the registry tokens issued for password1 at every
 //!    node, those for password2 keep working;
 //! 5. `tokens update --disable` stops the registry tokens issued before at every node.
@@ -92,6 +93,15 @@ fn must_token(c: &Cluster, id: u64, name: &str, password: &str, repo: &str) -> S
         APPLIED_WITHIN,
         || registry_token(c, id, name, password, &scope),
     )
+}
+
+/// A token of `s18-ci` with `password` for pull and push on [`REPO`] from each node, in
+/// node order.
+fn tokens_everywhere(c: &Cluster, password: &str) -> Vec<String> {
+    c.ids()
+        .iter()
+        .map(|&id| must_token(c, id, "s18-ci", password, REPO))
+        .collect()
 }
 
 fn bearer(token: &str) -> String {
@@ -281,11 +291,7 @@ fn the_admin_service_needs_an_admin_and_manages_tokens_cluster_wide() {
         must_refuse(&out, "PERMISSION_DENIED");
     }
     // The token logs in at every node and may push and pull within its scope map only.
-    let tokens1: Vec<String> = c
-        .ids()
-        .iter()
-        .map(|&id| must_token(&c, id, "s18-ci", &password1, REPO))
-        .collect();
+    let tokens1 = tokens_everywhere(&c, &password1);
     let image = Image::new(REPO, "v1", &[random_layer(32 * 1024)]);
     push(&c, 1, &tokens1[0], &image).expect("a push within the scope map");
     for id in c.ids() {
@@ -309,13 +315,12 @@ fn the_admin_service_needs_an_admin_and_manages_tokens_cluster_wide() {
     );
     must_refuse(&out, "FAILED_PRECONDITION");
     assert!(out.stderr.contains("s18-ci"), "{out:?}");
+    // Nor can the last admin.
+    let out = ctl(&c, 3, &["users", "delete", "admin", "--json"], &ADMIN, None);
+    must_refuse(&out, "FAILED_PRECONDITION");
 
     // 4. Regenerating password1 stops what was issued for it, not what was for password2.
-    let tokens2: Vec<String> = c
-        .ids()
-        .iter()
-        .map(|&id| must_token(&c, id, "s18-ci", &password2, REPO))
-        .collect();
+    let tokens2 = tokens_everywhere(&c, &password2);
     let regenerated = must_ctl(&c, 3, &["tokens", "update", "s18-ci", "--regenerate", "1"]);
     let new1 = passwords(&regenerated);
     assert_eq!(new1.len(), 1);

@@ -91,8 +91,9 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Deadline for the whole command, in seconds [default: 10 for status, nodes list and
-    /// replication, 300 for membership changes, 600 for `replication status --wait`].
+    /// Deadline for the whole command, in seconds [default: 10 for status, nodes list,
+    /// replication and the auth commands, 300 for membership changes, 600 for
+    /// `replication status --wait`].
     #[arg(long, global = true, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
 

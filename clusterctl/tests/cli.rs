@@ -47,31 +47,30 @@ fn clusterctl(args: &[&str]) -> Output {
     clusterctl_with(args, &[], "")
 }
 
-/// Runs `clusterctl` with `args`, `env` and `stdin`.
+/// Runs `clusterctl` with `args`, `env` and `stdin`, bounded in time.
 fn clusterctl_with(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
-    use std::io::Write;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clusterctl"));
-    cmd.args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    for var in [
-        "CLUSTERCTL_ENDPOINT",
-        "CLUSTERCTL_USER",
-        "CLUSTERCTL_PASSWORD",
-        "CLUSTERCTL_TOKEN",
-    ] {
-        cmd.env_remove(var);
-    }
+    cmd.args(args);
+    berth_testkit::process::without_env_prefix(&mut cmd, "CLUSTERCTL_");
     cmd.envs(env.iter().copied());
-    let mut child = cmd.spawn().expect("failed to run the clusterctl binary");
-    let mut input = child.stdin.take().expect("stdin is piped");
-    // clusterctl may exit before reading (a usage error): a broken pipe is fine.
-    let _ = input.write_all(stdin.as_bytes());
-    drop(input);
-    child
-        .wait_with_output()
-        .expect("failed to wait for clusterctl")
+    let out = berth_testkit::process::run_cmd_with_input(
+        &mut cmd,
+        Some(stdin.as_bytes()),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("clusterctl {args:?}: {e}"));
+    Output {
+        status: out.status,
+        stdout: out.stdout,
+        stderr: out.stderr,
+    }
+}
+
+/// `clusterctl --endpoint <endpoint> <args…>` with `env` and `stdin`.
+fn at(endpoint: &str, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    let mut all = vec!["--endpoint", endpoint];
+    all.extend_from_slice(args);
+    clusterctl_with(&all, env, stdin)
 }
 
 fn stdout(out: &Output) -> String {
@@ -114,7 +113,15 @@ fn help_lists_the_commands() {
         "status",
         "nodes",
         "leader",
+        "users",
+        "tokens",
+        "scope-maps",
+        "roles",
+        "auth",
         "--endpoint",
+        "--user",
+        "--password-stdin",
+        "--token",
         "--json",
         "--timeout",
     ] {
@@ -613,15 +620,12 @@ const ADMIN: [(&str, &str); 2] = [
 fn auth_commands_need_credentials_and_send_them() {
     let endpoint = start_fake_admin().to_string();
     let e = endpoint.as_str();
-    let out = clusterctl(&["--endpoint", e, "users", "list"]);
+    let out = at(e, &["users", "list"], &[], "");
     must_exit(&out, 1);
-    assert!(
-        stderr(&out).contains("failed to list the users: unauthenticated"),
-        "{}",
-        stderr(&out)
-    );
+    let says = "failed to list the users: unauthenticated";
+    assert!(stderr(&out).contains(says), "{}", stderr(&out));
     // From the environment, from stdin, and as a bearer token.
-    let out = clusterctl_with(&["--endpoint", e, "users", "list"], &ADMIN, "");
+    let out = at(e, &["users", "list"], &ADMIN, "");
     must_exit(&out, 0);
     assert!(stdout(&out).starts_with("NAME "), "{}", stdout(&out));
     assert!(stdout(&out).contains("admin"));
@@ -629,39 +633,26 @@ fn auth_commands_need_credentials_and_send_them() {
         !stdout(&out).contains("ci-push"),
         "users list shows no token"
     );
-    let out = clusterctl_with(
-        &[
-            "--endpoint",
-            e,
-            "--user",
-            "admin",
-            "--password-stdin",
-            "tokens",
-            "list",
-            "--json",
-        ],
+    let stdin_login = ["--user", "admin", "--password-stdin"];
+    let out = at(
+        e,
+        &[&stdin_login[..], &["tokens", "list", "--json"]].concat(),
         &[],
         "adminpw\n",
     );
     must_exit(&out, 0);
     assert_eq!(json_lines(&out)[0]["tokens"][0]["name"], "ci-push");
-    let out = clusterctl_with(
-        &["--endpoint", e, "roles", "list"],
+    let out = at(
+        e,
+        &["roles", "list"],
         &[("CLUSTERCTL_TOKEN", "good-token")],
         "",
     );
     must_exit(&out, 0);
     assert!(stdout(&out).contains("reader"), "{}", stdout(&out));
-    let out = clusterctl_with(
-        &[
-            "--endpoint",
-            e,
-            "--user",
-            "admin",
-            "--password-stdin",
-            "roles",
-            "list",
-        ],
+    let out = at(
+        e,
+        &[&stdin_login[..], &["roles", "list"]].concat(),
         &[],
         "wrong\n",
     );
@@ -671,7 +662,7 @@ fn auth_commands_need_credentials_and_send_them() {
 
 #[test]
 fn credentials_are_checked_before_contacting_anything() {
-    let cases: [(&[&str], &str); 3] = [
+    let cases: [(&[&str], &str); 4] = [
         (
             &["--user", "admin", "users", "list"],
             "--password-stdin or CLUSTERCTL_PASSWORD",
@@ -681,83 +672,35 @@ fn credentials_are_checked_before_contacting_anything() {
             "no password to read",
         ),
         (&["users", "create", "bob"], "--password-stdin"),
+        (
+            &["--user", "admin", "--token", "t", "users", "list"],
+            "cannot be used with",
+        ),
     ];
     for (args, says) in cases {
-        let mut all = vec!["--endpoint", "127.0.0.1:1"];
-        all.extend_from_slice(args);
-        let out = clusterctl(&all);
+        let out = at("127.0.0.1:1", args, &[], "");
         must_exit(&out, 2);
         assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
     }
-    let out = clusterctl_with(
-        &[
-            "--endpoint",
-            "127.0.0.1:1",
-            "--user",
-            "admin",
-            "--token",
-            "t",
-            "users",
-            "list",
-        ],
-        &[],
-        "",
-    );
-    must_exit(&out, 2);
 }
 
 #[test]
 fn users_create_reads_the_admin_then_the_new_password() {
     let endpoint = start_fake_admin().to_string();
     let e = endpoint.as_str();
-    let out = clusterctl_with(
-        &[
-            "--endpoint",
-            e,
-            "--user",
-            "admin",
-            "--password-stdin",
-            "users",
-            "create",
-            "bob",
-            "--role",
-            "writer:team/**",
-        ],
-        &[],
-        "adminpw\nbobpassword\n",
-    );
+    let create = ["users", "create", "bob", "--role", "writer:team/**"];
+    let args = [&["--user", "admin", "--password-stdin"][..], &create].concat();
+    let out = at(e, &args, &[], "adminpw\nbobpassword\n");
     must_exit(&out, 0);
     assert_eq!(stdout(&out), "ok: user bob created\n");
     // With the admin's password in the environment, stdin holds only the new one.
-    let out = clusterctl_with(
-        &[
-            "--endpoint",
-            e,
-            "--password-stdin",
-            "users",
-            "create",
-            "bob",
-            "--json",
-        ],
-        &ADMIN,
-        "bobpassword\n",
-    );
+    let args = [&["--password-stdin", "--json"][..], &create].concat();
+    let out = at(e, &args, &ADMIN, "bobpassword\n");
     must_exit(&out, 0);
     let v = &json_lines(&out)[0];
     assert_eq!(v["ok"], true);
     assert_eq!(v["identity"]["name"], "bob");
-    let out = clusterctl_with(
-        &[
-            "--endpoint",
-            e,
-            "--password-stdin",
-            "users",
-            "create",
-            "bob",
-        ],
-        &ADMIN,
-        "",
-    );
+    let out = at(e, &args, &ADMIN, "");
     must_exit(&out, 1);
     assert!(
         stderr(&out).contains("line 1 is missing"),
@@ -769,65 +712,39 @@ fn users_create_reads_the_admin_then_the_new_password() {
 #[test]
 fn tokens_print_generated_passwords_once() {
     let endpoint = start_fake_admin().to_string();
-    let e = endpoint.as_str();
-    let out = clusterctl_with(
-        &[
-            "--endpoint",
-            e,
-            "tokens",
-            "create",
-            "ci-push",
-            "--scope-map",
-            "ci",
-            "--passwords",
-            "2",
-            "--expiry",
-            "90d",
-        ],
-        &ADMIN,
-        "",
-    );
+    let run = |args: &[&str]| at(&endpoint, args, &ADMIN, "");
+    let out = run(&[
+        "tokens",
+        "create",
+        "ci-push",
+        "--scope-map",
+        "ci",
+        "--passwords",
+        "2",
+        "--expiry",
+        "90d",
+    ]);
     must_exit(&out, 0);
     assert_eq!(
         stdout(&out),
         "ok: token ci-push created\npassword1: generated-1\npassword2: generated-2\nSave the \
          password now: it is not shown again.\n"
     );
-    let out = clusterctl_with(
-        &[
-            "--endpoint",
-            e,
-            "tokens",
-            "update",
-            "ci-push",
-            "--regenerate",
-            "1",
-            "--json",
-        ],
-        &ADMIN,
-        "",
-    );
+    let out = run(&["tokens", "update", "ci-push", "--regenerate", "1", "--json"]);
     must_exit(&out, 0);
     assert_eq!(
         json_lines(&out)[0]["passwords"],
         json!([{"slot": 1, "password": "generated-1"}])
     );
-    let out = clusterctl_with(&["--endpoint", e, "tokens", "show", "ci-push"], &ADMIN, "");
+    let out = run(&["tokens", "show", "ci-push"]);
     must_exit(&out, 0);
     assert!(!stdout(&out).contains("generated"), "{}", stdout(&out));
     // A token is not a user.
-    let out = clusterctl_with(&["--endpoint", e, "users", "delete", "ci-push"], &ADMIN, "");
+    let out = run(&["users", "delete", "ci-push"]);
     must_exit(&out, 1);
-    assert!(
-        stderr(&out).contains("ci-push is a token, not a user"),
-        "{}",
-        stderr(&out)
-    );
-    let out = clusterctl_with(
-        &["--endpoint", e, "tokens", "show", "nobody", "--json"],
-        &ADMIN,
-        "",
-    );
+    let says = "ci-push is a token, not a user";
+    assert!(stderr(&out).contains(says), "{}", stderr(&out));
+    let out = run(&["tokens", "show", "nobody", "--json"]);
     must_exit(&out, 1);
     assert_eq!(json_lines(&out)[0]["code"], "NOT_FOUND");
 }
@@ -835,69 +752,52 @@ fn tokens_print_generated_passwords_once() {
 #[test]
 fn scope_maps_roles_keys_and_settings() {
     let endpoint = start_fake_admin().to_string();
-    let e = endpoint.as_str();
-    let run = |args: &[&str]| {
-        let mut all = vec!["--endpoint", e];
-        all.extend_from_slice(args);
-        clusterctl_with(&all, &ADMIN, "")
-    };
+    let run = |args: &[&str]| at(&endpoint, args, &ADMIN, "");
+    let rule = "team/*:content/read,content/write";
     let out = run(&[
         "scope-maps",
         "create",
         "ci",
         "--rule",
-        "team/*:content/read,content/write",
+        rule,
         "--description",
         "CI",
     ]);
     must_exit(&out, 0);
-    assert!(
-        stdout(&out).starts_with("ok: scope map ci created\n"),
-        "{}",
-        stdout(&out)
-    );
-    assert!(stdout(&out).contains("rule: team/*:content/read,content/write\n"));
+    let text = stdout(&out);
+    assert!(text.starts_with("ok: scope map ci created\n"), "{text}");
+    assert!(text.contains("rule: team/*:content/read,content/write\n"));
     let out = run(&["scope-maps", "delete", "ci"]);
     must_exit(&out, 1);
-    assert!(
-        stderr(&out).contains(
-            "failed to delete scope map ci: refused: scope map ci is used by token ci-push"
-        ),
-        "{}",
-        stderr(&out)
-    );
-    let out = run(&[
-        "roles",
-        "assign",
+    let says = "failed to delete scope map ci: refused: scope map ci is used by token ci-push";
+    assert!(stderr(&out).contains(says), "{}", stderr(&out));
+    let grant = [
         "--identity",
         "ci-push",
         "--role",
         "reader",
         "--pattern",
         "pub/**",
-    ]);
+    ];
+    let out = run(&[&["roles", "assign"][..], &grant].concat());
     must_exit(&out, 0);
     assert_eq!(stdout(&out), "ok: ci-push has role reader on pub/**\n");
     let out = run(&["auth", "rotate-key", "--json"]);
     must_exit(&out, 0);
     assert_eq!(json_lines(&out)[0]["signing_kid"], "k2");
-    let out = run(&[
-        "auth",
-        "network",
-        "set",
+    let set = [
         "--default",
         "deny",
         "--allow",
         "10.0.0.0/8",
         "--public",
         "off",
-    ]);
+    ];
+    let out = run(&[&["auth", "network", "set"][..], &set].concat());
     must_exit(&out, 0);
     let text = stdout(&out);
-    assert!(
-        text.contains("network default: deny\nnetwork allow: 10.0.0.0/8\npublic access: off\n"),
-        "{text}"
-    );
+    let says = "network default: deny\nnetwork allow: 10.0.0.0/8\npublic access: off\n";
+    assert!(text.contains(says), "{text}");
     let out = run(&["auth", "anonymous-pull", "set", "public/**", "--json"]);
     must_exit(&out, 0);
     assert_eq!(json_lines(&out)[0]["anonymous_pull"], json!(["public/**"]));

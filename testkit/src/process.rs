@@ -28,6 +28,16 @@ impl CmdOutput {
     }
 }
 
+/// Keeps every environment variable whose name starts with `prefix` (e.g. `CLUSTERCTL_`)
+/// from reaching `cmd`: what it sees is only what the test sets.
+pub fn without_env_prefix(cmd: &mut Command, prefix: &str) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with(prefix) {
+            cmd.env_remove(name);
+        }
+    }
+}
+
 /// Runs a command (stdin closed, stdout and stderr captured) with a time bound; `Err` when it
 /// could not start or overran (it is then killed). A non-zero exit is an `Ok` with that status.
 pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> Result<CmdOutput, String> {
