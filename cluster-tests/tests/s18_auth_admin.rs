@@ -2,8 +2,9 @@
 //! nodes with auth on, a bootstrap admin password and no cluster mTLS:
 //!
 //! 1. the admin service refuses `clusterctl` without credentials and with a wrong password
-//!    (UNAUTHENTICATED), and a user that is not an admin (PERMISSION_DENIED); with the
-//!    admin's, `status` at a follower reaches every member (the fan-out carries them);
+//!    (UNAUTHENTICATED), and a user or token that is not an admin (PERMISSION_DENIED); with
+//!    the admin's password, or a registry token of the admin as a bearer token, it works, and
+//!    `status` at a follower reaches every member (the fan-out carries the credentials);
 //! 2. the admin creates a scope map, a token bound to it and a user, each at another node;
 //!    the token's password obtains a registry token at `/auth/token` of every node, pushes
 //!    within its scope map at one node and pulls at the others; a push outside it is refused;
@@ -226,6 +227,11 @@ fn the_admin_service_needs_an_admin_and_manages_tokens_cluster_wide() {
         assert_eq!(m["reachable"], true, "{m}");
     }
 
+    // A registry token of the admin works as a bearer credential, at another node.
+    let admin_token = registry_token(&c, 1, "admin", ADMIN_PASSWORD, "").expect("admin token");
+    let as_bearer = [("CLUSTERCTL_TOKEN", admin_token.as_str())];
+    ctl(&c, 3, &["roles", "list", "--json"], &as_bearer, None).assert_success();
+
     // 2. A scope map, a token bound to it and a user, each made at another node.
     must_ctl(
         &c,
@@ -290,7 +296,14 @@ fn the_admin_service_needs_an_admin_and_manages_tokens_cluster_wide() {
         );
         must_refuse(&out, "PERMISSION_DENIED");
     }
-    // The token logs in at every node and may push and pull within its scope map only.
+    // The token logs in at every node and may push and pull within its scope map only; its
+    // registry tokens are no admin credential.
+    let ci_token = must_token(&c, 3, "s18-ci", &password1, REPO);
+    let not_admin = [("CLUSTERCTL_TOKEN", ci_token.as_str())];
+    must_refuse(
+        &ctl(&c, 3, &["roles", "list", "--json"], &not_admin, None),
+        "PERMISSION_DENIED",
+    );
     let tokens1 = tokens_everywhere(&c, &password1);
     let image = Image::new(REPO, "v1", &[random_layer(32 * 1024)]);
     push(&c, 1, &tokens1[0], &image).expect("a push within the scope map");

@@ -61,6 +61,7 @@ impl AdminGuard {
     /// Checks the call's credentials. Errors: UNAUTHENTICATED without or with bad
     /// credentials; PERMISSION_DENIED for an identity that is not an admin;
     /// RESOURCE_EXHAUSTED after too many failed logins.
+    /// `Admin.Check` (the caller was admitted).
     pub(super) async fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
         if self.mutual_tls || !self.auth.enabled() {
             return Ok(());
@@ -279,6 +280,7 @@ impl AuthRpc {
         }
     }
 
+    /// `Admin.ListIdentities` (the caller was admitted).
     pub(super) async fn list_identities(
         &self,
         req: pb::ListIdentitiesRequest,
@@ -299,6 +301,7 @@ impl AuthRpc {
         Ok(Response::new(pb::Identities { identities }))
     }
 
+    /// `Admin.GetIdentity` (the caller was admitted).
     pub(super) async fn get_identity(
         &self,
         req: pb::IdentityRef,
@@ -308,6 +311,7 @@ impl AuthRpc {
         Ok(Response::new(identity_message(&req.name, &id)))
     }
 
+    /// `Admin.CreateUser` (the caller was admitted).
     pub(super) async fn create_user(
         &self,
         req: pb::CreateUserRequest,
@@ -321,6 +325,7 @@ impl AuthRpc {
         Ok(Response::new(identity_message(&req.name, &id)))
     }
 
+    /// `Admin.CreateToken` (the caller was admitted).
     pub(super) async fn create_token(
         &self,
         req: pb::CreateTokenRequest,
@@ -341,6 +346,7 @@ impl AuthRpc {
         Ok(Response::new(changed_message(&req.name, &id, new)))
     }
 
+    /// `Admin.UpdateIdentity` (the caller was admitted).
     pub(super) async fn update_identity(
         &self,
         req: pb::UpdateIdentityRequest,
@@ -360,6 +366,7 @@ impl AuthRpc {
         Ok(Response::new(changed_message(&req.name, &id, new)))
     }
 
+    /// `Admin.DeleteIdentity` (the caller was admitted).
     pub(super) async fn delete_identity(
         &self,
         req: pb::IdentityRef,
@@ -369,6 +376,7 @@ impl AuthRpc {
         Ok(Response::new(pb::Deleted { name: req.name }))
     }
 
+    /// `Admin.ListScopeMaps` (the caller was admitted).
     pub(super) async fn list_scope_maps(&self) -> Result<Response<pb::ScopeMaps>, Status> {
         let state = self.read().await;
         let scope_maps = state
@@ -379,6 +387,7 @@ impl AuthRpc {
         Ok(Response::new(pb::ScopeMaps { scope_maps }))
     }
 
+    /// `Admin.GetScopeMap` (the caller was admitted).
     pub(super) async fn get_scope_map(
         &self,
         req: pb::ScopeMapRef,
@@ -393,6 +402,7 @@ impl AuthRpc {
         Ok(Response::new(scope_map_message(&state, &req.name, m)))
     }
 
+    /// `Admin.PutScopeMap` (the caller was admitted).
     pub(super) async fn put_scope_map(
         &self,
         req: pb::PutScopeMapRequest,
@@ -420,6 +430,7 @@ impl AuthRpc {
         Ok(Response::new(scope_map_message(&state, &req.name, &m)))
     }
 
+    /// `Admin.DeleteScopeMap` (the caller was admitted).
     pub(super) async fn delete_scope_map(
         &self,
         req: pb::ScopeMapRef,
@@ -429,6 +440,7 @@ impl AuthRpc {
         Ok(Response::new(pb::Deleted { name: req.name }))
     }
 
+    /// `Admin.ListRoles` (the caller was admitted).
     pub(super) fn list_roles(&self) -> Response<pb::Roles> {
         let roles = [Role::Reader, Role::Writer, Role::Deleter, Role::Admin]
             .into_iter()
@@ -444,6 +456,7 @@ impl AuthRpc {
         Response::new(pb::Roles { roles })
     }
 
+    /// `Admin.ListAuthKeys` (the caller was admitted).
     pub(super) async fn list_auth_keys(&self) -> Result<Response<pb::AuthKeys>, Status> {
         let state = self.read().await;
         let signing = state
@@ -453,17 +466,20 @@ impl AuthRpc {
         Ok(Response::new(keys_message(&state, signing)))
     }
 
+    /// `Admin.RotateAuthKey` (the caller was admitted).
     pub(super) async fn rotate_auth_key(&self) -> Result<Response<pb::AuthKeys>, Status> {
         let kid = self.admin.rotate_key().await?;
         tracing::info!(target: "berth::audit", kid = %kid, "signing key rotated");
         Ok(Response::new(keys_message(&self.admin.auth().state(), kid)))
     }
 
+    /// `Admin.GetAuthSettings` (the caller was admitted).
     pub(super) async fn get_auth_settings(&self) -> Result<Response<pb::AuthSettings>, Status> {
         self.read().await;
         Ok(Response::new(self.settings_message()))
     }
 
+    /// `Admin.SetAnonymousPull` (the caller was admitted).
     pub(super) async fn set_anonymous_pull(
         &self,
         req: pb::SetAnonymousPullRequest,
@@ -481,6 +497,7 @@ impl AuthRpc {
         Ok(Response::new(self.settings_message()))
     }
 
+    /// `Admin.SetNetworkRules` (the caller was admitted).
     pub(super) async fn set_network_rules(
         &self,
         req: pb::SetNetworkRulesRequest,
@@ -503,6 +520,7 @@ impl AuthRpc {
         Ok(Response::new(self.settings_message()))
     }
 
+    /// `Admin.SetRepositoryNetworkRule` (the caller was admitted).
     pub(super) async fn set_repository_network_rule(
         &self,
         req: pb::RepositoryNetworkRule,
@@ -521,6 +539,7 @@ impl AuthRpc {
         Ok(Response::new(self.settings_message()))
     }
 
+    /// `Admin.ClearRepositoryNetworkRule` (the caller was admitted).
     pub(super) async fn clear_repository_network_rule(
         &self,
         req: pb::RepositoryNetworkRuleRef,
