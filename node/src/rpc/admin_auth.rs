@@ -61,7 +61,6 @@ impl AdminGuard {
     /// Checks the call's credentials. Errors: UNAUTHENTICATED without or with bad
     /// credentials; PERMISSION_DENIED for an identity that is not an admin;
     /// RESOURCE_EXHAUSTED after too many failed logins.
-    /// `Admin.Check` (the caller was admitted).
     pub(super) async fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
         if self.mutual_tls || !self.auth.enabled() {
             return Ok(());
