@@ -430,6 +430,10 @@ impl Cli {
     /// password from CLUSTERCTL_PASSWORD or `--password-stdin`; `--password-stdin` with
     /// nothing to read a password for; `users create` without `--password-stdin`.
     pub fn login(&self) -> Result<Login, String> {
+        if matches!(self.command, Command::Certs(_)) {
+            // Local files only: no call to make, nothing to log in to.
+            return Ok(Login::None);
+        }
         let takes_password = matches!(self.action(), Action::Auth(a) if a.takes_password());
         if matches!(self.command, Command::Users(UsersCommand::Create { .. }))
             && !self.password_stdin
@@ -1044,6 +1048,8 @@ mod tests {
             Ok(Login::Token("tok".into()))
         );
         assert!(parse(&["--password-stdin", "status"]).login().is_err());
+        let certs = parse(&["--user", "admin", "certs", "init", "--out", "d"]);
+        assert_eq!(certs.login(), Ok(Login::None));
         assert!(parse(&["users", "create", "bob"]).login().is_err());
         assert_eq!(
             parse(&["--password-stdin", "users", "create", "bob"]).login(),
