@@ -9,7 +9,9 @@
 //!    the token's password obtains a registry token at `/auth/token` of every node, pushes
 //!    within its scope map at one node and pulls at the others; a push outside it is refused;
 //! 3. `scope-maps delete` of the map in use is refused, and so is `users delete` of the last
-//!    admin;
+//!    admin; `auth rotate-key` leaves earlier registry tokens working and `auth keys` shows
+//!    no private key; `auth anonymous-pull set|clear` opens and closes a repository to
+//!    callers without credentials at every node;
 //! 4. `tokens update --regenerate 1` stops the registry tokens issued for password1 at every
 //!    node, those for password2 keep working;
 //! 5. `tokens update --disable` stops the registry tokens issued before at every node.
@@ -186,6 +188,22 @@ fn wait_pull(c: &Cluster, id: u64, token: &str, image: &Image, want: u16) {
     );
 }
 
+/// Polls until node `id` answers a manifest GET of `image` without credentials with `want`.
+fn wait_anonymous(c: &Cluster, id: u64, image: &Image, want: u16) {
+    let path = format!("/v2/{}/manifests/{}", image.repo, image.tag);
+    let what = format!("node {id} to answer an anonymous pull {want}");
+    wait_until(&what, APPLIED_WITHIN, || {
+        let r = c
+            .client(id)
+            .request("GET", &path, &[("Accept", MANIFEST_ACCEPT)], None)?;
+        if r.status == want {
+            Ok(())
+        } else {
+            Err(format!("node {id} answered {}", r.status))
+        }
+    });
+}
+
 fn passwords(v: &serde_json::Value) -> Vec<String> {
     v["passwords"]
         .as_array()
@@ -331,6 +349,30 @@ fn the_admin_service_needs_an_admin_and_manages_tokens_cluster_wide() {
     // Nor can the last admin.
     let out = ctl(&c, 3, &["users", "delete", "admin", "--json"], &ADMIN, None);
     must_refuse(&out, "FAILED_PRECONDITION");
+
+    // Keys and settings: a rotated key leaves earlier registry tokens working; anonymous pull
+    // opens a repository to callers without credentials at every node, and closes it again.
+    let rotated = must_ctl(&c, 2, &["auth", "rotate-key"]);
+    let keys = must_ctl(&c, 3, &["auth", "keys"]);
+    assert_eq!(keys["keys"].as_array().map(Vec::len), Some(2), "{keys}");
+    assert_eq!(keys["signing_kid"], rotated["signing_kid"]);
+    for key in keys["keys"].as_array().into_iter().flatten() {
+        let fields: Vec<&String> = key.as_object().expect("a key").keys().collect();
+        assert_eq!(
+            fields,
+            ["created_ms", "kid", "retired_ms"],
+            "never the private key"
+        );
+    }
+    assert_eq!(pull_status(&c, 3, &tokens1[2], &image), Ok(200));
+    must_ctl(&c, 1, &["auth", "anonymous-pull", "set", "s18/app"]);
+    for id in c.ids() {
+        wait_anonymous(&c, id, &image, 200);
+    }
+    must_ctl(&c, 2, &["auth", "anonymous-pull", "clear"]);
+    for id in c.ids() {
+        wait_anonymous(&c, id, &image, 401);
+    }
 
     // 4. Regenerating password1 stops what was issued for it, not what was for password2.
     let tokens2 = tokens_everywhere(&c, &password2);
