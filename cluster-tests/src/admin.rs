@@ -48,6 +48,43 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
 /// The mutual TLS of every call, once a test set it.
 static CLIENT_TLS: RwLock<Option<ClientTlsConfig>> = RwLock::new(None);
 
+/// The `authorization` metadata of every Admin call, once a test set it.
+static CLIENT_AUTHORIZATION: RwLock<Option<String>> = RwLock::new(None);
+
+/// From now on, every Admin call of this process carries metadata `authorization` with
+/// `value` (e.g. `Basic …` of the admin user: for a cluster with auth on and no mutual TLS).
+/// Process-wide, as [`use_client_tls`].
+pub fn use_client_authorization(value: &str) {
+    *CLIENT_AUTHORIZATION
+        .write()
+        .unwrap_or_else(|e| e.into_inner()) = Some(value.to_string());
+}
+
+/// The value of an `Authorization` header (or `authorization` metadata) with Basic
+/// credentials.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let pair = format!("{user}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// `message` as a request with the credentials [`use_client_authorization`] set, if any.
+fn request<T>(message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    let auth = CLIENT_AUTHORIZATION
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(value) = auth {
+        let value = value.parse().expect("credentials are valid metadata");
+        req.metadata_mut().insert("authorization", value);
+    }
+    req
+}
+
 /// From now on, every call of this process dials with mutual TLS: `ca.pem`, `node.pem` and
 /// `node-key.pem` in `dir`. Process-wide (nextest runs each test in its own process); panics
 /// when a file cannot be read.
@@ -99,7 +136,7 @@ async fn bounded<T>(
 pub fn node_status(addr: &str) -> Result<NodeStatusResponse, String> {
     block_on(bounded(addr, "NodeStatus", NODE_STATUS_TIMEOUT, async {
         let mut c = AdminClient::new(channel(addr).await?);
-        c.node_status(NodeStatusRequest {})
+        c.node_status(request(NodeStatusRequest {}))
             .await
             .map(|r| r.into_inner())
             .map_err(|s| status_text(&s))
@@ -110,7 +147,7 @@ pub fn node_status(addr: &str) -> Result<NodeStatusResponse, String> {
 pub fn status(addr: &str) -> Result<StatusResponse, String> {
     block_on(bounded(addr, "Status", STATUS_TIMEOUT, async {
         let mut c = AdminClient::new(channel(addr).await?);
-        c.status(StatusRequest {})
+        c.status(request(StatusRequest {}))
             .await
             .map(|r| r.into_inner())
             .map_err(|s| status_text(&s))
@@ -164,11 +201,14 @@ pub fn change(addr: &str, op: Change, timeout: Duration) -> Result<Vec<Progress>
             })?;
             let mut c = AdminClient::new(ch);
             let started = match op.clone() {
-                Change::Add(req) => c.add_node(req).await,
-                Change::Promote(id) => c.promote_node(NodeRef { id }).await,
-                Change::Demote(id) => c.demote_node(NodeRef { id }).await,
-                Change::Remove(id) => c.remove_node(NodeRef { id }).await,
-                Change::TransferLeader(to) => c.transfer_leader(TransferLeaderRequest { to }).await,
+                Change::Add(req) => c.add_node(request(req)).await,
+                Change::Promote(id) => c.promote_node(request(NodeRef { id })).await,
+                Change::Demote(id) => c.demote_node(request(NodeRef { id })).await,
+                Change::Remove(id) => c.remove_node(request(NodeRef { id })).await,
+                Change::TransferLeader(to) => {
+                    c.transfer_leader(request(TransferLeaderRequest { to }))
+                        .await
+                }
             };
             let mut stream = started
                 .map_err(|s| ChangeError {

@@ -135,6 +135,15 @@ impl ClusterBuilder {
             .env("BERTH_CLUSTER_TLS__KEY_FILE", &file("node-key.pem"))
     }
 
+    /// Auth on at every node, with `admin_password` as the bootstrap admin password (the
+    /// nodes make the `admin` user; joining nodes log in with it), and the harness's Admin
+    /// calls made as that admin (process-wide, see [`admin::use_client_authorization`]).
+    pub fn auth(self, admin_password: &str) -> ClusterBuilder {
+        admin::use_client_authorization(&admin::basic_auth("admin", admin_password));
+        self.env("BERTH_AUTH__ENABLED", "true")
+            .env("BERTH_AUTH__BOOTSTRAP_ADMIN_PASSWORD", admin_password)
+    }
+
     /// An environment variable for every node (e.g. a `BERTH_…` setting); later wins.
     pub fn env(mut self, key: &str, value: &str) -> ClusterBuilder {
         self.env.retain(|(k, _)| k != key);

@@ -86,11 +86,27 @@ impl CtlOutput {
 
 /// Runs `clusterctl --endpoint <endpoint> <args…>`; kills it and panics after `timeout`.
 pub fn run(endpoint: &str, args: &[&str], timeout: Duration) -> CtlOutput {
+    run_with(endpoint, args, &[], None, timeout)
+}
+
+/// As [`run`], with `env` set (e.g. `CLUSTERCTL_USER` and `CLUSTERCTL_PASSWORD`; no other
+/// `CLUSTERCTL_…` setting comes from the test's environment) and `stdin` written to its
+/// standard input (`--password-stdin`).
+pub fn run_with(
+    endpoint: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: Option<&str>,
+    timeout: Duration,
+) -> CtlOutput {
     let mut all = vec!["--endpoint".to_string(), endpoint.to_string()];
     all.extend(args.iter().map(|a| a.to_string()));
     let mut cmd = Command::new(clusterctl_bin());
-    cmd.args(&all).env_remove("CLUSTERCTL_ENDPOINT");
-    let out = berth_testkit::process::run_cmd(&mut cmd, timeout)
+    cmd.args(&all);
+    berth_testkit::process::without_env_prefix(&mut cmd, "CLUSTERCTL_");
+    cmd.envs(env.iter().copied());
+    let input = stdin.map(str::as_bytes);
+    let out = berth_testkit::process::run_cmd_with_input(&mut cmd, input, timeout)
         .unwrap_or_else(|e| panic!("`clusterctl {}`: {e}", all.join(" ")));
     CtlOutput {
         stdout: out.stdout_text(),

@@ -3,7 +3,15 @@
 //! Every argument is checked here, before anything is contacted: node ids are ≥ 1, URLs
 //! start with `http://` or `https://`, cluster addresses are non-empty `host:port`. A bad
 //! argument is a usage error, which clap reports with exit status 2. The validators are
-//! plain functions (`&str -> Result<T, String>`) so they are tested without clap.
+//! plain functions (`&str -> Result<T, String>`) so they are tested without clap. The auth
+//! commands (`users`, `tokens`, `scope-maps`, `roles`, `auth`) are defined in
+//! [`crate::cli_auth`].
+//!
+//! Credentials for the admin service (needed when the cluster has auth on and no mutual
+//! TLS): `--user NAME` with its password from `CLUSTERCTL_PASSWORD` or `--password-stdin`,
+//! or `--token` (a bearer registry token). A command that itself takes a new password
+//! (`users create`, `users update --password-stdin`) reads it from stdin too: after the
+//! caller's password when that also comes from stdin (two lines).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -13,6 +21,9 @@ use berth_proto::admin::AddNodeRequest;
 use clap::{Args, Parser, Subcommand};
 
 use crate::change::Change;
+use crate::cli_auth::{
+    AuthAction, AuthCommand, RolesCommand, ScopeMapsCommand, TokensCommand, UsersCommand,
+};
 
 /// Default `--timeout` for `status` and `nodes list`.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,12 +60,40 @@ pub struct Cli {
     #[arg(long, global = true, env = "CLUSTERCTL_KEY", value_name = "FILE")]
     pub key: Option<PathBuf>,
 
+    /// Log in to the admin service as this user or token (an admin: the admin role on
+    /// `**`); its password comes from CLUSTERCTL_PASSWORD or --password-stdin. Needed when
+    /// the cluster has auth on and no mutual TLS.
+    #[arg(long, global = true, env = "CLUSTERCTL_USER", value_name = "NAME", value_parser = crate::cli_auth::parse_name)]
+    pub user: Option<String>,
+
+    /// Read passwords from stdin, one per line: the --user password (unless
+    /// CLUSTERCTL_PASSWORD is set), then the new password of `users create|update`.
+    #[arg(long = "password-stdin", global = true)]
+    pub password_stdin: bool,
+
+    /// A registry token (from /auth/token) of an admin, sent as a bearer token instead of
+    /// --user; prefer the CLUSTERCTL_TOKEN environment variable.
+    #[arg(
+        long,
+        global = true,
+        env = "CLUSTERCTL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        conflicts_with = "user"
+    )]
+    pub token: Option<String>,
+
+    /// The --user password, from the environment variable CLUSTERCTL_PASSWORD only.
+    #[arg(skip = std::env::var("CLUSTERCTL_PASSWORD").ok().filter(|p| !p.is_empty()))]
+    pub password_env: Option<String>,
+
     /// Print JSON instead of tables and lines (JSON lines for progress).
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// Deadline for the whole command, in seconds [default: 10 for status, nodes list and
-    /// replication, 300 for membership changes, 600 for `replication status --wait`].
+    /// Deadline for the whole command, in seconds [default: 10 for status, nodes list,
+    /// replication and the auth commands, 300 for membership changes, 600 for
+    /// `replication status --wait`].
     #[arg(long, global = true, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
 
@@ -81,6 +120,21 @@ pub enum Command {
     /// files; contacts no node).
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Users: people who log in with a password, with roles on repository patterns.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Machine tokens: generated passwords, bound to a scope map (and/or roles).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Scope maps: which actions a token may take on which repositories.
+    #[command(subcommand)]
+    ScopeMaps(ScopeMapsCommand),
+    /// The built-in roles, and roles of users and tokens on repository patterns.
+    #[command(subcommand)]
+    Roles(RolesCommand),
+    /// Token-signing keys, anonymous pull and network rules of the registry port.
+    #[command(subcommand)]
+    Auth(AuthCommand),
 }
 
 /// `clusterctl certs …`.
@@ -256,6 +310,24 @@ pub enum Action {
     PolicyClear(String),
     /// `certs init|issue` (no connection).
     Certs(CertsCommand),
+    /// `users`, `tokens`, `scope-maps`, `roles`, `auth`.
+    Auth(AuthAction),
+}
+
+/// How clusterctl proves who it is to the admin service (besides a client certificate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// No credentials (mutual TLS, or a cluster without auth).
+    None,
+    /// `--user` with a password; `None`: the first line of stdin.
+    User {
+        /// The login name.
+        name: String,
+        /// From CLUSTERCTL_PASSWORD, or `None` when it is read from stdin.
+        password: Option<String>,
+    },
+    /// `--token`.
+    Token(String),
 }
 
 /// The files of `--ca`, `--cert` and `--key`: connect with mutual TLS.
@@ -285,7 +357,7 @@ impl Cli {
 
     /// The deadline of the whole command: `--timeout`, or the command's default.
     pub fn timeout(&self) -> Duration {
-        self.timeout.unwrap_or(match self.command.action() {
+        self.timeout.unwrap_or(match self.action() {
             Action::ReplicationStatus { wait: true, .. } => WAIT_TIMEOUT,
             Action::Status
             | Action::ListNodes
@@ -293,16 +365,20 @@ impl Cli {
             | Action::PolicyGet(_)
             | Action::PolicySet { .. }
             | Action::PolicyClear(_)
-            | Action::Certs(_) => READ_TIMEOUT,
+            | Action::Certs(_)
+            | Action::Auth(_) => READ_TIMEOUT,
             Action::Change(_) => CHANGE_TIMEOUT,
         })
     }
-}
 
-impl Command {
-    /// What this command does.
+    /// What this command does (the global `--password-stdin` included).
     pub fn action(&self) -> Action {
-        match self {
+        match &self.command {
+            Command::Users(c) => Action::Auth(c.action(self.password_stdin)),
+            Command::Tokens(c) => Action::Auth(c.action()),
+            Command::ScopeMaps(c) => Action::Auth(c.action()),
+            Command::Roles(c) => Action::Auth(c.action()),
+            Command::Auth(c) => Action::Auth(c.action()),
             Command::Status => Action::Status,
             Command::Nodes(NodesCommand::List) => Action::ListNodes,
             Command::Nodes(NodesCommand::Add(args)) => {
@@ -348,6 +424,50 @@ impl Command {
                 PolicyCommand::Clear { pattern } => Action::PolicyClear(pattern.clone()),
             },
         }
+    }
+
+    /// The credentials to send. Errors (usage errors: exit status 2): `--user` without a
+    /// password from CLUSTERCTL_PASSWORD or `--password-stdin`; `--password-stdin` with
+    /// nothing to read a password for; `users create` without `--password-stdin`.
+    pub fn login(&self) -> Result<Login, String> {
+        if matches!(self.command, Command::Certs(_)) {
+            // Local files only: no call to make, nothing to log in to.
+            return Ok(Login::None);
+        }
+        let takes_password = matches!(self.action(), Action::Auth(a) if a.takes_password());
+        if matches!(self.command, Command::Users(UsersCommand::Create { .. }))
+            && !self.password_stdin
+        {
+            return Err("users create: give the new user's password on stdin with \
+                        --password-stdin"
+                .into());
+        }
+        let login = match (&self.user, &self.token) {
+            (Some(name), _) => {
+                let password = self.password_env.clone();
+                if password.is_none() && !self.password_stdin {
+                    return Err(format!(
+                        "--user {name}: give its password with --password-stdin or \
+                         CLUSTERCTL_PASSWORD"
+                    ));
+                }
+                Login::User {
+                    name: name.clone(),
+                    password,
+                }
+            }
+            (None, Some(token)) => Login::Token(token.trim().to_owned()),
+            (None, None) => Login::None,
+        };
+        let reads_login = matches!(login, Login::User { password: None, .. });
+        if self.password_stdin && !reads_login && !takes_password {
+            return Err(
+                "--password-stdin: there is no password to read (give --user, or a \
+                        command that takes a new password)"
+                    .into(),
+            );
+        }
+        Ok(login)
     }
 }
 
@@ -598,7 +718,7 @@ mod tests {
         assert!(cli.json);
         assert_eq!(cli.endpoint.addr(), "10.0.0.1:7000");
         assert_eq!(cli.timeout(), Duration::from_secs(3));
-        assert_eq!(cli.command.action(), Action::ListNodes);
+        assert_eq!(cli.action(), Action::ListNodes);
     }
 
     #[test]
@@ -607,10 +727,7 @@ mod tests {
         assert_eq!(status.timeout(), READ_TIMEOUT);
         let promote = Cli::try_parse_from(["clusterctl", "nodes", "promote", "2"]).unwrap();
         assert_eq!(promote.timeout(), CHANGE_TIMEOUT);
-        assert_eq!(
-            promote.command.action(),
-            Action::Change(Change::Promote { id: 2 })
-        );
+        assert_eq!(promote.action(), Action::Change(Change::Promote { id: 2 }));
     }
 
     #[test]
@@ -624,7 +741,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            cli.command.action(),
+            cli.action(),
             Action::ReplicationStatus {
                 reference: "library/nginx:1".into(),
                 wait: true,
@@ -647,7 +764,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            cli.command.action(),
+            cli.action(),
             Action::PolicySet {
                 pattern: "eu/**".into(),
                 regions: vec!["r1".into(), "r2".into()],
@@ -655,7 +772,7 @@ mod tests {
             }
         );
         let get = Cli::try_parse_from(["clusterctl", "replication", "policy", "get"]).unwrap();
-        assert_eq!(get.command.action(), Action::PolicyGet(String::new()));
+        assert_eq!(get.action(), Action::PolicyGet(String::new()));
         for bad in [
             &["clusterctl", "replication", "policy", "set", "EU"][..],
             &["clusterctl", "replication", "policy", "clear", ""],
@@ -691,7 +808,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            cli.command.action(),
+            cli.action(),
             Action::Change(Change::Add(AddNodeRequest {
                 id: 4,
                 cluster_addr: "10.0.0.4:7000".into(),
@@ -733,5 +850,210 @@ mod tests {
             let err = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
+    }
+
+    fn parse(args: &[&str]) -> Cli {
+        let mut all = vec!["clusterctl"];
+        all.extend_from_slice(args);
+        let mut cli = Cli::try_parse_from(all).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        cli.password_env = None;
+        cli
+    }
+
+    #[test]
+    fn auth_commands_parse_into_actions() {
+        use crate::cli_auth::{AuthAction, Expiry, Grant, Kind, Rule, Update};
+        let grant = |role: &str, pattern: &str| Grant {
+            role: role.into(),
+            pattern: pattern.into(),
+        };
+        let cli = parse(&[
+            "tokens",
+            "create",
+            "ci",
+            "--scope-map",
+            "ci-map",
+            "--role",
+            "reader:pub/**",
+            "--expiry",
+            "2h",
+            "--passwords",
+            "2",
+        ]);
+        assert_eq!(
+            cli.action(),
+            Action::Auth(AuthAction::CreateToken {
+                name: "ci".into(),
+                scope_map: Some("ci-map".into()),
+                roles: vec![grant("reader", "pub/**")],
+                expiry: Some(Expiry::In(Duration::from_secs(7200))),
+                passwords: 2,
+            })
+        );
+        assert_eq!(cli.timeout(), READ_TIMEOUT);
+        let cli = parse(&[
+            "tokens",
+            "update",
+            "ci",
+            "--disable",
+            "--regenerate",
+            "1",
+            "--no-expiry",
+        ]);
+        assert_eq!(
+            cli.action(),
+            Action::Auth(AuthAction::Update(
+                Kind::Token,
+                "ci".into(),
+                Update {
+                    enabled: Some(false),
+                    expiry: Some(Expiry::Never),
+                    regenerate: Some(1),
+                    ..Update::default()
+                }
+            ))
+        );
+        let cli = parse(&[
+            "--user",
+            "admin",
+            "--password-stdin",
+            "users",
+            "update",
+            "bob",
+            "--add-role",
+            "writer:team/**",
+        ]);
+        assert!(matches!(
+            cli.action(),
+            Action::Auth(AuthAction::Update(
+                Kind::User,
+                _,
+                Update {
+                    new_password: true,
+                    ..
+                }
+            ))
+        ));
+        assert_eq!(
+            parse(&[
+                "roles",
+                "remove",
+                "--identity",
+                "bob",
+                "--role",
+                "writer",
+                "--pattern",
+                "t/*"
+            ])
+            .action(),
+            Action::Auth(AuthAction::Roles(
+                "bob".into(),
+                Update {
+                    remove_roles: vec![grant("writer", "t/*")],
+                    ..Update::default()
+                }
+            ))
+        );
+        assert_eq!(
+            parse(&["scope-maps", "update", "m", "--rule", "a/**:metadata/read"]).action(),
+            Action::Auth(AuthAction::PutScopeMap {
+                name: "m".into(),
+                description: None,
+                rules: vec![Rule {
+                    pattern: "a/**".into(),
+                    actions: vec!["metadata/read".into()],
+                }],
+                create: false,
+            })
+        );
+        assert_eq!(
+            parse(&["auth", "network", "set", "--clear-allow", "--public", "on"]).action(),
+            Action::Auth(AuthAction::Network {
+                default_allow: None,
+                allow: Some(vec![]),
+                public_access: Some(true),
+            })
+        );
+        assert_eq!(
+            parse(&[
+                "auth",
+                "network",
+                "repo",
+                "set",
+                "s/**",
+                "--allow",
+                "10.0.0.0/8"
+            ])
+            .action(),
+            Action::Auth(AuthAction::RepoNetwork {
+                pattern: "s/**".into(),
+                default_allow: false,
+                allow: vec!["10.0.0.0/8".into()],
+            })
+        );
+        assert_eq!(
+            parse(&["auth", "anonymous-pull", "clear"]).action(),
+            Action::Auth(AuthAction::AnonymousPull(vec![]))
+        );
+        for bad in [
+            &["users", "create", "-bad"][..],
+            &["users", "update", "bob", "--enable", "--disable"],
+            &["users", "update", "bob", "--expiry", "1d", "--no-expiry"],
+            &["tokens", "update", "t", "--regenerate", "0"],
+            &["tokens", "create", "t", "--role", "writer"],
+            &[
+                "auth",
+                "network",
+                "set",
+                "--allow",
+                "10.0.0.0/8",
+                "--clear-allow",
+            ],
+            &["auth", "network", "set", "--default", "maybe"],
+            &["auth", "anonymous-pull", "set"],
+            &["--user", "a", "--token", "t", "status"],
+        ] {
+            let mut all = vec!["clusterctl"];
+            all.extend_from_slice(bad);
+            assert_eq!(
+                Cli::try_parse_from(all).unwrap_err().exit_code(),
+                2,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_come_from_flags_env_and_stdin() {
+        assert_eq!(parse(&["status"]).login(), Ok(Login::None));
+        let mut cli = parse(&["--user", "admin", "status"]);
+        assert!(cli.login().unwrap_err().contains("CLUSTERCTL_PASSWORD"));
+        cli.password_env = Some("pw".into());
+        assert_eq!(
+            cli.login(),
+            Ok(Login::User {
+                name: "admin".into(),
+                password: Some("pw".into())
+            })
+        );
+        assert_eq!(
+            parse(&["--user", "admin", "--password-stdin", "status"]).login(),
+            Ok(Login::User {
+                name: "admin".into(),
+                password: None
+            })
+        );
+        assert_eq!(
+            parse(&["--token", " tok ", "status"]).login(),
+            Ok(Login::Token("tok".into()))
+        );
+        assert!(parse(&["--password-stdin", "status"]).login().is_err());
+        let certs = parse(&["--user", "admin", "certs", "init", "--out", "d"]);
+        assert_eq!(certs.login(), Ok(Login::None));
+        assert!(parse(&["users", "create", "bob"]).login().is_err());
+        assert_eq!(
+            parse(&["--password-stdin", "users", "create", "bob"]).login(),
+            Ok(Login::None)
+        );
     }
 }

@@ -9,8 +9,14 @@
 //! - an error status from the server, or mid-stream → [`Error::Rpc`] with the server's code;
 //! - the deadline passes first → [`Error::TimedOut`];
 //! - a membership stream ends without `done = true` → [`Error::Incomplete`].
+//!
+//! Every call carries the command's credentials, when it has any, as metadata
+//! `authorization` (`Basic` for `--user`, `Bearer` for `--token`).
 
+use std::future::Future;
 use std::time::Duration;
+
+use base64::Engine;
 
 use berth_proto::admin::admin_client::AdminClient;
 use berth_proto::admin::{
@@ -19,6 +25,7 @@ use berth_proto::admin::{
     TransferLeaderRequest,
 };
 use tokio::time::{Instant, timeout_at};
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 
 use crate::change::Change;
@@ -34,18 +41,53 @@ pub struct AdminConn {
     client: AdminClient<Channel>,
     deadline: Instant,
     timeout: Duration,
+    authorization: Option<AsciiMetadataValue>,
+}
+
+/// The credentials of a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// A user or token and its password.
+    Basic {
+        /// The login name.
+        user: String,
+        /// Its password.
+        password: String,
+    },
+    /// A registry token.
+    Bearer(String),
+}
+
+impl Credentials {
+    /// The `authorization` metadata value; [`Error::Input`] when it cannot be metadata (a
+    /// token with characters outside visible ASCII).
+    pub fn metadata(&self) -> Result<AsciiMetadataValue, Error> {
+        let value = match self {
+            Credentials::Basic { user, password } => format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            ),
+            Credentials::Bearer(token) => format!("Bearer {token}"),
+        };
+        value
+            .parse()
+            .map_err(|_| Error::Input("the token holds characters that cannot be sent".into()))
+    }
 }
 
 impl AdminConn {
     /// Connects to `endpoint`; `timeout` is the deadline of the whole command, counted from
     /// now. Fails with [`Error::Connect`] or [`Error::ConnectTimedOut`].
     /// With `tls` it presents the client certificate and verifies the member's against the CA.
+    /// `credentials` go with every call.
     pub async fn connect(
         endpoint: &Endpoint,
         tls: Option<&TlsFiles>,
+        credentials: Option<&Credentials>,
         timeout: Duration,
     ) -> Result<Self, Error> {
         let deadline = Instant::now() + timeout;
+        let authorization = credentials.map(Credentials::metadata).transpose()?;
         let connect_error = |source| Error::Connect {
             endpoint: endpoint.to_string(),
             source,
@@ -76,17 +118,41 @@ impl AdminConn {
             client: AdminClient::new(channel),
             deadline,
             timeout,
+            authorization,
         })
+    }
+
+    /// One unary call: `call` gets a client and `message` wrapped with the credentials and
+    /// what is left of the deadline. `what` names it in errors (`failed to <what>`);
+    /// `may_complete` says a timed-out call may still take effect (a change).
+    pub async fn call<M, T, F, Fut>(
+        &mut self,
+        what: &str,
+        may_complete: bool,
+        message: M,
+        call: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(AdminClient<Channel>, tonic::Request<M>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let request = request(message, self.deadline, self.authorization.as_ref());
+        match timeout_at(self.deadline, call(self.client.clone(), request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.rpc_error(what, status, may_complete)),
+            Err(_) => Err(self.timed_out(what, may_complete)),
+        }
     }
 
     /// `Admin.Status`: the whole cluster as the answering member sees it.
     pub async fn status(&mut self) -> Result<StatusResponse, Error> {
-        let request = request(StatusRequest {}, self.deadline);
-        match timeout_at(self.deadline, self.client.status(request)).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(self.rpc_error(STATUS_WHAT, status, false)),
-            Err(_) => Err(self.timed_out(STATUS_WHAT, false)),
-        }
+        self.call(
+            STATUS_WHAT,
+            false,
+            StatusRequest {},
+            |mut c, r| async move { c.status(r).await },
+        )
+        .await
     }
 
     /// `Admin.ReplicationStatus` of `reference` (empty: everything).
@@ -100,12 +166,10 @@ impl AdminConn {
             reference: reference.to_owned(),
             verbose,
         };
-        let request = request(message, self.deadline);
-        match timeout_at(self.deadline, self.client.replication_status(request)).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(self.rpc_error(&what, status, false)),
-            Err(_) => Err(self.timed_out(&what, false)),
-        }
+        self.call(&what, false, message, |mut c, r| async move {
+            c.replication_status(r).await
+        })
+        .await
     }
 
     /// `Admin.GetReplicationPolicy` (empty pattern: every policy).
@@ -114,17 +178,13 @@ impl AdminConn {
             "" => "get the replication policies".to_owned(),
             p => format!("get the replication policy of {p}"),
         };
-        let request = request(
-            ReplicationPolicyRef {
-                pattern: pattern.to_owned(),
-            },
-            self.deadline,
-        );
-        match timeout_at(self.deadline, self.client.get_replication_policy(request)).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(self.rpc_error(&what, status, false)),
-            Err(_) => Err(self.timed_out(&what, false)),
-        }
+        let message = ReplicationPolicyRef {
+            pattern: pattern.to_owned(),
+        };
+        self.call(&what, false, message, |mut c, r| async move {
+            c.get_replication_policy(r).await
+        })
+        .await
     }
 
     /// `Admin.SetReplicationPolicy`: returns the policy as stored.
@@ -133,28 +193,22 @@ impl AdminConn {
         entry: ReplicationPolicyEntry,
     ) -> Result<ReplicationPolicyEntry, Error> {
         let what = format!("set the replication policy of {}", entry.pattern);
-        let request = request(entry, self.deadline);
-        match timeout_at(self.deadline, self.client.set_replication_policy(request)).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(self.rpc_error(&what, status, true)),
-            Err(_) => Err(self.timed_out(&what, true)),
-        }
+        self.call(&what, true, entry, |mut c, r| async move {
+            c.set_replication_policy(r).await
+        })
+        .await
     }
 
     /// `Admin.ClearReplicationPolicy`: returns the policies left.
     pub async fn clear_policy(&mut self, pattern: &str) -> Result<ReplicationPolicies, Error> {
         let what = format!("clear the replication policy of {pattern}");
-        let request = request(
-            ReplicationPolicyRef {
-                pattern: pattern.to_owned(),
-            },
-            self.deadline,
-        );
-        match timeout_at(self.deadline, self.client.clear_replication_policy(request)).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(self.rpc_error(&what, status, true)),
-            Err(_) => Err(self.timed_out(&what, true)),
-        }
+        let message = ReplicationPolicyRef {
+            pattern: pattern.to_owned(),
+        };
+        self.call(&what, true, message, |mut c, r| async move {
+            c.clear_replication_policy(r).await
+        })
+        .await
     }
 
     /// The command's deadline.
@@ -177,29 +231,27 @@ impl AdminConn {
     ) -> Result<Progress, Error> {
         let what = change.what();
         let deadline = self.deadline;
+        let auth = self.authorization.clone();
+        let auth = auth.as_ref();
         let client = &mut self.client;
         let run = async {
             let response = match change {
-                Change::Add(req) => client.add_node(request(req.clone(), deadline)).await,
+                Change::Add(req) => client.add_node(request(req.clone(), deadline, auth)).await,
                 Change::Promote { id } => {
-                    client
-                        .promote_node(request(NodeRef { id: *id }, deadline))
-                        .await
+                    let node = NodeRef { id: *id };
+                    client.promote_node(request(node, deadline, auth)).await
                 }
                 Change::Demote { id } => {
-                    client
-                        .demote_node(request(NodeRef { id: *id }, deadline))
-                        .await
+                    let node = NodeRef { id: *id };
+                    client.demote_node(request(node, deadline, auth)).await
                 }
                 Change::Remove { id } => {
-                    client
-                        .remove_node(request(NodeRef { id: *id }, deadline))
-                        .await
+                    let node = NodeRef { id: *id };
+                    client.remove_node(request(node, deadline, auth)).await
                 }
                 Change::TransferLeader { to } => {
-                    client
-                        .transfer_leader(request(TransferLeaderRequest { to: *to }, deadline))
-                        .await
+                    let to = TransferLeaderRequest { to: *to };
+                    client.transfer_leader(request(to, deadline, auth)).await
                 }
             };
             let mut stream = response.map_err(Failure::Status)?.into_inner();
@@ -254,9 +306,17 @@ enum Failure {
     Local(Error),
 }
 
-/// A request carrying what is left until `deadline` as its gRPC timeout.
-fn request<T>(message: T, deadline: Instant) -> tonic::Request<T> {
+/// A request carrying what is left until `deadline` as its gRPC timeout, and the
+/// credentials.
+fn request<T>(
+    message: T,
+    deadline: Instant,
+    authorization: Option<&AsciiMetadataValue>,
+) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+    if let Some(a) = authorization {
+        request.metadata_mut().insert("authorization", a.clone());
+    }
     request
 }

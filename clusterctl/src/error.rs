@@ -78,6 +78,20 @@ pub enum Error {
     /// A certificate file could not be read, made or written (`certs`, `--ca/--cert/--key`).
     #[error("{0}")]
     Certs(String),
+    /// Local input that cannot be used: a password not readable from stdin, an expiry in
+    /// the past, credentials that cannot be sent.
+    #[error("{0}")]
+    Input(String),
+    /// An identity is of the other kind than the command (`users show` of a token).
+    #[error("{name} is a {actual}, not a {expected}: use `clusterctl {actual}s …`")]
+    WrongKind {
+        /// The login name.
+        name: String,
+        /// What it is: `user` or `token`.
+        actual: &'static str,
+        /// What the command handles.
+        expected: &'static str,
+    },
     /// Writing to stdout failed (e.g. a closed pipe).
     #[error("failed to write output: {0}")]
     Output(#[from] std::io::Error),
@@ -97,7 +111,8 @@ impl Error {
             } => Code::DeadlineExceeded,
             Error::NotReplicated { waited: None, .. } => Code::FailedPrecondition,
             Error::Incomplete { .. } | Error::Output(_) => Code::Unknown,
-            Error::Certs(_) => Code::InvalidArgument,
+            Error::Certs(_) | Error::Input(_) => Code::InvalidArgument,
+            Error::WrongKind { .. } => Code::FailedPrecondition,
         }
     }
 

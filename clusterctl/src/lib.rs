@@ -3,10 +3,13 @@
 //! It speaks only the admin contract of `berth-proto` (`berth.admin.v1`) to one member's
 //! cluster address; it never depends on `berth-node`. The layers point down:
 //!
-//! - [`cli`]: the command line (clap) and client-side argument validation;
-//! - [`run`]: one function per command, gluing the client to the renderer;
-//! - [`client`]: the gRPC calls, with the overall deadline applied;
+//! - [`cli`]: the command line (clap) and client-side argument validation; [`cli_auth`] the
+//!   same for `users`, `tokens`, `scope-maps`, `roles` and `auth`;
+//! - [`run`]: one function per command, gluing the client to the renderer; [`run_auth`] for
+//!   the auth commands;
+//! - [`client`]: the gRPC calls, with the overall deadline and the credentials applied;
 //! - [`render`]: pure functions from proto messages to tables, lines and JSON;
+//!   [`render_auth`] for the auth commands;
 //! - [`certs`]: `certs init|issue`, a development cluster CA and its certificates;
 //! - [`change`]: the membership changes and how messages name them;
 //! - [`error`]: the one error type, which keeps the gRPC code.
@@ -17,9 +20,12 @@
 pub mod certs;
 pub mod change;
 pub mod cli;
+pub mod cli_auth;
 pub mod client;
 pub mod error;
 pub mod render;
+pub mod render_auth;
 pub mod run;
+pub mod run_auth;
 
 pub use error::Error;

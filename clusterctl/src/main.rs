@@ -10,6 +10,13 @@ use clusterctl::{render, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(message) = cli.login() {
+        // A usage error, reported (exit status 2) as clap reports its own.
+        use clap::CommandFactory;
+        Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit();
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

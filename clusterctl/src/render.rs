@@ -421,7 +421,7 @@ fn by_id(members: &[Member]) -> Vec<&Member> {
     sorted
 }
 
-fn or_dash(s: &str) -> String {
+pub(crate) fn or_dash(s: &str) -> String {
     match s.trim() {
         "" => "-".to_owned(),
         s => s.to_owned(),
@@ -438,27 +438,27 @@ fn rtt(ms: f64) -> String {
     }
 }
 
-fn yes_no(b: bool) -> String {
+pub(crate) fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.to_owned()
 }
 
 /// How a column's cells are padded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Align {
+pub(crate) enum Align {
     Left,
     Right,
 }
 
 /// A text table: a header row and rows of cells, rendered with aligned columns.
-struct Table {
-    columns: Vec<(&'static str, Align)>,
-    rows: Vec<Vec<String>>,
+pub(crate) struct Table {
+    pub(crate) columns: Vec<(&'static str, Align)>,
+    pub(crate) rows: Vec<Vec<String>>,
 }
 
 impl Table {
     /// Each column as wide as its widest cell (in chars), two spaces between columns,
     /// trailing spaces trimmed, one `\n` after every line.
-    fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut widths: Vec<usize> = self.columns.iter().map(|(h, _)| h.len()).collect();
         for row in &self.rows {
             for (width, cell) in widths.iter_mut().zip(row) {

@@ -3,30 +3,90 @@
 //! Owns the order of output: in human mode progress lines as they arrive and one `ok: …`
 //! line at the end; in `--json` mode one JSON object per line. Errors are returned, not
 //! printed: `main.rs` prints them (stderr, and a `{"ok":false,…}` line in `--json` mode)
-//! and picks the exit status.
+//! and picks the exit status. The auth commands are [`crate::run_auth`]'s; the passwords
+//! `--password-stdin` asks for are read here, before connecting.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::time::Duration;
 
 use berth_proto::admin::{ReplicationPolicy, ReplicationPolicyEntry};
 
 use crate::change::Change;
-use crate::cli::{Action, Cli};
-use crate::client::AdminConn;
+use crate::cli::{Action, Cli, Login};
+use crate::client::{AdminConn, Credentials};
 use crate::error::Error;
 use crate::render;
 
-/// Runs the parsed command against `cli.endpoint`, writing its output to `out`.
+/// Reads `count` passwords from `input`, one per line (the line ending is not part of it).
+/// [`Error::Input`] when a line is missing or empty.
+pub fn read_passwords(input: &mut dyn BufRead, count: usize) -> Result<Vec<String>, Error> {
+    let mut out = Vec::with_capacity(count);
+    for n in 1..=count {
+        let mut line = String::new();
+        input
+            .read_line(&mut line)
+            .map_err(|e| Error::Input(format!("failed to read a password from stdin: {e}")))?;
+        let password = line.trim_end_matches(['\n', '\r']).to_owned();
+        if password.is_empty() {
+            return Err(Error::Input(format!(
+                "--password-stdin: expected {count} password line(s) on stdin, line {n} is \
+                 missing or empty"
+            )));
+        }
+        out.push(password);
+    }
+    Ok(out)
+}
+
+/// The call's credentials and the new password of the command, from the login and the
+/// stdin lines: the `--user` password first (when it is read from stdin), then the new one.
+fn credentials(
+    login: Login,
+    takes_password: bool,
+    input: &mut dyn BufRead,
+) -> Result<(Option<Credentials>, Option<String>), Error> {
+    let reads_login = matches!(login, Login::User { password: None, .. });
+    let mut lines = read_passwords(
+        input,
+        usize::from(reads_login) + usize::from(takes_password),
+    )?
+    .into_iter();
+    let credentials = match login {
+        Login::None => None,
+        Login::Token(token) => Some(Credentials::Bearer(token)),
+        Login::User { name, password } => Some(Credentials::Basic {
+            user: name,
+            password: match password {
+                Some(p) => p,
+                None => lines.next().unwrap_or_default(),
+            },
+        }),
+    };
+    Ok((credentials, lines.next()))
+}
+
+/// Runs the parsed command against `cli.endpoint`, writing its output to `out`; passwords
+/// come from stdin.
 pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
-    let action = cli.command.action();
+    let action = cli.action();
     if let Action::Certs(command) = &action {
         return crate::certs::run(command, out);
     }
     let tls = cli.tls().map_err(Error::Certs)?;
-    let mut conn = AdminConn::connect(&cli.endpoint, tls.as_ref(), cli.timeout()).await?;
+    let login = cli.login().map_err(Error::Input)?;
+    let takes_password = matches!(&action, Action::Auth(a) if a.takes_password());
+    let (credentials, password) = credentials(login, takes_password, &mut std::io::stdin().lock())?;
+    let mut conn = AdminConn::connect(
+        &cli.endpoint,
+        tls.as_ref(),
+        credentials.as_ref(),
+        cli.timeout(),
+    )
+    .await?;
     match action {
         // Handled above, without a connection.
         Action::Certs(_) => {}
+        Action::Auth(a) => crate::run_auth::run(&mut conn, a, password, cli.json, out).await?,
         Action::Status => {
             let status = conn.status().await?;
             if cli.json {
@@ -166,4 +226,58 @@ async fn apply(
         writeln!(out, "{}", render::outcome_text(change, &done))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_come_one_per_line() {
+        let mut input: &[u8] = b"first\r\nsecond\nthird\n";
+        assert_eq!(
+            read_passwords(&mut input, 2).unwrap(),
+            vec!["first".to_owned(), "second".to_owned()]
+        );
+        let mut short: &[u8] = b"only\n";
+        assert!(matches!(
+            read_passwords(&mut short, 2),
+            Err(Error::Input(m)) if m.contains("line 2")
+        ));
+        let mut none: &[u8] = b"";
+        assert!(read_passwords(&mut none, 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_login_password_comes_before_the_new_one() {
+        let user = |password: Option<&str>| Login::User {
+            name: "admin".into(),
+            password: password.map(str::to_owned),
+        };
+        let basic = |p: &str| {
+            Some(Credentials::Basic {
+                user: "admin".into(),
+                password: p.into(),
+            })
+        };
+        let mut input: &[u8] = b"adminpw\nnewpw\n";
+        assert_eq!(
+            credentials(user(None), true, &mut input).unwrap(),
+            (basic("adminpw"), Some("newpw".into()))
+        );
+        let mut input: &[u8] = b"newpw\n";
+        assert_eq!(
+            credentials(user(Some("fromenv")), true, &mut input).unwrap(),
+            (basic("fromenv"), Some("newpw".into()))
+        );
+        let mut input: &[u8] = b"";
+        assert_eq!(
+            credentials(Login::Token("t".into()), false, &mut input).unwrap(),
+            (Some(Credentials::Bearer("t".into())), None)
+        );
+        assert_eq!(
+            credentials(Login::None, false, &mut input).unwrap(),
+            (None, None)
+        );
+    }
 }

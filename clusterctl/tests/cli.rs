@@ -16,6 +16,12 @@
 //! - `GetReplicationPolicy`: empty pattern two policies, `eu/**` one, others NOT_FOUND;
 //!   `SetReplicationPolicy` echoes the policy with its regions sorted;
 //!   `ClearReplicationPolicy` `eu/**` leaves `**`, others NOT_FOUND.
+//! - the auth RPCs want metadata `authorization` `Basic admin:adminpw` or `Bearer good-token`
+//!   (else UNAUTHENTICATED); identities `admin` (a user) and `ci-push` (a token with two
+//!   passwords), others NOT_FOUND; `CreateUser` wants the password `bobpassword` (else
+//!   INVALID_ARGUMENT); `CreateToken` and a regenerating `UpdateIdentity` answer generated
+//!   passwords `generated-N`; `DeleteScopeMap` of `ci` is FAILED_PRECONDITION (in use); the
+//!   settings calls answer what they were asked to set.
 
 use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
@@ -23,6 +29,7 @@ use std::process::{Command, Output};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use berth_proto::admin as pb;
 use berth_proto::admin::admin_server::{Admin, AdminServer};
 use berth_proto::admin::{
     AddNodeRequest, Member, NodeRef, NodeStatusRequest, NodeStatusResponse, Progress,
@@ -35,13 +42,35 @@ use serde_json::{Value, json};
 use std::sync::atomic::{AtomicU64, Ordering};
 use tonic::{Request, Response, Status};
 
-/// Runs `clusterctl` with `args` (and no `CLUSTERCTL_ENDPOINT` from the environment).
+/// Runs `clusterctl` with `args` (and no `CLUSTERCTL_…` settings from the environment).
 fn clusterctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clusterctl"))
-        .args(args)
-        .env_remove("CLUSTERCTL_ENDPOINT")
-        .output()
-        .expect("failed to run the clusterctl binary")
+    clusterctl_with(args, &[], "")
+}
+
+/// Runs `clusterctl` with `args`, `env` and `stdin`, bounded in time.
+fn clusterctl_with(args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clusterctl"));
+    cmd.args(args);
+    berth_testkit::process::without_env_prefix(&mut cmd, "CLUSTERCTL_");
+    cmd.envs(env.iter().copied());
+    let out = berth_testkit::process::run_cmd_with_input(
+        &mut cmd,
+        Some(stdin.as_bytes()),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("clusterctl {args:?}: {e}"));
+    Output {
+        status: out.status,
+        stdout: out.stdout,
+        stderr: out.stderr,
+    }
+}
+
+/// `clusterctl --endpoint <endpoint> <args…>` with `env` and `stdin`.
+fn at(endpoint: &str, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    let mut all = vec!["--endpoint", endpoint];
+    all.extend_from_slice(args);
+    clusterctl_with(&all, env, stdin)
 }
 
 fn stdout(out: &Output) -> String {
@@ -84,7 +113,15 @@ fn help_lists_the_commands() {
         "status",
         "nodes",
         "leader",
+        "users",
+        "tokens",
+        "scope-maps",
+        "roles",
+        "auth",
         "--endpoint",
+        "--user",
+        "--password-stdin",
+        "--token",
         "--json",
         "--timeout",
     ] {
@@ -571,6 +608,235 @@ fn replication_policies_get_set_clear() {
 // ---------------------------------------------------------------------------------------
 // The fake Admin service.
 
+// ---------------------------------------------------------------------------------------
+// Auth commands, against the fake.
+
+const ADMIN: [(&str, &str); 2] = [
+    ("CLUSTERCTL_USER", "admin"),
+    ("CLUSTERCTL_PASSWORD", "adminpw"),
+];
+
+#[test]
+fn auth_commands_need_credentials_and_send_them() {
+    let endpoint = start_fake_admin().to_string();
+    let e = endpoint.as_str();
+    let out = at(e, &["users", "list"], &[], "");
+    must_exit(&out, 1);
+    let says = "failed to list the users: unauthenticated";
+    assert!(stderr(&out).contains(says), "{}", stderr(&out));
+    // From the environment, from stdin, and as a bearer token.
+    let out = at(e, &["users", "list"], &ADMIN, "");
+    must_exit(&out, 0);
+    assert!(stdout(&out).starts_with("NAME "), "{}", stdout(&out));
+    assert!(stdout(&out).contains("admin"));
+    assert!(
+        !stdout(&out).contains("ci-push"),
+        "users list shows no token"
+    );
+    let stdin_login = ["--user", "admin", "--password-stdin"];
+    let out = at(
+        e,
+        &[&stdin_login[..], &["tokens", "list", "--json"]].concat(),
+        &[],
+        "adminpw\n",
+    );
+    must_exit(&out, 0);
+    assert_eq!(json_lines(&out)[0]["tokens"][0]["name"], "ci-push");
+    let out = at(
+        e,
+        &["roles", "list"],
+        &[("CLUSTERCTL_TOKEN", "good-token")],
+        "",
+    );
+    must_exit(&out, 0);
+    assert!(stdout(&out).contains("reader"), "{}", stdout(&out));
+    let out = at(
+        e,
+        &[&stdin_login[..], &["roles", "list"]].concat(),
+        &[],
+        "wrong\n",
+    );
+    must_exit(&out, 1);
+    assert!(stderr(&out).contains("unauthenticated"), "{}", stderr(&out));
+}
+
+#[test]
+fn credentials_are_checked_before_contacting_anything() {
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--user", "admin", "users", "list"],
+            "--password-stdin or CLUSTERCTL_PASSWORD",
+        ),
+        (
+            &["--password-stdin", "users", "list"],
+            "no password to read",
+        ),
+        (&["users", "create", "bob"], "--password-stdin"),
+        (
+            &["--user", "admin", "--token", "t", "users", "list"],
+            "cannot be used with",
+        ),
+    ];
+    for (args, says) in cases {
+        let out = at("127.0.0.1:1", args, &[], "");
+        must_exit(&out, 2);
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn users_create_reads_the_admin_then_the_new_password() {
+    let endpoint = start_fake_admin().to_string();
+    let e = endpoint.as_str();
+    let create = ["users", "create", "bob", "--role", "writer:team/**"];
+    let args = [&["--user", "admin", "--password-stdin"][..], &create].concat();
+    let out = at(e, &args, &[], "adminpw\nbobpassword\n");
+    must_exit(&out, 0);
+    assert_eq!(stdout(&out), "ok: user bob created\n");
+    // With the admin's password in the environment, stdin holds only the new one.
+    let args = [&["--password-stdin", "--json"][..], &create].concat();
+    let out = at(e, &args, &ADMIN, "bobpassword\n");
+    must_exit(&out, 0);
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["identity"]["name"], "bob");
+    let out = at(e, &args, &ADMIN, "");
+    must_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("line 1 is missing"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn tokens_print_generated_passwords_once() {
+    let endpoint = start_fake_admin().to_string();
+    let run = |args: &[&str]| at(&endpoint, args, &ADMIN, "");
+    let out = run(&[
+        "tokens",
+        "create",
+        "ci-push",
+        "--scope-map",
+        "ci",
+        "--passwords",
+        "2",
+        "--expiry",
+        "90d",
+    ]);
+    must_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "ok: token ci-push created\npassword1: generated-1\npassword2: generated-2\nSave the \
+         password now: it is not shown again.\n"
+    );
+    let out = run(&["tokens", "update", "ci-push", "--regenerate", "1", "--json"]);
+    must_exit(&out, 0);
+    assert_eq!(
+        json_lines(&out)[0]["passwords"],
+        json!([{"slot": 1, "password": "generated-1"}])
+    );
+    let out = run(&["tokens", "show", "ci-push"]);
+    must_exit(&out, 0);
+    assert!(!stdout(&out).contains("generated"), "{}", stdout(&out));
+    // A token is not a user.
+    let out = run(&["users", "delete", "ci-push"]);
+    must_exit(&out, 1);
+    let says = "ci-push is a token, not a user";
+    assert!(stderr(&out).contains(says), "{}", stderr(&out));
+    let out = run(&["tokens", "show", "nobody", "--json"]);
+    must_exit(&out, 1);
+    assert_eq!(json_lines(&out)[0]["code"], "NOT_FOUND");
+}
+
+#[test]
+fn scope_maps_roles_keys_and_settings() {
+    let endpoint = start_fake_admin().to_string();
+    let run = |args: &[&str]| at(&endpoint, args, &ADMIN, "");
+    let rule = "team/*:content/read,content/write";
+    let out = run(&[
+        "scope-maps",
+        "create",
+        "ci",
+        "--rule",
+        rule,
+        "--description",
+        "CI",
+    ]);
+    must_exit(&out, 0);
+    let text = stdout(&out);
+    assert!(text.starts_with("ok: scope map ci created\n"), "{text}");
+    assert!(text.contains("rule: team/*:content/read,content/write\n"));
+    let out = run(&["scope-maps", "delete", "ci"]);
+    must_exit(&out, 1);
+    let says = "failed to delete scope map ci: refused: scope map ci is used by token ci-push";
+    assert!(stderr(&out).contains(says), "{}", stderr(&out));
+    let grant = [
+        "--identity",
+        "ci-push",
+        "--role",
+        "reader",
+        "--pattern",
+        "pub/**",
+    ];
+    let out = run(&[&["roles", "assign"][..], &grant].concat());
+    must_exit(&out, 0);
+    assert_eq!(stdout(&out), "ok: ci-push has role reader on pub/**\n");
+    let out = run(&["auth", "rotate-key", "--json"]);
+    must_exit(&out, 0);
+    assert_eq!(json_lines(&out)[0]["signing_kid"], "k2");
+    let set = [
+        "--default",
+        "deny",
+        "--allow",
+        "10.0.0.0/8",
+        "--public",
+        "off",
+    ];
+    let out = run(&[&["auth", "network", "set"][..], &set].concat());
+    must_exit(&out, 0);
+    let text = stdout(&out);
+    let says = "network default: deny\nnetwork allow: 10.0.0.0/8\npublic access: off\n";
+    assert!(text.contains(says), "{text}");
+    let out = run(&["auth", "anonymous-pull", "set", "public/**", "--json"]);
+    must_exit(&out, 0);
+    assert_eq!(json_lines(&out)[0]["anonymous_pull"], json!(["public/**"]));
+    let out = run(&[
+        "auth",
+        "network",
+        "repo",
+        "set",
+        "secret/**",
+        "--allow",
+        "10.1.0.0/16",
+        "--json",
+    ]);
+    must_exit(&out, 0);
+    assert_eq!(
+        json_lines(&out)[0]["network"]["repositories"][0],
+        json!({"pattern": "secret/**", "default_allow": false, "allow": ["10.1.0.0/16"]})
+    );
+    for bad in [
+        &["scope-maps", "create", "ci", "--rule", "team/*:pull"][..],
+        &["scope-maps", "create", "ci"],
+        &["auth", "network", "set"],
+        &[
+            "roles",
+            "assign",
+            "--identity",
+            "x",
+            "--role",
+            "owner",
+            "--pattern",
+            "a",
+        ],
+        &["tokens", "create", "t", "--passwords", "3"],
+        &["tokens", "update", "t", "--expiry", "yesterday"],
+    ] {
+        must_exit(&run(bad), 2);
+    }
+}
+
 /// Starts the fake on 127.0.0.1:0 in its own thread; returns its address once it listens.
 /// The thread lives until the test process exits.
 fn start_fake_admin() -> SocketAddr {
@@ -830,6 +1096,189 @@ impl Admin for FakeAdmin {
         }
     }
 
+    async fn list_identities(
+        &self,
+        r: Request<pb::ListIdentitiesRequest>,
+    ) -> AuthAnswer<pb::Identities> {
+        fake_login(&r)?;
+        let kind = r.into_inner().kind;
+        let identities = ["admin", "ci-push"]
+            .into_iter()
+            .filter_map(fake_identity)
+            .filter(|i| kind.is_empty() || i.kind == kind)
+            .collect();
+        Ok(Response::new(pb::Identities { identities }))
+    }
+
+    async fn get_identity(&self, r: Request<pb::IdentityRef>) -> AuthAnswer<pb::Identity> {
+        fake_login(&r)?;
+        let name = r.into_inner().name;
+        fake_identity(&name)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("{name} does not exist")))
+    }
+
+    async fn create_user(&self, r: Request<pb::CreateUserRequest>) -> AuthAnswer<pb::Identity> {
+        fake_login(&r)?;
+        let req = r.into_inner();
+        if req.password != "bobpassword" {
+            return Err(Status::invalid_argument("not the expected password"));
+        }
+        Ok(Response::new(fake_identity(&req.name).unwrap_or_default()))
+    }
+
+    async fn create_token(
+        &self,
+        r: Request<pb::CreateTokenRequest>,
+    ) -> AuthAnswer<pb::IdentityChanged> {
+        fake_login(&r)?;
+        let req = r.into_inner();
+        if req.expiry_ms == 0 {
+            return Err(Status::invalid_argument("the fake wants an expiry"));
+        }
+        Ok(Response::new(pb::IdentityChanged {
+            identity: fake_identity(&req.name),
+            passwords: generated(1..=req.passwords),
+        }))
+    }
+
+    async fn update_identity(
+        &self,
+        r: Request<pb::UpdateIdentityRequest>,
+    ) -> AuthAnswer<pb::IdentityChanged> {
+        fake_login(&r)?;
+        let req = r.into_inner();
+        let passwords = match req.regenerate {
+            0 => vec![],
+            n => generated(n..=n),
+        };
+        Ok(Response::new(pb::IdentityChanged {
+            identity: fake_identity(&req.name),
+            passwords,
+        }))
+    }
+
+    async fn delete_identity(&self, r: Request<pb::IdentityRef>) -> AuthAnswer<pb::Deleted> {
+        fake_login(&r)?;
+        Ok(Response::new(pb::Deleted {
+            name: r.into_inner().name,
+        }))
+    }
+
+    async fn list_scope_maps(
+        &self,
+        r: Request<pb::ListScopeMapsRequest>,
+    ) -> AuthAnswer<pb::ScopeMaps> {
+        fake_login(&r)?;
+        Ok(Response::new(pb::ScopeMaps::default()))
+    }
+
+    async fn get_scope_map(&self, r: Request<pb::ScopeMapRef>) -> AuthAnswer<pb::ScopeMap> {
+        fake_login(&r)?;
+        Err(Status::not_found("not faked"))
+    }
+
+    async fn put_scope_map(&self, r: Request<pb::PutScopeMapRequest>) -> AuthAnswer<pb::ScopeMap> {
+        fake_login(&r)?;
+        let req = r.into_inner();
+        Ok(Response::new(pb::ScopeMap {
+            name: req.name,
+            description: req.description.unwrap_or_default(),
+            rules: req.rules,
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_scope_map(&self, r: Request<pb::ScopeMapRef>) -> AuthAnswer<pb::Deleted> {
+        fake_login(&r)?;
+        match r.into_inner().name.as_str() {
+            "ci" => Err(Status::failed_precondition(
+                "scope map ci is used by token ci-push",
+            )),
+            other => Ok(Response::new(pb::Deleted { name: other.into() })),
+        }
+    }
+
+    async fn list_roles(&self, r: Request<pb::ListRolesRequest>) -> AuthAnswer<pb::Roles> {
+        fake_login(&r)?;
+        Ok(Response::new(pb::Roles {
+            roles: vec![pb::RoleInfo {
+                name: "reader".into(),
+                actions: vec!["content/read".into(), "metadata/read".into()],
+                description: "pull and list".into(),
+            }],
+        }))
+    }
+
+    async fn list_auth_keys(
+        &self,
+        r: Request<pb::ListAuthKeysRequest>,
+    ) -> AuthAnswer<pb::AuthKeys> {
+        fake_login(&r)?;
+        Ok(Response::new(pb::AuthKeys::default()))
+    }
+
+    async fn rotate_auth_key(
+        &self,
+        r: Request<pb::RotateAuthKeyRequest>,
+    ) -> AuthAnswer<pb::AuthKeys> {
+        fake_login(&r)?;
+        Ok(Response::new(pb::AuthKeys {
+            keys: vec![],
+            signing_kid: "k2".into(),
+        }))
+    }
+
+    async fn get_auth_settings(
+        &self,
+        r: Request<pb::GetAuthSettingsRequest>,
+    ) -> AuthAnswer<pb::AuthSettings> {
+        fake_login(&r)?;
+        Ok(Response::new(fake_settings(vec![], default_network())))
+    }
+
+    async fn set_anonymous_pull(
+        &self,
+        r: Request<pb::SetAnonymousPullRequest>,
+    ) -> AuthAnswer<pb::AuthSettings> {
+        fake_login(&r)?;
+        let patterns = r.into_inner().patterns;
+        Ok(Response::new(fake_settings(patterns, default_network())))
+    }
+
+    async fn set_network_rules(
+        &self,
+        r: Request<pb::SetNetworkRulesRequest>,
+    ) -> AuthAnswer<pb::AuthSettings> {
+        fake_login(&r)?;
+        let req = r.into_inner();
+        let mut n = default_network();
+        n.default_allow = req.default_allow.unwrap_or(n.default_allow);
+        n.public_access = req.public_access.unwrap_or(n.public_access);
+        if req.set_allow {
+            n.allow = req.allow;
+        }
+        Ok(Response::new(fake_settings(vec![], n)))
+    }
+
+    async fn set_repository_network_rule(
+        &self,
+        r: Request<pb::RepositoryNetworkRule>,
+    ) -> AuthAnswer<pb::AuthSettings> {
+        fake_login(&r)?;
+        let mut n = default_network();
+        n.repositories.push(r.into_inner());
+        Ok(Response::new(fake_settings(vec![], n)))
+    }
+
+    async fn clear_repository_network_rule(
+        &self,
+        r: Request<pb::RepositoryNetworkRuleRef>,
+    ) -> AuthAnswer<pb::AuthSettings> {
+        fake_login(&r)?;
+        Ok(Response::new(fake_settings(vec![], default_network())))
+    }
+
     type TransferLeaderStream = ProgressStream;
 
     async fn transfer_leader(
@@ -846,3 +1295,79 @@ impl Admin for FakeAdmin {
         Ok(Response::new(Box::pin(first.chain(stream::pending()))))
     }
 }
+
+/// The fake's check of the credentials of an auth call.
+fn fake_login<T>(request: &Request<T>) -> Result<(), Status> {
+    use base64::Engine;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("admin:adminpw")
+    );
+    match request.metadata().get("authorization").map(|v| v.to_str()) {
+        Some(Ok(v)) if v == basic || v == "Bearer good-token" => Ok(()),
+        Some(_) => Err(Status::unauthenticated("invalid user name or password")),
+        None => Err(Status::unauthenticated(
+            "the admin service needs credentials",
+        )),
+    }
+}
+
+fn fake_identity(name: &str) -> Option<pb::Identity> {
+    let slot = |slot| pb::PasswordInfo {
+        slot,
+        created_ms: 1_801_353_600_000,
+        expiry_ms: 0,
+    };
+    let kind = match name {
+        "admin" | "bob" => "user",
+        "ci-push" => "token",
+        _ => return None,
+    };
+    Some(pb::Identity {
+        name: name.into(),
+        kind: kind.into(),
+        enabled: true,
+        passwords: if kind == "token" {
+            vec![slot(1), slot(2)]
+        } else {
+            vec![slot(1)]
+        },
+        scope_map: if kind == "token" {
+            "ci".into()
+        } else {
+            String::new()
+        },
+        admin: name == "admin",
+        created_ms: 1_801_353_600_000,
+        updated_ms: 1_801_353_600_000,
+        ..Default::default()
+    })
+}
+
+fn generated(slots: std::ops::RangeInclusive<u32>) -> Vec<pb::NewPassword> {
+    slots
+        .map(|slot| pb::NewPassword {
+            slot,
+            password: format!("generated-{slot}"),
+        })
+        .collect()
+}
+
+fn fake_settings(anonymous_pull: Vec<String>, network: pb::NetworkRules) -> pb::AuthSettings {
+    pb::AuthSettings {
+        enabled: true,
+        anonymous_pull,
+        network: Some(network),
+    }
+}
+
+fn default_network() -> pb::NetworkRules {
+    pb::NetworkRules {
+        default_allow: true,
+        allow: vec![],
+        public_access: true,
+        repositories: vec![],
+    }
+}
+
+type AuthAnswer<T> = Result<Response<T>, Status>;

@@ -321,6 +321,7 @@ pub async fn run(
     let rpc = tokio::spawn(rpc::serve(
         node.registry.clone(),
         node.replication.clone(),
+        node.auth.clone(),
         config.data_dir.join("snapshots"),
         cluster_listener,
         rpc_stop.clone(),
@@ -330,6 +331,7 @@ pub async fn run(
             cluster.clone(),
             addr.clone(),
             node_info(&config),
+            node.auth.clone(),
             stop.clone(),
         ))),
         _ => {

@@ -28,16 +28,48 @@ impl CmdOutput {
     }
 }
 
+/// Keeps every environment variable whose name starts with `prefix` (e.g. `CLUSTERCTL_`)
+/// from reaching `cmd`: what it sees is only what the test sets.
+pub fn without_env_prefix(cmd: &mut Command, prefix: &str) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with(prefix) {
+            cmd.env_remove(name);
+        }
+    }
+}
+
 /// Runs a command (stdin closed, stdout and stderr captured) with a time bound; `Err` when it
 /// could not start or overran (it is then killed). A non-zero exit is an `Ok` with that status.
 pub fn run_cmd(cmd: &mut Command, timeout: Duration) -> Result<CmdOutput, String> {
+    run_cmd_with_input(cmd, None, timeout)
+}
+
+/// As [`run_cmd`], with `input` written to the command's stdin (then closed); `None`: stdin
+/// closed from the start.
+pub fn run_cmd_with_input(
+    cmd: &mut Command,
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<CmdOutput, String> {
     let shown = format!("{cmd:?}");
+    let stdin = if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("failed to start {shown}: {e}"))?;
+    if let (Some(input), Some(mut pipe)) = (input, child.stdin.take()) {
+        let input = input.to_vec();
+        // A command that exits without reading leaves a broken pipe: not an error here.
+        std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut pipe, &input);
+        });
+    }
     let mut out = child.stdout.take().expect("piped stdout");
     let mut err = child.stderr.take().expect("piped stderr");
     let out_t = std::thread::spawn(move || {

@@ -2,6 +2,11 @@
 //! auth` and the start-up bootstrap (first signing key, admin user). Every change is a Raft
 //! command (forwarded to the leader at a follower); a replace carries the generation it read
 //! and is retried on a conflict, so concurrent changes never overwrite each other unseen.
+//!
+//! A change that would leave the cluster without a working admin (an enabled, unexpired
+//! identity with a usable password and the admin role on `**`) is refused: without one,
+//! and without cluster mTLS, nobody could use the admin service again. Two concurrent
+//! changes of two admins may still each pass this check; it is a guard against mistakes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -13,8 +18,8 @@ use super::password::{self, random_id};
 use super::{Auth, grants, jwt};
 use crate::cluster::{Cluster, ClusterError};
 use crate::meta::auth::{
-    ADMIN_USER, AuthCommand, AuthSettings, IdentityKind, IdentityRecord, RepoAction, Role,
-    RoleGrant, ScopeMapRecord, Secret, SigningKeyRecord,
+    ADMIN_USER, AuthCommand, AuthSettings, AuthState, IdentityKind, IdentityRecord, RepoAction,
+    Role, RoleGrant, ScopeMapRecord, Secret, SigningKeyRecord,
 };
 use crate::meta::{Command, CommandV1, Rejection, WriteResult, policy};
 use crate::types::ErrorKind;
@@ -352,6 +357,9 @@ impl AuthAdmin {
             record.roles.extend(change.add_roles.iter().cloned());
             record.roles = dedup(std::mem::take(&mut record.roles));
             record.updated_ms = now;
+            if removes_last_admin(&self.auth.state(), name, Some(&record), now) {
+                return Err(last_admin(name));
+            }
             let cmd = AuthCommand::PutIdentity {
                 name: name.to_string(),
                 record,
@@ -369,7 +377,11 @@ impl AuthAdmin {
     }
 
     /// Deletes an identity: its tokens stop working on every node as it applies this.
+    /// Refused ([`ManageError::Exists`]) for the last working admin.
     pub async fn delete_identity(&self, name: &str) -> Result<(), ManageError> {
+        if removes_last_admin(&self.auth.state(), name, None, now_ms()) {
+            return Err(last_admin(name));
+        }
         match self
             .write(AuthCommand::DeleteIdentity {
                 name: name.to_string(),
@@ -605,6 +617,31 @@ fn token_secret(slot: u8, now: u64) -> (Secret, String) {
     )
 }
 
+/// Whether replacing identity `name` with `new` (`None`: deleting it) would take away the
+/// cluster's last working admin.
+fn removes_last_admin(
+    state: &AuthState,
+    name: &str,
+    new: Option<&IdentityRecord>,
+    now: u64,
+) -> bool {
+    let working = |id: &IdentityRecord| grants::is_admin(id) && super::usable(id, 0, now);
+    let was = state.identities.get(name).is_some_and(working);
+    let stays = new.is_some_and(working);
+    was && !stays
+        && !state
+            .identities
+            .iter()
+            .any(|(n, id)| n != name && working(id))
+}
+
+fn last_admin(name: &str) -> ManageError {
+    ManageError::Exists(format!(
+        "{name} is the cluster's last working admin (admin role on **): make another admin \
+         first"
+    ))
+}
+
 fn dedup(mut roles: Vec<RoleGrant>) -> Vec<RoleGrant> {
     roles.sort();
     roles.dedup();
@@ -637,5 +674,60 @@ mod tests {
             [RepoAction::ContentRead, RepoAction::MetadataRead].into()
         );
         assert!(parse_scope_rule("team/*:pull").is_err());
+    }
+
+    #[test]
+    fn the_last_working_admin_stays() {
+        let admin = |enabled: bool| IdentityRecord {
+            kind: IdentityKind::User,
+            uid: 1,
+            generation: 1,
+            secrets: vec![Secret {
+                slot: 1,
+                hash: String::new(),
+                stamp: 1,
+                created_ms: 0,
+                expiry_ms: None,
+            }],
+            enabled,
+            expiry_ms: None,
+            scope_map: None,
+            roles: vec![RoleGrant {
+                role: Role::Admin,
+                pattern: "**".into(),
+            }],
+            created_ms: 0,
+            updated_ms: 0,
+        };
+        let mut state = AuthState::default();
+        state.identities.insert("admin".into(), admin(true));
+        let mut reader = admin(true);
+        reader.roles[0].role = Role::Reader;
+        state.identities.insert("bob".into(), reader.clone());
+        let now = 10;
+        assert!(removes_last_admin(&state, "admin", None, now));
+        assert!(removes_last_admin(
+            &state,
+            "admin",
+            Some(&admin(false)),
+            now
+        ));
+        assert!(removes_last_admin(&state, "admin", Some(&reader), now));
+        let mut expired = admin(true);
+        expired.expiry_ms = Some(now);
+        assert!(removes_last_admin(&state, "admin", Some(&expired), now));
+        assert!(!removes_last_admin(
+            &state,
+            "admin",
+            Some(&admin(true)),
+            now
+        ));
+        assert!(!removes_last_admin(&state, "bob", None, now));
+        // With a second working admin either may go.
+        state.identities.insert("root".into(), admin(true));
+        assert!(!removes_last_admin(&state, "admin", None, now));
+        // A disabled admin is no admin.
+        state.identities.insert("root".into(), admin(false));
+        assert!(removes_last_admin(&state, "admin", None, now));
     }
 }

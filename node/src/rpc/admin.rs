@@ -5,12 +5,15 @@
 //! answer is reported unreachable. A membership change that reaches a follower is relayed
 //! once to the leader, its progress stream passed through. Replication status and policies
 //! are answered by `replication::Replication` (policy changes are Raft writes, forwarded by a
-//! follower like every write).
+//! follower like every write). Users, tokens, scope maps, keys and auth settings are
+//! `admin_auth.rs`'s, and so is the check that every call here passes first ([`AdminGuard`]):
+//! relayed calls and the NodeStatus fan-out carry the caller's credentials along.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_proto::admin as pb;
 use berth_proto::admin::admin_client::AdminClient;
 use berth_proto::admin::admin_server::Admin;
 use berth_proto::admin::{
@@ -22,8 +25,10 @@ use berth_proto::admin::{
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+use super::admin_auth::{AdminGuard, AuthRpc, forward_authorization};
 use super::status::status;
 use crate::cluster::{self, Cluster, MembershipError, PeerError};
 use crate::meta::{NodeId, NodeInfo, ReplicationPolicy};
@@ -43,14 +48,29 @@ type ProgressStream = BoxStream<'static, Result<Progress, Status>>;
 pub(super) struct AdminService {
     cluster: Cluster,
     replication: Arc<Replication>,
+    guard: AdminGuard,
+    auth: AuthRpc,
 }
 
 impl AdminService {
-    pub(super) fn new(cluster: Cluster, replication: Arc<Replication>) -> AdminService {
+    pub(super) fn new(
+        cluster: Cluster,
+        replication: Arc<Replication>,
+        guard: AdminGuard,
+        auth: AuthRpc,
+    ) -> AdminService {
         AdminService {
             cluster,
             replication,
+            guard,
+            auth,
         }
+    }
+
+    /// Checks the caller's credentials, then hands over the message.
+    async fn admit<T>(&self, req: Request<T>) -> Result<T, Status> {
+        self.guard.check(&req).await?;
+        Ok(req.into_inner())
     }
 }
 
@@ -134,8 +154,12 @@ fn progress_message(p: cluster::Progress) -> Progress {
 }
 
 impl AdminService {
-    /// Asks one member for its own view.
-    async fn member_status(&self, id: NodeId) -> Result<NodeStatusResponse, String> {
+    /// Asks one member for its own view, with the caller's credentials (`auth`).
+    async fn member_status(
+        &self,
+        id: NodeId,
+        auth: &MetadataMap,
+    ) -> Result<NodeStatusResponse, String> {
         if id == self.cluster.node_id() {
             return Ok(node_status_message(&self.cluster.node_status()));
         }
@@ -144,7 +168,10 @@ impl AdminService {
                 id,
                 MEMBER_STATUS_TIMEOUT,
                 NodeStatusRequest {},
-                |channel, req| async move { AdminClient::new(channel).node_status(req).await },
+                |channel, mut req| {
+                    forward_authorization(auth, &mut req);
+                    async move { AdminClient::new(channel).node_status(req).await }
+                },
             )
             .await
             // What the member answered, or why it could not be asked.
@@ -168,6 +195,7 @@ impl AdminService {
         Relay: FnOnce(AdminClient<tonic::transport::Channel>, Request<Req>) -> RFut,
         RFut: Future<Output = Result<Response<tonic::Streaming<Progress>>, Status>>,
     {
+        self.guard.check(&req).await?;
         if self.cluster.is_leader() {
             let (ptx, mut prx) = mpsc::channel::<cluster::Progress>(16);
             let (otx, orx) = mpsc::channel::<Result<Progress, Status>>(16);
@@ -194,11 +222,13 @@ impl AdminService {
                 "leadership is changing; try again (a relayed call reached a non-leader)".into(),
             ));
         }
+        let auth = req.metadata().clone();
         let relayed = self
             .cluster
             .call_leader(RELAY_TIMEOUT, req.into_inner(), |channel, mut req| {
                 req.metadata_mut()
                     .insert(RELAYED, "1".parse().expect("valid metadata"));
+                forward_authorization(&auth, &mut req);
                 relay(AdminClient::new(channel), req)
             })
             .await;
@@ -221,12 +251,14 @@ impl AdminService {
 impl Admin for AdminService {
     async fn status(
         &self,
-        _req: Request<StatusRequest>,
+        req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
+        self.guard.check(&req).await?;
+        let auth = req.metadata();
         let me = self.cluster.node_status();
         let members = self.cluster.members();
         let answers =
-            futures::future::join_all(members.iter().map(|m| self.member_status(m.id))).await;
+            futures::future::join_all(members.iter().map(|m| self.member_status(m.id, auth))).await;
         // Lag is measured against the leader's log, as the leader reports it.
         let leader_last = members.iter().zip(&answers).find_map(|(m, a)| match a {
             Ok(s) if s.state == "leader" => Some((m.id, s.last_log_index)),
@@ -282,8 +314,9 @@ impl Admin for AdminService {
 
     async fn node_status(
         &self,
-        _req: Request<NodeStatusRequest>,
+        req: Request<NodeStatusRequest>,
     ) -> Result<Response<NodeStatusResponse>, Status> {
+        self.admit(req).await?;
         Ok(Response::new(node_status_message(
             &self.cluster.node_status(),
         )))
@@ -351,7 +384,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ReplicationStatusRequest>,
     ) -> Result<Response<ReplicationStatusResponse>, Status> {
-        let r = req.into_inner();
+        let r = self.admit(req).await?;
         let report = self
             .replication
             .status(&r.reference, r.verbose)
@@ -367,7 +400,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ReplicationPolicyRef>,
     ) -> Result<Response<ReplicationPolicies>, Status> {
-        let pattern = req.into_inner().pattern;
+        let pattern = self.admit(req).await?.pattern;
         // Read what the cluster committed (a policy just set at another node included); a
         // node cut off from the leader answers from its own state.
         let _ = self.replication.catch_up().await;
@@ -387,7 +420,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ReplicationPolicyEntry>,
     ) -> Result<Response<ReplicationPolicyEntry>, Status> {
-        let r = req.into_inner();
+        let r = self.admit(req).await?;
         let p = r.policy.unwrap_or_default();
         let policy = ReplicationPolicy {
             regions: p.regions,
@@ -405,7 +438,7 @@ impl Admin for AdminService {
         &self,
         req: Request<ReplicationPolicyRef>,
     ) -> Result<Response<ReplicationPolicies>, Status> {
-        let pattern = req.into_inner().pattern;
+        let pattern = self.admit(req).await?.pattern;
         self.replication
             .clear_policy(&pattern)
             .await
@@ -416,6 +449,141 @@ impl Admin for AdminService {
             .await
             .map_err(replication_status)?;
         Ok(Response::new(policies_message(policies)))
+    }
+
+    async fn list_identities(
+        &self,
+        req: Request<pb::ListIdentitiesRequest>,
+    ) -> Result<Response<pb::Identities>, Status> {
+        self.auth.list_identities(self.admit(req).await?).await
+    }
+
+    async fn get_identity(
+        &self,
+        req: Request<pb::IdentityRef>,
+    ) -> Result<Response<pb::Identity>, Status> {
+        self.auth.get_identity(self.admit(req).await?).await
+    }
+
+    async fn create_user(
+        &self,
+        req: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::Identity>, Status> {
+        self.auth.create_user(self.admit(req).await?).await
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::IdentityChanged>, Status> {
+        self.auth.create_token(self.admit(req).await?).await
+    }
+
+    async fn update_identity(
+        &self,
+        req: Request<pb::UpdateIdentityRequest>,
+    ) -> Result<Response<pb::IdentityChanged>, Status> {
+        self.auth.update_identity(self.admit(req).await?).await
+    }
+
+    async fn delete_identity(
+        &self,
+        req: Request<pb::IdentityRef>,
+    ) -> Result<Response<pb::Deleted>, Status> {
+        self.auth.delete_identity(self.admit(req).await?).await
+    }
+
+    async fn list_scope_maps(
+        &self,
+        req: Request<pb::ListScopeMapsRequest>,
+    ) -> Result<Response<pb::ScopeMaps>, Status> {
+        self.admit(req).await?;
+        self.auth.list_scope_maps().await
+    }
+
+    async fn get_scope_map(
+        &self,
+        req: Request<pb::ScopeMapRef>,
+    ) -> Result<Response<pb::ScopeMap>, Status> {
+        self.auth.get_scope_map(self.admit(req).await?).await
+    }
+
+    async fn put_scope_map(
+        &self,
+        req: Request<pb::PutScopeMapRequest>,
+    ) -> Result<Response<pb::ScopeMap>, Status> {
+        self.auth.put_scope_map(self.admit(req).await?).await
+    }
+
+    async fn delete_scope_map(
+        &self,
+        req: Request<pb::ScopeMapRef>,
+    ) -> Result<Response<pb::Deleted>, Status> {
+        self.auth.delete_scope_map(self.admit(req).await?).await
+    }
+
+    async fn list_roles(
+        &self,
+        req: Request<pb::ListRolesRequest>,
+    ) -> Result<Response<pb::Roles>, Status> {
+        self.admit(req).await?;
+        Ok(self.auth.list_roles())
+    }
+
+    async fn list_auth_keys(
+        &self,
+        req: Request<pb::ListAuthKeysRequest>,
+    ) -> Result<Response<pb::AuthKeys>, Status> {
+        self.admit(req).await?;
+        self.auth.list_auth_keys().await
+    }
+
+    async fn rotate_auth_key(
+        &self,
+        req: Request<pb::RotateAuthKeyRequest>,
+    ) -> Result<Response<pb::AuthKeys>, Status> {
+        self.admit(req).await?;
+        self.auth.rotate_auth_key().await
+    }
+
+    async fn get_auth_settings(
+        &self,
+        req: Request<pb::GetAuthSettingsRequest>,
+    ) -> Result<Response<pb::AuthSettings>, Status> {
+        self.admit(req).await?;
+        self.auth.get_auth_settings().await
+    }
+
+    async fn set_anonymous_pull(
+        &self,
+        req: Request<pb::SetAnonymousPullRequest>,
+    ) -> Result<Response<pb::AuthSettings>, Status> {
+        self.auth.set_anonymous_pull(self.admit(req).await?).await
+    }
+
+    async fn set_network_rules(
+        &self,
+        req: Request<pb::SetNetworkRulesRequest>,
+    ) -> Result<Response<pb::AuthSettings>, Status> {
+        self.auth.set_network_rules(self.admit(req).await?).await
+    }
+
+    async fn set_repository_network_rule(
+        &self,
+        req: Request<pb::RepositoryNetworkRule>,
+    ) -> Result<Response<pb::AuthSettings>, Status> {
+        self.auth
+            .set_repository_network_rule(self.admit(req).await?)
+            .await
+    }
+
+    async fn clear_repository_network_rule(
+        &self,
+        req: Request<pb::RepositoryNetworkRuleRef>,
+    ) -> Result<Response<pb::AuthSettings>, Status> {
+        self.auth
+            .clear_repository_network_rule(self.admit(req).await?)
+            .await
     }
 
     type TransferLeaderStream = ProgressStream;

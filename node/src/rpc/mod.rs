@@ -4,7 +4,10 @@
 //! and, in builds with the `fault-injection` feature, the test-only `Faults` service.
 //!
 //! With `[cluster_tls]` the endpoint serves mutual TLS (`cluster::tls`, ADR 018): every
-//! connection must present a certificate the cluster CA signed.
+//! connection must present a certificate the cluster CA signed. Without it, and with auth on,
+//! the admin service wants an admin's credentials on every call (`admin_auth.rs`); the Raft
+//! and Peer services answer anyone who reaches the port, which therefore belongs on a
+//! private network.
 //!
 //! In `fault-injection` builds the cluster's fault layer (`cluster::FaultLayer`) wraps every
 //! service: calls and streams from a peer a test partition cuts off are refused there, in one
@@ -15,6 +18,7 @@
 //! a code in one table, for these services and for the Raft service alike.
 
 mod admin;
+mod admin_auth;
 mod join;
 mod peer;
 mod status;
@@ -36,6 +40,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
+use crate::auth::Auth;
+use crate::auth::manage::AuthAdmin;
 use crate::registry::Registry;
 use crate::replication::Replication;
 
@@ -51,6 +57,7 @@ const SEVERED_STOP: Duration = Duration::from_secs(1);
 pub async fn serve(
     registry: Arc<Registry>,
     replication: Arc<Replication>,
+    auth: Arc<Auth>,
     snapshot_dir: PathBuf,
     listener: tokio::net::TcpListener,
     stop: CancellationToken,
@@ -60,7 +67,14 @@ pub async fn serve(
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     let peer = PeerServer::new(peer::PeerService::new(registry.clone()));
-    let admin = AdminServer::new(admin::AdminService::new(cluster.clone(), replication));
+    let guard = admin_auth::AdminGuard::new(auth.clone(), cluster.peers().tls().is_some());
+    let auth_rpc = admin_auth::AuthRpc::new(AuthAdmin::new(auth, cluster.clone()), cluster.clone());
+    let admin = AdminServer::new(admin::AdminService::new(
+        cluster.clone(),
+        replication,
+        guard,
+        auth_rpc,
+    ));
     let sever = CancellationToken::new();
     let incoming = {
         let sever = sever.clone();

@@ -1,11 +1,15 @@
 //! The one table from error kinds to gRPC codes, and the conversions of every error that
 //! reaches a gRPC answer (`Peer`, `Admin`, and the `Raft` service of `cluster/raft_service.rs`)
 //! into a `tonic::Status` through it. No service picks a code by hand: each error says its
-//! [`ErrorKind`] and [`code`] turns that into a code, as `api/error.rs` does for HTTP.
+//! [`ErrorKind`] and [`code`] turns that into a code, as `api/error.rs` does for HTTP. The
+//! one exception is a refused credential ([`AuthError`]), whose codes (UNAUTHENTICATED,
+//! PERMISSION_DENIED) have no `ErrorKind`: they are mapped here too, next to the table.
 
 use berth_proto::LEADER_ID_HEADER;
 use tonic::{Code, Status};
 
+use crate::auth::AuthError;
+use crate::auth::manage::ManageError;
 use crate::cluster::{
     ClusterError, LeaderWriteError, MembershipError, PeerError, RaftServiceError,
 };
@@ -59,6 +63,26 @@ impl From<MembershipError> for Status {
 impl From<PeerError> for Status {
     fn from(e: PeerError) -> Status {
         status(e.kind(), e.to_string())
+    }
+}
+
+impl From<ManageError> for Status {
+    fn from(e: ManageError) -> Status {
+        status(e.kind(), e.to_string())
+    }
+}
+
+/// A refused admin call: no or bad credentials are UNAUTHENTICATED, an identity that may not
+/// is PERMISSION_DENIED, too many failed logins RESOURCE_EXHAUSTED.
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Status {
+        let code = match &e {
+            AuthError::Unauthorized(_) | AuthError::InsufficientScope(_) => Code::Unauthenticated,
+            AuthError::Denied(_) => Code::PermissionDenied,
+            AuthError::TooManyRequests(_) => code(ErrorKind::Exhausted),
+            AuthError::Unavailable(_) => code(ErrorKind::Unavailable),
+        };
+        Status::new(code, e.to_string())
     }
 }
 
@@ -150,6 +174,35 @@ mod tests {
         }
         let s: Status = MembershipError::Refused("the last voter cannot leave".into()).into();
         assert_eq!(s.message(), "the last voter cannot leave");
+    }
+
+    /// Refused credentials and refused auth changes get the codes clusterctl tells apart.
+    #[test]
+    fn auth_refusals_have_their_codes() {
+        let cases: Vec<(Status, Code)> = vec![
+            (
+                AuthError::Unauthorized("x".into()).into(),
+                Code::Unauthenticated,
+            ),
+            (AuthError::Denied("x".into()).into(), Code::PermissionDenied),
+            (
+                AuthError::TooManyRequests(std::time::Duration::from_secs(3)).into(),
+                Code::ResourceExhausted,
+            ),
+            (AuthError::Unavailable("x".into()).into(), Code::Unavailable),
+            (
+                ManageError::Invalid("x".into()).into(),
+                Code::InvalidArgument,
+            ),
+            (ManageError::NotFound("x".into()).into(), Code::NotFound),
+            (
+                ManageError::Exists("x".into()).into(),
+                Code::FailedPrecondition,
+            ),
+        ];
+        for (s, expected) in cases {
+            assert_eq!(s.code(), expected, "{s:?}");
+        }
     }
 
     /// A write that reached a follower names the leader for the caller to retry at.
