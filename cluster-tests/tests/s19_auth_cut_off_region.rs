@@ -6,19 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
+use cluster_tests::admin::basic_auth as basic;
 use cluster_tests::oci::{Client, OCI_MANIFEST};
 use cluster_tests::{ClusterBuilder, random_layer};
 
 const PASSWORD: &str = "admin-pass-1";
 const REPO: &str = "s19/app";
-
-fn basic(user: &str, password: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
-}
 
 /// A registry token for `scope` from `client`'s node, with the admin's password.
 fn token(client: &Client, scope: &str) -> Result<String, String> {
@@ -40,8 +33,7 @@ fn a_cut_off_node_still_authenticates_and_authorises() {
         .nodes(3)
         .regions(&["r1", "r2", "r3"])
         .write_timeout_ms(2000)
-        .env("BERTH_AUTH__ENABLED", "true")
-        .env("BERTH_AUTH__BOOTSTRAP_ADMIN_PASSWORD", PASSWORD)
+        .auth(PASSWORD)
         .build();
     let leader = c.leader();
     let cut = c.followers()[0];
