@@ -14,66 +14,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::images::{Layout, build_image, path_str, tools_present};
-use support::{BerthProcess, run_cmd, tools};
+use support::{ADMIN_PASSWORD, admin_catalog as catalog, run_cmd, start_with_auth, tools};
 
-const ADMIN_PASSWORD: &str = "admin-pass-1";
 /// Bound of any one client command.
 const CMD_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// A node with auth on, once its bootstrap made the admin (the token endpoint answers it).
-fn start_with_auth(data: &Path) -> BerthProcess {
-    let berth = BerthProcess::start_with_env(
-        data,
-        &[
-            ("BERTH_AUTH__ENABLED", "true"),
-            ("BERTH_AUTH__BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD),
-        ],
-    );
-    let agent = berth_testkit::http::agent_with_timeout(Duration::from_secs(5));
-    let url = format!("{}/auth/token?service=berth", berth.base_url());
-    let auth = format!(
-        "Basic {}",
-        base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            format!("admin:{ADMIN_PASSWORD}")
-        )
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r =
-            berth_testkit::http::read_resp(agent.get(&url).header("authorization", &auth).call());
-        if r.is_ok_and(|r| r.status == 200) {
-            return berth;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the admin could not log in within 30 s:\n{}",
-            berth.stderr_tail(30)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The repositories berth holds, read as the admin.
-fn catalog(berth: &BerthProcess) -> Vec<String> {
-    let agent = berth_testkit::http::agent_with_timeout(Duration::from_secs(10));
-    let auth = format!(
-        "Basic {}",
-        base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            format!("admin:{ADMIN_PASSWORD}")
-        )
-    );
-    let r = berth_testkit::http::read_resp(
-        agent
-            .get(&format!("{}/v2/_catalog", berth.base_url()))
-            .header("authorization", &auth)
-            .call(),
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-    berth_testkit::oci::string_list(&r.json()["repositories"])
-}
 
 fn docker_available() -> Result<(), String> {
     tools::succeeds(Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]))

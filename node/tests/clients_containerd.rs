@@ -239,3 +239,74 @@ fn containerd_pull_unpack_push_mount_and_upload_pull_by_digest() {
     drop(ctr);
     eprintln!("{test}: ok in {:?}", started.elapsed());
 }
+
+/// With auth on (ADR 019): `ctr --user` pulls and pushes through the token flow; without
+/// credentials, or with wrong ones, containerd is refused and nothing is written.
+#[test]
+fn containerd_pulls_and_pushes_with_user_credentials() {
+    let test = "containerd_pulls_and_pushes_with_user_credentials";
+    let socket = containerd_socket();
+    let probes = [
+        ("containerd", socket.clone().map(drop)),
+        ("skopeo", tools::installed("skopeo")),
+        ("umoci", tools::installed("umoci")),
+    ];
+    if !tools::ready(test, &probes) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = Layout::at(tmp.path().join("layout"));
+    build_image(tmp.path(), &layout, "v1", &[64 * 1024]);
+    let berth = support::start_with_auth(&tmp.path().join("data"));
+    let host = berth.host_port();
+    let user = format!("admin:{}", support::ADMIN_PASSWORD);
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &user,
+        &layout.oci("v1"),
+        &format!("docker://{host}/ctr/auth:v1"),
+    ]);
+    let ctr = Ctr {
+        socket: socket.expect("probed above"),
+        namespace: format!(
+            "berth-test-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ),
+    };
+    let src = format!("{host}/ctr/auth:v1");
+    let out = ctr.run(&["images", "pull", "--plain-http", &src]).unwrap();
+    assert!(
+        !out.status.success(),
+        "a pull without credentials succeeded"
+    );
+    let out = ctr
+        .run(&[
+            "images",
+            "pull",
+            "--plain-http",
+            "--user",
+            "admin:wrong-password",
+            &src,
+        ])
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a pull with a wrong password succeeded"
+    );
+    ctr.must(&["images", "pull", "--plain-http", "--user", &user, &src]);
+    let target = format!("{host}/ctr/copy:v1");
+    ctr.must(&["images", "tag", &src, &target]);
+    let out = ctr
+        .run(&["images", "push", "--plain-http", &target])
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a push without credentials succeeded"
+    );
+    assert_eq!(support::admin_catalog(&berth), vec!["ctr/auth"]);
+    ctr.must(&["images", "push", "--plain-http", "--user", &user, &target]);
+    assert_eq!(support::admin_catalog(&berth), vec!["ctr/auth", "ctr/copy"]);
+}

@@ -219,3 +219,87 @@ fn podman_push_v2s2_and_oci_rmi_pull_by_tag_and_digest() {
     podman.must(&["rmi", "--all", "--force"]);
     eprintln!("{test}: ok in {:?}", started.elapsed());
 }
+
+/// With auth on (ADR 019): `podman login` (into an auth file of the test's own), pull and
+/// push through the token flow, `podman logout`; without credentials podman is refused and
+/// nothing is written.
+#[test]
+fn podman_login_pull_push_logout_with_credentials() {
+    let test = "podman_login_pull_push_logout_with_credentials";
+    let tmp = tempfile::tempdir().unwrap();
+    let podman = Podman::new(&tmp.path().join("podman"));
+    if !tools::ready(
+        test,
+        &[
+            ("podman", podman.probe()),
+            ("skopeo", tools::installed("skopeo")),
+            ("umoci", tools::installed("umoci")),
+        ],
+    ) {
+        return;
+    }
+    let layout = Layout::at(tmp.path().join("layout"));
+    build_image(tmp.path(), &layout, "v1", &[64 * 1024]);
+    let berth = support::start_with_auth(&tmp.path().join("data"));
+    let host = berth.host_port();
+    let creds = format!("admin:{}", support::ADMIN_PASSWORD);
+    support::images::skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &creds,
+        &layout.oci("v1"),
+        &format!("docker://{host}/pod/auth:v1"),
+    ]);
+    let authfile = tmp.path().join("auth.json");
+    let authfile = path_str(&authfile);
+    let src = format!("{host}/pod/auth:v1");
+    let refused = |args: &[&str]| {
+        let out = support::run_cmd(&mut podman.command(args), PODMAN_TIMEOUT).unwrap();
+        assert!(!out.status.success(), "podman {args:?} succeeded");
+    };
+    refused(&["pull", "--tls-verify=false", "--authfile", authfile, &src]);
+    refused(&[
+        "login",
+        "--tls-verify=false",
+        "--authfile",
+        authfile,
+        "-u",
+        "admin",
+        "-p",
+        "wrong-password",
+        &host,
+    ]);
+    podman.must(&[
+        "login",
+        "--tls-verify=false",
+        "--authfile",
+        authfile,
+        "-u",
+        "admin",
+        "-p",
+        support::ADMIN_PASSWORD,
+        &host,
+    ]);
+    podman.must(&["pull", "--tls-verify=false", "--authfile", authfile, &src]);
+    let dest = format!("{host}/pod/copy:v1");
+    podman.must(&[
+        "push",
+        "--tls-verify=false",
+        "--authfile",
+        authfile,
+        &src,
+        &format!("docker://{dest}"),
+    ]);
+    assert_eq!(support::admin_catalog(&berth), vec!["pod/auth", "pod/copy"]);
+    podman.must(&["logout", "--authfile", authfile, &host]);
+    refused(&[
+        "push",
+        "--tls-verify=false",
+        "--authfile",
+        authfile,
+        &src,
+        &format!("docker://{host}/pod/third:v1"),
+    ]);
+    assert_eq!(support::admin_catalog(&berth), vec!["pod/auth", "pod/copy"]);
+}

@@ -315,3 +315,57 @@ impl Drop for ImageCleanup {
         }
     }
 }
+
+/// The bootstrap admin password of [`start_with_auth`].
+pub const ADMIN_PASSWORD: &str = "admin-pass-1";
+
+/// `Authorization: Basic` of the admin of [`start_with_auth`].
+pub fn admin_basic() -> String {
+    format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("admin:{ADMIN_PASSWORD}")
+        )
+    )
+}
+
+/// Starts berth with `auth.enabled = true` and a bootstrap admin, and returns once the admin
+/// can log in (the bootstrap is a Raft write after start-up).
+pub fn start_with_auth(data: &Path) -> BerthProcess {
+    let berth = BerthProcess::start_with_env(
+        data,
+        &[
+            ("BERTH_AUTH__ENABLED", "true"),
+            ("BERTH_AUTH__BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ],
+    );
+    let agent = berth_testkit::http::agent_with_timeout(Duration::from_secs(5));
+    let url = format!("{}/auth/token?service=berth", berth.base_url());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = berth_testkit::http::read_resp(
+            agent
+                .get(&url)
+                .header("authorization", &admin_basic())
+                .call(),
+        );
+        if r.is_ok_and(|r| r.status == 200) {
+            return berth;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the admin could not log in within 30 s:\n{}",
+            berth.stderr_tail(30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The repositories a [`start_with_auth`] node holds, read as its admin.
+pub fn admin_catalog(berth: &BerthProcess) -> Vec<String> {
+    let client = Client::new(&berth.base_url()).with_authorization(&admin_basic());
+    let r = client.get("/v2/_catalog").unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    berth_testkit::oci::string_list(&r.json()["repositories"])
+}
