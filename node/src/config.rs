@@ -109,7 +109,8 @@ pub struct Auth {
     /// A file holding that password (its first line).
     pub bootstrap_admin_password_file: Option<PathBuf>,
     /// Proxies (CIDR) whose `X-Forwarded-For` names the client; from any other address the
-    /// header is ignored.
+    /// header is ignored. In the environment, one string of comma-separated entries.
+    #[serde(deserialize_with = "entries")]
     pub trusted_proxies: Vec<String>,
     /// Failed logins per identity and per client address within the window before further
     /// attempts answer 429. Default 10.
@@ -1126,6 +1127,44 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("durability.min_regions"), "{text}");
         assert_eq!(text.matches("routing.client_regions").count(), 2, "{text}");
+    }
+
+    #[test]
+    fn auth_is_on_beyond_loopback_and_its_settings_are_checked() {
+        let c = Config::load("", &env(&[])).unwrap();
+        assert!(!c.auth_enabled());
+        let c = Config::load(
+            "[tls]\nallow_plaintext = true\n",
+            &env(&[
+                ("BERTH_LISTEN", "0.0.0.0:5000"),
+                ("BERTH_AUTH__TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
+            ]),
+        )
+        .unwrap();
+        assert!(c.auth_enabled());
+        let a = c.auth_settings().unwrap();
+        assert_eq!(a.trusted_proxies.len(), 2);
+        assert_eq!(a.bootstrap_admin_password, None);
+        let c = Config::load("", &env(&[("BERTH_AUTH__ENABLED", "true")])).unwrap();
+        assert!(c.auth_enabled());
+        let err = Config::load(
+            "",
+            &env(&[
+                ("BERTH_AUTH__TRUSTED_PROXIES", "10.0.0.0/33"),
+                ("BERTH_AUTH__TOKEN_TTL_SECS", "0"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "from-a-file\nignored\n").unwrap();
+        let mut c = Config::default();
+        c.auth.bootstrap_admin_password_file = Some(f);
+        assert_eq!(
+            c.auth_settings().unwrap().bootstrap_admin_password.as_deref(),
+            Some("from-a-file")
+        );
     }
 
     #[test]
