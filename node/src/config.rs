@@ -117,6 +117,11 @@ pub struct Auth {
     pub max_failed_logins: u32,
     /// The window of `max_failed_logins`, in seconds. Default 300.
     pub failed_login_window_secs: u64,
+    /// Client addresses (CIDR) the admin service on the cluster port answers; empty: any.
+    /// Include the other nodes (they relay admin calls and ask each other's status). In the
+    /// environment, one string of comma-separated entries.
+    #[serde(deserialize_with = "entries")]
+    pub admin_allow: Vec<String>,
 }
 
 impl Default for Auth {
@@ -132,6 +137,7 @@ impl Default for Auth {
             trusted_proxies: Vec::new(),
             max_failed_logins: 10,
             failed_login_window_secs: 300,
+            admin_allow: Vec::new(),
         }
     }
 }
@@ -602,9 +608,14 @@ impl Config {
         if self.zone.is_empty() {
             p.push("zone: must not be empty".to_string());
         }
-        for cidr in &self.auth.trusted_proxies {
-            if let Err(e) = crate::auth::parse_cidr(cidr) {
-                p.push(format!("auth.trusted_proxies: {e}"));
+        for (field, list) in [
+            ("trusted_proxies", &self.auth.trusted_proxies),
+            ("admin_allow", &self.auth.admin_allow),
+        ] {
+            for cidr in list {
+                if let Err(e) = crate::auth::parse_cidr(cidr) {
+                    p.push(format!("auth.{field}: {e}"));
+                }
             }
         }
         if self.auth.service.is_empty() || self.auth.service.contains('"') {
@@ -854,12 +865,8 @@ impl Config {
             token_ttl: Duration::from_secs(self.auth.token_ttl_secs),
             refresh_ttl: Duration::from_secs(self.auth.refresh_token_ttl_secs),
             bootstrap_admin_password: bootstrap.filter(|p| !p.is_empty()),
-            trusted_proxies: self
-                .auth
-                .trusted_proxies
-                .iter()
-                .filter_map(|c| crate::auth::parse_cidr(c).ok())
-                .collect(),
+            trusted_proxies: cidrs(&self.auth.trusted_proxies),
+            admin_allow: cidrs(&self.auth.admin_allow),
             max_failed_logins: self.auth.max_failed_logins,
             failed_login_window: Duration::from_secs(self.auth.failed_login_window_secs),
             node: self.node_id,
@@ -891,6 +898,13 @@ impl Config {
             },
         }
     }
+}
+
+/// The valid CIDRs of a list (`Config::validate` reports the others).
+fn cidrs(list: &[String]) -> Vec<crate::auth::IpNet> {
+    list.iter()
+        .filter_map(|c| crate::auth::parse_cidr(c).ok())
+        .collect()
 }
 
 /// `config` when there is no problem, else every problem.
@@ -1162,7 +1176,10 @@ mod tests {
         let mut c = Config::default();
         c.auth.bootstrap_admin_password_file = Some(f);
         assert_eq!(
-            c.auth_settings().unwrap().bootstrap_admin_password.as_deref(),
+            c.auth_settings()
+                .unwrap()
+                .bootstrap_admin_password
+                .as_deref(),
             Some("from-a-file")
         );
     }

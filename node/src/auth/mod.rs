@@ -60,6 +60,8 @@ pub struct AuthConfig {
     pub bootstrap_admin_password: Option<String>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Addresses the admin service answers (empty: any).
+    pub admin_allow: Vec<IpNet>,
     /// Failed logins allowed per window.
     pub max_failed_logins: u32,
     /// Their window.
@@ -82,6 +84,7 @@ impl AuthConfig {
             refresh_ttl: Duration::from_secs(14 * 24 * 3600),
             bootstrap_admin_password: None,
             trusted_proxies: Vec::new(),
+            admin_allow: Vec::new(),
             max_failed_logins: 10,
             failed_login_window: Duration::from_secs(300),
             node: 0,

@@ -61,7 +61,20 @@ impl AdminGuard {
     /// Checks the call's credentials. Errors: UNAUTHENTICATED without or with bad
     /// credentials; PERMISSION_DENIED for an identity that is not an admin;
     /// RESOURCE_EXHAUSTED after too many failed logins.
+    /// PERMISSION_DENIED also for a client address outside `auth.admin_allow`, whatever
+    /// the credentials.
     pub(super) async fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let allow = &self.auth.config().admin_allow;
+        if !allow.is_empty() {
+            let addr = req.remote_addr().map(|a| a.ip());
+            if !addr.is_some_and(|a| allow.iter().any(|n| n.contains(&a))) {
+                return Err(AuthError::Denied(format!(
+                    "client address {} may not use the admin service (auth.admin_allow)",
+                    addr.map_or("unknown".to_string(), |a| a.to_string())
+                ))
+                .into());
+            }
+        }
         if self.mutual_tls || !self.auth.enabled() {
             return Ok(());
         }
@@ -560,6 +573,30 @@ impl AuthRpc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_admin_service_answers_only_the_allowed_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, _sm, reader) = crate::meta::open(dir.path()).unwrap();
+        let mut config = crate::auth::AuthConfig::disabled();
+        config.admin_allow = vec![crate::auth::parse_cidr("10.0.0.0/8").unwrap()];
+        // mTLS on: only the address rule stands between a caller and the service.
+        let guard = AdminGuard::new(Auth::new(config, reader.auth().clone()), true);
+        let from = |ip: &str| {
+            let mut r = Request::new(());
+            r.extensions_mut()
+                .insert(tonic::transport::server::TcpConnectInfo {
+                    local_addr: None,
+                    remote_addr: Some(format!("{ip}:4000").parse().unwrap()),
+                });
+            r
+        };
+        assert!(guard.check(&from("10.1.2.3")).await.is_ok());
+        for req in [from("192.0.2.1"), Request::new(())] {
+            let e = guard.check(&req).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+        }
+    }
 
     #[test]
     fn wire_grants_and_rules_are_checked() {
