@@ -6,15 +6,21 @@
 //! once to the leader, its progress stream passed through. Replication status and policies
 //! are answered by `replication::Replication` (policy changes are Raft writes, forwarded by a
 //! follower like every write).
+//!
+//! Every change (membership, leadership, policies) is recorded in the audit log of the node
+//! the client called, with its outcome, through [`AdminService::audited`] (unary calls) or
+//! [`AdminService::operate`] (streams); a call relayed to the leader is not recorded again
+//! there. The caller is named by [`AdminCaller::of`]. `Audit` answers from this node's log.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::admin::admin_client::AdminClient;
 use berth_proto::admin::admin_server::Admin;
 use berth_proto::admin::{
-    AddNodeRequest, BlobReplication, Member, NodeRef, NodeStatusRequest, NodeStatusResponse,
+    AddNodeRequest, AuditField, AuditRequest, AuditResponse, BlobReplication, Member, NodeRef, NodeStatusRequest, NodeStatusResponse,
     Progress, RegionReplication, ReplicationPolicies, ReplicationPolicyEntry, ReplicationPolicyRef,
     ReplicationStatusRequest, ReplicationStatusResponse, StatusRequest, StatusResponse,
     TransferLeaderRequest,
@@ -25,6 +31,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use super::status::status;
+use crate::audit::{Audit, AuditQuery, AuditRecord};
 use crate::cluster::{self, Cluster, MembershipError, PeerError};
 use crate::meta::{NodeId, NodeInfo, ReplicationPolicy};
 use crate::replication::{Replication, ReplicationError, ReplicationReport};
@@ -39,18 +46,120 @@ const RELAYED: &str = "berth-admin-relayed";
 
 type ProgressStream = BoxStream<'static, Result<Progress, Status>>;
 
+/// Records an `Audit` call returns when it asks for none in particular.
+const AUDIT_DEFAULT_LIMIT: usize = 1000;
+
 /// The admin service of this node.
 pub(super) struct AdminService {
     cluster: Cluster,
     replication: Arc<Replication>,
+    audit: Audit,
 }
 
 impl AdminService {
-    pub(super) fn new(cluster: Cluster, replication: Arc<Replication>) -> AdminService {
+    pub(super) fn new(
+        cluster: Cluster,
+        replication: Arc<Replication>,
+        audit: Audit,
+    ) -> AdminService {
         AdminService {
             cluster,
             replication,
+            audit,
         }
+    }
+}
+
+/// Who made an admin call, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct AdminCaller {
+    /// The user of the call's `authorization` metadata (Basic), else the client
+    /// certificate (`cert:` and the start of its SHA-256), else `cluster`.
+    pub(super) identity: String,
+    /// The connection's peer address.
+    pub(super) address: Option<IpAddr>,
+}
+
+impl AdminCaller {
+    /// The caller of `req`; `None` for a call another node relayed (recorded where it was
+    /// made).
+    pub(super) fn of<T>(req: &Request<T>) -> Option<AdminCaller> {
+        if req.metadata().contains_key(RELAYED) {
+            return None;
+        }
+        let user = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::auth::parse_basic)
+            .map(|(user, _)| user);
+        let cert = || {
+            let certs = req.peer_certs()?;
+            let leaf = certs.first()?;
+            let sum = <sha2::Sha256 as sha2::Digest>::digest(leaf.as_ref());
+            Some(format!("cert:{}", &hex::encode(sum)[..16]))
+        };
+        Some(AdminCaller {
+            identity: user
+                .or_else(cert)
+                .unwrap_or_else(|| "cluster".to_string()),
+            address: req.remote_addr().map(|a| a.ip()),
+        })
+    }
+}
+
+/// The outcome of a change as the audit log states it.
+fn outcome_of(result: Result<(), &Status>) -> String {
+    match result {
+        Ok(()) => "ok".to_string(),
+        Err(s) => format!("failed ({:?}): {}", s.code(), s.message()),
+    }
+}
+
+/// Records a streamed change once: when it reports done or fails, or, when the stream is
+/// dropped before either, as unfinished.
+struct ChangeRecord {
+    audit: Audit,
+    who: AdminCaller,
+    what: &'static str,
+    target: String,
+    recorded: bool,
+}
+
+impl ChangeRecord {
+    fn record(&mut self, outcome: &str) {
+        if !std::mem::replace(&mut self.recorded, true) {
+            let who = &self.who;
+            self.audit
+                .admin_change(&who.identity, who.address, self.what, &self.target, outcome);
+        }
+    }
+}
+
+impl Drop for ChangeRecord {
+    fn drop(&mut self) {
+        self.record("unfinished: the stream closed before the change completed");
+    }
+}
+
+/// The wire form of an audit record.
+fn audit_message(r: AuditRecord) -> berth_proto::admin::AuditRecord {
+    berth_proto::admin::AuditRecord {
+        time_ms: r.time_ms,
+        node_id: r.node,
+        region: r.region,
+        identity: r.identity.unwrap_or_default(),
+        address: r.address.map(|a| a.to_string()).unwrap_or_default(),
+        event: r.event.name().to_string(),
+        fields: r
+            .event
+            .fields()
+            .into_iter()
+            .map(|(key, value)| AuditField {
+                key: key.to_string(),
+                value,
+            })
+            .collect(),
     }
 }
 
@@ -154,13 +263,87 @@ impl AdminService {
             })
     }
 
-    /// Runs a membership operation here if this node leads, else relays it to the leader.
+    /// Runs an admin change (`what`, e.g. `SetReplicationPolicy`, on `target`, e.g. its
+    /// pattern) and records it with its outcome in the audit log. Every unary change goes
+    /// through this:
+    /// `self.audited(req, "What", |r| r.name.clone(), |r| async move { … }).await`.
+    pub(super) async fn audited<Req, Resp, Fut>(
+        &self,
+        req: Request<Req>,
+        what: &'static str,
+        target: impl FnOnce(&Req) -> String,
+        run: impl FnOnce(Req) -> Fut,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Fut: Future<Output = Result<Resp, Status>>,
+    {
+        let who = AdminCaller::of(&req);
+        let target = target(req.get_ref());
+        let result = run(req.into_inner()).await;
+        if let Some(who) = who {
+            let outcome = outcome_of(result.as_ref().map(|_| ()));
+            self.audit
+                .admin_change(&who.identity, who.address, what, &target, &outcome);
+        }
+        result.map(Response::new)
+    }
+
+    /// Runs a membership operation (`what` on `target`, for the audit log) here if this node
+    /// leads, else relays it to the leader. The change is recorded when its stream reports
+    /// done or fails.
     async fn operate<Req, Op, Fut, Relay, RFut>(
+        &self,
+        req: Request<Req>,
+        what: &'static str,
+        target: String,
+        op: Op,
+        relay: Relay,
+    ) -> Result<Response<ProgressStream>, Status>
+    where
+        Req: Send + 'static,
+        Op: FnOnce(Cluster, Req, mpsc::Sender<cluster::Progress>) -> Fut,
+        Fut: Future<Output = Result<(), MembershipError>> + Send + 'static,
+        Relay: FnOnce(AdminClient<tonic::transport::Channel>, Request<Req>) -> RFut,
+        RFut: Future<Output = Result<Response<tonic::Streaming<Progress>>, Status>>,
+    {
+        let mut record = AdminCaller::of(&req).map(|who| ChangeRecord {
+            audit: self.audit.clone(),
+            who,
+            what,
+            target,
+            recorded: false,
+        });
+        let started = self.start_operation(req, op, relay).await;
+        match started {
+            Ok(stream) => Ok(Response::new(
+                stream
+                    .inspect(move |item| {
+                        if let Some(r) = record.as_mut() {
+                            match item {
+                                Ok(p) if p.done => r.record("ok"),
+                                Ok(_) => {}
+                                Err(s) => r.record(&outcome_of(Err(s))),
+                            }
+                        }
+                    })
+                    .boxed(),
+            )),
+            Err(s) => {
+                if let Some(r) = record.as_mut() {
+                    r.record(&outcome_of(Err(&s)));
+                }
+                Err(s)
+            }
+        }
+    }
+
+    /// The progress stream of a membership operation run here or relayed to the leader.
+    async fn start_operation<Req, Op, Fut, Relay, RFut>(
         &self,
         req: Request<Req>,
         op: Op,
         relay: Relay,
-    ) -> Result<Response<ProgressStream>, Status>
+    ) -> Result<ProgressStream, Status>
     where
         Req: Send + 'static,
         Op: FnOnce(Cluster, Req, mpsc::Sender<cluster::Progress>) -> Fut,
@@ -183,9 +366,7 @@ impl AdminService {
                     let _ = otx.send(Err(e.into())).await;
                 }
             });
-            return Ok(Response::new(
-                tokio_stream::wrappers::ReceiverStream::new(orx).boxed(),
-            ));
+            return Ok(tokio_stream::wrappers::ReceiverStream::new(orx).boxed());
         }
         // Every way the leader is out of reach from here is "unavailable, try again".
         let unavailable = |m: String| status(ErrorKind::Unavailable, m);
@@ -213,7 +394,7 @@ impl AdminService {
             }
             Err(e) => return Err(unavailable(e.to_string())),
         };
-        Ok(Response::new(stream.boxed()))
+        Ok(stream.boxed())
     }
 }
 
@@ -295,8 +476,11 @@ impl Admin for AdminService {
         &self,
         req: Request<AddNodeRequest>,
     ) -> Result<Response<ProgressStream>, Status> {
+        let target = format!("node {} at {}", req.get_ref().id, req.get_ref().cluster_addr);
         self.operate(
             req,
+            "AddNode",
+            target,
             |c, r, tx| async move {
                 let info = NodeInfo {
                     url: r.url,
@@ -317,8 +501,11 @@ impl Admin for AdminService {
         &self,
         req: Request<NodeRef>,
     ) -> Result<Response<ProgressStream>, Status> {
+        let target = format!("node {}", req.get_ref().id);
         self.operate(
             req,
+            "PromoteNode",
+            target,
             |c, r, tx| async move { c.promote(r.id, tx).await },
             |mut client, r| async move { client.promote_node(r).await },
         )
@@ -328,8 +515,11 @@ impl Admin for AdminService {
     type DemoteNodeStream = ProgressStream;
 
     async fn demote_node(&self, req: Request<NodeRef>) -> Result<Response<ProgressStream>, Status> {
+        let target = format!("node {}", req.get_ref().id);
         self.operate(
             req,
+            "DemoteNode",
+            target,
             |c, r, tx| async move { c.demote(r.id, tx).await },
             |mut client, r| async move { client.demote_node(r).await },
         )
@@ -339,8 +529,11 @@ impl Admin for AdminService {
     type RemoveNodeStream = ProgressStream;
 
     async fn remove_node(&self, req: Request<NodeRef>) -> Result<Response<ProgressStream>, Status> {
+        let target = format!("node {}", req.get_ref().id);
         self.operate(
             req,
+            "RemoveNode",
+            target,
             |c, r, tx| async move { c.remove(r.id, tx).await },
             |mut client, r| async move { client.remove_node(r).await },
         )
@@ -387,35 +580,49 @@ impl Admin for AdminService {
         &self,
         req: Request<ReplicationPolicyEntry>,
     ) -> Result<Response<ReplicationPolicyEntry>, Status> {
-        let r = req.into_inner();
-        let p = r.policy.unwrap_or_default();
-        let policy = ReplicationPolicy {
-            regions: p.regions,
-            on_demand: p.on_demand,
-        };
-        let stored = self
-            .replication
-            .set_policy(&r.pattern, policy)
-            .await
-            .map_err(replication_status)?;
-        Ok(Response::new(policy_message(r.pattern, stored)))
+        self.audited(
+            req,
+            "SetReplicationPolicy",
+            |r| r.pattern.clone(),
+            |r| async move {
+                let p = r.policy.unwrap_or_default();
+                let policy = ReplicationPolicy {
+                    regions: p.regions,
+                    on_demand: p.on_demand,
+                };
+                let stored = self
+                    .replication
+                    .set_policy(&r.pattern, policy)
+                    .await
+                    .map_err(replication_status)?;
+                Ok(policy_message(r.pattern, stored))
+            },
+        )
+        .await
     }
 
     async fn clear_replication_policy(
         &self,
         req: Request<ReplicationPolicyRef>,
     ) -> Result<Response<ReplicationPolicies>, Status> {
-        let pattern = req.into_inner().pattern;
-        self.replication
-            .clear_policy(&pattern)
-            .await
-            .map_err(replication_status)?;
-        let policies = self
-            .replication
-            .policies()
-            .await
-            .map_err(replication_status)?;
-        Ok(Response::new(policies_message(policies)))
+        self.audited(
+            req,
+            "ClearReplicationPolicy",
+            |r| r.pattern.clone(),
+            |r| async move {
+                self.replication
+                    .clear_policy(&r.pattern)
+                    .await
+                    .map_err(replication_status)?;
+                let policies = self
+                    .replication
+                    .policies()
+                    .await
+                    .map_err(replication_status)?;
+                Ok(policies_message(policies))
+            },
+        )
+        .await
     }
 
     type TransferLeaderStream = ProgressStream;
@@ -424,12 +631,37 @@ impl Admin for AdminService {
         &self,
         req: Request<TransferLeaderRequest>,
     ) -> Result<Response<ProgressStream>, Status> {
+        let target = format!("node {}", req.get_ref().to);
         self.operate(
             req,
+            "TransferLeader",
+            target,
             |c, r, tx| async move { c.transfer_leader(r.to, tx).await },
             |mut client, r| async move { client.transfer_leader(r).await },
         )
         .await
+    }
+
+    async fn audit(&self, req: Request<AuditRequest>) -> Result<Response<AuditResponse>, Status> {
+        let r = req.into_inner();
+        let query = AuditQuery {
+            since_ms: r.since_ms,
+            identity: Some(r.identity).filter(|i| !i.is_empty()),
+            limit: match r.limit {
+                0 => AUDIT_DEFAULT_LIMIT,
+                n => n as usize,
+            },
+        };
+        let records = self
+            .audit
+            .query(query)
+            .await
+            .map_err(|e| status(e.kind(), crate::error_chain(&e)))?;
+        Ok(Response::new(AuditResponse {
+            node_id: self.cluster.node_id(),
+            records: records.into_iter().map(audit_message).collect(),
+            dropped: self.audit.dropped(),
+        }))
     }
 }
 

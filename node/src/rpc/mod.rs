@@ -36,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
+use crate::audit::Audit;
 use crate::registry::Registry;
 use crate::replication::Replication;
 
@@ -47,10 +48,12 @@ const SEVERED_STOP: Duration = Duration::from_secs(1);
 
 /// Serves the cluster endpoint on `listener` until `stop` is cancelled; then stops accepting,
 /// lets calls in flight finish for at most [`GRACEFUL_STOP`], and closes every connection
-/// still open (their tasks, and the registry handles they hold, end with them).
+/// still open (their tasks, and the registry handles they hold, end with them). Admin changes
+/// are recorded in `audit`.
 pub async fn serve(
     registry: Arc<Registry>,
     replication: Arc<Replication>,
+    audit: Audit,
     snapshot_dir: PathBuf,
     listener: tokio::net::TcpListener,
     stop: CancellationToken,
@@ -60,7 +63,11 @@ pub async fn serve(
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     let peer = PeerServer::new(peer::PeerService::new(registry.clone()));
-    let admin = AdminServer::new(admin::AdminService::new(cluster.clone(), replication));
+    let admin = AdminServer::new(admin::AdminService::new(
+        cluster.clone(),
+        replication,
+        audit,
+    ));
     let sever = CancellationToken::new();
     let incoming = {
         let sever = sever.clone();
