@@ -81,6 +81,9 @@ pub enum Command {
     /// files; contacts no node).
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// Show the audit log (logins, tokens, pushes, deletes, admin changes) of every member,
+    /// merged by time; a member that does not answer is reported.
+    Audit(crate::audit::AuditArgs),
 }
 
 /// `clusterctl certs …`.
@@ -256,6 +259,8 @@ pub enum Action {
     PolicyClear(String),
     /// `certs init|issue` (no connection).
     Certs(CertsCommand),
+    /// `audit`.
+    Audit(crate::audit::AuditArgs),
 }
 
 /// The files of `--ca`, `--cert` and `--key`: connect with mutual TLS.
@@ -293,7 +298,8 @@ impl Cli {
             | Action::PolicyGet(_)
             | Action::PolicySet { .. }
             | Action::PolicyClear(_)
-            | Action::Certs(_) => READ_TIMEOUT,
+            | Action::Certs(_)
+            | Action::Audit(_) => READ_TIMEOUT,
             Action::Change(_) => CHANGE_TIMEOUT,
         })
     }
@@ -327,6 +333,7 @@ impl Command {
                 Action::Change(Change::TransferLeader { to: *to })
             }
             Command::Certs(c) => Action::Certs(c.clone()),
+            Command::Audit(a) => Action::Audit(a.clone()),
             Command::Replication(ReplicationCommand::Status(a)) => Action::ReplicationStatus {
                 reference: a.reference.clone().unwrap_or_default(),
                 wait: a.wait,
@@ -668,6 +675,60 @@ mod tests {
                 "--regions",
                 "",
             ],
+        ] {
+            assert_eq!(
+                Cli::try_parse_from(bad).unwrap_err().exit_code(),
+                2,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn audit_arguments_parse() {
+        use crate::audit::{AuditArgs, DEFAULT_LIMIT, Since};
+        let cli = Cli::try_parse_from(["clusterctl", "audit"]).unwrap();
+        assert_eq!(
+            cli.command.action(),
+            Action::Audit(AuditArgs {
+                since: None,
+                identity: None,
+                limit: DEFAULT_LIMIT
+            })
+        );
+        assert_eq!(cli.timeout(), READ_TIMEOUT);
+        let cli = Cli::try_parse_from([
+            "clusterctl",
+            "audit",
+            "--since",
+            "1h30m",
+            "--identity",
+            "ci-bot",
+            "--limit",
+            "20",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(
+            cli.command.action(),
+            Action::Audit(AuditArgs {
+                since: Some(Since::Ago(Duration::from_secs(5400))),
+                identity: Some("ci-bot".into()),
+                limit: 20
+            })
+        );
+        let cli =
+            Cli::try_parse_from(["clusterctl", "audit", "--since", "2026-11-30T06:00:00Z"])
+                .unwrap();
+        let Action::Audit(args) = cli.command.action() else {
+            panic!("not audit")
+        };
+        assert_eq!(args.since, Some(Since::At(1_796_018_400_000)));
+        for bad in [
+            &["clusterctl", "audit", "--since", "soon"][..],
+            &["clusterctl", "audit", "--limit", "0"],
+            &["clusterctl", "audit", "--identity", ""],
         ] {
             assert_eq!(
                 Cli::try_parse_from(bad).unwrap_err().exit_code(),

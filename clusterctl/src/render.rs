@@ -444,21 +444,21 @@ fn yes_no(b: bool) -> String {
 
 /// How a column's cells are padded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Align {
+pub(crate) enum Align {
     Left,
     Right,
 }
 
 /// A text table: a header row and rows of cells, rendered with aligned columns.
-struct Table {
-    columns: Vec<(&'static str, Align)>,
-    rows: Vec<Vec<String>>,
+pub(crate) struct Table {
+    pub(crate) columns: Vec<(&'static str, Align)>,
+    pub(crate) rows: Vec<Vec<String>>,
 }
 
 impl Table {
     /// Each column as wide as its widest cell (in chars), two spaces between columns,
     /// trailing spaces trimmed, one `\n` after every line.
-    fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut widths: Vec<usize> = self.columns.iter().map(|(h, _)| h.len()).collect();
         for row in &self.rows {
             for (width, cell) in widths.iter_mut().zip(row) {
