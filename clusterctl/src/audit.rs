@@ -167,8 +167,7 @@ pub async fn run(
             async move {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let answer = match parse_endpoint(&m.cluster_addr) {
-                    Ok(endpoint) => match AdminConn::connect(&endpoint, tls.as_ref(), left).await
-                    {
+                    Ok(endpoint) => match AdminConn::connect(&endpoint, tls.as_ref(), left).await {
                         Ok(mut member) => member.audit(request).await.map_err(|e| e.to_string()),
                         Err(e) => Err(e.to_string()),
                     },
@@ -252,7 +251,13 @@ pub fn records_text(records: &[AuditRecord]) -> String {
         ("EVENT", Align::Left),
         ("DETAIL", Align::Left),
     ];
-    let dash = |s: &str| if s.is_empty() { "-".to_owned() } else { s.to_owned() };
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
     let rows = records
         .iter()
         .map(|r| {
@@ -402,11 +407,17 @@ mod tests {
             answered: vec![
                 (
                     member(1),
-                    answer(vec![record(100, 1, "login_succeeded", &[]), record(300, 1, "push", &[])]),
+                    answer(vec![
+                        record(100, 1, "login_succeeded", &[]),
+                        record(300, 1, "push", &[]),
+                    ]),
                 ),
                 (
                     member(2),
-                    answer(vec![record(200, 2, "login_failed", &[]), record(300, 2, "delete", &[])]),
+                    answer(vec![
+                        record(200, 2, "login_failed", &[]),
+                        record(300, 2, "delete", &[]),
+                    ]),
                 ),
             ],
             failed: vec![(member(3), "cannot reach 10.0.0.3:7000".into())],
@@ -427,7 +438,11 @@ mod tests {
             1_796_018_400_250,
             2,
             "push",
-            &[("repository", "team/app"), ("digest", "sha256:ab"), ("tag", "v1")],
+            &[
+                ("repository", "team/app"),
+                ("digest", "sha256:ab"),
+                ("tag", "v1"),
+            ],
         );
         let denied = record(1_796_018_401_000, 1, "network_denied", &[]);
         let text = records_text(&[push.clone(), denied.clone()]);

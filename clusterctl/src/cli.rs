@@ -718,9 +718,8 @@ mod tests {
                 limit: 20
             })
         );
-        let cli =
-            Cli::try_parse_from(["clusterctl", "audit", "--since", "2026-11-30T06:00:00Z"])
-                .unwrap();
+        let cli = Cli::try_parse_from(["clusterctl", "audit", "--since", "2026-11-30T06:00:00Z"])
+            .unwrap();
         let Action::Audit(args) = cli.command.action() else {
             panic!("not audit")
         };

@@ -27,10 +27,10 @@ use std::time::{Duration, Instant};
 
 use berth_proto::admin::admin_server::{Admin, AdminServer};
 use berth_proto::admin::{
-    AddNodeRequest, AuditField, AuditRecord, AuditRequest, AuditResponse, Member, NodeRef, NodeStatusRequest, NodeStatusResponse, Progress,
-    RegionReplication, ReplicationPolicies, ReplicationPolicy, ReplicationPolicyEntry,
-    ReplicationPolicyRef, ReplicationStatusRequest, ReplicationStatusResponse, StatusRequest,
-    StatusResponse, TransferLeaderRequest,
+    AddNodeRequest, AuditField, AuditRecord, AuditRequest, AuditResponse, Member, NodeRef,
+    NodeStatusRequest, NodeStatusResponse, Progress, RegionReplication, ReplicationPolicies,
+    ReplicationPolicy, ReplicationPolicyEntry, ReplicationPolicyRef, ReplicationStatusRequest,
+    ReplicationStatusResponse, StatusRequest, StatusResponse, TransferLeaderRequest,
 };
 use futures::{Stream, StreamExt, stream};
 use serde_json::{Value, json};
@@ -597,7 +597,14 @@ fn audit_merges_what_members_answer_and_reports_the_others() {
     );
 
     let out = clusterctl(&[
-        "--endpoint", &addr, "--timeout", "5", "audit", "--identity", "ann", "--json",
+        "--endpoint",
+        &addr,
+        "--timeout",
+        "5",
+        "audit",
+        "--identity",
+        "ann",
+        "--json",
     ]);
     must_exit(&out, 0);
     let lines = json_lines(&out);
@@ -605,11 +612,19 @@ fn audit_merges_what_members_answer_and_reports_the_others() {
     assert_eq!(lines[0]["identity"], "ann");
     assert_eq!(lines[0]["node"], 1);
     assert_eq!(lines[0]["tag"], "v1");
-    assert!(lines[1..].iter().all(|l| l["error"].is_string()), "{lines:?}");
+    assert!(
+        lines[1..].iter().all(|l| l["error"].is_string()),
+        "{lines:?}"
+    );
     assert_eq!(lines.len(), 3, "{lines:?}");
 
     let out = clusterctl(&[
-        "--endpoint", &addr, "audit", "--json", "--since", "2026-11-30T06:00:01Z",
+        "--endpoint",
+        &addr,
+        "audit",
+        "--json",
+        "--since",
+        "2026-11-30T06:00:01Z",
     ]);
     must_exit(&out, 0);
     assert_eq!(json_lines(&out)[0]["event"], "login_failed");

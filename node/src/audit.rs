@@ -25,8 +25,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-pub use crate::meta::{AuditEvent, AuditQuery, AuditRecord, AuditStore, DeleteKind};
 use crate::meta::MetaError;
+pub use crate::meta::{AuditEvent, AuditQuery, AuditRecord, AuditStore, DeleteKind};
 use crate::types::time::rfc3339_ms;
 
 /// Records queued for the writer at most; more are dropped (and counted).
@@ -178,7 +178,9 @@ impl Audit {
         if tx.try_send(record).is_err() {
             self.inner.counts.total.fetch_add(1, Ordering::Relaxed);
             if self.inner.counts.unreported.fetch_add(1, Ordering::Relaxed) == 0 {
-                tracing::warn!("failed to queue an audit record: the audit writer is behind; dropping records");
+                tracing::warn!(
+                    "failed to queue an audit record: the audit writer is behind; dropping records"
+                );
             }
         }
     }
@@ -301,7 +303,10 @@ impl AuditWriter {
         let mut batch = Vec::with_capacity(16);
         let dropped = self.counts.unreported.swap(0, Ordering::Relaxed);
         if dropped > 0 {
-            tracing::warn!(dropped, "audit records were dropped: the audit writer was behind");
+            tracing::warn!(
+                dropped,
+                "audit records were dropped: the audit writer was behind"
+            );
             batch.push(AuditRecord {
                 time_ms: first.time_ms,
                 node: self.settings.node,

@@ -650,7 +650,12 @@ impl Config {
                 "audit.retention_days: must be from 1 to {MAX_RETENTION_DAYS}"
             ));
         }
-        if self.audit.export.as_deref().is_some_and(|e| e.trim().is_empty()) {
+        if self
+            .audit
+            .export
+            .as_deref()
+            .is_some_and(|e| e.trim().is_empty())
+        {
             p.push("audit.export: must be \"stdout\" or a file path when set".to_string());
         }
         if let Some(url) = &self.advertise_url
@@ -1278,13 +1283,15 @@ mod tests {
             &env(&[("BERTH_AUDIT__RETENTION_DAYS", "7")]),
         )
         .unwrap();
-        assert_eq!(c.audit_settings().retention, Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            c.audit_settings().retention,
+            Duration::from_secs(7 * 86_400)
+        );
         assert_eq!(
             c.audit_settings().export,
             Some(crate::audit::Export::Stdout)
         );
-        let c = Config::load("", &env(&[("BERTH_AUDIT__EXPORT", "/var/log/berth.jsonl")]))
-            .unwrap();
+        let c = Config::load("", &env(&[("BERTH_AUDIT__EXPORT", "/var/log/berth.jsonl")])).unwrap();
         assert_eq!(
             c.audit_settings().export,
             Some(crate::audit::Export::File("/var/log/berth.jsonl".into()))

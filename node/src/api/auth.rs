@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use super::error::{ApiError, Code};
 use super::path::Route;
 use super::{json_response, query, query_param};
-use crate::auth::grants::{self, Scope};
 use crate::audit::AuditEvent;
+use crate::auth::grants::{self, Scope};
 use crate::auth::{Auth, AuthError, Caller, Need};
 
 /// Largest token request body read (a form with a few scopes and a refresh token).

@@ -429,7 +429,8 @@ impl Auth {
                 access: claims.access,
             });
         }
-        let e = AuthError::Unauthorized("unsupported Authorization scheme (Basic or Bearer)".into());
+        let e =
+            AuthError::Unauthorized("unsupported Authorization scheme (Basic or Bearer)".into());
         self.refused(None, addr, &e);
         Err(e)
     }

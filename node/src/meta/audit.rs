@@ -152,7 +152,10 @@ impl AuditEvent {
                 digest,
                 tag,
             } => {
-                let mut f = vec![("repository", repository.clone()), ("digest", digest.clone())];
+                let mut f = vec![
+                    ("repository", repository.clone()),
+                    ("digest", digest.clone()),
+                ];
                 if let Some(t) = tag {
                     f.push(("tag", t.clone()));
                 }
@@ -265,13 +268,10 @@ impl AuditStore {
         if records.is_empty() {
             return Ok(());
         }
-        self.gate
-            .wait_for_room()
-            .await
-            .map_err(|e| MetaError::Io {
-                op: "write audit records",
-                source: e,
-            })?;
+        self.gate.wait_for_room().await.map_err(|e| MetaError::Io {
+            op: "write audit records",
+            source: e,
+        })?;
         let (db, last) = (self.db.clone(), self.last.clone());
         tokio::task::spawn_blocking(move || {
             let cf = audit_cf(&db);
@@ -282,7 +282,8 @@ impl AuditStore {
                 next = next_key(next, r.time_ms);
                 batch.put_cf(cf, key(next.0, next.1), encode(&Stored::V1(r)));
             }
-            db.write(batch).map_err(MetaError::db("write audit records"))?;
+            db.write(batch)
+                .map_err(MetaError::db("write audit records"))?;
             *last = next;
             Ok(())
         })
@@ -331,18 +332,16 @@ impl AuditStore {
 
     /// Deletes every record keyed before `before_ms`.
     pub async fn prune(&self, before_ms: u64) -> Result<(), MetaError> {
-        self.gate
-            .wait_for_room()
-            .await
-            .map_err(|e| MetaError::Io {
-                op: "prune audit records",
-                source: e,
-            })?;
+        self.gate.wait_for_room().await.map_err(|e| MetaError::Io {
+            op: "prune audit records",
+            source: e,
+        })?;
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let mut batch = WriteBatch::default();
             batch.delete_range_cf(audit_cf(&db), key(0, 0), key(before_ms, 0));
-            db.write(batch).map_err(MetaError::db("prune audit records"))
+            db.write(batch)
+                .map_err(MetaError::db("prune audit records"))
         })
         .await
         .map_err(MetaError::Task)?

@@ -20,10 +20,10 @@ use std::time::Duration;
 use berth_proto::admin::admin_client::AdminClient;
 use berth_proto::admin::admin_server::Admin;
 use berth_proto::admin::{
-    AddNodeRequest, AuditField, AuditRequest, AuditResponse, BlobReplication, Member, NodeRef, NodeStatusRequest, NodeStatusResponse,
-    Progress, RegionReplication, ReplicationPolicies, ReplicationPolicyEntry, ReplicationPolicyRef,
-    ReplicationStatusRequest, ReplicationStatusResponse, StatusRequest, StatusResponse,
-    TransferLeaderRequest,
+    AddNodeRequest, AuditField, AuditRequest, AuditResponse, BlobReplication, Member, NodeRef,
+    NodeStatusRequest, NodeStatusResponse, Progress, RegionReplication, ReplicationPolicies,
+    ReplicationPolicyEntry, ReplicationPolicyRef, ReplicationStatusRequest,
+    ReplicationStatusResponse, StatusRequest, StatusResponse, TransferLeaderRequest,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -100,9 +100,7 @@ impl AdminCaller {
             Some(format!("cert:{}", &hex::encode(sum)[..16]))
         };
         Some(AdminCaller {
-            identity: user
-                .or_else(cert)
-                .unwrap_or_else(|| "cluster".to_string()),
+            identity: user.or_else(cert).unwrap_or_else(|| "cluster".to_string()),
             address: req.remote_addr().map(|a| a.ip()),
         })
     }
@@ -476,7 +474,11 @@ impl Admin for AdminService {
         &self,
         req: Request<AddNodeRequest>,
     ) -> Result<Response<ProgressStream>, Status> {
-        let target = format!("node {} at {}", req.get_ref().id, req.get_ref().cluster_addr);
+        let target = format!(
+            "node {} at {}",
+            req.get_ref().id,
+            req.get_ref().cluster_addr
+        );
         self.operate(
             req,
             "AddNode",
@@ -708,5 +710,99 @@ impl berth_proto::admin::faults_server::Faults for FaultsService {
             .collect();
         self.cluster.peers().faults().set_links(links);
         Ok(Response::new(berth_proto::admin::SetLinksResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::audit::{AuditEvent, AuditSettings};
+
+    #[test]
+    fn the_admin_caller_is_the_authorization_user_else_cluster_and_relays_are_skipped() {
+        let mut req = Request::new(());
+        assert_eq!(
+            AdminCaller::of(&req),
+            Some(AdminCaller {
+                identity: "cluster".into(),
+                address: None
+            })
+        );
+        let basic = format!(
+            "Basic {}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ann:secret")
+        );
+        req.metadata_mut()
+            .insert("authorization", basic.parse().unwrap());
+        assert_eq!(AdminCaller::of(&req).unwrap().identity, "ann");
+        req.metadata_mut()
+            .insert(RELAYED, "1".parse().expect("valid metadata"));
+        assert_eq!(AdminCaller::of(&req), None);
+    }
+
+    /// A streamed change is recorded once: with its outcome, or as unfinished when the
+    /// stream is dropped first.
+    #[tokio::test]
+    async fn a_streamed_change_is_recorded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, _, _, store, _) = crate::meta::open_closable(dir.path()).unwrap();
+        let audit = Audit::start(
+            store,
+            AuditSettings {
+                retention: Duration::from_secs(86_400),
+                export: None,
+                queue: 16,
+                node: 1,
+                region: "r".into(),
+            },
+        );
+        let change = |target: &str| ChangeRecord {
+            audit: audit.clone(),
+            who: AdminCaller {
+                identity: "cluster".into(),
+                address: None,
+            },
+            what: "PromoteNode",
+            target: target.into(),
+            recorded: false,
+        };
+        let mut done = change("node 2");
+        done.record("ok");
+        drop(done);
+        drop(change("node 3"));
+        let mut got = Vec::new();
+        for _ in 0..500 {
+            got = audit
+                .query(AuditQuery {
+                    since_ms: 0,
+                    identity: None,
+                    limit: 10,
+                })
+                .await
+                .unwrap();
+            if got.len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let outcomes: Vec<(String, String)> = got
+            .iter()
+            .map(|r| match &r.event {
+                AuditEvent::AdminChange {
+                    target, outcome, ..
+                } => (target.clone(), outcome.clone()),
+                e => panic!("unexpected {e:?}"),
+            })
+            .collect();
+        assert_eq!(outcomes.len(), 2, "{got:?}");
+        assert_eq!(outcomes[0], ("node 2".into(), "ok".into()));
+        assert_eq!(outcomes[1].0, "node 3");
+        assert!(outcomes[1].1.starts_with("unfinished"), "{outcomes:?}");
+        assert_eq!(
+            outcome_of(Err(&Status::failed_precondition("not a learner"))),
+            "failed (FailedPrecondition): not a learner"
+        );
     }
 }
