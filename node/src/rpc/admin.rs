@@ -286,62 +286,30 @@ impl AdminService {
         result.map(Response::new)
     }
 
-    /// Runs a membership operation (`what` on `target`, for the audit log) here if this node
-    /// leads, else relays it to the leader. The change is recorded when its stream reports
-    /// done or fails.
-    async fn operate<Req, Op, Fut, Relay, RFut>(
+    /// What records a streamed change (`what` on `target`) made through `req`; `None` for a
+    /// relayed call.
+    fn change_record<T>(
         &self,
-        req: Request<Req>,
+        req: &Request<T>,
         what: &'static str,
         target: String,
-        op: Op,
-        relay: Relay,
-    ) -> Result<Response<ProgressStream>, Status>
-    where
-        Req: Send + 'static,
-        Op: FnOnce(Cluster, Req, mpsc::Sender<cluster::Progress>) -> Fut,
-        Fut: Future<Output = Result<(), MembershipError>> + Send + 'static,
-        Relay: FnOnce(AdminClient<tonic::transport::Channel>, Request<Req>) -> RFut,
-        RFut: Future<Output = Result<Response<tonic::Streaming<Progress>>, Status>>,
-    {
-        let mut record = AdminCaller::of(&req).map(|who| ChangeRecord {
+    ) -> Option<ChangeRecord> {
+        AdminCaller::of(req).map(|who| ChangeRecord {
             audit: self.audit.clone(),
             who,
             what,
             target,
             recorded: false,
-        });
-        let started = self.start_operation(req, op, relay).await;
-        match started {
-            Ok(stream) => Ok(Response::new(
-                stream
-                    .inspect(move |item| {
-                        if let Some(r) = record.as_mut() {
-                            match item {
-                                Ok(p) if p.done => r.record("ok"),
-                                Ok(_) => {}
-                                Err(s) => r.record(&outcome_of(Err(s))),
-                            }
-                        }
-                    })
-                    .boxed(),
-            )),
-            Err(s) => {
-                if let Some(r) = record.as_mut() {
-                    r.record(&outcome_of(Err(&s)));
-                }
-                Err(s)
-            }
-        }
+        })
     }
 
-    /// The progress stream of a membership operation run here or relayed to the leader.
-    async fn start_operation<Req, Op, Fut, Relay, RFut>(
+    /// Runs a membership operation here if this node leads, else relays it to the leader.
+    async fn operate<Req, Op, Fut, Relay, RFut>(
         &self,
         req: Request<Req>,
         op: Op,
         relay: Relay,
-    ) -> Result<ProgressStream, Status>
+    ) -> Result<Response<ProgressStream>, Status>
     where
         Req: Send + 'static,
         Op: FnOnce(Cluster, Req, mpsc::Sender<cluster::Progress>) -> Fut,
@@ -364,7 +332,9 @@ impl AdminService {
                     let _ = otx.send(Err(e.into())).await;
                 }
             });
-            return Ok(tokio_stream::wrappers::ReceiverStream::new(orx).boxed());
+            return Ok(Response::new(
+                tokio_stream::wrappers::ReceiverStream::new(orx).boxed(),
+            ));
         }
         // Every way the leader is out of reach from here is "unavailable, try again".
         let unavailable = |m: String| status(ErrorKind::Unavailable, m);
@@ -392,7 +362,35 @@ impl AdminService {
             }
             Err(e) => return Err(unavailable(e.to_string())),
         };
-        Ok(stream.boxed())
+        Ok(Response::new(stream.boxed()))
+    }
+
+    /// A started membership change's stream, recorded by `record` when it reports done or
+    /// fails (or as unfinished when dropped first); a change refused at once is recorded now.
+    fn recorded(
+        mut record: Option<ChangeRecord>,
+        started: Result<Response<ProgressStream>, Status>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        match started {
+            Ok(stream) => Ok(stream.map(|s| {
+                s.inspect(move |item| {
+                    if let Some(r) = record.as_mut() {
+                        match item {
+                            Ok(p) if p.done => r.record("ok"),
+                            Ok(_) => {}
+                            Err(s) => r.record(&outcome_of(Err(s))),
+                        }
+                    }
+                })
+                .boxed()
+            })),
+            Err(s) => {
+                if let Some(r) = record.as_mut() {
+                    r.record(&outcome_of(Err(&s)));
+                }
+                Err(s)
+            }
+        }
     }
 }
 
@@ -479,22 +477,23 @@ impl Admin for AdminService {
             req.get_ref().id,
             req.get_ref().cluster_addr
         );
-        self.operate(
-            req,
-            "AddNode",
-            target,
-            |c, r, tx| async move {
-                let info = NodeInfo {
-                    url: r.url,
-                    cluster_addr: r.cluster_addr,
-                    region: r.region,
-                    zone: r.zone,
-                };
-                c.add_node(r.id, info, tx).await
-            },
-            |mut client, r| async move { client.add_node(r).await },
-        )
-        .await
+        let record = self.change_record(&req, "AddNode", target);
+        let started = self
+            .operate(
+                req,
+                |c, r, tx| async move {
+                    let info = NodeInfo {
+                        url: r.url,
+                        cluster_addr: r.cluster_addr,
+                        region: r.region,
+                        zone: r.zone,
+                    };
+                    c.add_node(r.id, info, tx).await
+                },
+                |mut client, r| async move { client.add_node(r).await },
+            )
+            .await;
+        Self::recorded(record, started)
     }
 
     type PromoteNodeStream = ProgressStream;
@@ -504,42 +503,45 @@ impl Admin for AdminService {
         req: Request<NodeRef>,
     ) -> Result<Response<ProgressStream>, Status> {
         let target = format!("node {}", req.get_ref().id);
-        self.operate(
-            req,
-            "PromoteNode",
-            target,
-            |c, r, tx| async move { c.promote(r.id, tx).await },
-            |mut client, r| async move { client.promote_node(r).await },
-        )
-        .await
+        let record = self.change_record(&req, "PromoteNode", target);
+        let started = self
+            .operate(
+                req,
+                |c, r, tx| async move { c.promote(r.id, tx).await },
+                |mut client, r| async move { client.promote_node(r).await },
+            )
+            .await;
+        Self::recorded(record, started)
     }
 
     type DemoteNodeStream = ProgressStream;
 
     async fn demote_node(&self, req: Request<NodeRef>) -> Result<Response<ProgressStream>, Status> {
         let target = format!("node {}", req.get_ref().id);
-        self.operate(
-            req,
-            "DemoteNode",
-            target,
-            |c, r, tx| async move { c.demote(r.id, tx).await },
-            |mut client, r| async move { client.demote_node(r).await },
-        )
-        .await
+        let record = self.change_record(&req, "DemoteNode", target);
+        let started = self
+            .operate(
+                req,
+                |c, r, tx| async move { c.demote(r.id, tx).await },
+                |mut client, r| async move { client.demote_node(r).await },
+            )
+            .await;
+        Self::recorded(record, started)
     }
 
     type RemoveNodeStream = ProgressStream;
 
     async fn remove_node(&self, req: Request<NodeRef>) -> Result<Response<ProgressStream>, Status> {
         let target = format!("node {}", req.get_ref().id);
-        self.operate(
-            req,
-            "RemoveNode",
-            target,
-            |c, r, tx| async move { c.remove(r.id, tx).await },
-            |mut client, r| async move { client.remove_node(r).await },
-        )
-        .await
+        let record = self.change_record(&req, "RemoveNode", target);
+        let started = self
+            .operate(
+                req,
+                |c, r, tx| async move { c.remove(r.id, tx).await },
+                |mut client, r| async move { client.remove_node(r).await },
+            )
+            .await;
+        Self::recorded(record, started)
     }
 
     async fn replication_status(
@@ -634,14 +636,15 @@ impl Admin for AdminService {
         req: Request<TransferLeaderRequest>,
     ) -> Result<Response<ProgressStream>, Status> {
         let target = format!("node {}", req.get_ref().to);
-        self.operate(
-            req,
-            "TransferLeader",
-            target,
-            |c, r, tx| async move { c.transfer_leader(r.to, tx).await },
-            |mut client, r| async move { client.transfer_leader(r).await },
-        )
-        .await
+        let record = self.change_record(&req, "TransferLeader", target);
+        let started = self
+            .operate(
+                req,
+                |c, r, tx| async move { c.transfer_leader(r.to, tx).await },
+                |mut client, r| async move { client.transfer_leader(r).await },
+            )
+            .await;
+        Self::recorded(record, started)
     }
 
     async fn audit(&self, req: Request<AuditRequest>) -> Result<Response<AuditResponse>, Status> {
