@@ -109,7 +109,10 @@ fn every_member_answers_for_what_it_saw_and_clusterctl_merges_them() {
         .into_iter()
         .find(|r| r["target"] == format!("node {leader}"))
         .unwrap();
-    assert_eq!(promote["node"], 3, "recorded where it was called: {promote}");
+    assert_eq!(
+        promote["node"], 3,
+        "recorded where it was called: {promote}"
+    );
     assert!(
         promote["outcome"].as_str().unwrap().starts_with("failed"),
         "{promote}"
@@ -122,9 +125,7 @@ fn every_member_answers_for_what_it_saw_and_clusterctl_merges_them() {
     let cluster_only = audit_records(&at(1), &["--identity", "cluster"]);
     assert_eq!(
         cluster_only.len(),
-        admin_changes(&records, "AddNode").len()
-            + admin_changes(&records, "PromoteNode").len()
-            + 2,
+        admin_changes(&records, "AddNode").len() + admin_changes(&records, "PromoteNode").len() + 2,
         "{cluster_only:?}"
     );
     assert!(cluster_only.iter().all(|r| r["identity"] == "cluster"));
@@ -139,5 +140,64 @@ fn every_member_answers_for_what_it_saw_and_clusterctl_merges_them() {
             .contains(&format!("node 2 ({}) did not answer", at(2))),
         "{}",
         out.stdout
+    );
+}
+
+/// With mutual TLS on the cluster port, an admin change is recorded under the client
+/// certificate (`cert:` and the start of its SHA-256), and `clusterctl audit` reaches every
+/// member over TLS.
+#[test]
+fn admin_changes_over_mutual_tls_name_the_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |s: &str| dir.path().join(s).to_string_lossy().into_owned();
+    for args in [
+        vec!["certs", "init", "--out", &p("ca")],
+        vec![
+            "certs",
+            "issue",
+            "--ca",
+            &p("ca"),
+            "--name",
+            "node",
+            "--host",
+            "127.0.0.1",
+            "--out",
+            &p("node"),
+        ],
+    ] {
+        ctl("127.0.0.1:1", &args).assert_success();
+    }
+    let cluster = ClusterBuilder::new()
+        .nodes(2)
+        .cluster_tls(&dir.path().join("node"))
+        .build();
+    let (ca, cert, key) = (p("node/ca.pem"), p("node/node.pem"), p("node/node-key.pem"));
+    let tls = ["--ca", &ca, "--cert", &cert, "--key", &key];
+    let at1 = cluster.node(1).cluster_addr();
+    let with_tls = |args: &[&'static str]| -> Vec<String> {
+        tls.iter().chain(args).map(|a| a.to_string()).collect()
+    };
+    let run = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ctl(&at1, &args)
+    };
+    run(with_tls(&["replication", "policy", "set", "x/**"])).assert_success();
+    let change = wait_until("the policy change in the audit log", RECORD_TIMEOUT, || {
+        let out = run(with_tls(&["--json", "audit"]));
+        out.assert_success();
+        let lines = out.json_lines();
+        assert!(
+            lines.iter().all(|l| l.get("error").is_none()),
+            "every member answers over TLS: {lines:?}"
+        );
+        lines
+            .into_iter()
+            .find(|l| l["what"] == "SetReplicationPolicy")
+            .ok_or_else(|| out.stdout.clone())
+    });
+    let identity = change["identity"].as_str().unwrap();
+    assert!(
+        identity.starts_with("cert:") && identity.len() == "cert:".len() + 16,
+        "{change}"
     );
 }
