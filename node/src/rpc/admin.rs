@@ -48,6 +48,9 @@ type ProgressStream = BoxStream<'static, Result<Progress, Status>>;
 
 /// Records an `Audit` call returns when it asks for none in particular.
 const AUDIT_DEFAULT_LIMIT: usize = 1000;
+/// Bytes of records an `Audit` answer holds at most (the newest ones), below the 4 MiB a gRPC
+/// client decodes by default.
+const AUDIT_ANSWER_BYTES: usize = 3 * 1024 * 1024;
 
 /// The admin service of this node.
 pub(super) struct AdminService {
@@ -138,6 +141,33 @@ impl Drop for ChangeRecord {
     fn drop(&mut self) {
         self.record("unfinished: the stream closed before the change completed");
     }
+}
+
+/// About the encoded size of an audit record message (its text plus field overheads).
+fn message_bytes(r: &berth_proto::admin::AuditRecord) -> usize {
+    let fields: usize = r
+        .fields
+        .iter()
+        .map(|f| f.key.len() + f.value.len() + 8)
+        .sum();
+    r.region.len() + r.identity.len() + r.address.len() + r.event.len() + fields + 40
+}
+
+/// The newest of `records` (oldest first) whose [`message_bytes`] add up to `budget` at most.
+fn newest_that_fit(
+    mut records: Vec<berth_proto::admin::AuditRecord>,
+    budget: usize,
+) -> Vec<berth_proto::admin::AuditRecord> {
+    let mut bytes = 0;
+    let fit = records
+        .iter()
+        .rev()
+        .take_while(|r| {
+            bytes += message_bytes(r);
+            bytes <= budget
+        })
+        .count();
+    records.split_off(records.len() - fit)
 }
 
 /// The wire form of an audit record.
@@ -662,9 +692,13 @@ impl Admin for AdminService {
             .query(query)
             .await
             .map_err(|e| status(e.kind(), crate::error_chain(&e)))?;
+        let records = newest_that_fit(
+            records.into_iter().map(audit_message).collect(),
+            AUDIT_ANSWER_BYTES,
+        );
         Ok(Response::new(AuditResponse {
             node_id: self.cluster.node_id(),
-            records: records.into_iter().map(audit_message).collect(),
+            records,
             dropped: self.audit.dropped(),
         }))
     }
@@ -803,6 +837,12 @@ mod tests {
         assert_eq!(outcomes[0], ("node 2".into(), "ok".into()));
         assert_eq!(outcomes[1].0, "node 3");
         assert!(outcomes[1].1.starts_with("unfinished"), "{outcomes:?}");
+        let messages: Vec<_> = got.into_iter().map(audit_message).collect();
+        let one = message_bytes(&messages[0]).max(message_bytes(&messages[1]));
+        assert_eq!(newest_that_fit(messages.clone(), 2 * one).len(), 2);
+        let newest = newest_that_fit(messages.clone(), message_bytes(&messages[1]));
+        assert_eq!(newest, [messages[1].clone()]);
+        assert!(newest_that_fit(messages, 1).is_empty());
         assert_eq!(
             outcome_of(Err(&Status::failed_precondition("not a learner"))),
             "failed (FailedPrecondition): not a learner"
