@@ -902,8 +902,6 @@ impl Config {
                 .collect(),
             max_failed_logins: self.auth.max_failed_logins,
             failed_login_window: Duration::from_secs(self.auth.failed_login_window_secs),
-            node: self.node_id,
-            region: self.region.clone(),
         })
     }
 

@@ -69,10 +69,6 @@ pub struct AuthConfig {
     pub max_failed_logins: u32,
     /// Their window.
     pub failed_login_window: Duration,
-    /// This node (audit records).
-    pub node: u64,
-    /// This node's region (audit records).
-    pub region: String,
 }
 
 impl AuthConfig {
@@ -89,8 +85,6 @@ impl AuthConfig {
             trusted_proxies: Vec::new(),
             max_failed_logins: 10,
             failed_login_window: Duration::from_secs(300),
-            node: 0,
-            region: String::new(),
         }
     }
 }
