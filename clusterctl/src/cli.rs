@@ -135,6 +135,9 @@ pub enum Command {
     /// Token-signing keys, anonymous pull and network rules of the registry port.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Show the audit log (logins, tokens, pushes, deletes, admin changes) of every member,
+    /// merged by time; a member that does not answer is reported.
+    Audit(crate::audit::AuditArgs),
 }
 
 /// `clusterctl certs …`.
@@ -312,6 +315,8 @@ pub enum Action {
     Certs(CertsCommand),
     /// `users`, `tokens`, `scope-maps`, `roles`, `auth`.
     Auth(AuthAction),
+    /// `audit`.
+    Audit(crate::audit::AuditArgs),
 }
 
 /// How clusterctl proves who it is to the admin service (besides a client certificate).
@@ -367,6 +372,7 @@ impl Cli {
             | Action::PolicyClear(_)
             | Action::Certs(_)
             | Action::Auth(_) => READ_TIMEOUT,
+            Action::Audit(_) => READ_TIMEOUT,
             Action::Change(_) => CHANGE_TIMEOUT,
         })
     }
@@ -403,6 +409,7 @@ impl Cli {
                 Action::Change(Change::TransferLeader { to: *to })
             }
             Command::Certs(c) => Action::Certs(c.clone()),
+            Command::Audit(a) => Action::Audit(a.clone()),
             Command::Replication(ReplicationCommand::Status(a)) => Action::ReplicationStatus {
                 reference: a.reference.clone().unwrap_or_default(),
                 wait: a.wait,
@@ -785,6 +792,59 @@ mod tests {
                 "--regions",
                 "",
             ],
+        ] {
+            assert_eq!(
+                Cli::try_parse_from(bad).unwrap_err().exit_code(),
+                2,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn audit_arguments_parse() {
+        use crate::audit::{AuditArgs, DEFAULT_LIMIT, Since};
+        let cli = Cli::try_parse_from(["clusterctl", "audit"]).unwrap();
+        assert_eq!(
+            cli.action(),
+            Action::Audit(AuditArgs {
+                since: None,
+                identity: None,
+                limit: DEFAULT_LIMIT
+            })
+        );
+        assert_eq!(cli.timeout(), READ_TIMEOUT);
+        let cli = Cli::try_parse_from([
+            "clusterctl",
+            "audit",
+            "--since",
+            "1h30m",
+            "--identity",
+            "ci-bot",
+            "--limit",
+            "20",
+            "--json",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(
+            cli.action(),
+            Action::Audit(AuditArgs {
+                since: Some(Since::Ago(Duration::from_secs(5400))),
+                identity: Some("ci-bot".into()),
+                limit: 20
+            })
+        );
+        let cli = Cli::try_parse_from(["clusterctl", "audit", "--since", "2026-11-30T06:00:00Z"])
+            .unwrap();
+        let Action::Audit(args) = cli.action() else {
+            panic!("not audit")
+        };
+        assert_eq!(args.since, Some(Since::At(1_796_018_400_000)));
+        for bad in [
+            &["clusterctl", "audit", "--since", "soon"][..],
+            &["clusterctl", "audit", "--limit", "0"],
+            &["clusterctl", "audit", "--identity", ""],
         ] {
             assert_eq!(
                 Cli::try_parse_from(bad).unwrap_err().exit_code(),

@@ -211,6 +211,20 @@ impl AdminConn {
         .await
     }
 
+    /// `Admin.Audit`: this member's own audit records.
+    pub async fn audit(
+        &mut self,
+        message: berth_proto::admin::AuditRequest,
+    ) -> Result<berth_proto::admin::AuditResponse, Error> {
+        const WHAT: &str = "read the audit log";
+        let request = request(message, self.deadline, self.authorization.as_ref());
+        match timeout_at(self.deadline, self.client.audit(request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.rpc_error(WHAT, status, false)),
+            Err(_) => Err(self.timed_out(WHAT, false)),
+        }
+    }
+
     /// The command's deadline.
     pub fn deadline(&self) -> Instant {
         self.deadline

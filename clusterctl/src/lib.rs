@@ -11,12 +11,14 @@
 //! - [`render`]: pure functions from proto messages to tables, lines and JSON;
 //!   [`render_auth`] for the auth commands;
 //! - [`certs`]: `certs init|issue`, a development cluster CA and its certificates;
+//! - [`audit`]: `audit`, every member's audit log merged by time;
 //! - [`change`]: the membership changes and how messages name them;
 //! - [`error`]: the one error type, which keeps the gRPC code.
 //!
 //! `main.rs` only parses the arguments, calls [`run::run`] and maps the error to an exit
 //! status (0 success, 1 failed or refused, 2 usage).
 
+pub mod audit;
 pub mod certs;
 pub mod change;
 pub mod cli;

@@ -104,6 +104,9 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
             }
         }
         Action::Change(change) => apply(&mut conn, &change, cli.json, out).await?,
+        Action::Audit(args) => {
+            crate::audit::run(cli, &mut conn, credentials.as_ref(), &args, out).await?
+        }
         Action::ReplicationStatus {
             reference,
             wait,

@@ -22,6 +22,8 @@
 //!   INVALID_ARGUMENT); `CreateToken` and a regenerating `UpdateIdentity` answer generated
 //!   passwords `generated-N`; `DeleteScopeMap` of `ci` is FAILED_PRECONDITION (in use); the
 //!   settings calls answer what they were asked to set.
+//! - `Audit`: node 1's two records (a push by `ann`, a refused login by nobody), filtered
+//!   by identity and `since_ms` and cut to `limit` as a node does.
 
 use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
@@ -32,10 +34,10 @@ use std::time::{Duration, Instant};
 use berth_proto::admin as pb;
 use berth_proto::admin::admin_server::{Admin, AdminServer};
 use berth_proto::admin::{
-    AddNodeRequest, Member, NodeRef, NodeStatusRequest, NodeStatusResponse, Progress,
-    RegionReplication, ReplicationPolicies, ReplicationPolicy, ReplicationPolicyEntry,
-    ReplicationPolicyRef, ReplicationStatusRequest, ReplicationStatusResponse, StatusRequest,
-    StatusResponse, TransferLeaderRequest,
+    AddNodeRequest, AuditField, AuditRecord, AuditRequest, AuditResponse, Member, NodeRef,
+    NodeStatusRequest, NodeStatusResponse, Progress, RegionReplication, ReplicationPolicies,
+    ReplicationPolicy, ReplicationPolicyEntry, ReplicationPolicyRef, ReplicationStatusRequest,
+    ReplicationStatusResponse, StatusRequest, StatusResponse, TransferLeaderRequest,
 };
 use futures::{Stream, StreamExt, stream};
 use serde_json::{Value, json};
@@ -603,6 +605,66 @@ fn replication_policies_get_set_clear() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `audit` asks the endpoint and every other member; node 1 (the fake) answers, nodes 2 and
+/// 3 (nothing listens at their addresses) are reported, and the command still succeeds.
+#[test]
+fn audit_merges_what_members_answer_and_reports_the_others() {
+    let addr = start_fake_admin().to_string();
+    let out = clusterctl(&["--endpoint", &addr, "--timeout", "5", "audit"]);
+    must_exit(&out, 0);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("TIME "), "{text}");
+    assert!(
+        lines[1].starts_with("2026-11-30T06:00:00.250Z")
+            && lines[1].contains("push")
+            && lines[1].ends_with("repository=team/app tag=v1"),
+        "{text}"
+    );
+    assert!(lines[2].contains("(anonymous)") && lines[2].contains("login_failed"));
+    assert!(
+        lines[2].ends_with("reason=\"invalid user name or password\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("node 3 (127.0.0.1:7003) did not answer"),
+        "{text}"
+    );
+
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "--timeout",
+        "5",
+        "audit",
+        "--identity",
+        "ann",
+        "--json",
+    ]);
+    must_exit(&out, 0);
+    let lines = json_lines(&out);
+    assert_eq!(lines[0]["event"], "push");
+    assert_eq!(lines[0]["identity"], "ann");
+    assert_eq!(lines[0]["node"], 1);
+    assert_eq!(lines[0]["tag"], "v1");
+    assert!(
+        lines[1..].iter().all(|l| l["error"].is_string()),
+        "{lines:?}"
+    );
+    assert_eq!(lines.len(), 3, "{lines:?}");
+
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "audit",
+        "--json",
+        "--since",
+        "2026-11-30T06:00:01Z",
+    ]);
+    must_exit(&out, 0);
+    assert_eq!(json_lines(&out)[0]["event"], "login_failed");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1293,6 +1355,51 @@ impl Admin for FakeAdmin {
             false,
         ))]);
         Ok(Response::new(Box::pin(first.chain(stream::pending()))))
+    }
+
+    async fn audit(
+        &self,
+        request: Request<AuditRequest>,
+    ) -> Result<Response<AuditResponse>, Status> {
+        if request.metadata().get("grpc-timeout").is_none() {
+            return Err(Status::invalid_argument("no grpc-timeout header"));
+        }
+        let q = request.into_inner();
+        let field = |k: &str, v: &str| AuditField {
+            key: k.into(),
+            value: v.into(),
+        };
+        let records = vec![
+            AuditRecord {
+                time_ms: 1_796_018_400_250,
+                node_id: 1,
+                region: "default".into(),
+                identity: "ann".into(),
+                address: "10.0.0.7".into(),
+                event: "push".into(),
+                fields: vec![field("repository", "team/app"), field("tag", "v1")],
+            },
+            AuditRecord {
+                time_ms: 1_796_018_401_000,
+                node_id: 1,
+                region: "default".into(),
+                identity: String::new(),
+                address: "10.0.0.8".into(),
+                event: "login_failed".into(),
+                fields: vec![field("reason", "invalid user name or password")],
+            },
+        ];
+        let mut records: Vec<AuditRecord> = records
+            .into_iter()
+            .filter(|r| r.time_ms >= q.since_ms)
+            .filter(|r| q.identity.is_empty() || r.identity == q.identity)
+            .collect();
+        let skip = records.len().saturating_sub(q.limit as usize);
+        Ok(Response::new(AuditResponse {
+            node_id: 1,
+            records: records.split_off(skip),
+            dropped: 0,
+        }))
     }
 }
 

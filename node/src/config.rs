@@ -82,7 +82,34 @@ pub struct Config {
     pub replication: Replication,
     /// Authentication and authorisation of the registry port (and of the admin service).
     pub auth: Auth,
+    /// This node's audit log: retention and export.
+    pub audit: Audit,
 }
+
+/// The audit log (`[audit]`, env `BERTH_AUDIT__<FIELD>`; docs/operations.md, "Audit log").
+/// Every node keeps its own log in its metadata store (not replicated).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Audit {
+    /// Days a record is kept; older ones are deleted (checked at start and hourly). 1 to
+    /// 36500. Default 90.
+    pub retention_days: u64,
+    /// Also append every record, as one JSON object per line, to `"stdout"` or to the file at
+    /// this path (created if missing; flushed after each batch). Default none.
+    pub export: Option<String>,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            retention_days: 90,
+            export: None,
+        }
+    }
+}
+
+/// Longest accepted `audit.retention_days`: a hundred years.
+const MAX_RETENTION_DAYS: u64 = 36_500;
 
 /// Authentication (`[auth]`, env `BERTH_AUTH__<FIELD>`; docs/security.md, ADR 019).
 /// Identities, scope maps, signing keys and network rules are cluster state (Raft), changed
@@ -457,6 +484,7 @@ impl Default for Config {
             routing: Routing::default(),
             replication: Replication::default(),
             auth: Auth::default(),
+            audit: Audit::default(),
         }
     }
 }
@@ -628,6 +656,19 @@ impl Config {
         }
         if self.auth.failed_login_window_secs == 0 {
             p.push("auth.failed_login_window_secs: must be at least 1".to_string());
+        }
+        if !(1..=MAX_RETENTION_DAYS).contains(&self.audit.retention_days) {
+            p.push(format!(
+                "audit.retention_days: must be from 1 to {MAX_RETENTION_DAYS}"
+            ));
+        }
+        if self
+            .audit
+            .export
+            .as_deref()
+            .is_some_and(|e| e.trim().is_empty())
+        {
+            p.push("audit.export: must be \"stdout\" or a file path when set".to_string());
         }
         if let Some(url) = &self.advertise_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -869,9 +910,21 @@ impl Config {
             admin_allow: cidrs(&self.auth.admin_allow),
             max_failed_logins: self.auth.max_failed_logins,
             failed_login_window: Duration::from_secs(self.auth.failed_login_window_secs),
+        })
+    }
+
+    /// Audit settings derived from this configuration.
+    pub fn audit_settings(&self) -> crate::audit::AuditSettings {
+        crate::audit::AuditSettings {
+            retention: Duration::from_secs(self.audit.retention_days.saturating_mul(86_400)),
+            export: self.audit.export.as_deref().map(|e| match e {
+                "stdout" => crate::audit::Export::Stdout,
+                path => crate::audit::Export::File(PathBuf::from(path)),
+            }),
+            queue: crate::audit::QUEUE,
             node: self.node_id,
             region: self.region.clone(),
-        })
+        }
     }
 
     /// Registry settings derived from this configuration.
@@ -1268,6 +1321,38 @@ mod tests {
             err.problems,
             vec!["tls.cert_file: must be set with tls.key_file"]
         );
+    }
+
+    #[test]
+    fn audit_settings_default_load_from_env_and_are_checked() {
+        let c = Config::load("", &env(&[])).unwrap();
+        assert_eq!(c.audit.retention_days, 90);
+        assert_eq!(c.audit_settings().export, None);
+        assert_eq!(
+            c.audit_settings().retention,
+            Duration::from_secs(90 * 86_400)
+        );
+        let c = Config::load(
+            "[audit]\nexport = \"stdout\"\n",
+            &env(&[("BERTH_AUDIT__RETENTION_DAYS", "7")]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.audit_settings().retention,
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(
+            c.audit_settings().export,
+            Some(crate::audit::Export::Stdout)
+        );
+        let c = Config::load("", &env(&[("BERTH_AUDIT__EXPORT", "/var/log/berth.jsonl")])).unwrap();
+        assert_eq!(
+            c.audit_settings().export,
+            Some(crate::audit::Export::File("/var/log/berth.jsonl".into()))
+        );
+        let err =
+            Config::load("[audit]\nretention_days = 0\nexport = \"\"\n", &env(&[])).unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //! - [`replication`]: placement of blobs by region, per-repository policies, the replicator
 //!   that copies what this node should hold, and replication status.
 //! - [`auth`]: credentials, registry tokens and grants (over the auth records in `meta`).
+//! - [`audit`]: this node's audit log (logins, tokens, pushes, deletes, admin changes,
+//!   network refusals): a non-blocking recorder over `meta`'s `audit` column family, with
+//!   retention and a JSON-lines export.
 //! - [`api`]: the HTTP adapter (axum) of the OCI Distribution API and the token endpoint.
 //! - [`rpc`]: the gRPC adapter (tonic) of the cluster endpoint: Raft, forwarding, blob
 //!   streaming, admin.
@@ -23,6 +26,7 @@
 //! [`run`] is the composition root: it wires the concrete parts and serves until shutdown.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod blobstore;
 pub mod cluster;
@@ -113,6 +117,8 @@ pub struct Node {
     pub replication: Arc<Replication>,
     /// Credentials and grants of the registry port.
     pub auth: Arc<auth::Auth>,
+    /// This node's audit log.
+    pub audit: audit::Audit,
     /// Closes the metadata store once every other handle on it is gone.
     closer: MetaCloser,
 }
@@ -133,7 +139,9 @@ impl Node {
                 .with_direct_writes(config.storage.direct_writes)
                 .with_reserve(config.storage.reserve()),
         );
-        let (log_store, state_machine, reader, closer) = meta::open_closable(&config.data_dir)?;
+        let (log_store, state_machine, reader, audit_store, closer) =
+            meta::open_closable(&config.data_dir)?;
+        let audit = audit::Audit::start(audit_store, config.audit_settings());
         let bootstrap = if config.join.is_some() {
             Bootstrap::Join
         } else {
@@ -163,12 +171,14 @@ impl Node {
         let auth = auth::Auth::new(
             config.auth_settings().map_err(RunError::AuthConfig)?,
             reader.auth().clone(),
+            audit.clone(),
         );
         let registry = Registry::new(blobs, reader, cluster, config.registry_settings(), metrics);
         Ok(Node {
             registry,
             replication,
             auth,
+            audit,
             closer,
         })
     }
@@ -199,11 +209,15 @@ impl Node {
             registry,
             replication,
             auth,
+            audit,
             closer,
         } = self;
         drop(registry);
         drop(replication);
         drop(auth);
+        // The audit writer stores what is queued and lets go of the store once the last
+        // handle is gone.
+        drop(audit);
         match closer.close(bound).await {
             Ok(()) => true,
             Err(closer) => {
@@ -322,6 +336,7 @@ pub async fn run(
         node.registry.clone(),
         node.replication.clone(),
         node.auth.clone(),
+        node.audit.clone(),
         config.data_dir.join("snapshots"),
         cluster_listener,
         rpc_stop.clone(),

@@ -1,7 +1,8 @@
 //! The auth adapter of the HTTP front: the check in front of every `/v2/` request (network
 //! rules, credentials, the grant the endpoint needs) and the token endpoint `/auth/token`
 //! (Docker token auth: GET with Basic credentials, and the OAuth2 POST form with the
-//! `password` and `refresh_token` grants). The decisions are `crate::auth`'s.
+//! `password` and `refresh_token` grants). The decisions are `crate::auth`'s, and so is the
+//! audit of refusals and tokens; a password login at the token endpoint is recorded here.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use super::error::{ApiError, Code};
 use super::path::Route;
 use super::{json_response, query, query_param};
+use crate::audit::AuditEvent;
 use crate::auth::grants::{self, Scope};
 use crate::auth::{Auth, AuthError, Caller, Need};
 
@@ -80,17 +82,17 @@ fn needs<'a>(route: &Route<'a>, method: &Method) -> Option<(&'a str, Need)> {
     }
 }
 
-/// The check in front of a `/v2/` request: returns who is asking, or the refusal. A
-/// cross-repository mount whose source the caller may not read becomes a plain upload (as
-/// in Distribution): the `mount` and `from` parameters are dropped from the request.
+/// The check in front of a `/v2/` request: returns who is asking and from which address, or
+/// the refusal. A cross-repository mount whose source the caller may not read becomes a plain
+/// upload (as in Distribution): the `mount` and `from` parameters are dropped from the request.
 pub(super) async fn gate(
     auth: &Auth,
     route: &Route<'_>,
     req: &mut Request,
-) -> Result<Caller, ApiError> {
-    let peer = peer_ip(req);
+) -> Result<(Caller, Option<IpAddr>), ApiError> {
+    let addr = auth.client_addr(req.headers(), peer_ip(req));
     let method = req.method().clone();
-    let caller = check(auth, route, &method, req.headers(), peer).await?;
+    let caller = check(auth, route, &method, req.headers(), addr).await?;
     if let Route::Uploads(_) = route
         && *req.method() == Method::POST
     {
@@ -113,18 +115,17 @@ pub(super) async fn gate(
             }
         }
     }
-    Ok(caller)
+    Ok((caller, addr))
 }
 
-/// Network rules, credentials and the grant `route` needs.
+/// Network rules, credentials and the grant `route` needs, for a client at `addr`.
 async fn check(
     auth: &Auth,
     route: &Route<'_>,
     method: &Method,
     headers: &HeaderMap,
-    peer: Option<IpAddr>,
+    addr: Option<IpAddr>,
 ) -> Result<Caller, ApiError> {
-    let addr = auth.client_addr(headers, peer);
     let target = needs(route, method);
     let scope = match (route, &target) {
         (Route::Catalog, _) => Some("registry:catalog:*".to_string()),
@@ -179,6 +180,8 @@ pub(super) async fn token_get(Extension(auth): Extension<Arc<Auth>>, req: Reques
                     ));
                 }
                 let stamp = auth.login(&name, &password, addr).await?;
+                auth.audit()
+                    .record(Some(&name), addr, AuditEvent::LoginSucceeded);
                 Some((name, stamp))
             }
         };
@@ -186,6 +189,7 @@ pub(super) async fn token_get(Extension(auth): Extension<Arc<Auth>>, req: Reques
             who.as_ref().map(|(n, s)| (n.as_str(), *s)),
             &scopes,
             offline,
+            addr,
         )
     }
     .await;
@@ -224,12 +228,14 @@ pub(super) async fn token_post(Extension(auth): Extension<Arc<Auth>>, req: Reque
                     ));
                 };
                 let stamp = auth.login(name, password, addr).await?;
+                auth.audit()
+                    .record(Some(name), addr, AuditEvent::LoginSucceeded);
                 let offline = field("access_type") == Some("offline");
-                auth.issue(Some((name, stamp)), &scopes, offline)
+                auth.issue(Some((name, stamp)), &scopes, offline, addr)
             }
             Some("refresh_token") => {
                 let token = field("refresh_token").unwrap_or_default();
-                auth.refresh(token, &scopes)
+                auth.refresh(token, &scopes, addr)
             }
             other => Err(AuthError::Unauthorized(format!(
                 "unsupported grant_type {:?} (password or refresh_token)",
@@ -261,7 +267,7 @@ fn token_response(
                 "token": t.token,
                 "access_token": t.token,
                 "expires_in": t.expires_in,
-                "issued_at": rfc3339(t.issued_at),
+                "issued_at": crate::types::time::rfc3339(t.issued_at),
             });
             if oauth {
                 body["scope"] = t.scope.into();
@@ -278,38 +284,9 @@ fn token_response(
     }
 }
 
-/// Seconds since the epoch as RFC 3339 UTC (`2026-11-30T06:00:00Z`).
-fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_formats_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_796_018_400), "2026-11-30T06:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    }
 
     #[test]
     fn every_repository_endpoint_needs_a_grant() {

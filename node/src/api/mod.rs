@@ -1,5 +1,7 @@
 //! The HTTP front: the OCI Distribution API (`/v2/…`), the token endpoint (`/auth/token`),
-//! `/healthz`, `/readyz` and `/metrics`. Every `/v2/` request passes [`auth::gate`] first.
+//! `/healthz`, `/readyz` and `/metrics`. Every `/v2/` request passes [`auth::gate`] first;
+//! a successful manifest PUT (push) and manifest or blob DELETE are recorded in the node's
+//! audit log with the caller and its address.
 //!
 //! Handlers are adapters: extract from the request → call [`Registry`] → map the answer or the
 //! error (one table, [`error`]) to the wire. They never touch storage, RocksDB or openraft.
@@ -12,6 +14,7 @@ pub mod path;
 pub mod relay;
 mod telemetry;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -23,6 +26,7 @@ use axum::{Extension, Router};
 
 use self::error::{ApiError, Code};
 use self::path::Route;
+use crate::audit::{AuditEvent, DeleteKind};
 use crate::auth::{Auth, Caller};
 use crate::meta::Page;
 use crate::registry::{self, Registry};
@@ -120,7 +124,7 @@ async fn v2(
         Some(route) => {
             telemetry::record_route(&route);
             match auth::gate(&auth, &route, &mut req).await {
-                Ok(caller) => dispatch(&registry, &auth, &caller, route, req)
+                Ok((caller, addr)) => dispatch(&registry, &auth, &caller, addr, route, req)
                     .await
                     .unwrap_or_else(IntoResponse::into_response),
                 Err(e) => e.into_response(),
@@ -140,9 +144,11 @@ async fn dispatch(
     registry: &Arc<Registry>,
     auth: &Auth,
     caller: &Caller,
+    addr: Option<IpAddr>,
     route: Route<'_>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let record = |event| auth.audit().record(caller.name(), addr, event);
     if let Route::Upload(_, id) = route
         && let Some(owner) = relay::owner_elsewhere(registry, id, &req)
     {
@@ -161,8 +167,30 @@ async fn dispatch(
         (Route::Manifest(name, r), Method::HEAD) => {
             manifests::get(registry, name, r, req.headers(), false).await
         }
-        (Route::Manifest(name, r), Method::PUT) => manifests::put(registry, name, r, req).await,
-        (Route::Manifest(name, r), Method::DELETE) => manifests::delete(registry, name, r).await,
+        (Route::Manifest(name, r), Method::PUT) => {
+            let resp = manifests::put(registry, name, r, req).await?;
+            let digest = resp
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|d| d.to_str().ok())
+                .unwrap_or_default();
+            record(AuditEvent::Push {
+                repository: name.to_string(),
+                digest: digest.to_string(),
+                tag: is_tag(r).then(|| r.to_string()),
+            });
+            Ok(resp)
+        }
+        (Route::Manifest(name, r), Method::DELETE) => {
+            let resp = manifests::delete(registry, name, r).await?;
+            let kind = if is_tag(r) {
+                DeleteKind::Tag
+            } else {
+                DeleteKind::Manifest
+            };
+            record(deleted(name, kind, r));
+            Ok(resp)
+        }
         (Route::Referrers(name, d), Method::GET) => {
             manifests::referrers(registry, name, d, &query(&req)).await
         }
@@ -172,7 +200,11 @@ async fn dispatch(
         (Route::Blob(name, d), Method::HEAD) => {
             blobs::get(registry, name, d, blobs::BlobGet::of(&req), false).await
         }
-        (Route::Blob(name, d), Method::DELETE) => blobs::delete(registry, name, d).await,
+        (Route::Blob(name, d), Method::DELETE) => {
+            let resp = blobs::delete(registry, name, d).await?;
+            record(deleted(name, DeleteKind::Blob, d));
+            Ok(resp)
+        }
         (Route::Uploads(name), Method::POST) => blobs::start_upload(registry, name, req).await,
         (Route::Upload(name, id), Method::GET) => blobs::upload_status(registry, name, id).await,
         (Route::Upload(name, id), Method::PATCH) => {
@@ -185,6 +217,21 @@ async fn dispatch(
         (route, method) => Err(ApiError::new(Code::Unsupported)
             .message(format!("method {method} is not allowed here"))
             .header(header::ALLOW, allowed_methods(&route))),
+    }
+}
+
+/// Whether a reference that named something is a tag (a digest always holds a `:`, a tag
+/// never does).
+fn is_tag(reference: &str) -> bool {
+    !reference.contains(':')
+}
+
+/// The audit event of a successful delete.
+fn deleted(repository: &str, kind: DeleteKind, reference: &str) -> AuditEvent {
+    AuditEvent::Delete {
+        repository: repository.to_string(),
+        kind,
+        reference: reference.to_string(),
     }
 }
 

@@ -11,6 +11,10 @@
 //!   intersected with the identity's current grants ([`grants`]). Disabling, deleting or
 //!   rotating an identity therefore takes effect on a node as soon as it applies the change.
 //! - Network rules (cluster-wide and per repository pattern) are checked before credentials.
+//! - Refused credentials, tokens issued and addresses the network rules refuse are recorded
+//!   in the node's audit log ([`crate::audit`]); a password login at the token endpoint is
+//!   recorded by the endpoint (Basic credentials on every `/v2/` request are not logged one
+//!   by one: their failures are, and what they do, a push or a delete).
 //! - Failed logins are limited per name and per address ([`limit`]); argon2 runs on the
 //!   blocking pool, at most [`HASHING_AT_ONCE`] at a time, and each password verified is
 //!   remembered ([`password::Checked`]) so repeated logins cost a SHA-256.
@@ -32,6 +36,7 @@ pub use ipnet::IpNet;
 
 use self::grants::{Scope, Subject};
 use self::jwt::{Access, Claims, JwtError, SigningKey, TokenType};
+use crate::audit::{Audit, AuditEvent};
 use crate::meta::auth::{AuthState, AuthView, IdentityRecord, NetworkRules, RepoAction};
 use crate::meta::policy;
 
@@ -66,10 +71,6 @@ pub struct AuthConfig {
     pub max_failed_logins: u32,
     /// Their window.
     pub failed_login_window: Duration,
-    /// This node (audit records).
-    pub node: u64,
-    /// This node's region (audit records).
-    pub region: String,
 }
 
 impl AuthConfig {
@@ -87,8 +88,6 @@ impl AuthConfig {
             admin_allow: Vec::new(),
             max_failed_logins: 10,
             failed_login_window: Duration::from_secs(300),
-            node: 0,
-            region: String::new(),
         }
     }
 }
@@ -223,6 +222,7 @@ pub struct Auth {
     checked: password::Checked,
     limiter: limit::LoginLimiter,
     hashing: tokio::sync::Semaphore,
+    audit: Audit,
 }
 
 impl std::fmt::Debug for Auth {
@@ -252,8 +252,8 @@ fn usable(id: &IdentityRecord, stamp: u64, now_ms: u64) -> bool {
 }
 
 impl Auth {
-    /// The auth service over the applied state.
-    pub fn new(config: AuthConfig, view: AuthView) -> Arc<Auth> {
+    /// The auth service over the applied state, recording to `audit`.
+    pub fn new(config: AuthConfig, view: AuthView, audit: Audit) -> Arc<Auth> {
         let limiter =
             limit::LoginLimiter::new(config.max_failed_logins, config.failed_login_window);
         Arc::new(Auth {
@@ -264,7 +264,24 @@ impl Auth {
             checked: password::Checked::default(),
             limiter,
             hashing: tokio::sync::Semaphore::new(HASHING_AT_ONCE),
+            audit,
         })
+    }
+
+    /// The node's audit log (the HTTP front records pushes and deletes through it).
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// Records refused credentials (`identity`: the name given, if any).
+    fn refused(&self, identity: Option<&str>, addr: Option<IpAddr>, e: &AuthError) {
+        self.audit.record(
+            identity,
+            addr,
+            AuditEvent::LoginFailed {
+                reason: e.to_string(),
+            },
+        );
     }
 
     /// Whether credentials are required.
@@ -364,6 +381,13 @@ impl Auth {
         if allowed {
             Ok(())
         } else {
+            self.audit.record(
+                None,
+                Some(addr),
+                AuditEvent::NetworkDenied {
+                    repository: repo.map(str::to_string),
+                },
+            );
             Err(AuthError::Denied(format!(
                 "client address {addr} is not allowed by the network rules"
             )))
@@ -383,27 +407,33 @@ impl Auth {
         let Some(value) = headers.get(http::header::AUTHORIZATION) else {
             return Ok(Caller::Anonymous);
         };
-        let value = value
-            .to_str()
-            .map_err(|_| AuthError::Unauthorized("malformed Authorization header".into()))?;
+        let Ok(value) = value.to_str() else {
+            let e = AuthError::Unauthorized("malformed Authorization header".into());
+            self.refused(None, addr, &e);
+            return Err(e);
+        };
         if let Some((name, password)) = parse_basic(value) {
+            // `login` records a failure itself.
             self.login(&name, &password, addr).await?;
             return Ok(Caller::Password { name });
         }
         if let Some(token) = strip_scheme(value, "Bearer") {
-            let claims = self.verify(token.trim(), TokenType::Access)?;
+            let claims = self
+                .verify(token.trim(), TokenType::Access)
+                .inspect_err(|e| self.refused(None, addr, e))?;
             return Ok(Caller::Bearer {
                 name: claims.sub,
                 access: claims.access,
             });
         }
-        Err(AuthError::Unauthorized(
-            "unsupported Authorization scheme (Basic or Bearer)".into(),
-        ))
+        let e =
+            AuthError::Unauthorized("unsupported Authorization scheme (Basic or Bearer)".into());
+        self.refused(None, addr, &e);
+        Err(e)
     }
 
     /// Checks a password; returns the stamp of the password that matched. Counts failures
-    /// and refuses while they exceed the limit.
+    /// and refuses while they exceed the limit. A refusal is recorded in the audit log.
     pub async fn login(
         &self,
         name: &str,
@@ -415,7 +445,9 @@ impl Auth {
         let mut keys = vec![name_key.as_str()];
         keys.extend(ip_key.as_deref());
         if let Some(wait) = self.limiter.blocked(&keys, Instant::now()) {
-            return Err(AuthError::TooManyRequests(wait));
+            let e = AuthError::TooManyRequests(wait);
+            self.refused(Some(name), addr, &e);
+            return Err(e);
         }
         let now = now_ms();
         let state = self.view.current();
@@ -449,10 +481,9 @@ impl Auth {
             }
         }
         self.limiter.failed(&keys, Instant::now());
-        tracing::info!(target: "berth::audit", identity = name, client = ?addr, "login failed");
-        Err(AuthError::Unauthorized(
-            "invalid user name or password".into(),
-        ))
+        let e = AuthError::Unauthorized("invalid user name or password".into());
+        self.refused(Some(name), addr, &e);
+        Err(e)
     }
 
     fn parsed_key(&self, state: &AuthState, kid: &str) -> Option<Arc<SigningKey>> {
@@ -604,12 +635,14 @@ impl Auth {
 
     /// Issues an access token for `asked` scopes to a caller that logged in with a password
     /// (`Some((name, stamp))`) or to the anonymous caller (`None`); with `offline`, also a
-    /// refresh token (never to the anonymous caller).
+    /// refresh token (never to the anonymous caller). Recorded in the audit log with the
+    /// client's address `addr`.
     pub fn issue(
         &self,
         who: Option<(&str, u64)>,
         asked: &[Scope],
         offline: bool,
+        addr: Option<IpAddr>,
     ) -> Result<Issued, AuthError> {
         let state = self.view.current();
         let key = state
@@ -659,7 +692,13 @@ impl Auth {
                 Vec::new(),
             ))
         });
-        tracing::info!(target: "berth::audit", identity = %sub, scope = %scope, "token issued");
+        self.audit.record(
+            Some(sub.as_str()).filter(|s| !s.is_empty()),
+            addr,
+            AuditEvent::TokenIssued {
+                scope: scope.clone(),
+            },
+        );
         Ok(Issued {
             token,
             expires_in: self.config.token_ttl.as_secs(),
@@ -670,13 +709,25 @@ impl Auth {
         })
     }
 
-    /// Exchanges a refresh token for an access token.
-    pub fn refresh(&self, refresh_token: &str, asked: &[Scope]) -> Result<Issued, AuthError> {
-        let claims = self.verify(refresh_token, TokenType::Refresh)?;
-        if claims.uid == 0 {
-            return Err(AuthError::Unauthorized("not a refresh token".into()));
-        }
-        let mut issued = self.issue(Some((&claims.sub, claims.sid)), asked, false)?;
+    /// Exchanges a refresh token for an access token (a refused one is recorded in the audit
+    /// log, with `addr`).
+    pub fn refresh(
+        &self,
+        refresh_token: &str,
+        asked: &[Scope],
+        addr: Option<IpAddr>,
+    ) -> Result<Issued, AuthError> {
+        let claims = self
+            .verify(refresh_token, TokenType::Refresh)
+            .and_then(|c| {
+                if c.uid == 0 {
+                    Err(AuthError::Unauthorized("not a refresh token".into()))
+                } else {
+                    Ok(c)
+                }
+            })
+            .inspect_err(|e| self.refused(None, addr, e))?;
+        let mut issued = self.issue(Some((&claims.sub, claims.sid)), asked, false, addr)?;
         issued.refresh_token = Some(refresh_token.to_string());
         Ok(issued)
     }

@@ -23,6 +23,8 @@
 //! state          "p/" pattern                          ReplicationPolicy (repositories it matches)
 //! state          "a/…"                                 auth records (identities, scope maps,
 //!                                                      signing keys, settings; see `auth`)
+//! audit          <time ms: u64 BE> <seq: u32 BE>       AuditRecord (this node's own audit
+//!                                                      log: not Raft, not in snapshots; `audit`)
 //! ```
 //!
 //! Invariants:
@@ -34,6 +36,7 @@
 //! - No write reaches RocksDB while the disk is nearly full: it waits at the [`WriteGate`]
 //!   (RocksDB cannot recover from `ENOSPC` in its log files without a restart; ADR 010).
 
+pub mod audit;
 pub mod auth;
 mod command;
 mod keys;
@@ -51,6 +54,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use audit::{AuditEvent, AuditQuery, AuditRecord, AuditStore, DeleteKind};
 pub use command::{
     BlobRecord, Command, CommandV1, ManifestRecord, PutManifest, ReferrerRecord, Rejection,
     ReplicationPolicy, WriteResult,
@@ -207,18 +211,20 @@ impl From<MetaError> for std::io::Error {
 const CF_LOGS: &str = "logs";
 const CF_RAFT: &str = "raft";
 const CF_STATE: &str = "state";
+const CF_AUDIT: &str = "audit";
 
 /// Opens (creating if needed) the metadata database under `data_dir/meta` and returns the
 /// three views of it: Raft log store, state machine, and reader.
 pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachine, MetaReader), MetaError> {
-    let (log, sm, reader, _closer) = open_closable(data_dir)?;
+    let (log, sm, reader, _audit, _closer) = open_closable(data_dir)?;
     Ok((log, sm, reader))
 }
 
-/// As [`open`], with a [`MetaCloser`] that can wait for the database to be closed.
+/// As [`open`], with this node's [`AuditStore`] and a [`MetaCloser`] that can wait for the
+/// database to be closed.
 pub fn open_closable(
     data_dir: &Path,
-) -> Result<(LogStore, StateMachine, MetaReader, MetaCloser), MetaError> {
+) -> Result<(LogStore, StateMachine, MetaReader, AuditStore, MetaCloser), MetaError> {
     let path = data_dir.join("meta");
     let snapshot_dir = data_dir.join("snapshots");
     std::fs::create_dir_all(&snapshot_dir).map_err(|source| MetaError::Io {
@@ -241,10 +247,12 @@ pub fn open_closable(
         Arc::new(auth),
     )?;
     let closer = MetaCloser { db: db.clone() };
+    let audit = AuditStore::open(db.clone(), gate.clone())?;
     Ok((
         LogStore::new(db.clone(), gate),
         sm,
         MetaReader::new(db, tags, notices, auth_view),
+        audit,
         closer,
     ))
 }
@@ -315,6 +323,7 @@ fn open_db(path: &Path) -> Result<rocksdb::DB, MetaError> {
         ColumnFamilyDescriptor::new(CF_LOGS, cf_opts(4 * 1024 * 1024)),
         ColumnFamilyDescriptor::new(CF_RAFT, cf_opts(1024 * 1024)),
         ColumnFamilyDescriptor::new(CF_STATE, cf_opts(4 * 1024 * 1024)),
+        ColumnFamilyDescriptor::new(CF_AUDIT, cf_opts(1024 * 1024)),
     ];
     rocksdb::DB::open_cf_descriptors(&db_opts, path, cfs).map_err(MetaError::db("open"))
 }

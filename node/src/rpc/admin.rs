@@ -8,8 +8,14 @@
 //! follower like every write). Users, tokens, scope maps, keys and auth settings are
 //! `admin_auth.rs`'s, and so is the check that every call here passes first ([`AdminGuard`]):
 //! relayed calls and the NodeStatus fan-out carry the caller's credentials along.
+//!
+//! Every change (membership, leadership, policies) is recorded in the audit log of the node
+//! the client called, with its outcome, through [`AdminService::audited`] (unary calls) or
+//! [`AdminService::operate`] (streams); a call relayed to the leader is not recorded again
+//! there. The caller is named by [`AdminCaller::of`]. `Audit` answers from this node's log.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +23,10 @@ use berth_proto::admin as pb;
 use berth_proto::admin::admin_client::AdminClient;
 use berth_proto::admin::admin_server::Admin;
 use berth_proto::admin::{
-    AddNodeRequest, BlobReplication, Member, NodeRef, NodeStatusRequest, NodeStatusResponse,
-    Progress, RegionReplication, ReplicationPolicies, ReplicationPolicyEntry, ReplicationPolicyRef,
-    ReplicationStatusRequest, ReplicationStatusResponse, StatusRequest, StatusResponse,
-    TransferLeaderRequest,
+    AddNodeRequest, AuditField, AuditRequest, AuditResponse, BlobReplication, Member, NodeRef,
+    NodeStatusRequest, NodeStatusResponse, Progress, RegionReplication, ReplicationPolicies,
+    ReplicationPolicyEntry, ReplicationPolicyRef, ReplicationStatusRequest,
+    ReplicationStatusResponse, StatusRequest, StatusResponse, TransferLeaderRequest,
 };
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -30,6 +36,7 @@ use tonic::{Request, Response, Status};
 
 use super::admin_auth::{AdminGuard, AuthRpc, forward_authorization};
 use super::status::status;
+use crate::audit::{Audit, AuditQuery, AuditRecord};
 use crate::cluster::{self, Cluster, MembershipError, PeerError};
 use crate::meta::{NodeId, NodeInfo, ReplicationPolicy};
 use crate::replication::{Replication, ReplicationError, ReplicationReport};
@@ -44,12 +51,19 @@ const RELAYED: &str = "berth-admin-relayed";
 
 type ProgressStream = BoxStream<'static, Result<Progress, Status>>;
 
+/// Records an `Audit` call returns when it asks for none in particular.
+const AUDIT_DEFAULT_LIMIT: usize = 1000;
+/// Bytes of records an `Audit` answer holds at most (the newest ones), below the 4 MiB a gRPC
+/// client decodes by default.
+const AUDIT_ANSWER_BYTES: usize = 3 * 1024 * 1024;
+
 /// The admin service of this node.
 pub(super) struct AdminService {
     cluster: Cluster,
     replication: Arc<Replication>,
     guard: AdminGuard,
     auth: AuthRpc,
+    audit: Audit,
 }
 
 impl AdminService {
@@ -58,12 +72,14 @@ impl AdminService {
         replication: Arc<Replication>,
         guard: AdminGuard,
         auth: AuthRpc,
+        audit: Audit,
     ) -> AdminService {
         AdminService {
             cluster,
             replication,
             guard,
             auth,
+            audit,
         }
     }
 
@@ -71,6 +87,128 @@ impl AdminService {
     async fn admit<T>(&self, req: Request<T>) -> Result<T, Status> {
         self.guard.check(&req).await?;
         Ok(req.into_inner())
+    }
+}
+
+/// Who made an admin call, for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct AdminCaller {
+    /// The user of the call's `authorization` metadata (Basic), else the client
+    /// certificate (`cert:` and the start of its SHA-256), else `cluster`.
+    pub(super) identity: String,
+    /// The connection's peer address.
+    pub(super) address: Option<IpAddr>,
+}
+
+impl AdminCaller {
+    /// The caller of `req`; `None` for a call another node relayed (recorded where it was
+    /// made).
+    pub(super) fn of<T>(req: &Request<T>) -> Option<AdminCaller> {
+        if req.metadata().contains_key(RELAYED) {
+            return None;
+        }
+        // The name presented; the guard checks it before the call runs.
+        let presented = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let user = presented.and_then(|v| {
+            crate::auth::parse_basic(v)
+                .map(|(user, _)| user)
+                .or_else(|| crate::auth::jwt::presented_subject(v).map(|s| format!("token:{s}")))
+        });
+        let cert = || {
+            let certs = req.peer_certs()?;
+            let leaf = certs.first()?;
+            let sum = <sha2::Sha256 as sha2::Digest>::digest(leaf.as_ref());
+            Some(format!("cert:{}", &hex::encode(sum)[..16]))
+        };
+        Some(AdminCaller {
+            identity: user.or_else(cert).unwrap_or_else(|| "cluster".to_string()),
+            address: req.remote_addr().map(|a| a.ip()),
+        })
+    }
+}
+
+/// The outcome of a change as the audit log states it.
+fn outcome_of(result: Result<(), &Status>) -> String {
+    match result {
+        Ok(()) => "ok".to_string(),
+        Err(s) => format!("failed ({:?}): {}", s.code(), s.message()),
+    }
+}
+
+/// Records a streamed change once: when it reports done or fails, or, when the stream is
+/// dropped before either, as unfinished.
+struct ChangeRecord {
+    audit: Audit,
+    who: AdminCaller,
+    what: &'static str,
+    target: String,
+    recorded: bool,
+}
+
+impl ChangeRecord {
+    fn record(&mut self, outcome: &str) {
+        if !std::mem::replace(&mut self.recorded, true) {
+            let who = &self.who;
+            self.audit
+                .admin_change(&who.identity, who.address, self.what, &self.target, outcome);
+        }
+    }
+}
+
+impl Drop for ChangeRecord {
+    fn drop(&mut self) {
+        self.record("unfinished: the stream closed before the change completed");
+    }
+}
+
+/// About the encoded size of an audit record message (its text plus field overheads).
+fn message_bytes(r: &berth_proto::admin::AuditRecord) -> usize {
+    let fields: usize = r
+        .fields
+        .iter()
+        .map(|f| f.key.len() + f.value.len() + 8)
+        .sum();
+    r.region.len() + r.identity.len() + r.address.len() + r.event.len() + fields + 40
+}
+
+/// The newest of `records` (oldest first) whose [`message_bytes`] add up to `budget` at most.
+fn newest_that_fit(
+    mut records: Vec<berth_proto::admin::AuditRecord>,
+    budget: usize,
+) -> Vec<berth_proto::admin::AuditRecord> {
+    let mut bytes = 0;
+    let fit = records
+        .iter()
+        .rev()
+        .take_while(|r| {
+            bytes += message_bytes(r);
+            bytes <= budget
+        })
+        .count();
+    records.split_off(records.len() - fit)
+}
+
+/// The wire form of an audit record.
+fn audit_message(r: AuditRecord) -> berth_proto::admin::AuditRecord {
+    berth_proto::admin::AuditRecord {
+        time_ms: r.time_ms,
+        node_id: r.node,
+        region: r.region,
+        identity: r.identity.unwrap_or_default(),
+        address: r.address.map(|a| a.to_string()).unwrap_or_default(),
+        event: r.event.name().to_string(),
+        fields: r
+            .event
+            .fields()
+            .into_iter()
+            .map(|(key, value)| AuditField {
+                key: key.to_string(),
+                value,
+            })
+            .collect(),
     }
 }
 
@@ -181,6 +319,52 @@ impl AdminService {
             })
     }
 
+    /// Runs an admin change (`what`, e.g. `SetReplicationPolicy`, on `target`, e.g. its
+    /// pattern) and records it with its outcome in the audit log. Every unary change goes
+    /// through this:
+    /// `self.audited(req, "What", |r| r.name.clone(), |r| async move { … }).await`.
+    pub(super) async fn audited<Req, Resp, Fut>(
+        &self,
+        req: Request<Req>,
+        what: &'static str,
+        target: impl FnOnce(&Req) -> String,
+        run: impl FnOnce(Req) -> Fut,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Fut: Future<Output = Result<Resp, Status>>,
+    {
+        let who = AdminCaller::of(&req);
+        let target = target(req.get_ref());
+        // A refused call is recorded as refused: who tried what is worth keeping.
+        let result = match self.guard.check(&req).await {
+            Ok(()) => run(req.into_inner()).await,
+            Err(refused) => Err(refused),
+        };
+        if let Some(who) = who {
+            let outcome = outcome_of(result.as_ref().map(|_| ()));
+            self.audit
+                .admin_change(&who.identity, who.address, what, &target, &outcome);
+        }
+        result.map(Response::new)
+    }
+
+    /// What records a streamed change (`what` on `target`) made through `req`; `None` for a
+    /// relayed call.
+    fn change_record<T>(
+        &self,
+        req: &Request<T>,
+        what: &'static str,
+        target: String,
+    ) -> Option<ChangeRecord> {
+        AdminCaller::of(req).map(|who| ChangeRecord {
+            audit: self.audit.clone(),
+            who,
+            what,
+            target,
+            recorded: false,
+        })
+    }
+
     /// Runs a membership operation here if this node leads, else relays it to the leader.
     async fn operate<Req, Op, Fut, Relay, RFut>(
         &self,
@@ -244,6 +428,34 @@ impl AdminService {
             Err(e) => return Err(unavailable(e.to_string())),
         };
         Ok(Response::new(stream.boxed()))
+    }
+
+    /// A started membership change's stream, recorded by `record` when it reports done or
+    /// fails (or as unfinished when dropped first); a change refused at once is recorded now.
+    fn recorded(
+        mut record: Option<ChangeRecord>,
+        started: Result<Response<ProgressStream>, Status>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        match started {
+            Ok(stream) => Ok(stream.map(|s| {
+                s.inspect(move |item| {
+                    if let Some(r) = record.as_mut() {
+                        match item {
+                            Ok(p) if p.done => r.record("ok"),
+                            Ok(_) => {}
+                            Err(s) => r.record(&outcome_of(Err(s))),
+                        }
+                    }
+                })
+                .boxed()
+            })),
+            Err(s) => {
+                if let Some(r) = record.as_mut() {
+                    r.record(&outcome_of(Err(&s)));
+                }
+                Err(s)
+            }
+        }
     }
 }
 
@@ -328,20 +540,28 @@ impl Admin for AdminService {
         &self,
         req: Request<AddNodeRequest>,
     ) -> Result<Response<ProgressStream>, Status> {
-        self.operate(
-            req,
-            |c, r, tx| async move {
-                let info = NodeInfo {
-                    url: r.url,
-                    cluster_addr: r.cluster_addr,
-                    region: r.region,
-                    zone: r.zone,
-                };
-                c.add_node(r.id, info, tx).await
-            },
-            |mut client, r| async move { client.add_node(r).await },
-        )
-        .await
+        let target = format!(
+            "node {} at {}",
+            req.get_ref().id,
+            req.get_ref().cluster_addr
+        );
+        let record = self.change_record(&req, "AddNode", target);
+        let started = self
+            .operate(
+                req,
+                |c, r, tx| async move {
+                    let info = NodeInfo {
+                        url: r.url,
+                        cluster_addr: r.cluster_addr,
+                        region: r.region,
+                        zone: r.zone,
+                    };
+                    c.add_node(r.id, info, tx).await
+                },
+                |mut client, r| async move { client.add_node(r).await },
+            )
+            .await;
+        Self::recorded(record, started)
     }
 
     type PromoteNodeStream = ProgressStream;
@@ -350,34 +570,46 @@ impl Admin for AdminService {
         &self,
         req: Request<NodeRef>,
     ) -> Result<Response<ProgressStream>, Status> {
-        self.operate(
-            req,
-            |c, r, tx| async move { c.promote(r.id, tx).await },
-            |mut client, r| async move { client.promote_node(r).await },
-        )
-        .await
+        let target = format!("node {}", req.get_ref().id);
+        let record = self.change_record(&req, "PromoteNode", target);
+        let started = self
+            .operate(
+                req,
+                |c, r, tx| async move { c.promote(r.id, tx).await },
+                |mut client, r| async move { client.promote_node(r).await },
+            )
+            .await;
+        Self::recorded(record, started)
     }
 
     type DemoteNodeStream = ProgressStream;
 
     async fn demote_node(&self, req: Request<NodeRef>) -> Result<Response<ProgressStream>, Status> {
-        self.operate(
-            req,
-            |c, r, tx| async move { c.demote(r.id, tx).await },
-            |mut client, r| async move { client.demote_node(r).await },
-        )
-        .await
+        let target = format!("node {}", req.get_ref().id);
+        let record = self.change_record(&req, "DemoteNode", target);
+        let started = self
+            .operate(
+                req,
+                |c, r, tx| async move { c.demote(r.id, tx).await },
+                |mut client, r| async move { client.demote_node(r).await },
+            )
+            .await;
+        Self::recorded(record, started)
     }
 
     type RemoveNodeStream = ProgressStream;
 
     async fn remove_node(&self, req: Request<NodeRef>) -> Result<Response<ProgressStream>, Status> {
-        self.operate(
-            req,
-            |c, r, tx| async move { c.remove(r.id, tx).await },
-            |mut client, r| async move { client.remove_node(r).await },
-        )
-        .await
+        let target = format!("node {}", req.get_ref().id);
+        let record = self.change_record(&req, "RemoveNode", target);
+        let started = self
+            .operate(
+                req,
+                |c, r, tx| async move { c.remove(r.id, tx).await },
+                |mut client, r| async move { client.remove_node(r).await },
+            )
+            .await;
+        Self::recorded(record, started)
     }
 
     async fn replication_status(
@@ -420,35 +652,49 @@ impl Admin for AdminService {
         &self,
         req: Request<ReplicationPolicyEntry>,
     ) -> Result<Response<ReplicationPolicyEntry>, Status> {
-        let r = self.admit(req).await?;
-        let p = r.policy.unwrap_or_default();
-        let policy = ReplicationPolicy {
-            regions: p.regions,
-            on_demand: p.on_demand,
-        };
-        let stored = self
-            .replication
-            .set_policy(&r.pattern, policy)
-            .await
-            .map_err(replication_status)?;
-        Ok(Response::new(policy_message(r.pattern, stored)))
+        self.audited(
+            req,
+            "SetReplicationPolicy",
+            |r| r.pattern.clone(),
+            |r| async move {
+                let p = r.policy.unwrap_or_default();
+                let policy = ReplicationPolicy {
+                    regions: p.regions,
+                    on_demand: p.on_demand,
+                };
+                let stored = self
+                    .replication
+                    .set_policy(&r.pattern, policy)
+                    .await
+                    .map_err(replication_status)?;
+                Ok(policy_message(r.pattern, stored))
+            },
+        )
+        .await
     }
 
     async fn clear_replication_policy(
         &self,
         req: Request<ReplicationPolicyRef>,
     ) -> Result<Response<ReplicationPolicies>, Status> {
-        let pattern = self.admit(req).await?.pattern;
-        self.replication
-            .clear_policy(&pattern)
-            .await
-            .map_err(replication_status)?;
-        let policies = self
-            .replication
-            .policies()
-            .await
-            .map_err(replication_status)?;
-        Ok(Response::new(policies_message(policies)))
+        self.audited(
+            req,
+            "ClearReplicationPolicy",
+            |r| r.pattern.clone(),
+            |r| async move {
+                self.replication
+                    .clear_policy(&r.pattern)
+                    .await
+                    .map_err(replication_status)?;
+                let policies = self
+                    .replication
+                    .policies()
+                    .await
+                    .map_err(replication_status)?;
+                Ok(policies_message(policies))
+            },
+        )
+        .await
     }
 
     async fn list_identities(
@@ -469,28 +715,52 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::CreateUserRequest>,
     ) -> Result<Response<pb::Identity>, Status> {
-        self.auth.create_user(self.admit(req).await?).await
+        self.audited(
+            req,
+            "CreateUser",
+            |r| r.name.clone(),
+            |r| async move { Ok(self.auth.create_user(r).await?.into_inner()) },
+        )
+        .await
     }
 
     async fn create_token(
         &self,
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::IdentityChanged>, Status> {
-        self.auth.create_token(self.admit(req).await?).await
+        self.audited(
+            req,
+            "CreateToken",
+            |r| r.name.clone(),
+            |r| async move { Ok(self.auth.create_token(r).await?.into_inner()) },
+        )
+        .await
     }
 
     async fn update_identity(
         &self,
         req: Request<pb::UpdateIdentityRequest>,
     ) -> Result<Response<pb::IdentityChanged>, Status> {
-        self.auth.update_identity(self.admit(req).await?).await
+        self.audited(
+            req,
+            "UpdateIdentity",
+            |r| r.name.clone(),
+            |r| async move { Ok(self.auth.update_identity(r).await?.into_inner()) },
+        )
+        .await
     }
 
     async fn delete_identity(
         &self,
         req: Request<pb::IdentityRef>,
     ) -> Result<Response<pb::Deleted>, Status> {
-        self.auth.delete_identity(self.admit(req).await?).await
+        self.audited(
+            req,
+            "DeleteIdentity",
+            |r| r.name.clone(),
+            |r| async move { Ok(self.auth.delete_identity(r).await?.into_inner()) },
+        )
+        .await
     }
 
     async fn list_scope_maps(
@@ -512,14 +782,26 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::PutScopeMapRequest>,
     ) -> Result<Response<pb::ScopeMap>, Status> {
-        self.auth.put_scope_map(self.admit(req).await?).await
+        self.audited(
+            req,
+            "PutScopeMap",
+            |r| r.name.clone(),
+            |r| async move { Ok(self.auth.put_scope_map(r).await?.into_inner()) },
+        )
+        .await
     }
 
     async fn delete_scope_map(
         &self,
         req: Request<pb::ScopeMapRef>,
     ) -> Result<Response<pb::Deleted>, Status> {
-        self.auth.delete_scope_map(self.admit(req).await?).await
+        self.audited(
+            req,
+            "DeleteScopeMap",
+            |r| r.name.clone(),
+            |r| async move { Ok(self.auth.delete_scope_map(r).await?.into_inner()) },
+        )
+        .await
     }
 
     async fn list_roles(
@@ -542,8 +824,13 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RotateAuthKeyRequest>,
     ) -> Result<Response<pb::AuthKeys>, Status> {
-        self.admit(req).await?;
-        self.auth.rotate_auth_key().await
+        self.audited(
+            req,
+            "RotateAuthKey",
+            |_| String::new(),
+            |_| async move { Ok(self.auth.rotate_auth_key().await?.into_inner()) },
+        )
+        .await
     }
 
     async fn get_auth_settings(
@@ -558,32 +845,58 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::SetAnonymousPullRequest>,
     ) -> Result<Response<pb::AuthSettings>, Status> {
-        self.auth.set_anonymous_pull(self.admit(req).await?).await
+        self.audited(
+            req,
+            "SetAnonymousPull",
+            |r| r.patterns.join(","),
+            |r| async move { Ok(self.auth.set_anonymous_pull(r).await?.into_inner()) },
+        )
+        .await
     }
 
     async fn set_network_rules(
         &self,
         req: Request<pb::SetNetworkRulesRequest>,
     ) -> Result<Response<pb::AuthSettings>, Status> {
-        self.auth.set_network_rules(self.admit(req).await?).await
+        self.audited(
+            req,
+            "SetNetworkRules",
+            |_| "cluster".to_string(),
+            |r| async move { Ok(self.auth.set_network_rules(r).await?.into_inner()) },
+        )
+        .await
     }
 
     async fn set_repository_network_rule(
         &self,
         req: Request<pb::RepositoryNetworkRule>,
     ) -> Result<Response<pb::AuthSettings>, Status> {
-        self.auth
-            .set_repository_network_rule(self.admit(req).await?)
-            .await
+        self.audited(
+            req,
+            "SetRepositoryNetworkRule",
+            |r| r.pattern.clone(),
+            |r| async move { Ok(self.auth.set_repository_network_rule(r).await?.into_inner()) },
+        )
+        .await
     }
 
     async fn clear_repository_network_rule(
         &self,
         req: Request<pb::RepositoryNetworkRuleRef>,
     ) -> Result<Response<pb::AuthSettings>, Status> {
-        self.auth
-            .clear_repository_network_rule(self.admit(req).await?)
-            .await
+        self.audited(
+            req,
+            "ClearRepositoryNetworkRule",
+            |r| r.pattern.clone(),
+            |r| async move {
+                Ok(self
+                    .auth
+                    .clear_repository_network_rule(r)
+                    .await?
+                    .into_inner())
+            },
+        )
+        .await
     }
 
     type TransferLeaderStream = ProgressStream;
@@ -592,12 +905,42 @@ impl Admin for AdminService {
         &self,
         req: Request<TransferLeaderRequest>,
     ) -> Result<Response<ProgressStream>, Status> {
-        self.operate(
-            req,
-            |c, r, tx| async move { c.transfer_leader(r.to, tx).await },
-            |mut client, r| async move { client.transfer_leader(r).await },
-        )
-        .await
+        let target = format!("node {}", req.get_ref().to);
+        let record = self.change_record(&req, "TransferLeader", target);
+        let started = self
+            .operate(
+                req,
+                |c, r, tx| async move { c.transfer_leader(r.to, tx).await },
+                |mut client, r| async move { client.transfer_leader(r).await },
+            )
+            .await;
+        Self::recorded(record, started)
+    }
+
+    async fn audit(&self, req: Request<AuditRequest>) -> Result<Response<AuditResponse>, Status> {
+        let r = req.into_inner();
+        let query = AuditQuery {
+            since_ms: r.since_ms,
+            identity: Some(r.identity).filter(|i| !i.is_empty()),
+            limit: match r.limit {
+                0 => AUDIT_DEFAULT_LIMIT,
+                n => n as usize,
+            },
+        };
+        let records = self
+            .audit
+            .query(query)
+            .await
+            .map_err(|e| status(e.kind(), crate::error_chain(&e)))?;
+        let records = newest_that_fit(
+            records.into_iter().map(audit_message).collect(),
+            AUDIT_ANSWER_BYTES,
+        );
+        Ok(Response::new(AuditResponse {
+            node_id: self.cluster.node_id(),
+            records,
+            dropped: self.audit.dropped(),
+        }))
     }
 }
 
@@ -644,5 +987,105 @@ impl berth_proto::admin::faults_server::Faults for FaultsService {
             .collect();
         self.cluster.peers().faults().set_links(links);
         Ok(Response::new(berth_proto::admin::SetLinksResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::audit::{AuditEvent, AuditSettings};
+
+    #[test]
+    fn the_admin_caller_is_the_authorization_user_else_cluster_and_relays_are_skipped() {
+        let mut req = Request::new(());
+        assert_eq!(
+            AdminCaller::of(&req),
+            Some(AdminCaller {
+                identity: "cluster".into(),
+                address: None
+            })
+        );
+        let basic = format!(
+            "Basic {}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ann:secret")
+        );
+        req.metadata_mut()
+            .insert("authorization", basic.parse().unwrap());
+        assert_eq!(AdminCaller::of(&req).unwrap().identity, "ann");
+        req.metadata_mut()
+            .insert(RELAYED, "1".parse().expect("valid metadata"));
+        assert_eq!(AdminCaller::of(&req), None);
+    }
+
+    /// A streamed change is recorded once: with its outcome, or as unfinished when the
+    /// stream is dropped first.
+    #[tokio::test]
+    async fn a_streamed_change_is_recorded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, _, _, store, _) = crate::meta::open_closable(dir.path()).unwrap();
+        let audit = Audit::start(
+            store,
+            AuditSettings {
+                retention: Duration::from_secs(86_400),
+                export: None,
+                queue: 16,
+                node: 1,
+                region: "r".into(),
+            },
+        );
+        let change = |target: &str| ChangeRecord {
+            audit: audit.clone(),
+            who: AdminCaller {
+                identity: "cluster".into(),
+                address: None,
+            },
+            what: "PromoteNode",
+            target: target.into(),
+            recorded: false,
+        };
+        let mut done = change("node 2");
+        done.record("ok");
+        drop(done);
+        drop(change("node 3"));
+        let mut got = Vec::new();
+        for _ in 0..500 {
+            got = audit
+                .query(AuditQuery {
+                    since_ms: 0,
+                    identity: None,
+                    limit: 10,
+                })
+                .await
+                .unwrap();
+            if got.len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let outcomes: Vec<(String, String)> = got
+            .iter()
+            .map(|r| match &r.event {
+                AuditEvent::AdminChange {
+                    target, outcome, ..
+                } => (target.clone(), outcome.clone()),
+                e => panic!("unexpected {e:?}"),
+            })
+            .collect();
+        assert_eq!(outcomes.len(), 2, "{got:?}");
+        assert_eq!(outcomes[0], ("node 2".into(), "ok".into()));
+        assert_eq!(outcomes[1].0, "node 3");
+        assert!(outcomes[1].1.starts_with("unfinished"), "{outcomes:?}");
+        let messages: Vec<_> = got.into_iter().map(audit_message).collect();
+        let one = message_bytes(&messages[0]).max(message_bytes(&messages[1]));
+        assert_eq!(newest_that_fit(messages.clone(), 2 * one).len(), 2);
+        let newest = newest_that_fit(messages.clone(), message_bytes(&messages[1]));
+        assert_eq!(newest, [messages[1].clone()]);
+        assert!(newest_that_fit(messages, 1).is_empty());
+        assert_eq!(
+            outcome_of(Err(&Status::failed_precondition("not a learner"))),
+            "failed (FailedPrecondition): not a learner"
+        );
     }
 }

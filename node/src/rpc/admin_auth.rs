@@ -581,7 +581,8 @@ mod tests {
         let mut config = crate::auth::AuthConfig::disabled();
         config.admin_allow = vec![crate::auth::parse_cidr("10.0.0.0/8").unwrap()];
         // mTLS on: only the address rule stands between a caller and the service.
-        let guard = AdminGuard::new(Auth::new(config, reader.auth().clone()), true);
+        let auth = Auth::new(config, reader.auth().clone(), crate::audit::Audit::discard());
+        let guard = AdminGuard::new(auth, true);
         let from = |ip: &str| {
             let mut r = Request::new(());
             r.extensions_mut()

@@ -40,6 +40,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
+use crate::audit::Audit;
 use crate::auth::Auth;
 use crate::auth::manage::AuthAdmin;
 use crate::registry::Registry;
@@ -53,11 +54,13 @@ const SEVERED_STOP: Duration = Duration::from_secs(1);
 
 /// Serves the cluster endpoint on `listener` until `stop` is cancelled; then stops accepting,
 /// lets calls in flight finish for at most [`GRACEFUL_STOP`], and closes every connection
-/// still open (their tasks, and the registry handles they hold, end with them).
+/// still open (their tasks, and the registry handles they hold, end with them). Admin changes
+/// are recorded in `audit`.
 pub async fn serve(
     registry: Arc<Registry>,
     replication: Arc<Replication>,
     auth: Arc<Auth>,
+    audit: Audit,
     snapshot_dir: PathBuf,
     listener: tokio::net::TcpListener,
     stop: CancellationToken,
@@ -74,6 +77,7 @@ pub async fn serve(
         replication,
         guard,
         auth_rpc,
+        audit,
     ));
     let sever = CancellationToken::new();
     let incoming = {

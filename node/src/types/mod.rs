@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod name;
 pub mod range;
 pub mod reference;
+pub mod time;
 
 pub use digest::{Digest, DigestHasher};
 pub use kind::ErrorKind;
