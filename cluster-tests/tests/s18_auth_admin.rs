@@ -245,8 +245,16 @@ fn the_admin_service_needs_an_admin_and_manages_tokens_cluster_wide() {
         assert_eq!(m["reachable"], true, "{m}");
     }
 
-    // A registry token of the admin works as a bearer credential, at another node.
-    let admin_token = registry_token(&c, 1, "admin", ADMIN_PASSWORD, "").expect("admin token");
+    // A registry token of the admin issued for the admin service works as a bearer
+    // credential, at another node; the admin's token for anything else does not.
+    let pull_token = registry_token(&c, 1, "admin", ADMIN_PASSWORD, "").expect("admin token");
+    let as_bearer = [("CLUSTERCTL_TOKEN", pull_token.as_str())];
+    must_refuse(
+        &ctl(&c, 3, &["roles", "list", "--json"], &as_bearer, None),
+        "PERMISSION_DENIED",
+    );
+    let admin_token =
+        registry_token(&c, 1, "admin", ADMIN_PASSWORD, "registry:admin:*").expect("admin token");
     let as_bearer = [("CLUSTERCTL_TOKEN", admin_token.as_str())];
     ctl(&c, 3, &["roles", "list", "--json"], &as_bearer, None).assert_success();
 

@@ -71,8 +71,9 @@ pub struct Cli {
     #[arg(long = "password-stdin", global = true)]
     pub password_stdin: bool,
 
-    /// A registry token (from /auth/token) of an admin, sent as a bearer token instead of
-    /// --user; prefer the CLUSTERCTL_TOKEN environment variable.
+    /// A registry token (from /auth/token) of an admin, issued with the scope
+    /// `registry:admin:*`, sent as a bearer token instead of --user; prefer the
+    /// CLUSTERCTL_TOKEN environment variable.
     #[arg(
         long,
         global = true,

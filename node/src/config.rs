@@ -111,10 +111,11 @@ impl Default for Audit {
 /// Longest accepted `audit.retention_days`: a hundred years.
 const MAX_RETENTION_DAYS: u64 = 36_500;
 
-/// Authentication (`[auth]`, env `BERTH_AUTH__<FIELD>`; docs/security.md, ADR 019).
+/// Authentication (`[auth]`, env `BERTH_AUTH__<FIELD>`; docs/security.md, ADR 019). Its
+/// `Debug` never shows the bootstrap password.
 /// Identities, scope maps, signing keys and network rules are cluster state (Raft), changed
 /// with `clusterctl`; these are the node's own settings, which should match on every node.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Auth {
     /// Require credentials on the registry port. Default: on whenever `listen` is not a
@@ -149,6 +150,26 @@ pub struct Auth {
     /// environment, one string of comma-separated entries.
     #[serde(deserialize_with = "entries")]
     pub admin_allow: Vec<String>,
+    /// With auth on, a `cluster_listen` address beyond loopback needs `[cluster_tls]`: Raft
+    /// and peer calls on that port are not authenticated otherwise, so whoever reaches it can
+    /// write any identity. `true` accepts that (a private network only) and logs a warning.
+    pub allow_open_cluster_port: bool,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("enabled", &self.enabled)
+            .field("service", &self.service)
+            .field("realm", &self.realm)
+            .field(
+                "bootstrap_admin_password",
+                &self.bootstrap_admin_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("admin_allow", &self.admin_allow)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Auth {
@@ -165,6 +186,7 @@ impl Default for Auth {
             max_failed_logins: 10,
             failed_login_window_secs: 300,
             admin_allow: Vec::new(),
+            allow_open_cluster_port: false,
         }
     }
 }
@@ -646,6 +668,15 @@ impl Config {
                 }
             }
         }
+        if self.open_cluster_port_with_auth() && !self.auth.allow_open_cluster_port {
+            p.push(format!(
+                "auth is on but cluster_listen {} is beyond loopback without [cluster_tls]: \
+                 Raft and peer calls there are unauthenticated, so anyone who reaches the port \
+                 could change identities; set [cluster_tls] (ADR 018), or \
+                 auth.allow_open_cluster_port = true on a private network",
+                self.cluster_listen
+            ));
+        }
         if self.auth.service.is_empty() || self.auth.service.contains('"') {
             p.push("auth.service: must be non-empty and hold no '\"'".to_string());
         }
@@ -874,6 +905,14 @@ impl Config {
                 .then(|| Duration::from_secs(self.replication.scrub_interval_secs)),
             scrub_bytes_per_sec: self.replication.scrub_bytes_per_sec,
         }
+    }
+
+    /// Whether auth is on while the cluster port is reachable beyond loopback without mutual
+    /// TLS (allowed only with `auth.allow_open_cluster_port`).
+    pub fn open_cluster_port_with_auth(&self) -> bool {
+        self.auth_enabled()
+            && self.cluster_tls.files().is_none()
+            && !self.cluster_listen.ip().is_loopback()
     }
 
     /// Whether the registry port requires credentials.
@@ -1214,6 +1253,20 @@ mod tests {
         assert_eq!(a.bootstrap_admin_password, None);
         let c = Config::load("", &env(&[("BERTH_AUTH__ENABLED", "true")])).unwrap();
         assert!(c.auth_enabled());
+        // Auth with an open cluster port beyond loopback: refused unless allowed.
+        let open = [
+            ("BERTH_AUTH__ENABLED", "true"),
+            ("BERTH_CLUSTER_LISTEN", "0.0.0.0:7000"),
+        ];
+        let err = Config::load("", &env(&open)).unwrap_err();
+        assert!(err.to_string().contains("allow_open_cluster_port"), "{err}");
+        let mut allowed = open.to_vec();
+        allowed.push(("BERTH_AUTH__ALLOW_OPEN_CLUSTER_PORT", "true"));
+        assert!(
+            Config::load("", &env(&allowed))
+                .unwrap()
+                .open_cluster_port_with_auth()
+        );
         let err = Config::load(
             "",
             &env(&[

@@ -299,6 +299,13 @@ pub async fn run(
         .map(server::tls::CertStore::open)
         .transpose()?;
     let tls = certs.as_ref().map(|c| c.server_config()).transpose()?;
+    if config.open_cluster_port_with_auth() {
+        tracing::warn!(
+            cluster_listen = %config.cluster_listen,
+            "auth is on but the cluster port is open without mutual TLS \
+             (auth.allow_open_cluster_port = true): whoever reaches it can change identities"
+        );
+    }
     if config.plaintext_beyond_loopback() {
         tracing::warn!(
             listen = %config.listen,

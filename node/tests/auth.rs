@@ -140,6 +140,15 @@ impl AuthNode {
         self.send(Method::GET, uri, auth, Vec::new(), None).await
     }
 
+    /// Creates a user with one role (`ROLE:PATTERN`).
+    async fn user(&self, name: &str, password: &str, grant: &str) {
+        let grant = parse_role_grant(grant).unwrap();
+        self.admin
+            .create_user(name, password, vec![grant])
+            .await
+            .unwrap();
+    }
+
     fn admin_basic(&self) -> String {
         basic("admin", ADMIN_PASSWORD)
     }
@@ -194,6 +203,10 @@ async fn a_challenge_then_a_token_pushes_and_pulls() {
     let r = n.t.get("/v2/team/app/manifests/v1").await;
     assert_error(&r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
     assert!(challenge(&r).contains("scope=\"repository:team/app:pull\""));
+
+    // A path that names no repository is refused as such, before any challenge names it.
+    let r = n.t.get("/v2/Not-A-Name/manifests/v1").await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "NAME_INVALID");
 
     // docker login: a token with no scope opens /v2/.
     let t = n.token(Some(("admin", ADMIN_PASSWORD)), &[]).await;
@@ -307,6 +320,7 @@ async fn bad_credentials_and_bad_tokens_are_refused() {
         b64(&serde_json::to_vec(&claims(now_secs() + 60, "berth")).unwrap())
     );
     let expired = cluster_key.sign(&claims(now_secs() - 1, "berth"));
+    let too_long = cluster_key.sign(&claims(now_secs() + 3600, "berth"));
     let other_service = cluster_key.sign(&claims(now_secs() + 60, "another-registry"));
     let mut refresh_as_access = claims(now_secs() + 60, "berth");
     refresh_as_access.typ = TokenType::Refresh;
@@ -316,6 +330,7 @@ async fn bad_credentials_and_bad_tokens_are_refused() {
         ("a token re-signed with another key", resigned),
         ("alg none", alg_none),
         ("an expired token", expired),
+        ("a token living longer than the cluster issues", too_long),
         ("a token for another service", other_service),
         ("a refresh token used as an access token", refresh_as_access),
         ("garbage", "not.a.token".to_string()),
@@ -345,14 +360,7 @@ async fn bad_credentials_and_bad_tokens_are_refused() {
 #[tokio::test]
 async fn a_token_grants_the_intersection_of_asked_and_allowed() {
     let n = AuthNode::start(|_| {}).await;
-    n.admin
-        .create_user(
-            "ann",
-            "ann-password",
-            vec![parse_role_grant("writer:team-a/**").unwrap()],
-        )
-        .await
-        .unwrap();
+    n.user("ann", "ann-password", "writer:team-a/**").await;
     n.push(&n.admin_basic(), "team-b/app", "v1", "b")
         .await
         .expect(StatusCode::CREATED);
@@ -541,14 +549,7 @@ async fn revocation_takes_effect_on_the_next_request() {
     let r = n.get("/v2/r/manifests/v1", &bearer(&t3)).await;
     assert_error(&r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
     // A user's password change revokes the tokens issued before it.
-    n.admin
-        .create_user(
-            "ann",
-            "first-password",
-            vec![parse_role_grant("reader:r").unwrap()],
-        )
-        .await
-        .unwrap();
+    n.user("ann", "first-password", "reader:r").await;
     let ta = n.token(Some(("ann", "first-password")), &scope).await;
     n.get("/v2/r/manifests/v1", &bearer(&ta))
         .await
@@ -678,6 +679,58 @@ async fn failed_logins_are_limited_per_name_and_address() {
 }
 
 #[tokio::test]
+async fn concurrent_guesses_cannot_outrun_the_limit() {
+    let n = AuthNode::start(|c| {
+        c.auth.max_failed_logins = 3;
+        c.auth.failed_login_window_secs = 600;
+    })
+    .await;
+    let tries: Vec<_> = (0..16)
+        .map(|i| {
+            let client = n.t.client.clone();
+            tokio::spawn(async move {
+                let auth = basic("admin", &format!("guess-{i}"));
+                client
+                    .send(request(
+                        Method::GET,
+                        "/auth/token?service=berth",
+                        &[("authorization", &auth)],
+                        Vec::new(),
+                    ))
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    let mut checked = 0;
+    for t in tries {
+        match t.await.unwrap() {
+            StatusCode::UNAUTHORIZED => checked += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(checked, 3, "passwords checked beyond the limit of 3");
+    n.stop().await;
+}
+
+#[tokio::test]
+async fn the_bootstrap_admin_is_made_once() {
+    let n = AuthNode::start(|_| {}).await;
+    n.user("root", "root-password", "admin:**").await;
+    n.admin.delete_identity("admin").await.unwrap();
+    // A node restarting with the bootstrap password does not bring the admin back.
+    let again = n.admin.clone().bootstrap(n.stop.clone());
+    tokio::time::timeout(Duration::from_secs(30), again)
+        .await
+        .unwrap();
+    assert!(!n.t.node().auth.state().identities.contains_key("admin"));
+    let r = n.token_get(Some(("admin", ADMIN_PASSWORD)), &[]).await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    n.stop().await;
+}
+
+#[tokio::test]
 async fn refresh_tokens_and_the_oauth_form() {
     let n = AuthNode::start(|_| {}).await;
     let form = "grant_type=password&username=admin&password=admin-pass-1&service=berth\
@@ -715,14 +768,7 @@ async fn refresh_tokens_and_the_oauth_form() {
         .await;
     assert_error(&r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
     // Disabling the user kills its refresh token.
-    n.admin
-        .create_user(
-            "ann",
-            "ann-password",
-            vec![parse_role_grant("reader:a").unwrap()],
-        )
-        .await
-        .unwrap();
+    n.user("ann", "ann-password", "reader:a").await;
     let r = n
         .post_form("grant_type=password&username=ann&password=ann-password&access_type=offline")
         .await;
@@ -752,14 +798,7 @@ async fn a_mount_from_a_repository_the_caller_cannot_read_becomes_an_upload() {
     n.push(&n.admin_basic(), "secret/app", "v1", "s")
         .await
         .expect(StatusCode::CREATED);
-    n.admin
-        .create_user(
-            "ann",
-            "ann-password",
-            vec![parse_role_grant("writer:ann/**").unwrap()],
-        )
-        .await
-        .unwrap();
+    n.user("ann", "ann-password", "writer:ann/**").await;
     let layer = digest_of(b"layer of s");
     let uri = format!("/v2/ann/app/blobs/uploads/?mount={layer}&from=secret/app");
     let r = n
@@ -795,7 +834,7 @@ async fn from_addr(n: &AuthNode, peer: &str, forwarded: Option<&str>) -> Resp {
         headers.push(("x-forwarded-for", f));
     }
     let mut req = request(Method::GET, "/v2/", &headers, Vec::new());
-    let addr: SocketAddr = format!("{peer}:40000").parse().unwrap();
+    let addr = SocketAddr::new(peer.parse().unwrap(), 40000);
     req.extensions_mut().insert(ConnectInfo(addr));
     n.t.send(req).await
 }
@@ -835,6 +874,13 @@ async fn network_rules_and_forwarded_addresses() {
     assert_error(&r, StatusCode::FORBIDDEN, "DENIED");
     let r = from_addr(&n, "192.0.2.7", Some("198.51.100.9")).await;
     assert_error(&r, StatusCode::FORBIDDEN, "DENIED");
+    // A hop that is no address ends the walk at the last trusted one (here the proxy).
+    let r = from_addr(&n, "10.9.1.1", Some("198.51.100.9, unknown")).await;
+    assert_error(&r, StatusCode::FORBIDDEN, "DENIED");
+    // An IPv4 client of a dual-stack listener is matched as IPv4.
+    from_addr(&n, "::ffff:198.51.100.9", None)
+        .await
+        .expect(StatusCode::OK);
     // The token endpoint is behind the same rules.
     let mut req = request(Method::GET, "/auth/token?service=berth", &[], Vec::new());
     req.extensions_mut()

@@ -99,7 +99,8 @@ pub(super) async fn gate(
         let q = query(req);
         if let Some(from) = query_param(&q, "from")
             && query_param(&q, "mount").is_some()
-            && auth.check(&caller, from, Need::Pull).is_err()
+            && (auth.check(&caller, from, Need::Pull).is_err()
+                || auth.check_network(addr, Some(from)).is_err())
         {
             let kept: Vec<&(String, String)> = q
                 .iter()
@@ -127,6 +128,10 @@ async fn check(
     addr: Option<IpAddr>,
 ) -> Result<Caller, ApiError> {
     let target = needs(route, method);
+    // A name that is no repository name is refused before it reaches a challenge header.
+    if let Some((name, _)) = target {
+        crate::registry::parse_name(name)?;
+    }
     let scope = match (route, &target) {
         (Route::Catalog, _) => Some("registry:catalog:*".to_string()),
         (_, Some((name, need))) => Some(format!("repository:{name}:{}", need.challenge_actions())),
@@ -252,6 +257,7 @@ fn scopes<'a>(values: impl Iterator<Item = &'a str>) -> Vec<Scope> {
     values
         .flat_map(|v| v.split(' '))
         .filter_map(grants::parse_scope)
+        .take(crate::auth::MAX_SCOPES)
         .collect()
 }
 

@@ -182,6 +182,13 @@ pub fn grant(state: &AuthState, who: Subject<'_>, asked: &[Scope]) -> Vec<Access
             "registry" if s.name == "catalog" && matches!(who, Subject::Identity(_)) => {
                 s.actions.iter().filter(|a| *a == "*").cloned().collect()
             }
+            // The admin service (`clusterctl --token`): only for cluster admins, and only when
+            // asked, so that an admin's pull token is no admin credential.
+            "registry"
+                if s.name == "admin" && matches!(who, Subject::Identity(id) if is_admin(id)) =>
+            {
+                s.actions.iter().filter(|a| *a == "*").cloned().collect()
+            }
             _ => Vec::new(),
         };
         if granted.is_empty() {
@@ -219,9 +226,14 @@ pub fn access_allows(access: &[Access], repo: &str, action: &str) -> bool {
 
 /// Whether a token's `access` claim covers listing the catalog.
 pub fn access_allows_catalog(access: &[Access]) -> bool {
+    access_allows_registry(access, "catalog")
+}
+
+/// Whether a token's `access` claim covers `registry:NAME:*` (`catalog`, `admin`).
+pub fn access_allows_registry(access: &[Access], name: &str) -> bool {
     access
         .iter()
-        .any(|a| a.kind == "registry" && a.name == "catalog" && a.actions.iter().any(|x| x == "*"))
+        .any(|a| a.kind == "registry" && a.name == name && a.actions.iter().any(|x| x == "*"))
 }
 
 #[cfg(test)]
@@ -281,6 +293,12 @@ mod tests {
         assert_eq!(by_name["team/lib"], &vec!["pull".to_string()]);
         assert!(!by_name.contains_key("other"));
         assert_eq!(by_name["catalog"], &vec!["*".to_string()]);
+        // The admin scope goes to cluster admins only.
+        let asked = scopes(&["registry:admin:*"]);
+        assert!(grant(&state, Subject::Identity(&id), &asked).is_empty());
+        let admin = identity(&[(Role::Admin, "**")], None);
+        let got = grant(&state, Subject::Identity(&admin), &asked);
+        assert!(access_allows_registry(&got, "admin"));
     }
 
     #[test]

@@ -58,8 +58,17 @@ impl LoginLimiter {
         if failures.len() + keys.len() > MAX_KEYS {
             let window = self.window;
             failures.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
+            // Still full of live entries: drop the least recently failed tenth, never all
+            // (clearing would hand a flooder a fresh window for the name it is guessing).
             if failures.len() + keys.len() > MAX_KEYS {
-                failures.clear();
+                let mut last: Vec<(Instant, String)> = failures
+                    .iter()
+                    .filter_map(|(k, q)| q.back().map(|t| (*t, k.clone())))
+                    .collect();
+                last.sort();
+                for (_, k) in last.into_iter().take(MAX_KEYS / 10 + keys.len()) {
+                    failures.remove(&k);
+                }
             }
         }
         for k in keys {
@@ -73,6 +82,20 @@ impl LoginLimiter {
             q.push_back(now);
             while q.len() > self.max as usize {
                 q.pop_front();
+            }
+        }
+    }
+
+    /// Takes back the newest failure of each of `keys` (counted before a check that then
+    /// succeeded).
+    pub fn forgive(&self, keys: &[&str]) {
+        let mut failures = self.failures.lock().expect("limiter lock");
+        for k in keys {
+            if let Some(q) = failures.get_mut(*k) {
+                q.pop_back();
+                if q.is_empty() {
+                    failures.remove(*k);
+                }
             }
         }
     }
@@ -102,6 +125,31 @@ mod tests {
         assert_eq!(l.blocked(&["u:a"], t0 + Duration::from_secs(61)), None);
         l.succeeded("u:a");
         assert_eq!(l.blocked(&["u:a"], t0 + Duration::from_secs(10)), None);
+    }
+
+    #[test]
+    fn a_forgiven_attempt_does_not_count() {
+        let l = LoginLimiter::new(2, Duration::from_secs(60));
+        let t = Instant::now();
+        l.failed(&["u:a", "ip:1"], t);
+        l.failed(&["u:a", "ip:1"], t);
+        assert!(l.blocked(&["ip:1"], t).is_some());
+        l.forgive(&["u:a", "ip:1"]);
+        assert_eq!(l.blocked(&["u:a", "ip:1"], t), None);
+    }
+
+    #[test]
+    fn a_full_table_keeps_the_most_recent_failures() {
+        let l = LoginLimiter::new(1, Duration::from_secs(60));
+        let t = Instant::now();
+        l.failed(&["u:victim"], t + Duration::from_secs(1));
+        for i in 0..(MAX_KEYS + 10) {
+            l.failed(&[&format!("ip:{i}")], t);
+        }
+        assert!(
+            l.blocked(&["u:victim"], t + Duration::from_secs(2))
+                .is_some()
+        );
     }
 
     #[test]

@@ -532,6 +532,9 @@ impl AuthAdmin {
             return;
         }
         let mut tick = tokio::time::interval(BOOTSTRAP_RETRY);
+        // Set once the cluster refused the admin (it has users, or made one before): asking
+        // again would be refused again.
+        let mut admin_settled = false;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -540,7 +543,10 @@ impl AuthAdmin {
             let state = self.auth.state();
             let password = self.auth.config().bootstrap_admin_password.clone();
             let need_key = state.signing_key().is_none();
-            let need_admin = password.is_some() && !state.has_user();
+            let need_admin = password.is_some()
+                && !admin_settled
+                && !state.settings.bootstrapped
+                && !state.has_user();
             if !need_key && !need_admin {
                 return;
             }
@@ -579,7 +585,7 @@ impl AuthAdmin {
                     Ok(WriteResult::Done) => {
                         tracing::info!(user = ADMIN_USER, "created the admin user")
                     }
-                    Ok(_) => {}
+                    Ok(_) => admin_settled = true,
                     Err(e) => tracing::warn!(error = %e, "could not create the admin user yet"),
                 }
             }

@@ -45,9 +45,15 @@ use crate::meta::policy;
 pub const HASHING_AT_ONCE: usize = 2;
 /// Verified tokens remembered (signature checked once per token).
 const VERIFIED_MAX: usize = 8192;
+/// Tokens longer than this are verified every time, never remembered (the cache stays
+/// within `VERIFIED_MAX` × this).
+const VERIFIED_TOKEN_MAX_BYTES: usize = 4096;
+/// Scopes one token request may ask for; more are ignored (a token's size stays bounded).
+pub const MAX_SCOPES: usize = 32;
 
-/// The node's auth settings (`[auth]` of the configuration).
-#[derive(Debug, Clone)]
+/// The node's auth settings (`[auth]` of the configuration). Its `Debug` never shows the
+/// bootstrap password.
+#[derive(Clone)]
 pub struct AuthConfig {
     /// Credentials required on the registry port.
     pub enabled: bool,
@@ -71,6 +77,19 @@ pub struct AuthConfig {
     pub max_failed_logins: u32,
     /// Their window.
     pub failed_login_window: Duration,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("enabled", &self.enabled)
+            .field("service", &self.service)
+            .field(
+                "bootstrap_admin_password",
+                &self.bootstrap_admin_password.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl AuthConfig {
@@ -329,24 +348,30 @@ impl Auth {
 
     /// The client's address: the connection's, or the one a trusted proxy forwarded.
     pub fn client_addr(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
-        let peer = peer?;
+        // IPv4 clients of a dual-stack listener arrive as `::ffff:a.b.c.d`: rules name them
+        // as IPv4.
+        let peer = peer?.to_canonical();
         let trusted = |ip: &IpAddr| self.config.trusted_proxies.iter().any(|n| n.contains(ip));
         if !trusted(&peer) {
             return Some(peer);
         }
         // The rightmost address not a trusted proxy is the client (the ones left of it were
-        // written by the client itself and prove nothing).
+        // written by the client itself and prove nothing). A hop that is not a bare address
+        // ends the walk at the last trusted one: what lies left of it cannot be placed.
         let mut client = peer;
-        let hops: Vec<IpAddr> = headers
+        let hops: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|s| s.trim().parse().ok())
+            .map(str::trim)
             .collect();
         for hop in hops.into_iter().rev() {
-            client = hop;
-            if !trusted(&hop) {
+            let Ok(ip) = hop.parse::<IpAddr>().map(|ip| ip.to_canonical()) else {
+                break;
+            };
+            client = ip;
+            if !trusted(&ip) {
                 break;
             }
         }
@@ -460,27 +485,41 @@ impl Auth {
                 .collect(),
             _ => Vec::new(),
         };
-        for (stamp, hash) in &candidates {
+        for (stamp, _) in &candidates {
             if self.checked.contains(name, *stamp, password) {
                 return Ok(*stamp);
             }
-            let permit = self
-                .hashing
-                .acquire()
-                .await
-                .map_err(|_| AuthError::Unavailable("the node is stopping".into()))?;
-            let (h, p) = (hash.clone(), password.to_string());
-            let ok = tokio::task::spawn_blocking(move || password::verify(&h, &p))
-                .await
-                .unwrap_or(false);
-            drop(permit);
-            if ok {
-                self.checked.insert(name, *stamp, password);
-                self.limiter.succeeded(&name_key);
-                return Ok(*stamp);
-            }
         }
+        // Counted before hashing, so that requests arriving meanwhile see it: a burst of
+        // concurrent guesses cannot outrun the limit. Forgiven if the password is right.
         self.limiter.failed(&keys, Instant::now());
+        let permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|_| AuthError::Unavailable("the node is stopping".into()))?;
+        let p = password.to_string();
+        let matched = tokio::task::spawn_blocking(move || {
+            if candidates.is_empty() {
+                // An unknown or unusable name costs what a known one does: answering at once
+                // would tell which names exist.
+                password::verify(password::dummy_hash(), &p);
+                return None;
+            }
+            candidates
+                .into_iter()
+                .find(|(_, hash)| password::verify(hash, &p))
+                .map(|(stamp, _)| stamp)
+        })
+        .await
+        .unwrap_or(None);
+        drop(permit);
+        if let Some(stamp) = matched {
+            self.checked.insert(name, stamp, password);
+            self.limiter.forgive(&keys);
+            self.limiter.succeeded(&name_key);
+            return Ok(stamp);
+        }
         let e = AuthError::Unauthorized("invalid user name or password".into());
         self.refused(Some(name), addr, &e);
         Err(e)
@@ -523,11 +562,13 @@ impl Auth {
                     .parsed_key(&state, &kid)
                     .ok_or(bad(JwtError::UnknownKey))?;
                 let c = jwt::verify_signature(token, &key.public_key()).map_err(bad)?;
-                let mut v = self.verified.lock().expect("verified lock");
-                if v.len() >= VERIFIED_MAX {
-                    v.clear();
+                if token.len() <= VERIFIED_TOKEN_MAX_BYTES {
+                    let mut v = self.verified.lock().expect("verified lock");
+                    if v.len() >= VERIFIED_MAX {
+                        v.clear();
+                    }
+                    v.insert(token.to_string(), c.clone());
                 }
-                v.insert(token.to_string(), c.clone());
                 c
             }
         };
@@ -535,6 +576,17 @@ impl Auth {
         jwt::check_claims(&claims, &self.config.service, now / 1000, 0).map_err(bad)?;
         if claims.typ != typ {
             return Err(AuthError::Unauthorized("wrong kind of token".into()));
+        }
+        // A token living longer than this cluster issues is not one it issued (a stolen key
+        // could mint any lifetime).
+        let ttl = match typ {
+            TokenType::Access => self.config.token_ttl,
+            TokenType::Refresh => self.config.refresh_ttl,
+        };
+        if claims.exp.saturating_sub(claims.iat) > ttl.as_secs() {
+            return Err(AuthError::Unauthorized(
+                "token lifetime exceeds what this cluster issues".into(),
+            ));
         }
         if claims.uid != 0 {
             let ok = state

@@ -44,6 +44,13 @@ pub fn hash_user_password(password: &str) -> String {
         .to_string()
 }
 
+/// An argon2 hash of a random password nobody knows: verified against for names that do not
+/// exist, so that they cost what an existing name costs. Made once per process.
+pub fn dummy_hash() -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| hash_user_password(&generate_token_password()))
+}
+
 /// Hashes a machine token's generated password.
 pub fn hash_token_password(password: &str) -> String {
     format!(

@@ -47,7 +47,8 @@ fn key(prefix: &[u8], name: &str) -> Vec<u8> {
     k
 }
 
-/// A change to the auth records (the payload of `CommandV1::Auth`).
+/// A change to the auth records (the payload of `CommandV1::Auth`). `BootstrapAdmin` applies
+/// at most once in a cluster's life (`AuthSettings::bootstrapped`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum AuthCommand {
     /// Create (`expect: None`: rejected with [`Rejection::AuthExists`] when the name is
@@ -248,6 +249,9 @@ pub struct AuthSettings {
     pub anonymous_pull: Vec<String>,
     /// Which client addresses may use the registry port.
     pub network: NetworkRules,
+    /// The bootstrap admin was made once: it is never made again, even if every user is
+    /// deleted later (a restart with an old bootstrap password must not bring it back).
+    pub bootstrapped: bool,
 }
 
 /// Network rules of the registry port (checked before credentials).
@@ -476,6 +480,13 @@ pub(super) fn apply(
             Ok(WriteResult::Done)
         }
         AuthCommand::BootstrapAdmin { record } => {
+            let mut settings =
+                get::<AuthSettings>(db, "auth settings", SETTINGS_KEY)?.unwrap_or_default();
+            if settings.bootstrapped {
+                return Ok(WriteResult::Rejected(Rejection::AuthExists(
+                    "the bootstrap admin (made once)".to_string(),
+                )));
+            }
             for item in scan(db, IDENTITY_PREFIX, None) {
                 let (_, v) = item?;
                 let Stored::V1(r) = decode::<Stored<IdentityRecord>>("identity", &v)?;
@@ -494,6 +505,9 @@ pub(super) fn apply(
             let mut record = record.clone();
             record.generation = 1;
             put(batch, cf, &k, &record);
+            settings.bootstrapped = true;
+            settings.generation += 1;
+            put(batch, cf, SETTINGS_KEY, &settings);
             Ok(WriteResult::Done)
         }
         AuthCommand::SetSettings { settings, expect } => {
@@ -506,6 +520,8 @@ pub(super) fn apply(
             }
             let mut settings = settings.clone();
             settings.generation = expect + 1;
+            // Made once, never unmade: no settings change clears it.
+            settings.bootstrapped |= stored.bootstrapped;
             put(batch, cf, SETTINGS_KEY, &settings);
             Ok(WriteResult::Done)
         }

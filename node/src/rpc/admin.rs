@@ -104,7 +104,10 @@ impl AdminCaller {
     /// The caller of `req`; `None` for a call another node relayed (recorded where it was
     /// made).
     pub(super) fn of<T>(req: &Request<T>) -> Option<AdminCaller> {
-        if req.metadata().contains_key(RELAYED) {
+        // A call another node relayed is recorded where it was made. Only a peer that proved
+        // itself (a CA-signed certificate) can relay; from anyone else the marker is ignored,
+        // so that a client cannot set it to go unrecorded.
+        if req.metadata().contains_key(RELAYED) && req.peer_certs().is_some() {
             return None;
         }
         // The name presented; the guard checks it before the call runs.
@@ -124,7 +127,9 @@ impl AdminCaller {
             Some(format!("cert:{}", &hex::encode(sum)[..16]))
         };
         Some(AdminCaller {
-            identity: user.or_else(cert).unwrap_or_else(|| "cluster".to_string()),
+            // A certificate is verified by the handshake; a presented name is checked by the
+            // guard only without mutual TLS: the certificate names the caller when there is one.
+            identity: cert().or(user).unwrap_or_else(|| "cluster".to_string()),
             address: req.remote_addr().map(|a| a.ip()),
         })
     }
@@ -918,7 +923,8 @@ impl Admin for AdminService {
     }
 
     async fn audit(&self, req: Request<AuditRequest>) -> Result<Response<AuditResponse>, Status> {
-        let r = req.into_inner();
+        // Who logged in from where is for admins only.
+        let r = self.admit(req).await?;
         let query = AuditQuery {
             since_ms: r.since_ms,
             identity: Some(r.identity).filter(|i| !i.is_empty()),
@@ -998,7 +1004,8 @@ mod tests {
     use crate::audit::{AuditEvent, AuditSettings};
 
     #[test]
-    fn the_admin_caller_is_the_authorization_user_else_cluster_and_relays_are_skipped() {
+    fn the_admin_caller_is_the_authorization_user_else_cluster_and_a_client_cannot_pose_as_a_relay()
+    {
         let mut req = Request::new(());
         assert_eq!(
             AdminCaller::of(&req),
@@ -1014,9 +1021,11 @@ mod tests {
         req.metadata_mut()
             .insert("authorization", basic.parse().unwrap());
         assert_eq!(AdminCaller::of(&req).unwrap().identity, "ann");
+        // The relay marker from a caller without a node certificate is ignored: the call is
+        // recorded (a client cannot set the marker to go unrecorded).
         req.metadata_mut()
             .insert(RELAYED, "1".parse().expect("valid metadata"));
-        assert_eq!(AdminCaller::of(&req), None);
+        assert_eq!(AdminCaller::of(&req).unwrap().identity, "ann");
     }
 
     /// A streamed change is recorded once: with its outcome, or as unfinished when the

@@ -89,7 +89,19 @@ impl AdminGuard {
         let addr: Option<IpAddr> = req.remote_addr().map(|a| a.ip());
         let headers = req.metadata().clone().into_headers();
         let name = match self.auth.caller(&headers, addr).await? {
-            Caller::Password { name } | Caller::Bearer { name, .. } => name,
+            Caller::Password { name } => name,
+            // A registry token is an admin credential only when it was issued for the admin
+            // service (`registry:admin:*`): an admin's pull token is not one.
+            Caller::Bearer { name, access } if grants::access_allows_registry(&access, "admin") => {
+                name
+            }
+            Caller::Bearer { .. } => {
+                return Err(AuthError::Denied(
+                    "a registry token needs the scope registry:admin:* for the admin service"
+                        .into(),
+                )
+                .into());
+            }
             Caller::Anonymous | Caller::Unchecked => String::new(),
         };
         let state = self.auth.state();
@@ -581,7 +593,11 @@ mod tests {
         let mut config = crate::auth::AuthConfig::disabled();
         config.admin_allow = vec![crate::auth::parse_cidr("10.0.0.0/8").unwrap()];
         // mTLS on: only the address rule stands between a caller and the service.
-        let auth = Auth::new(config, reader.auth().clone(), crate::audit::Audit::discard());
+        let auth = Auth::new(
+            config,
+            reader.auth().clone(),
+            crate::audit::Audit::discard(),
+        );
         let guard = AdminGuard::new(auth, true);
         let from = |ip: &str| {
             let mut r = Request::new(());
