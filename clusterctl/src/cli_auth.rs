@@ -228,6 +228,12 @@ pub struct RoleArgs {
 pub enum AuthCommand {
     /// Make a new token-signing key the one that signs (the old one keeps verifying).
     RotateKey,
+    /// Drop a retired token-signing key at once (one thought stolen): the tokens it signed
+    /// stop working. The key that signs cannot be dropped: rotate first.
+    DropKey {
+        /// The key's kid (`clusterctl auth keys`).
+        kid: String,
+    },
     /// List the token-signing keys (never the private keys).
     Keys,
     /// Repositories anyone may pull without credentials.
@@ -466,6 +472,8 @@ pub enum AuthAction {
     Keys,
     /// `auth rotate-key`.
     RotateKey,
+    /// `auth drop-key KID`.
+    DropKey(String),
     /// `auth network show`.
     ShowSettings,
     /// `auth anonymous-pull set|clear` (empty: clear).
@@ -631,6 +639,7 @@ impl AuthCommand {
     pub fn action(&self) -> AuthAction {
         match self {
             AuthCommand::RotateKey => AuthAction::RotateKey,
+            AuthCommand::DropKey { kid } => AuthAction::DropKey(kid.clone()),
             AuthCommand::Keys => AuthAction::Keys,
             AuthCommand::AnonymousPull(AnonymousPullCommand::Set { patterns }) => {
                 AuthAction::AnonymousPull(patterns.clone())

@@ -324,6 +324,18 @@ pub async fn run(
             let done = format!("key {} signs new tokens", k.signing_kid);
             print_change(out, json, render::keys_json(&k), &done, "")
         }
+        AuthAction::DropKey(kid) => {
+            let k = conn
+                .call(
+                    "drop the signing key",
+                    true,
+                    pb::AuthKeyRef { kid: kid.clone() },
+                    |mut c, r| async move { c.drop_auth_key(r).await },
+                )
+                .await?;
+            let done = format!("key {kid} dropped: the tokens it signed no longer work");
+            print_change(out, json, render::keys_json(&k), &done, "")
+        }
         AuthAction::ShowSettings => {
             let s = conn
                 .call(

@@ -847,6 +847,12 @@ fn scope_maps_roles_keys_and_settings() {
     let out = run(&["auth", "rotate-key", "--json"]);
     must_exit(&out, 0);
     assert_eq!(json_lines(&out)[0]["signing_kid"], "k2");
+    let out = run(&["auth", "drop-key", "k1"]);
+    must_exit(&out, 0);
+    assert!(stdout(&out).contains("key k1 dropped"), "{}", stdout(&out));
+    let out = run(&["auth", "drop-key", "k2"]);
+    must_exit(&out, 1);
+    assert!(stderr(&out).contains("rotate first"), "{}", stderr(&out));
     let set = [
         "--default",
         "deny",
@@ -1285,6 +1291,19 @@ impl Admin for FakeAdmin {
         r: Request<pb::RotateAuthKeyRequest>,
     ) -> AuthAnswer<pb::AuthKeys> {
         fake_login(&r)?;
+        Ok(Response::new(pb::AuthKeys {
+            keys: vec![],
+            signing_kid: "k2".into(),
+        }))
+    }
+
+    async fn drop_auth_key(&self, r: Request<pb::AuthKeyRef>) -> AuthAnswer<pb::AuthKeys> {
+        fake_login(&r)?;
+        if r.get_ref().kid == "k2" {
+            return Err(Status::failed_precondition(
+                "signing key k2 signs now: rotate first; the key that signs cannot be dropped",
+            ));
+        }
         Ok(Response::new(pb::AuthKeys {
             keys: vec![],
             signing_kid: "k2".into(),

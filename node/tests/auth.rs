@@ -600,6 +600,16 @@ async fn revocation_takes_effect_on_the_next_request() {
     n.get("/v2/r/manifests/v1", &bearer(&after))
         .await
         .expect(StatusCode::OK);
+    // Dropping the retired key (thought stolen) ends its tokens at once; the key that signs
+    // cannot be dropped.
+    let old_kid = jwt::header_kid(&before).unwrap();
+    assert!(n.admin.drop_key(&kid).await.is_err());
+    n.admin.drop_key(&old_kid).await.unwrap();
+    let r = n.get("/v2/r/manifests/v1", &bearer(&before)).await;
+    assert_error(&r, StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    n.get("/v2/r/manifests/v1", &bearer(&after))
+        .await
+        .expect(StatusCode::OK);
     n.stop().await;
 }
 

@@ -486,6 +486,23 @@ impl AuthAdmin {
         Ok(kid)
     }
 
+    /// Drops a retired signing key at once: every token it signed stops verifying at each
+    /// node as it applies this. The key that signs cannot be dropped (rotate first).
+    pub async fn drop_key(&self, kid: &str) -> Result<(), ManageError> {
+        match self
+            .write(AuthCommand::DropSigningKey {
+                kid: kid.to_string(),
+            })
+            .await?
+        {
+            WriteResult::Rejected(Rejection::AuthConflict(why)) => Err(ManageError::Exists(
+                format!("{why} the key that signs cannot be dropped"),
+            )),
+            WriteResult::Rejected(r) => Err(Self::rejected(r)),
+            _ => Ok(()),
+        }
+    }
+
     /// Changes the cluster's auth settings with `f` (retried on a conflict).
     pub async fn update_settings(
         &self,

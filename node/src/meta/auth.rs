@@ -94,6 +94,13 @@ pub enum AuthCommand {
         /// Retired keys older than this are dropped (ms since the epoch).
         drop_retired_before_ms: u64,
     },
+    /// Remove a retired signing key at once (a key thought stolen): the tokens it signed stop
+    /// verifying. Rejected for the key that signs ([`Rejection::AuthConflict`]: rotate
+    /// first) and for an unknown `kid`.
+    DropSigningKey {
+        /// The key.
+        kid: String,
+    },
     /// Create the admin user, unless the cluster has a user already
     /// ([`Rejection::AuthExists`]).
     BootstrapAdmin {
@@ -478,6 +485,21 @@ pub(super) fn apply(
             new.retired_ms = None;
             put(batch, cf, &key(KEY_PREFIX, &new.kid), &new);
             Ok(WriteResult::Done)
+        }
+        AuthCommand::DropSigningKey { kid } => {
+            let k = key(KEY_PREFIX, kid);
+            match get::<SigningKeyRecord>(db, "signing key", &k)? {
+                None => Ok(WriteResult::Rejected(Rejection::AuthUnknown(format!(
+                    "signing key {kid}"
+                )))),
+                Some(r) if r.retired_ms.is_none() => Ok(WriteResult::Rejected(
+                    Rejection::AuthConflict(format!("signing key {kid} signs now: rotate first;")),
+                )),
+                Some(_) => {
+                    batch.delete_cf(cf, k);
+                    Ok(WriteResult::Done)
+                }
+            }
         }
         AuthCommand::BootstrapAdmin { record } => {
             let mut settings =

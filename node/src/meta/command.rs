@@ -173,6 +173,7 @@ fn auth_verb(a: &AuthCommand) -> String {
         AuthCommand::PutScopeMap { name, .. } => format!("put-scope-map {name}"),
         AuthCommand::DeleteScopeMap { name } => format!("delete-scope-map {name}"),
         AuthCommand::AddSigningKey { key, .. } => format!("add-signing-key {}", key.kid),
+        AuthCommand::DropSigningKey { kid } => format!("drop-signing-key {kid}"),
         AuthCommand::BootstrapAdmin { .. } => "bootstrap-admin".to_string(),
         AuthCommand::SetSettings { .. } => "set-settings".to_string(),
     }

@@ -825,6 +825,19 @@ impl Admin for AdminService {
         self.auth.list_auth_keys().await
     }
 
+    async fn drop_auth_key(
+        &self,
+        req: Request<pb::AuthKeyRef>,
+    ) -> Result<Response<pb::AuthKeys>, Status> {
+        self.audited(
+            req,
+            "DropAuthKey",
+            |r| r.kid.clone(),
+            |r| async move { Ok(self.auth.drop_auth_key(r).await?.into_inner()) },
+        )
+        .await
+    }
+
     async fn rotate_auth_key(
         &self,
         req: Request<pb::RotateAuthKeyRequest>,

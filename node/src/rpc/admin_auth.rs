@@ -497,6 +497,20 @@ impl AuthRpc {
         Ok(Response::new(keys_message(&self.admin.auth().state(), kid)))
     }
 
+    /// `Admin.DropAuthKey` (the caller was admitted).
+    pub(super) async fn drop_auth_key(
+        &self,
+        r: pb::AuthKeyRef,
+    ) -> Result<Response<pb::AuthKeys>, Status> {
+        self.admin.drop_key(&r.kid).await?;
+        let state = self.admin.auth().state();
+        let signing = state
+            .signing_key()
+            .map(|k| k.kid.clone())
+            .unwrap_or_default();
+        Ok(Response::new(keys_message(&state, signing)))
+    }
+
     /// `Admin.GetAuthSettings` (the caller was admitted).
     pub(super) async fn get_auth_settings(&self) -> Result<Response<pb::AuthSettings>, Status> {
         self.read().await;
