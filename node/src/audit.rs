@@ -20,13 +20,14 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::meta::MetaError;
 pub use crate::meta::{AuditEvent, AuditQuery, AuditRecord, AuditStore, DeleteKind};
+use crate::types::time::now_ms;
 use crate::types::time::rfc3339_ms;
 
 /// Records queued for the writer at most; more are dropped (and counted).
@@ -91,12 +92,6 @@ impl std::fmt::Debug for Audit {
             .field("dropped", &self.dropped())
             .finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Why the audit log could not be read.

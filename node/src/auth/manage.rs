@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +23,7 @@ use crate::meta::auth::{
 };
 use crate::meta::{Command, CommandV1, Rejection, WriteResult, policy};
 use crate::types::ErrorKind;
+use crate::types::time::now_ms;
 
 /// How often the bootstrap looks again while it cannot finish (no leader yet).
 const BOOTSTRAP_RETRY: Duration = Duration::from_secs(1);
@@ -56,13 +57,6 @@ impl ManageError {
             ManageError::Cluster(e) => e.kind(),
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// A new signing key record.

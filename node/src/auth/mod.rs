@@ -28,7 +28,7 @@ pub mod password;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use http::HeaderMap;
@@ -39,6 +39,7 @@ use self::jwt::{Access, Claims, JwtError, SigningKey, TokenType};
 use crate::audit::{Audit, AuditEvent};
 use crate::meta::auth::{AuthState, AuthView, IdentityRecord, NetworkRules, RepoAction};
 use crate::meta::policy;
+use crate::types::time::now_ms;
 
 /// Argon2 verifications running at once on this node (each takes ~20 ms of a core and
 /// 19 MiB): a flood of bad logins cannot take more cores than this.
@@ -251,13 +252,6 @@ impl std::fmt::Debug for Auth {
             .field("service", &self.config.service)
             .finish_non_exhaustive()
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Whether an identity may be used now through the password of `stamp` (0: any password).

@@ -23,7 +23,6 @@ pub mod routing;
 mod uploads;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::Stream;
@@ -40,6 +39,7 @@ use crate::meta::{
 };
 use crate::metrics::Metrics;
 use crate::types::manifest::{Descriptor, OCI_INDEX, ParsedManifest};
+use crate::types::time::now_ms;
 use crate::types::{ByteRangeSpec, Digest, Reference, RepositoryName};
 
 /// Limits and policies of the registry.
@@ -171,12 +171,6 @@ pub struct Registry {
     /// Paces copies (shared with `fetcher`); told of client requests.
     pacing: Arc<PeerBandwidth>,
     metrics: Arc<Metrics>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A descriptor whose size is not the size of the content its digest names.

@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,7 @@ use crate::meta::{MetaError, NodeId, Notice};
 use crate::metrics::{Metrics, RegionLabels};
 use crate::registry::{CopyFor, Registry};
 use crate::types::Digest;
+use crate::types::time::now_ms;
 
 use super::pending::{BACKOFF_MIN, Backlog};
 use super::{Pending, Replication};
@@ -98,12 +99,6 @@ enum Outcome {
     NotWanted,
     /// The copy failed; tried again after a backoff.
     Failed(String),
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl ReplicationWorker {

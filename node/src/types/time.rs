@@ -1,4 +1,12 @@
-//! Timestamps on the wire: RFC 3339 in UTC (token `issued_at`, audit records).
+//! Time: the wall clock in milliseconds since the epoch (what commands and records stamp),
+//! and timestamps on the wire, RFC 3339 in UTC (token `issued_at`, audit records).
+
+/// Now, in milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Seconds since the epoch as RFC 3339 UTC (`2026-11-30T06:00:00Z`).
 pub fn rfc3339(secs: u64) -> String {
