@@ -255,19 +255,9 @@ fn containerd_pulls_and_pushes_with_user_credentials() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let layout = Layout::at(tmp.path().join("layout"));
-    build_image(tmp.path(), &layout, "v1", &[64 * 1024]);
-    let berth = support::start_with_auth(&tmp.path().join("data"));
+    let berth = support::auth_registry_with_image(tmp.path(), "ctr/auth");
     let host = berth.host_port();
     let user = format!("admin:{}", support::ADMIN_PASSWORD);
-    skopeo(&[
-        "copy",
-        "--dest-tls-verify=false",
-        "--dest-creds",
-        &user,
-        &layout.oci("v1"),
-        &format!("docker://{host}/ctr/auth:v1"),
-    ]);
     let ctr = Ctr {
         socket: socket.expect("probed above"),
         namespace: format!(

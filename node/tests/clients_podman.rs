@@ -238,19 +238,8 @@ fn podman_login_pull_push_logout_with_credentials() {
     ) {
         return;
     }
-    let layout = Layout::at(tmp.path().join("layout"));
-    build_image(tmp.path(), &layout, "v1", &[64 * 1024]);
-    let berth = support::start_with_auth(&tmp.path().join("data"));
+    let berth = support::auth_registry_with_image(tmp.path(), "pod/auth");
     let host = berth.host_port();
-    let creds = format!("admin:{}", support::ADMIN_PASSWORD);
-    support::images::skopeo(&[
-        "copy",
-        "--dest-tls-verify=false",
-        "--dest-creds",
-        &creds,
-        &layout.oci("v1"),
-        &format!("docker://{host}/pod/auth:v1"),
-    ]);
     let authfile = tmp.path().join("auth.json");
     let authfile = path_str(&authfile);
     let src = format!("{host}/pod/auth:v1");

@@ -362,6 +362,23 @@ pub fn start_with_auth(data: &Path) -> BerthProcess {
     }
 }
 
+/// A [`start_with_auth`] node in `dir/data` holding `repo:v1`, a one-layer image built with
+/// umoci and copied in by skopeo with the admin's credentials.
+pub fn auth_registry_with_image(dir: &Path, repo: &str) -> BerthProcess {
+    let layout = images::Layout::at(dir.join("layout"));
+    images::build_image(dir, &layout, "v1", &[64 * 1024]);
+    let berth = start_with_auth(&dir.join("data"));
+    images::skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &format!("admin:{ADMIN_PASSWORD}"),
+        &layout.oci("v1"),
+        &format!("docker://{}/{repo}:v1", berth.host_port()),
+    ]);
+    berth
+}
+
 /// The repositories a [`start_with_auth`] node holds, read as its admin.
 pub fn admin_catalog(berth: &BerthProcess) -> Vec<String> {
     let client = Client::new(&berth.base_url()).with_authorization(&admin_basic());
