@@ -346,6 +346,34 @@ impl Cluster {
         self.node(id).client()
     }
 
+    /// A registry token from node `id`'s `/auth/token` for `scope`, logging in as
+    /// `name:password` (GET with Basic credentials, as docker's GET flow).
+    pub fn registry_token(
+        &self,
+        id: u64,
+        name: &str,
+        password: &str,
+        scope: &str,
+    ) -> Result<String, String> {
+        let path = format!("/auth/token?service=berth&scope={scope}");
+        let auth = admin::basic_auth(name, password);
+        let r = self
+            .client(id)
+            .request("GET", &path, &[("Authorization", &auth)], None)?;
+        if r.status != 200 {
+            return Err(format!(
+                "node {id}: /auth/token answered {}: {}",
+                r.status,
+                r.excerpt()
+            ));
+        }
+        let token = r.json()["token"].as_str().unwrap_or_default().to_string();
+        if token.is_empty() {
+            return Err(format!("node {id}: no token in {}", r.excerpt()));
+        }
+        Ok(token)
+    }
+
     /// SIGKILLs node `id` (`kill -9`).
     pub fn kill(&mut self, id: u64) {
         self.node_mut(id).kill();

@@ -22,7 +22,6 @@ use std::time::Duration;
 
 use berth_testkit::oci::{MANIFEST_ACCEPT, OCI_MANIFEST};
 use berth_testkit::sha256_digest;
-use cluster_tests::admin::basic_auth;
 use cluster_tests::clusterctl::{self, CtlOutput};
 use cluster_tests::{Cluster, ClusterBuilder, Image, random_layer, wait_until};
 
@@ -61,40 +60,13 @@ fn must_refuse(out: &CtlOutput, code: &str) {
     assert_eq!(out.json()["code"], code, "{out:?}");
 }
 
-/// A registry token from `/auth/token` of node `id` for `scope`, with `name:password`.
-fn registry_token(
-    c: &Cluster,
-    id: u64,
-    name: &str,
-    password: &str,
-    scope: &str,
-) -> Result<String, String> {
-    let path = format!("/auth/token?service=berth&scope={scope}");
-    let auth = basic_auth(name, password);
-    let r = c
-        .client(id)
-        .request("GET", &path, &[("Authorization", &auth)], None)?;
-    if r.status != 200 {
-        return Err(format!(
-            "node {id}: /auth/token answered {}: {}",
-            r.status,
-            r.excerpt()
-        ));
-    }
-    let token = r.json()["token"].as_str().unwrap_or_default().to_string();
-    if token.is_empty() {
-        return Err(format!("node {id}: no token in {}", r.excerpt()));
-    }
-    Ok(token)
-}
-
 /// A token for pull and push on `repo`, polled until node `id` knows the identity.
 fn must_token(c: &Cluster, id: u64, name: &str, password: &str, repo: &str) -> String {
     let scope = format!("repository:{repo}:pull,push");
     wait_until(
         &format!("a registry token at node {id}"),
         APPLIED_WITHIN,
-        || registry_token(c, id, name, password, &scope),
+        || c.registry_token(id, name, password, &scope),
     )
 }
 
@@ -247,14 +219,17 @@ fn the_admin_service_needs_an_admin_and_manages_tokens_cluster_wide() {
 
     // A registry token of the admin issued for the admin service works as a bearer
     // credential, at another node; the admin's token for anything else does not.
-    let pull_token = registry_token(&c, 1, "admin", ADMIN_PASSWORD, "").expect("admin token");
+    let pull_token = c
+        .registry_token(1, "admin", ADMIN_PASSWORD, "")
+        .expect("admin token");
     let as_bearer = [("CLUSTERCTL_TOKEN", pull_token.as_str())];
     must_refuse(
         &ctl(&c, 3, &["roles", "list", "--json"], &as_bearer, None),
         "PERMISSION_DENIED",
     );
-    let admin_token =
-        registry_token(&c, 1, "admin", ADMIN_PASSWORD, "registry:admin:*").expect("admin token");
+    let admin_token = c
+        .registry_token(1, "admin", ADMIN_PASSWORD, "registry:admin:*")
+        .expect("admin token");
     let as_bearer = [("CLUSTERCTL_TOKEN", admin_token.as_str())];
     ctl(&c, 3, &["roles", "list", "--json"], &as_bearer, None).assert_success();
 
@@ -397,7 +372,7 @@ fn the_admin_service_needs_an_admin_and_manages_tokens_cluster_wide() {
             "password2's token at node {id}"
         );
         assert!(
-            registry_token(&c, id, "s18-ci", &password1, "").is_err(),
+            c.registry_token(id, "s18-ci", &password1, "").is_err(),
             "the old password1 at node {id}"
         );
     }

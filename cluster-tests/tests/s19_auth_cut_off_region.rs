@@ -7,25 +7,11 @@
 use std::time::{Duration, Instant};
 
 use cluster_tests::admin::basic_auth as basic;
-use cluster_tests::oci::{Client, OCI_MANIFEST};
+use cluster_tests::oci::OCI_MANIFEST;
 use cluster_tests::{ClusterBuilder, random_layer};
 
 const PASSWORD: &str = "admin-pass-1";
 const REPO: &str = "s19/app";
-
-/// A registry token for `scope` from `client`'s node, with the admin's password.
-fn token(client: &Client, scope: &str) -> Result<String, String> {
-    let r = client.request(
-        "GET",
-        &format!("/auth/token?service=berth&scope={scope}"),
-        &[("authorization", &basic("admin", PASSWORD))],
-        None,
-    )?;
-    if r.status != 200 {
-        return Err(format!("{}: {}", r.status, r.text()));
-    }
-    Ok(r.json()["token"].as_str().unwrap().to_string())
-}
 
 #[test]
 fn a_cut_off_node_still_authenticates_and_authorises() {
@@ -43,7 +29,7 @@ fn a_cut_off_node_still_authenticates_and_authorises() {
     // Every node answers the admin once the bootstrap is applied there.
     let deadline = Instant::now() + Duration::from_secs(30);
     for id in c.ids() {
-        while let Err(e) = token(&c.client(id), &scope) {
+        while let Err(e) = c.registry_token(id, "admin", PASSWORD, &scope) {
             assert!(Instant::now() < deadline, "node {id} issues no token: {e}");
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -65,7 +51,9 @@ fn a_cut_off_node_still_authenticates_and_authorises() {
     c.partition(&[cut], &majority);
 
     // The cut-off node issues a token and honours it, and Basic credentials.
-    let t = token(&c.client(cut), &scope).expect("a token from the cut-off node");
+    let t = c
+        .registry_token(cut, "admin", PASSWORD, &scope)
+        .expect("a token from the cut-off node");
     let bearer = c.client(cut).with_authorization(&format!("Bearer {t}"));
     bearer.must_pull_image(REPO, "v1", &image);
     admin(cut).must_pull_image(REPO, "v1", &image);
@@ -84,7 +72,7 @@ fn a_cut_off_node_still_authenticates_and_authorises() {
     // Its token works at the majority, and theirs at it.
     let at_majority = c.client(leader).with_authorization(&format!("Bearer {t}"));
     at_majority.must_pull_image(REPO, "v1", &image);
-    let t2 = token(&c.client(leader), &scope).unwrap();
+    let t2 = c.registry_token(leader, "admin", PASSWORD, &scope).unwrap();
     c.client(cut)
         .with_authorization(&format!("Bearer {t2}"))
         .must_pull_image(REPO, "v1", &image);
