@@ -93,25 +93,6 @@ impl std::fmt::Debug for AuthConfig {
     }
 }
 
-impl AuthConfig {
-    /// Auth off: every request is the anonymous caller with every right (loopback default).
-    pub fn disabled() -> AuthConfig {
-        AuthConfig {
-            enabled: false,
-            service: "berth".to_string(),
-            realm: None,
-            scheme: "http",
-            token_ttl: Duration::from_secs(300),
-            refresh_ttl: Duration::from_secs(14 * 24 * 3600),
-            bootstrap_admin_password: None,
-            trusted_proxies: Vec::new(),
-            admin_allow: Vec::new(),
-            max_failed_logins: 10,
-            failed_login_window: Duration::from_secs(300),
-        }
-    }
-}
-
 /// Parses a CIDR (`10.0.0.0/8`) or a single address.
 pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
     s.parse::<IpNet>()

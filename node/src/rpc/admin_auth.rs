@@ -604,7 +604,8 @@ mod tests {
     async fn the_admin_service_answers_only_the_allowed_addresses() {
         let dir = tempfile::tempdir().unwrap();
         let (_log, _sm, reader) = crate::meta::open(dir.path()).unwrap();
-        let mut config = crate::auth::AuthConfig::disabled();
+        // The defaults of a loopback node: auth off.
+        let mut config = crate::config::Config::default().auth_settings().unwrap();
         config.admin_allow = vec![crate::auth::parse_cidr("10.0.0.0/8").unwrap()];
         // mTLS on: only the address rule stands between a caller and the service.
         let auth = Auth::new(
