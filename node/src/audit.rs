@@ -247,12 +247,7 @@ type Sink = Box<dyn Write + Send>;
 fn open_export(export: &Export) -> std::io::Result<Sink> {
     Ok(match export {
         Export::Stdout => Box::new(std::io::stdout()),
-        Export::File(path) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?,
-        ),
+        Export::File(path) => Box::new(crate::meta::audit::open_export_file(path)?),
     })
 }
 

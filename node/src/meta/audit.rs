@@ -208,6 +208,15 @@ pub struct AuditStore {
     last: Arc<Mutex<(u64, u32)>>,
 }
 
+/// Opens (creating) the file the audit log is exported to, for appending: the export of
+/// `audit.export`, kept beside the store that owns the records.
+pub fn open_export_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
 impl std::fmt::Debug for AuditStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditStore").finish_non_exhaustive()
