@@ -99,6 +99,39 @@ pub enum CommandV1 {
     },
     /// A change to identities, scope maps, signing keys or auth settings (`meta::auth`).
     Auth(Box<AuthCommand>),
+    /// Count every blob's references from the stored manifests and maintain the counts from
+    /// now on (`meta::gc`; proposed once by the collector on a database that has none).
+    CountReferences {
+        /// When (ms since the epoch): blobs found unreferenced start their grace here.
+        at_ms: u64,
+    },
+    /// Clients were told these blobs exist (a HEAD or GET): each unreferenced one starts its
+    /// grace period again at `at_ms`.
+    TouchBlobs {
+        /// The blobs.
+        digests: Vec<Digest>,
+        /// When (ms since the epoch).
+        at_ms: u64,
+    },
+    /// Garbage-collect each blob of `digests` that no manifest references and that was last
+    /// touched at or before `cutoff_ms`: its record and every link to it go, and every node
+    /// then removes its copy. Answers [`WriteResult::Collected`] with those it removed.
+    CollectBlobs {
+        /// The candidates.
+        digests: Vec<Digest>,
+        /// Now minus the grace period, on the proposer's clock.
+        cutoff_ms: u64,
+    },
+    /// [`CommandV1::DeleteManifest`] with a time: the blobs it leaves unreferenced start
+    /// their grace period at `at_ms`.
+    RemoveManifest {
+        /// Repository.
+        repo: RepositoryName,
+        /// The manifest.
+        digest: Digest,
+        /// When (ms since the epoch).
+        at_ms: u64,
+    },
 }
 
 /// Where copies of the blobs of the repositories a pattern matches are kept (stored as
@@ -157,6 +190,16 @@ impl fmt::Display for Command {
                     write!(f, "clear-replication-policy {pattern}")
                 }
                 CommandV1::Auth(a) => write!(f, "auth {}", auth_verb(a)),
+                CommandV1::CountReferences { .. } => f.write_str("count-references"),
+                CommandV1::TouchBlobs { digests, .. } => {
+                    write!(f, "touch-blobs ({} blobs)", digests.len())
+                }
+                CommandV1::CollectBlobs { digests, .. } => {
+                    write!(f, "collect-blobs ({} candidates)", digests.len())
+                }
+                CommandV1::RemoveManifest { repo, digest, .. } => {
+                    write!(f, "remove-manifest {repo} {digest}")
+                }
             },
         }
     }
@@ -186,6 +229,8 @@ pub enum WriteResult {
     Done,
     /// Answer to [`CommandV1::MountBlob`]: whether the blob was linked.
     Mounted(bool),
+    /// Answer to [`CommandV1::CollectBlobs`]: the blobs removed.
+    Collected(Vec<super::gc::CollectedBlob>),
     /// Not applied: the state did not allow it. Nothing changed.
     Rejected(Rejection),
 }

@@ -23,6 +23,9 @@
 //! state          "p/" pattern                          ReplicationPolicy (repositories it matches)
 //! state          "a/…"                                 auth records (identities, scope maps,
 //!                                                      signing keys, settings; see `auth`)
+//! state          "g/" | "c/" | "y/" | "s/refs-counted" garbage collection: reference counts,
+//!                                                      unreferenced blobs by last touch,
+//!                                                      reverse links (see `gc`)
 //! audit          <time ms: u64 BE> <seq: u32 BE>       AuditRecord (this node's own audit
 //!                                                      log: not Raft, not in snapshots; `audit`)
 //! ```
@@ -39,6 +42,7 @@
 pub mod audit;
 pub mod auth;
 mod command;
+mod gc;
 mod keys;
 mod legacy;
 mod log_store;
@@ -59,6 +63,7 @@ pub use command::{
     BlobRecord, Command, CommandV1, ManifestRecord, PutManifest, ReferrerRecord, Rejection,
     ReplicationPolicy, WriteResult,
 };
+pub use gc::{BlobRefs, Candidate, CandidateCursor, CollectedBlob};
 pub use log_store::LogStore;
 pub use notices::{NOTICE_CAPACITY, Notice, Notices, Taken};
 pub use read::{ManifestCursor, ManifestEntry, ManifestPage, MetaReader, Page};
@@ -237,6 +242,7 @@ pub fn open_closable(
     // One gate for both writers: the log store and the state machine share the disk.
     let gate = WriteGate::new(&path);
     let notices = Arc::new(Notices::default());
+    let collected = Arc::new(Notices::default());
     let (auth, auth_view) = auth::AuthPublisher::open(&db)?;
     let sm = StateMachine::open(
         db.clone(),
@@ -245,13 +251,14 @@ pub fn open_closable(
         gate.clone(),
         notices.clone(),
         Arc::new(auth),
+        collected.clone(),
     )?;
     let closer = MetaCloser { db: db.clone() };
     let audit = AuditStore::open(db.clone(), gate.clone())?;
     Ok((
         LogStore::new(db.clone(), gate),
         sm,
-        MetaReader::new(db, tags, notices, auth_view),
+        MetaReader::new(db, tags, notices, auth_view, collected),
         audit,
         closer,
     ))

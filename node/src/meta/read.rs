@@ -9,6 +9,7 @@ use super::auth::AuthView;
 use super::command::{
     BlobRecord, ManifestRecord, ReferrerRecord, ReplicationPolicy, Stored, TagRecord,
 };
+use super::gc::{self, BlobRefs, Candidate, CandidateCursor};
 use super::notices::Notices;
 use super::state_machine::{get, state_cf};
 use super::tag_cache::TagCache;
@@ -152,6 +153,7 @@ pub struct MetaReader {
     tags: Arc<TagCache>,
     notices: Arc<Notices>,
     auth: AuthView,
+    collected: Arc<Notices>,
 }
 
 impl std::fmt::Debug for MetaReader {
@@ -166,13 +168,49 @@ impl MetaReader {
         tags: Arc<TagCache>,
         notices: Arc<Notices>,
         auth: AuthView,
+        collected: Arc<Notices>,
     ) -> MetaReader {
         MetaReader {
             db,
             tags,
             notices,
             auth,
+            collected,
         }
+    }
+
+    /// The blobs garbage collection removed from the records lately, for this node's reaper
+    /// (each as a [`super::Notice::Blob`]; `resync`: sweep the whole blob directory).
+    pub fn collected(&self) -> &Arc<Notices> {
+        &self.collected
+    }
+
+    /// A blob's garbage-collection record (`None`: no such blob, or counts not built yet).
+    pub fn blob_refs(&self, digest: &Digest) -> Result<Option<BlobRefs>, MetaError> {
+        self.point(|db| gc::refs(db, digest))
+    }
+
+    /// Whether reference counts are maintained (garbage collection can run).
+    pub fn refs_counted(&self) -> Result<bool, MetaError> {
+        self.point(gc::counting)
+    }
+
+    /// Up to `n` unreferenced blobs last touched at or before `cutoff_ms`, oldest first, after
+    /// `after`, and where the next page starts; read on the blocking pool.
+    pub async fn gc_candidates(
+        &self,
+        cutoff_ms: u64,
+        after: Option<CandidateCursor>,
+        n: usize,
+    ) -> Result<(Vec<Candidate>, Option<CandidateCursor>), MetaError> {
+        self.blocking(move |db| gc::candidates(db, cutoff_ms, after, n))
+            .await
+    }
+
+    /// Compares the maintained reference counts with a full mark over every manifest; one
+    /// line per difference (empty: they agree). Reads everything: for tests and audits.
+    pub async fn verify_references(&self) -> Result<Vec<String>, MetaError> {
+        self.blocking(gc::verify).await
     }
 
     /// The applied auth records (identities, scope maps, keys, settings).
