@@ -84,6 +84,53 @@ pub struct Config {
     pub auth: Auth,
     /// This node's audit log: retention and export.
     pub audit: Audit,
+    /// Upload sessions.
+    pub uploads: Uploads,
+    /// Garbage collection.
+    pub gc: Gc,
+}
+
+/// Upload sessions (`[uploads]`, env `BERTH_UPLOADS__<FIELD>`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Uploads {
+    /// Seconds an upload session may stay idle (no request writes to it) before it is
+    /// cancelled and its staging file removed. Default 86400 (24 h).
+    pub expiry_secs: u64,
+}
+
+impl Default for Uploads {
+    fn default() -> Self {
+        Uploads {
+            expiry_secs: 24 * 3600,
+        }
+    }
+}
+
+/// Garbage collection of blobs (`[gc]`, env `BERTH_GC__<FIELD>`; docs/lifecycle.md). These
+/// should match on every node: any node may run a collection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gc {
+    /// Seconds a blob must have been unreferenced (and not stored, mounted or HEADed) before
+    /// it is collected. 0 is allowed (for tests). Default 3600.
+    pub grace_period_secs: u64,
+    /// Seconds between scheduled collections (run by the Raft leader); 0: only on demand
+    /// (`clusterctl gc run`). Default 3600.
+    pub interval_secs: u64,
+    /// Blobs a collection removes per second at most, and a node's reaper deletes per second
+    /// at most: collection yields to client traffic. Default 2000.
+    pub max_blobs_per_sec: u64,
+}
+
+impl Default for Gc {
+    fn default() -> Self {
+        Gc {
+            grace_period_secs: 3600,
+            interval_secs: 3600,
+            max_blobs_per_sec: 2000,
+        }
+    }
 }
 
 /// The audit log (`[audit]`, env `BERTH_AUDIT__<FIELD>`; docs/operations.md, "Audit log").
@@ -444,8 +491,6 @@ pub struct Durability {
 pub struct Limits {
     /// Largest manifest accepted, in bytes. Default 4194304 (4 MiB).
     pub max_manifest_bytes: usize,
-    /// Seconds an upload session may stay idle before it is cancelled. Default 3600.
-    pub upload_idle_timeout_secs: u64,
     /// Upload sessions open on this node at once; past it, new ones get 429
     /// `TOOMANYREQUESTS`. Default 10000.
     pub max_upload_sessions: usize,
@@ -507,6 +552,8 @@ impl Default for Config {
             replication: Replication::default(),
             auth: Auth::default(),
             audit: Audit::default(),
+            uploads: Uploads::default(),
+            gc: Gc::default(),
         }
     }
 }
@@ -538,7 +585,6 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_manifest_bytes: 4 * 1024 * 1024,
-            upload_idle_timeout_secs: 3600,
             max_upload_sessions: 10_000,
             max_upload_sessions_per_client: 1000,
         }
@@ -736,8 +782,11 @@ impl Config {
         if self.limits.max_manifest_bytes < 1024 {
             p.push("limits.max_manifest_bytes: must be at least 1024".to_string());
         }
-        if self.limits.upload_idle_timeout_secs == 0 {
-            p.push("limits.upload_idle_timeout_secs: must be at least 1".to_string());
+        if self.uploads.expiry_secs == 0 {
+            p.push("uploads.expiry_secs: must be at least 1".to_string());
+        }
+        if self.gc.max_blobs_per_sec == 0 {
+            p.push("gc.max_blobs_per_sec: must be at least 1".to_string());
         }
         if self.limits.max_upload_sessions == 0 || self.limits.max_upload_sessions_per_client == 0 {
             p.push(
@@ -966,6 +1015,16 @@ impl Config {
         }
     }
 
+    /// Garbage-collection settings derived from this configuration.
+    pub fn gc_settings(&self) -> crate::gc::GcSettings {
+        crate::gc::GcSettings {
+            grace: Duration::from_secs(self.gc.grace_period_secs),
+            interval: (self.gc.interval_secs > 0)
+                .then(|| Duration::from_secs(self.gc.interval_secs)),
+            max_blobs_per_sec: self.gc.max_blobs_per_sec,
+        }
+    }
+
     /// Registry settings derived from this configuration.
     pub fn registry_settings(&self) -> RegistrySettings {
         RegistrySettings {
@@ -983,7 +1042,8 @@ impl Config {
                 .unwrap_or_default(),
                 redirect_missing: self.routing.redirect_missing,
             },
-            upload_idle_timeout: Duration::from_secs(self.limits.upload_idle_timeout_secs),
+            upload_idle_timeout: Duration::from_secs(self.uploads.expiry_secs),
+            gc_grace: Duration::from_secs(self.gc.grace_period_secs),
             upload_limits: crate::registry::UploadLimits {
                 max_sessions: self.limits.max_upload_sessions,
                 max_sessions_per_client: self.limits.max_upload_sessions_per_client,

@@ -13,6 +13,8 @@
 //! - [`audit`]: this node's audit log (logins, tokens, pushes, deletes, admin changes,
 //!   network refusals): a non-blocking recorder over `meta`'s `audit` column family, with
 //!   retention and a JSON-lines export.
+//! - [`gc`]: garbage collection of blobs: the collector that decides (through Raft) and the
+//!   reaper that removes this node's copies.
 //! - [`api`]: the HTTP adapter (axum) of the OCI Distribution API and the token endpoint.
 //! - [`rpc`]: the gRPC adapter (tonic) of the cluster endpoint: Raft, forwarding, blob
 //!   streaming, admin.
@@ -31,6 +33,7 @@ pub mod auth;
 pub mod blobstore;
 pub mod cluster;
 pub mod config;
+pub mod gc;
 pub mod meta;
 pub mod metrics;
 pub mod registry;
@@ -119,6 +122,10 @@ pub struct Node {
     pub auth: Arc<auth::Auth>,
     /// This node's audit log.
     pub audit: audit::Audit,
+    /// Garbage collection: the passes this node runs (scheduled on the leader, or asked for).
+    pub gc: Arc<gc::Collector>,
+    /// Removes this node's copies of collected blobs.
+    pub reaper: Arc<gc::reaper::Reaper>,
     /// Closes the metadata store once every other handle on it is gone.
     closer: MetaCloser,
 }
@@ -174,11 +181,20 @@ impl Node {
             audit.clone(),
         );
         let registry = Registry::new(blobs, reader, cluster, config.registry_settings(), metrics);
+        let gc_settings = config.gc_settings();
+        let gc = gc::Collector::new(registry.clone(), gc_settings);
+        let reaper = gc::reaper::Reaper::new(
+            registry.clone(),
+            gc_settings.max_blobs_per_sec,
+            gc_settings.interval.unwrap_or(gc::reaper::SWEEP_MIN_AGE),
+        );
         Ok(Node {
             registry,
             replication,
             auth,
             audit,
+            gc,
+            reaper,
             closer,
         })
     }
@@ -210,8 +226,12 @@ impl Node {
             replication,
             auth,
             audit,
+            gc,
+            reaper,
             closer,
         } = self;
+        drop(gc);
+        drop(reaper);
         drop(registry);
         drop(replication);
         drop(auth);
@@ -377,7 +397,7 @@ pub async fn run(
                     _ = tick.tick() => {
                         let n = registry.expire_idle_uploads().await;
                         if n > 0 {
-                            tracing::info!(expired = n, "cancelled idle uploads");
+                            tracing::info!(expired = n, "cancelled idle uploads and removed their staging files");
                         }
                     }
                 }
@@ -394,6 +414,8 @@ pub async fn run(
     );
     let cert_watch =
         certs.map(|c| tokio::spawn(c.watch(config.tls.watch_interval(), stop.clone())));
+    let collector = tokio::spawn(node.gc.clone().run_scheduled(stop.clone()));
+    let reaper = tokio::spawn(node.reaper.clone().run(stop.clone()));
     let scrubber = node.replication.settings().scrub_every.map(|every| {
         let scrub = ScrubWorker::new(
             node.registry.clone(),
@@ -429,6 +451,8 @@ pub async fn run(
     finish(expiry, tasks_left()).await;
     finish(replicator, tasks_left()).await;
     finish(auth_bootstrap, tasks_left()).await;
+    finish(collector, tasks_left()).await;
+    finish(reaper, tasks_left()).await;
     if let Some(s) = scrubber {
         finish(s, tasks_left()).await;
     }

@@ -106,6 +106,17 @@ pub struct BlobInfo {
     pub size: u64,
 }
 
+/// A blob file found by [`BlobStore::list_prefix`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBlob {
+    /// Its digest (its name).
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last modified (put in place).
+    pub modified: std::time::SystemTime,
+}
+
 /// Content-addressed blob files under one data directory.
 #[derive(Debug)]
 pub struct BlobStore {
@@ -136,7 +147,13 @@ struct Shared {
     /// when an upload request starts and again before every block is written.
     space: DiskSpace,
     reserve: std::sync::Mutex<Reserve>,
+    /// Per-digest locks (striped): see [`BlobStore::lock_digest`].
+    placing: Box<[Arc<tokio::sync::Mutex<()>>]>,
 }
+
+/// Stripes of the per-digest locks: two digests share one with probability 1/4096, which only
+/// makes one wait for the other's record to be written.
+const DIGEST_LOCK_STRIPES: usize = 4096;
 
 impl Shared {
     fn new(data_dir: &Path) -> Arc<Shared> {
@@ -146,6 +163,9 @@ impl Shared {
             disk: Arc::new(tokio::sync::Semaphore::new(MAX_TRANSFER_THREADS)),
             held_tails: Default::default(),
             direct_blocks: Default::default(),
+            placing: (0..DIGEST_LOCK_STRIPES)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
         })
     }
 }
@@ -254,6 +274,21 @@ impl BlobStore {
         }
     }
 
+    /// A stored blob's file: its size and when it was put in place; `None` when this node
+    /// does not hold it.
+    pub async fn describe(&self, digest: &Digest) -> Result<Option<StoredBlob>, BlobStoreError> {
+        let path = self.blob_path(digest);
+        match tokio::fs::metadata(&path).await {
+            Ok(m) => Ok(Some(StoredBlob {
+                digest: digest.clone(),
+                size: m.len(),
+                modified: m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BlobStoreError::io("stat", &path)(e)),
+        }
+    }
+
     /// Whether this node holds the blob: one `stat` of its path, run inline (the directory
     /// entries of recently used blobs are cached by the kernel; a trip to the blocking pool
     /// would cost more than the call, as for metadata point reads, ADR 006).
@@ -304,6 +339,54 @@ impl BlobStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(BlobStoreError::io("remove", &path)(e)),
         }
+    }
+
+    /// Locks `digest` on this node. Whoever puts a blob file in place and then records it
+    /// (an upload's `BlobStored`, a fetched copy's `BlobCopied`) holds the lock from before
+    /// the file is placed until the record is written; garbage collection's reaper holds it
+    /// while it checks that the cluster has no record of the blob and removes the file. So a
+    /// collected blob's file is never removed under a record written after the collection.
+    pub async fn lock_digest(&self, digest: &Digest) -> tokio::sync::OwnedMutexGuard<()> {
+        let hex = digest.hex();
+        // The hex digits of a digest are uniformly spread: three of them pick the stripe.
+        let stripe = usize::from_str_radix(&hex[..3], 16).unwrap_or(0) % DIGEST_LOCK_STRIPES;
+        self.shared.placing[stripe].clone().lock_owned().await
+    }
+
+    /// The blob files under one prefix directory (`blobs/sha256/<prefix as two hex digits>`)
+    /// with their size and last modification; entries whose name is not a digest are skipped.
+    /// A walk over the whole store calls it for each of the 256 prefixes (on a blocking
+    /// thread: it lists a directory).
+    pub async fn list_prefix(&self, prefix: u8) -> Result<Vec<StoredBlob>, BlobStoreError> {
+        let dir = self.blobs.join(format!("{prefix:02x}"));
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+                Err(e) => return Err(BlobStoreError::io("list", &dir)(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(BlobStoreError::io("list", &dir))?;
+                let Some(digest) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|hex| Digest::parse(&format!("sha256:{hex}")).ok())
+                else {
+                    continue;
+                };
+                // Removed meanwhile: not listed.
+                let Ok(meta) = entry.metadata() else { continue };
+                out.push(StoredBlob {
+                    digest,
+                    size: meta.len(),
+                    modified: meta.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+                });
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| BlobStoreError::io("list", Path::new("blobs"))(io::Error::other(e)))?
     }
 
     /// Starts an upload. `id` names its staging file (created when the first bytes are

@@ -43,7 +43,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::blobstore::{Begun, BlobBody, BlobStore, BlobStoreError, CopyProgress, CopyWatch};
 use crate::cluster::{Cluster, Lane, PeerBandwidth};
-use crate::meta::{Command, CommandV1, NodeId};
+use crate::meta::{Command, CommandV1, NodeId, Rejection, WriteResult};
 use crate::metrics::{Metrics, PairLabels, SourceLabels};
 use crate::types::Digest;
 
@@ -260,7 +260,7 @@ impl Job {
         for holder in wanted.holders.iter().copied().filter(|h| *h != me) {
             let started = std::time::Instant::now();
             match self.copy_from(&wanted, holder).await {
-                Ok(()) => {
+                Ok(_placing) => {
                     // Readers get their last bytes now, not after the holder record's Raft
                     // write below (a round trip to the leader, or the write timeout).
                     self.progress.end(Ok(()));
@@ -280,10 +280,21 @@ impl Job {
                         digest: digest.clone(),
                         node: me,
                     };
-                    if let Err(e) = self.cluster.write(Command::V1(cmd)).await {
-                        // The copy is verified and kept; only the holder record is missing
-                        // (`Registry::ensure_local_copy` records it when asked again).
-                        tracing::warn!(%digest, error = %e, "failed to record a fetched blob copy");
+                    match self.cluster.write(Command::V1(cmd)).await {
+                        Ok(WriteResult::Rejected(Rejection::BlobUnknown(_))) => {
+                            // Garbage-collected while it was copied: the copy goes too (the
+                            // digest is still locked, so no new record can name it meanwhile).
+                            tracing::info!(%digest, "a fetched blob was collected meanwhile; removing the copy");
+                            if let Err(e) = self.blobs.delete(digest).await {
+                                tracing::warn!(%digest, error = %e, "failed to remove a collected blob's copy");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            // The copy is verified and kept; only the holder record is missing
+                            // (`Registry::ensure_local_copy` records it when asked again).
+                            tracing::warn!(%digest, error = %e, "failed to record a fetched blob copy");
+                        }
                     }
                     return Ok(());
                 }
@@ -328,7 +339,13 @@ impl Job {
 
     /// Streams the blob from `holder` into a staging file that readers follow, verifies it and
     /// moves it into place.
-    async fn copy_from(&self, wanted: &Wanted, holder: NodeId) -> Result<(), Failure> {
+    /// Copies the blob from `holder` into place; returns holding the digest's lock (see
+    /// [`BlobStore::lock_digest`]), to be kept until the copy is recorded.
+    async fn copy_from(
+        &self,
+        wanted: &Wanted,
+        holder: NodeId,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, Failure> {
         let (digest, size) = (&wanted.digest, wanted.size);
         // A copy that may pause for its pace streams on a connection of its own, so that the
         // bytes it leaves unread hold back no other stream from that peer.
@@ -402,10 +419,11 @@ impl Job {
         }
         // Verifies the digest, makes the copy durable and moves it into place (a mismatch
         // removes the staging file).
+        let placing = self.blobs.lock_digest(digest).await;
         staged
             .finish(&self.blobs, digest)
             .await
-            .map(|_| ())
+            .map(|_| placing)
             .map_err(Failure::of)
     }
 }

@@ -62,6 +62,9 @@ pub struct RegistrySettings {
     pub routing: routing::Routing,
     /// An upload with no activity for this long is cancelled.
     pub upload_idle_timeout: std::time::Duration,
+    /// How long an unreferenced blob is kept after it was last touched (`gc.grace_period_secs`):
+    /// a HEAD of an unreferenced blob touches it (see [`Registry::locate_blob`]).
+    pub gc_grace: std::time::Duration,
     /// Bounds on upload sessions.
     pub upload_limits: UploadLimits,
 }
@@ -251,9 +254,19 @@ impl Registry {
         self.settings.max_manifest_bytes
     }
 
-    /// The blob store (readiness checks).
+    /// The blob store (readiness checks, garbage collection).
     pub fn blob_store(&self) -> &BlobStore {
         &self.blobs
+    }
+
+    /// The applied metadata this registry reads.
+    pub fn meta(&self) -> &MetaReader {
+        &self.meta
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &RegistrySettings {
+        &self.settings
     }
 
     async fn write(&self, cmd: CommandV1) -> Result<WriteResult, RegistryError> {
@@ -279,6 +292,7 @@ impl Registry {
             record = self.meta.linked_blob(repo, digest).await?;
         }
         let record = record.ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
+        self.touch_if_unreferenced(digest).await;
         let local = self.blobs.holds(digest);
         Ok(BlobLocation {
             digest: digest.clone(),
@@ -288,6 +302,44 @@ impl Registry {
             resident: local || self.may_hold(repo).await?,
             holders: self.other_holders_nearest(record.holders),
         })
+    }
+
+    /// A client is about to be told that a blob exists (a HEAD or GET): when no manifest
+    /// references it, its garbage-collection grace starts again, through Raft, before the
+    /// answer goes out. A client that then skips uploading it and pushes a manifest naming
+    /// it has the whole grace period to do so (docs/lifecycle.md). A blob touched within the
+    /// last [`crate::gc::touch_slack`] is not touched again (the collector's cutoff leaves
+    /// that much more). Without a quorum the answer goes out untouched: nothing can be
+    /// collected without one either.
+    async fn touch_if_unreferenced(&self, digest: &Digest) {
+        let refs = match self.meta.blob_refs(digest) {
+            Ok(Some(r)) if r.refs == 0 => r,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(%digest, error = %e, "failed to read a blob's references");
+                return;
+            }
+        };
+        if !self.cluster.hears_from_leader() {
+            return;
+        }
+        let now = now_ms();
+        let slack = crate::gc::touch_slack(self.settings.gc_grace).as_millis() as u64;
+        if refs.touched_ms.saturating_add(slack) > now {
+            return;
+        }
+        let cmd = CommandV1::TouchBlobs {
+            digests: vec![digest.clone()],
+            at_ms: now,
+        };
+        let bound = CONFIRM_ABSENCE_WITHIN.min(self.settings.write_timeout);
+        match tokio::time::timeout(bound, self.write(cmd)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%digest, error = %e, "failed to touch an unreferenced blob")
+            }
+            Err(_) => tracing::debug!(%digest, "failed to touch an unreferenced blob in time"),
+        }
     }
 
     /// Whether the replication policy of `repo` lets this node's region hold copies of its
@@ -654,6 +706,9 @@ impl Registry {
         digest: &Digest,
         staged: StagedUpload,
     ) -> Result<(), RegistryError> {
+        // Held until the record is written: garbage collection's reaper cannot remove the
+        // file in between (see `BlobStore::lock_digest`).
+        let _placing = self.blobs.lock_digest(digest).await;
         let info = staged.finish(&self.blobs, digest).await?;
         self.register_blob(repo, digest, info.size).await
     }
@@ -891,9 +946,10 @@ impl Registry {
                 repo: repo.clone(),
                 tag: tag.clone(),
             },
-            Reference::Digest(digest) => CommandV1::DeleteManifest {
+            Reference::Digest(digest) => CommandV1::RemoveManifest {
                 repo: repo.clone(),
                 digest: digest.clone(),
+                at_ms: now_ms(),
             },
         };
         match self.write(cmd).await? {

@@ -1,0 +1,291 @@
+//! Garbage collection of blobs, online, on every node (docs/lifecycle.md, ADR 020).
+//!
+//! Owns: the [`Collector`], which decides what to collect (a pass over the unreferenced blobs
+//! whose grace has ended, proposing [`CommandV1::CollectBlobs`] a batch at a time, paced), runs
+//! on a schedule on the Raft leader and on demand on any node (`clusterctl gc run`), and keeps
+//! the report of the last pass; and the [`reaper`], which removes this node's copies of the
+//! blobs the cluster collected. The reference counts and the decision itself are state-machine
+//! work (`meta::gc`): applying `CollectBlobs` re-checks every condition, so a pass may read a
+//! lagging state, run on two nodes at once, or be cut short, and still never collects a blob
+//! that a manifest, an upload or a client's HEAD saved in the meantime.
+//!
+//! Invariants:
+//! - Only blobs with no reference and untouched for longer than the grace period (plus
+//!   [`touch_slack`]) are proposed; the state machine collects only those still so.
+//! - A node removes a blob file only while it holds the digest's lock and its state has no
+//!   record of the blob (see `BlobStore::lock_digest`).
+
+pub mod reaper;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::meta::{Command, CommandV1, NodeId, WriteResult};
+use crate::registry::{Registry, RegistryError};
+use crate::types::time::now_ms;
+
+/// Candidates proposed in one `CollectBlobs` command at most.
+const BATCH: usize = 256;
+
+/// The longest a blob's repeated touches are skipped for (see [`touch_slack`]).
+const MAX_TOUCH_SLACK: Duration = Duration::from_secs(60);
+
+/// How long after a touch a HEAD does not touch the blob again: a tenth of the grace period,
+/// at most a minute. The collector's cutoff leaves this much more than the grace, so a client
+/// told "exists" has at least the whole grace period.
+pub fn touch_slack(grace: Duration) -> Duration {
+    (grace / 10).min(MAX_TOUCH_SLACK)
+}
+
+/// The garbage-collection settings (`[gc]` of the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct GcSettings {
+    /// How long a blob stays after it was last referenced or touched.
+    pub grace: Duration,
+    /// Time between scheduled passes (on the leader); `None`: on demand only.
+    pub interval: Option<Duration>,
+    /// Blobs collected (and files removed by each reaper) per second at most.
+    pub max_blobs_per_sec: u64,
+}
+
+/// What a pass did (or, dry, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// The pass's number on this node (from 1).
+    pub id: u64,
+    /// Whether it only looked.
+    pub dry_run: bool,
+    /// When it started and ended (ms since the epoch); `finished_ms` is `None` while it runs.
+    pub started_ms: u64,
+    /// When it ended.
+    pub finished_ms: Option<u64>,
+    /// Unreferenced blobs past their grace that it looked at.
+    pub candidates: u64,
+    /// Blobs collected (dry: that would be).
+    pub blobs: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Per node: blobs and bytes of the copies it holds of them (each node's reaper removes
+    /// them).
+    pub per_node: BTreeMap<NodeId, (u64, u64)>,
+    /// Whether this pass built the reference counts first (a database from before GC).
+    pub counted: bool,
+    /// Why it stopped early, if it did.
+    pub error: Option<String>,
+}
+
+/// Why a pass could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    /// A pass is already running on this node.
+    #[error("a garbage collection pass (#{0}) is already running on this node")]
+    Running(u64),
+}
+
+#[derive(Default)]
+struct State {
+    /// The pass running now or the last one.
+    last: Option<GcReport>,
+    running: bool,
+    next_id: u64,
+}
+
+/// Decides what the cluster collects: see the module documentation.
+pub struct Collector {
+    registry: Arc<Registry>,
+    settings: GcSettings,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collector")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector {
+    /// A collector over this node's registry.
+    pub fn new(registry: Arc<Registry>, settings: GcSettings) -> Arc<Collector> {
+        Arc::new(Collector {
+            registry,
+            settings,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &GcSettings {
+        &self.settings
+    }
+
+    /// The pass running now, or the last one (`None`: none since start).
+    pub fn status(&self) -> Option<GcReport> {
+        self.state.lock().expect("gc state").last.clone()
+    }
+
+    /// Starts a pass in the background and returns its number.
+    ///
+    /// Errors: [`GcError::Running`] while one runs.
+    pub fn start(self: &Arc<Self>, dry_run: bool) -> Result<u64, GcError> {
+        let id = self.begin(dry_run)?;
+        let this = self.clone();
+        tokio::spawn(async move { this.pass(dry_run).await });
+        Ok(id)
+    }
+
+    /// Runs a pass to its end and returns its report.
+    ///
+    /// Errors: [`GcError::Running`] while another one runs.
+    pub async fn run(&self, dry_run: bool) -> Result<GcReport, GcError> {
+        self.begin(dry_run)?;
+        Ok(self.pass(dry_run).await)
+    }
+
+    /// Runs passes every `interval` while this node leads, until `stop`.
+    pub async fn run_scheduled(self: Arc<Self>, stop: CancellationToken) {
+        let Some(every) = self.settings.interval else {
+            return;
+        };
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick fires at once: skip it (a restarted node does not collect first).
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if !self.registry.cluster().is_leader() {
+                continue;
+            }
+            match self.run(false).await {
+                Ok(r) => tracing::info!(
+                    blobs = r.blobs,
+                    bytes = r.bytes,
+                    error = r.error.as_deref(),
+                    "scheduled garbage collection pass ended"
+                ),
+                Err(e) => tracing::info!(reason = %e, "skipped a scheduled garbage collection"),
+            }
+        }
+    }
+
+    fn begin(&self, dry_run: bool) -> Result<u64, GcError> {
+        let mut st = self.state.lock().expect("gc state");
+        if st.running {
+            return Err(GcError::Running(st.last.as_ref().map_or(0, |r| r.id)));
+        }
+        st.next_id += 1;
+        st.running = true;
+        st.last = Some(GcReport {
+            id: st.next_id,
+            dry_run,
+            started_ms: now_ms(),
+            ..GcReport::default()
+        });
+        Ok(st.next_id)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut GcReport)) {
+        let mut st = self.state.lock().expect("gc state");
+        if let Some(r) = st.last.as_mut() {
+            f(r);
+        }
+    }
+
+    /// One pass, begun by [`Collector::begin`]: records its progress and its end.
+    async fn pass(&self, dry_run: bool) -> GcReport {
+        let res = self.collect(dry_run).await;
+        let mut st = self.state.lock().expect("gc state");
+        st.running = false;
+        let report = st.last.as_mut().expect("a pass was begun");
+        report.finished_ms = Some(now_ms());
+        if let Err(e) = res {
+            report.error = Some(e.to_string());
+        }
+        report.clone()
+    }
+
+    async fn collect(&self, dry_run: bool) -> Result<(), RegistryError> {
+        let meta = self.registry.meta();
+        if !meta.refs_counted()? {
+            if dry_run {
+                return Err(RegistryError::Unavailable(
+                    "the reference counts are not built yet: a pass that is not dry builds \
+                     them first"
+                        .into(),
+                ));
+            }
+            let cmd = CommandV1::CountReferences { at_ms: now_ms() };
+            self.registry.cluster().write(Command::V1(cmd)).await?;
+            self.update(|r| r.counted = true);
+        }
+        let grace = self.settings.grace + touch_slack(self.settings.grace);
+        let cutoff_ms = now_ms().saturating_sub(grace.as_millis() as u64);
+        let pace = Pace::new(self.settings.max_blobs_per_sec);
+        let mut after = None;
+        loop {
+            let (page, next) = meta.gc_candidates(cutoff_ms, after, BATCH).await?;
+            if page.is_empty() {
+                return Ok(());
+            }
+            self.update(|r| r.candidates += page.len() as u64);
+            if dry_run {
+                self.update(|r| {
+                    r.blobs += page.len() as u64;
+                    r.bytes += page.iter().map(|c| c.size).sum::<u64>();
+                });
+            } else {
+                let cmd = CommandV1::CollectBlobs {
+                    digests: page.iter().map(|c| c.digest.clone()).collect(),
+                    cutoff_ms,
+                };
+                let res = self.registry.cluster().write(Command::V1(cmd)).await?;
+                if let WriteResult::Collected(blobs) = res {
+                    self.update(|r| {
+                        for b in &blobs {
+                            r.blobs += 1;
+                            r.bytes += b.size;
+                            for h in &b.holders {
+                                let e = r.per_node.entry(*h).or_default();
+                                e.0 += 1;
+                                e.1 += b.size;
+                            }
+                        }
+                    });
+                }
+            }
+            pace.after(page.len()).await;
+            match next {
+                Some(n) => after = Some(n),
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Spaces batches so that at most `per_sec` items go per second on average.
+pub(crate) struct Pace {
+    per_sec: u64,
+}
+
+impl Pace {
+    pub(crate) fn new(per_sec: u64) -> Pace {
+        Pace {
+            per_sec: per_sec.max(1),
+        }
+    }
+
+    /// Waits as long as `n` items take at the pace.
+    pub(crate) async fn after(&self, n: usize) {
+        let wait = Duration::from_secs_f64(n as f64 / self.per_sec as f64);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
