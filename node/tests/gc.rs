@@ -395,3 +395,31 @@ async fn collection_during_concurrent_pushes_deletes_and_pulls() {
     assert!(problems.is_empty(), "{problems:?}");
     stop.stop(t).await;
 }
+
+/// An upload session nobody writes to for `uploads.expiry_secs` is cancelled by the expiry
+/// worker and its staging file removed; the client's next request finds it unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_upload_expires_and_its_staging_file_goes() {
+    let mut data_dir = None;
+    let t = TestNode::start_with(|c| {
+        c.uploads.expiry_secs = 1;
+        data_dir = Some(c.data_dir.clone());
+    })
+    .await;
+    let uploads = data_dir.unwrap().join("uploads");
+    let staging = || std::fs::read_dir(&uploads).unwrap().count();
+    let location = t.start_upload("r").await;
+    t.patch(&location, Some("0-99999"), &vec![1u8; 100_000])
+        .await
+        .expect(StatusCode::ACCEPTED);
+    assert_eq!(staging(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(t.node().registry.expire_idle_uploads().await, 1);
+    assert_eq!(staging(), 0);
+    assert_error(
+        &t.get(&location).await,
+        StatusCode::NOT_FOUND,
+        "BLOB_UPLOAD_UNKNOWN",
+    );
+    t.stop().await;
+}
