@@ -282,11 +282,11 @@ async fn collection_during_concurrent_pushes_deletes_and_pulls() {
         .collect();
     // Stable, tagged images over the first four layers: pulled all along.
     let mut stable = Vec::new();
-    for i in 0..4 {
+    for (i, layer) in layers.iter().take(4).enumerate() {
         let config = format!("{{\"stable\":{i}}}").into_bytes();
         t.push_blob("stable", &config).await;
-        t.push_blob("stable", &layers[i]).await;
-        let m = oci_manifest(&config, &[&layers[i]]);
+        t.push_blob("stable", layer).await;
+        let m = oci_manifest(&config, &[layer]);
         t.push_manifest("stable", &format!("s{i}"), &m).await;
         stable.push(m);
     }

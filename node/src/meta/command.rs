@@ -123,7 +123,7 @@ pub enum CommandV1 {
         cutoff_ms: u64,
     },
     /// [`CommandV1::DeleteManifest`] with a time: the blobs it leaves unreferenced start
-    /// their grace period at `at_ms`.
+    /// their grace period at `at_ms`; with soft delete on, it goes to the recycle bin.
     RemoveManifest {
         /// Repository.
         repo: RepositoryName,
@@ -132,6 +132,8 @@ pub enum CommandV1 {
         /// When (ms since the epoch).
         at_ms: u64,
     },
+    /// A change to locks, soft delete, retention or namespaces (`meta::lifecycle`).
+    Lifecycle(Box<super::lifecycle::LifecycleCommand>),
 }
 
 /// Where copies of the blobs of the repositories a pattern matches are kept (stored as
@@ -200,8 +202,27 @@ impl fmt::Display for Command {
                 CommandV1::RemoveManifest { repo, digest, .. } => {
                     write!(f, "remove-manifest {repo} {digest}")
                 }
+                CommandV1::Lifecycle(l) => write!(f, "lifecycle {}", lifecycle_verb(l)),
             },
         }
+    }
+}
+
+/// What a lifecycle command does, for logs.
+fn lifecycle_verb(l: &super::lifecycle::LifecycleCommand) -> String {
+    use super::lifecycle::{LifecycleCommand as L, LockTarget};
+    match l {
+        L::SetSoftDelete { retention_days } => format!("set-soft-delete {retention_days:?}"),
+        L::SetRetention { pattern, .. } => format!("set-retention {pattern}"),
+        L::ClearRetention { pattern } => format!("clear-retention {pattern}"),
+        L::SetAttributes { repo, target, .. } => match target {
+            LockTarget::Repository => format!("set-attributes {repo}"),
+            LockTarget::Tag(t) => format!("set-attributes {repo}:{t}"),
+            LockTarget::Manifest(d) => format!("set-attributes {repo}@{d}"),
+        },
+        L::Restore { repo, digest, .. } => format!("restore {repo}@{digest}"),
+        L::PurgeDeleted { repo, digest, .. } => format!("purge-deleted {repo}@{digest}"),
+        L::SetNamespace { namespace, .. } => format!("set-namespace {namespace}"),
     }
 }
 
@@ -262,6 +283,12 @@ pub enum Rejection {
     /// The record changed since the proposer read it.
     #[error("{0} was changed meanwhile")]
     AuthConflict(String),
+    /// A lock (attributes) forbids it; the text says which.
+    #[error("{0}")]
+    Locked(String),
+    /// A namespace limit forbids it; the text says which.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// A scope map cannot be deleted while a token uses it.
     #[error("scope map {map} is used by token {token}")]
     ScopeMapInUse {

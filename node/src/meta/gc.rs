@@ -149,18 +149,34 @@ pub(super) fn touch(
     Ok(())
 }
 
-/// Adds (`added`) or removes one reference to each distinct blob of `blobs` (a manifest was
-/// stored or removed). A blob whose last reference goes at `at_ms` starts its grace then.
+/// The distinct blobs of `blobs` with their sizes (0 for a blob with no record).
+pub(super) fn sized(db: &DB, blobs: &[Digest]) -> Result<Vec<(Digest, u64)>, MetaError> {
+    let distinct: BTreeSet<&Digest> = blobs.iter().collect();
+    distinct
+        .into_iter()
+        .map(|d| {
+            let size = get::<BlobRecord>(db, "blob record", &keys::blob(d))?.map_or(0, |b| b.size);
+            Ok((d.clone(), size))
+        })
+        .collect()
+}
+
+/// Adds (`added`) or removes one reference of a manifest of `repo` to each distinct blob of
+/// `blobs` (the manifest was stored, or removed for good), in the blob's count and in its
+/// namespace's (`lifecycle`). A blob whose last reference goes at `at_ms` starts its grace
+/// then.
 pub(super) fn reference(
     db: &DB,
     cf: &ColumnFamily,
     batch: &mut WriteBatch,
+    repo: &RepositoryName,
     blobs: &[Digest],
     added: bool,
     at_ms: u64,
 ) -> Result<(), MetaError> {
-    let distinct: BTreeSet<&Digest> = blobs.iter().collect();
-    for digest in distinct {
+    let distinct = sized(db, blobs)?;
+    super::lifecycle::namespace_reference(db, cf, batch, repo, &distinct, added)?;
+    for (digest, _) in &distinct {
         let old = refs(db, digest)?;
         let base = old.unwrap_or(BlobRefs {
             refs: 0,
@@ -262,6 +278,10 @@ pub(super) fn count_references(
     for prefix in [REFS_PREFIX, CANDIDATE_PREFIX, REVERSE_LINK_PREFIX] {
         batch.delete_range_cf(cf, prefix, keys::prefix_end(prefix).as_slice());
     }
+    let size_of = |d: &Digest| -> Result<u64, MetaError> {
+        Ok(get::<BlobRecord>(db, "blob record", &keys::blob(d))?.map_or(0, |b| b.size))
+    };
+    super::lifecycle::count_namespaces(db, cf, batch, &size_of)?;
     let counts = full_mark(db)?;
     for item in scan(db, BLOB_PREFIX, None) {
         let (k, _) = item?;
@@ -297,17 +317,23 @@ pub(super) fn count_references(
     Ok(())
 }
 
-/// The reference count of every referenced blob, computed from the stored manifests alone
-/// (what the maintained counts must equal).
+/// The reference count of every referenced blob, computed from the stored and the
+/// soft-deleted manifests alone (what the maintained counts must equal).
 pub(super) fn full_mark(db: &DB) -> Result<HashMap<Digest, u64>, MetaError> {
     let mut counts: HashMap<Digest, u64> = HashMap::new();
-    for item in scan(db, keys::MANIFEST_PREFIX, None) {
-        let (_, v) = item?;
-        let Stored::V1(m) = decode::<Stored<ManifestRecord>>("manifest", &v)?;
-        let distinct: BTreeSet<Digest> = m.blobs.into_iter().collect();
+    let mut count = |blobs: Vec<Digest>| {
+        let distinct: BTreeSet<Digest> = blobs.into_iter().collect();
         for d in distinct {
             *counts.entry(d).or_default() += 1;
         }
+    };
+    for item in scan(db, keys::MANIFEST_PREFIX, None) {
+        let (_, v) = item?;
+        let Stored::V1(m) = decode::<Stored<ManifestRecord>>("manifest", &v)?;
+        count(m.blobs);
+    }
+    for (_, _, d) in super::lifecycle::deleted(db, None)? {
+        count(d.record.blobs);
     }
     Ok(counts)
 }
@@ -387,6 +413,10 @@ pub(super) fn verify(db: &DB) -> Result<Vec<String>, MetaError> {
             reverse.insert((rest[..sep].to_vec(), rest[sep + 1..].to_vec()));
         }
     }
+    let size_of = |d: &Digest| -> Result<u64, MetaError> {
+        Ok(get::<BlobRecord>(db, "blob record", &keys::blob(d))?.map_or(0, |b| b.size))
+    };
+    problems.extend(super::lifecycle::verify_namespaces(db, &size_of)?);
     for missing in links.symmetric_difference(&reverse) {
         problems.push(format!(
             "link of {} in {} is only on one side",

@@ -45,6 +45,7 @@ mod command;
 mod gc;
 mod keys;
 mod legacy;
+pub mod lifecycle;
 mod log_store;
 mod notices;
 pub mod policy;

@@ -10,6 +10,10 @@ use super::command::{
     BlobRecord, ManifestRecord, ReferrerRecord, ReplicationPolicy, Stored, TagRecord,
 };
 use super::gc::{self, BlobRefs, Candidate, CandidateCursor};
+use super::lifecycle::{
+    self, Attributes, DeletedManifest, LockTarget, NamespaceLimits, NamespaceUsage,
+    RetentionPolicy, SoftDelete,
+};
 use super::notices::Notices;
 use super::state_machine::{get, state_cf};
 use super::tag_cache::TagCache;
@@ -205,6 +209,66 @@ impl MetaReader {
     ) -> Result<(Vec<Candidate>, Option<CandidateCursor>), MetaError> {
         self.blocking(move |db| gc::candidates(db, cutoff_ms, after, n))
             .await
+    }
+
+    /// The attributes (locks) of a repository, tag or manifest; all enabled when none are set.
+    pub fn attributes(
+        &self,
+        repo: &RepositoryName,
+        target: &LockTarget,
+    ) -> Result<Attributes, MetaError> {
+        self.point(|db| lifecycle::attributes(db, repo, target))
+    }
+
+    /// Every attributes record of a repository (those not all enabled).
+    pub async fn all_attributes(
+        &self,
+        repo: &RepositoryName,
+    ) -> Result<Vec<(LockTarget, Attributes)>, MetaError> {
+        let repo = repo.clone();
+        self.blocking(move |db| lifecycle::all_attributes(db, &repo))
+            .await
+    }
+
+    /// Whether soft delete is on, and its window.
+    pub fn soft_delete(&self) -> Result<Option<SoftDelete>, MetaError> {
+        self.point(lifecycle::soft_delete)
+    }
+
+    /// The soft-deleted manifests of a repository (or of every repository), in key order.
+    pub async fn deleted_manifests(
+        &self,
+        repo: Option<&RepositoryName>,
+    ) -> Result<Vec<(RepositoryName, Digest, DeletedManifest)>, MetaError> {
+        let repo = repo.cloned();
+        self.blocking(move |db| lifecycle::deleted(db, repo.as_ref()))
+            .await
+    }
+
+    /// Every retention policy, by pattern.
+    pub async fn retention_policies(&self) -> Result<Vec<(String, RetentionPolicy)>, MetaError> {
+        self.blocking(lifecycle::retention_policies).await
+    }
+
+    /// A namespace's limits and usage (`None`: neither set nor used).
+    pub fn namespace(
+        &self,
+        ns: &str,
+    ) -> Result<Option<(NamespaceLimits, NamespaceUsage)>, MetaError> {
+        self.point(|db| lifecycle::namespace(db, ns))
+    }
+
+    /// Every namespace with limits or usage.
+    pub async fn namespaces(
+        &self,
+    ) -> Result<Vec<(String, NamespaceLimits, NamespaceUsage)>, MetaError> {
+        self.blocking(lifecycle::namespaces).await
+    }
+
+    /// Whether a manifest of the namespace already references the blob (it adds nothing to
+    /// the namespace's usage).
+    pub fn namespace_holds(&self, ns: &str, digest: &Digest) -> Result<bool, MetaError> {
+        self.point(|db| lifecycle::namespace_holds(db, ns, digest))
     }
 
     /// Compares the maintained reference counts with a full mark over every manifest; one

@@ -15,14 +15,14 @@ use serde::de::DeserializeOwned;
 
 use super::auth::AuthPublisher;
 use super::command::{
-    BlobLinkRecord, BlobRecord, Command, CommandV1, ManifestRecord, PutManifest, Rejection,
-    ReplicationPolicy, RepositoryRecord, Stored, TagRecord, WriteResult,
+    BlobLinkRecord, BlobRecord, Command, CommandV1, ManifestRecord, PutManifest, ReferrerRecord,
+    Rejection, ReplicationPolicy, RepositoryRecord, Stored, TagRecord, WriteResult,
 };
 use super::notices::{Notice, Notices};
 use super::snapshot::{SnapshotBuilder, SnapshotFiles};
 use super::tag_cache::TagCache;
 use super::write_gate::WriteGate;
-use super::{CF_STATE, MetaError, TypeConfig, decode, encode, gc, keys};
+use super::{CF_STATE, MetaError, TypeConfig, decode, encode, gc, keys, lifecycle};
 use crate::types::{Digest, RepositoryName};
 
 /// The state machine. Owned by openraft; readers use [`super::MetaReader`].
@@ -72,6 +72,10 @@ fn tags_changed_by(entry: &openraft::alias::EntryOf<TypeConfig>) -> Option<&Repo
             CommandV1::DeleteTag { repo, .. }
             | CommandV1::DeleteManifest { repo, .. }
             | CommandV1::RemoveManifest { repo, .. } => Some(repo),
+            CommandV1::Lifecycle(l) => match l.as_ref() {
+                lifecycle::LifecycleCommand::Restore { repo, .. } => Some(repo),
+                _ => None,
+            },
             _ => None,
         },
         _ => None,
@@ -102,6 +106,14 @@ fn notify(
                         notices.push(Notice::Blob(b.digest.clone()));
                         collected.push(Notice::Blob(b.digest.clone()));
                     }
+                }
+            }
+            CommandV1::Lifecycle(l) => {
+                if let lifecycle::LifecycleCommand::Restore { repo, digest, .. } = l.as_ref() {
+                    notices.push(Notice::Manifest {
+                        repo: repo.clone(),
+                        digest: digest.clone(),
+                    })
                 }
             }
             CommandV1::CountReferences { .. } | CommandV1::TouchBlobs { .. } => {}
@@ -224,18 +236,35 @@ fn exists(db: &DB, key: &[u8]) -> Result<bool, MetaError> {
         .is_some())
 }
 
+/// Creates the repository if it is new (refused when its namespace is at its repository
+/// limit), after checking that it is not locked for writes.
 fn ensure_repo(
     db: &DB,
     cf: &ColumnFamily,
     batch: &mut WriteBatch,
     repo: &RepositoryName,
     at_ms: u64,
-) -> Result<(), MetaError> {
+) -> Result<Option<Rejection>, MetaError> {
     let key = keys::repo(repo);
-    if !exists(db, &key)? {
-        put(batch, cf, &key, &RepositoryRecord { created_ms: at_ms });
+    if exists(db, &key)? {
+        return lifecycle::check_push(db, repo, None);
     }
-    Ok(())
+    if gc::counting(db)?
+        && let Some(r) = lifecycle::repository_created(db, cf, batch, repo)?
+    {
+        return Ok(Some(r));
+    }
+    put(batch, cf, &key, &RepositoryRecord { created_ms: at_ms });
+    Ok(None)
+}
+
+/// Returns early with the rejection, if any.
+macro_rules! refuse {
+    ($check:expr) => {
+        if let Some(r) = $check {
+            return Ok(WriteResult::Rejected(r));
+        }
+    };
 }
 
 fn ensure_link(
@@ -276,9 +305,9 @@ fn apply_command(
                 holders: Default::default(),
                 first_seen_ms: *at_ms,
             });
+            refuse!(ensure_repo(db, cf, batch, repo, *at_ms)?);
             record.holders.insert(*node);
             put(batch, cf, &key, &record);
-            ensure_repo(db, cf, batch, repo, *at_ms)?;
             ensure_link(db, cf, batch, repo, digest, *at_ms)?;
             if gc::counting(db)? {
                 // A re-upload of an unreferenced blob restarts its grace.
@@ -307,7 +336,7 @@ fn apply_command(
             if !exists(db, &keys::link(from, digest))? || !exists(db, &keys::blob(digest))? {
                 return Ok(WriteResult::Mounted(false));
             }
-            ensure_repo(db, cf, batch, to, *at_ms)?;
+            refuse!(ensure_repo(db, cf, batch, to, *at_ms)?);
             ensure_link(db, cf, batch, to, digest, *at_ms)?;
             if gc::counting(db)? {
                 gc::touch(db, cf, batch, digest, *at_ms)?;
@@ -320,6 +349,11 @@ fn apply_command(
                 return Ok(WriteResult::Rejected(Rejection::BlobUnknown(
                     digest.clone(),
                 )));
+            }
+            if !lifecycle::attributes(db, repo, &lifecycle::LockTarget::Repository)?.deletable() {
+                return Ok(WriteResult::Rejected(Rejection::Locked(format!(
+                    "repository {repo} is locked: deletes are disabled"
+                ))));
             }
             batch.delete_cf(cf, key);
             if gc::counting(db)? {
@@ -377,18 +411,47 @@ fn apply_command(
             if !exists(db, &key)? {
                 return Ok(WriteResult::Rejected(Rejection::TagUnknown(tag.clone())));
             }
+            refuse!(lifecycle::check_delete_tag(db, repo, tag)?);
             batch.delete_cf(cf, key);
+            lifecycle::forget_attributes(cf, batch, repo, &lifecycle::LockTarget::Tag(tag.clone()));
             Ok(WriteResult::Done)
         }
+        CommandV1::Lifecycle(l) => lifecycle::apply(db, cf, batch, l, &RefsOf { db, cf }),
         CommandV1::DeleteManifest { repo, digest } => {
             remove_manifest(db, cf, batch, repo, digest, None)
         }
     }
 }
 
-/// Removes a manifest, every tag pointing at it and its referrer entry, and drops its
-/// references to its blobs. Blobs left unreferenced start their grace at `at_ms` (`None`, for
-/// a [`CommandV1::DeleteManifest`] of an older berth: when the manifest was pushed).
+/// A day in milliseconds.
+const DAY_MS: u64 = 24 * 3600 * 1000;
+
+/// Drops references for lifecycle commands (purging or restoring soft-deleted manifests).
+struct RefsOf<'a> {
+    db: &'a DB,
+    cf: &'a ColumnFamily,
+}
+
+impl lifecycle::References for RefsOf<'_> {
+    fn drop_refs(
+        &self,
+        batch: &mut WriteBatch,
+        repo: &RepositoryName,
+        record: &ManifestRecord,
+        at_ms: u64,
+    ) -> Result<(), MetaError> {
+        if gc::counting(self.db)? {
+            gc::reference(self.db, self.cf, batch, repo, &record.blobs, false, at_ms)?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes a manifest, every tag pointing at it and its referrer entry (refused when it or
+/// one of those tags is locked). With soft delete on, it goes to the recycle bin with its
+/// tags and keeps its references; otherwise its references to its blobs go. Blobs left
+/// unreferenced start their grace at `at_ms` (`None`, for a [`CommandV1::DeleteManifest`]
+/// of an older berth: when the manifest was pushed; that one is never soft).
 fn remove_manifest(
     db: &DB,
     cf: &ColumnFamily,
@@ -403,21 +466,59 @@ fn remove_manifest(
             digest.clone(),
         )));
     };
-    batch.delete_cf(cf, key);
     let prefix = keys::tag_prefix(repo);
+    let mut tags = Vec::new();
     for item in super::read::scan(db, &prefix, None) {
         let (k, v) = item?;
         let Stored::V1(tag) = decode::<Stored<TagRecord>>("tag", &v)?;
-        if &tag.digest == digest {
-            batch.delete_cf(cf, k);
+        if &tag.digest == digest
+            && let Ok(t) = std::str::from_utf8(&k[prefix.len()..]).map(crate::types::Tag::parse)
+            && let Ok(t) = t
+        {
+            tags.push(t);
         }
     }
-    if let Some(subject) = &record.subject {
-        batch.delete_cf(cf, keys::referrer(repo, subject, digest));
+    refuse!(lifecycle::check_delete_manifest(db, repo, digest, &tags)?);
+    batch.delete_cf(cf, key);
+    for t in &tags {
+        batch.delete_cf(cf, keys::tag(repo, t));
+        lifecycle::forget_attributes(cf, batch, repo, &lifecycle::LockTarget::Tag(t.clone()));
     }
-    if gc::counting(db)? {
-        let at_ms = at_ms.unwrap_or(record.created_ms);
-        gc::reference(db, cf, batch, &record.blobs, false, at_ms)?;
+    lifecycle::forget_attributes(
+        cf,
+        batch,
+        repo,
+        &lifecycle::LockTarget::Manifest(digest.clone()),
+    );
+    let referrer = match &record.subject {
+        Some(subject) => {
+            let k = keys::referrer(repo, subject, digest);
+            let r = get::<ReferrerRecord>(db, "referrer", &k)?;
+            batch.delete_cf(cf, k);
+            r
+        }
+        None => None,
+    };
+    let counting = gc::counting(db)?;
+    let at = at_ms.unwrap_or(record.created_ms);
+    // Soft delete keeps the manifest (and so its references) in the recycle bin; a
+    // `DeleteManifest` of an older berth is always final.
+    if let (Some(soft), Some(at_ms)) = (lifecycle::soft_delete(db)?, at_ms) {
+        let entry = lifecycle::DeletedManifest {
+            record,
+            tags,
+            referrer,
+            deleted_ms: at_ms,
+            expires_ms: at_ms.saturating_add(u64::from(soft.retention_days) * DAY_MS),
+        };
+        let replaced = lifecycle::recycle(db, cf, batch, repo, digest, entry)?;
+        if let (Some(old), true) = (replaced, counting) {
+            gc::reference(db, cf, batch, repo, &old.record.blobs, false, at)?;
+        }
+        return Ok(WriteResult::Done);
+    }
+    if counting {
+        gc::reference(db, cf, batch, repo, &record.blobs, false, at)?;
     }
     Ok(WriteResult::Done)
 }
@@ -441,12 +542,26 @@ fn apply_put_manifest(
         }
     }
     let at_ms = p.record.created_ms;
-    ensure_repo(db, cf, batch, &p.repo, at_ms)?;
+    refuse!(lifecycle::check_push(
+        db,
+        &p.repo,
+        p.tag.as_ref().map(|t| (t, &p.digest))
+    )?);
     let key = keys::manifest(&p.repo, &p.digest);
-    if !exists(db, &key)? {
+    let new = !exists(db, &key)?;
+    let counting = gc::counting(db)?;
+    if new && counting {
+        refuse!(lifecycle::check_quota(
+            db,
+            &p.repo,
+            &gc::sized(db, &p.record.blobs)?
+        )?);
+    }
+    refuse!(ensure_repo(db, cf, batch, &p.repo, at_ms)?);
+    if new {
         put(batch, cf, &key, &p.record);
-        if gc::counting(db)? {
-            gc::reference(db, cf, batch, &p.record.blobs, true, at_ms)?;
+        if counting {
+            gc::reference(db, cf, batch, &p.repo, &p.record.blobs, true, at_ms)?;
         }
     }
     if let Some(tag) = &p.tag {
@@ -586,7 +701,10 @@ mod tests {
     use openraft::testing::log_id;
 
     use super::*;
-    use crate::meta::{MetaReader, Notice, open};
+    use crate::meta::lifecycle::{
+        Attributes, LifecycleCommand, LockTarget, NamespaceLimits, NamespaceUsage,
+    };
+    use crate::meta::{MetaReader, Notice, Page, open};
 
     fn entry(index: u64, cmd: CommandV1) -> openraft::alias::EntryOf<TypeConfig> {
         Entry {
@@ -910,6 +1028,269 @@ mod tests {
         assert_eq!(page.len(), 1);
     }
 
+    fn lifecycle_cmd(l: LifecycleCommand) -> CommandV1 {
+        CommandV1::Lifecycle(Box::new(l))
+    }
+
+    fn set_attrs(r: &str, target: LockTarget, f: impl FnOnce(&mut Attributes)) -> CommandV1 {
+        let mut attributes = Attributes::default();
+        f(&mut attributes);
+        lifecycle_cmd(LifecycleCommand::SetAttributes {
+            repo: repo(r),
+            target,
+            attributes,
+        })
+    }
+
+    fn tag(t: &str) -> crate::types::Tag {
+        crate::types::Tag::parse(t).unwrap()
+    }
+
+    fn locked(r: WriteResult) -> bool {
+        matches!(r, WriteResult::Rejected(Rejection::Locked(_)))
+    }
+
+    /// Locks refuse what they forbid and change nothing; unlocking lets it through.
+    #[tokio::test]
+    async fn locks_refuse_overwrites_deletes_and_pushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, sm, reader) = open(dir.path()).unwrap();
+        let mut i = 0;
+        let mut next = || {
+            i += 1;
+            i
+        };
+        apply(&sm, next(), CommandV1::CountReferences { at_ms: 1 });
+        let a = Digest::sha256_of(b"a");
+        apply(&sm, next(), stored("r", &a, 10));
+        let (m1, put1) = manifest("r", b"m1", &[&a], Some("v1"));
+        let (m2, put2) = manifest("r", b"m2", &[&a], Some("v1"));
+        assert_eq!(apply(&sm, next(), put1), WriteResult::Done);
+        // A tag locked for writes cannot move, nor be deleted; its manifest cannot be deleted.
+        let v1 = LockTarget::Tag(tag("v1"));
+        apply(
+            &sm,
+            next(),
+            set_attrs("r", v1.clone(), |a| a.write_enabled = false),
+        );
+        assert!(locked(apply(&sm, next(), put2.clone())));
+        let del_tag = CommandV1::DeleteTag {
+            repo: repo("r"),
+            tag: tag("v1"),
+        };
+        assert!(locked(apply(&sm, next(), del_tag)));
+        let del = CommandV1::RemoveManifest {
+            repo: repo("r"),
+            digest: m1.clone(),
+            at_ms: 20,
+        };
+        assert!(locked(apply(&sm, next(), del.clone())));
+        // Re-pushing the same manifest to the locked tag changes nothing: accepted.
+        let (_, same) = manifest("r", b"m1", &[&a], Some("v1"));
+        assert_eq!(apply(&sm, next(), same), WriteResult::Done);
+        let at_v1 = reader
+            .manifest_by_tag(&repo("r"), &tag("v1"))
+            .await
+            .unwrap();
+        assert_eq!(at_v1.unwrap().0, m1);
+        // A manifest locked for deletes.
+        apply(&sm, next(), set_attrs("r", v1, |_| {}));
+        let m1_target = LockTarget::Manifest(m1.clone());
+        apply(
+            &sm,
+            next(),
+            set_attrs("r", m1_target.clone(), |a| a.delete_enabled = false),
+        );
+        assert!(locked(apply(&sm, next(), del.clone())));
+        // A repository locked for writes refuses blobs and manifests.
+        apply(
+            &sm,
+            next(),
+            set_attrs("r", LockTarget::Repository, |a| a.write_enabled = false),
+        );
+        assert!(locked(apply(
+            &sm,
+            next(),
+            stored("r", &Digest::sha256_of(b"b"), 30)
+        )));
+        assert!(locked(apply(&sm, next(), put2.clone())));
+        // Unlocked: everything goes, and the manifest's attributes go with it.
+        apply(&sm, next(), set_attrs("r", LockTarget::Repository, |_| {}));
+        apply(
+            &sm,
+            next(),
+            set_attrs("r", m1_target, |a| a.read_enabled = false),
+        );
+        assert_eq!(apply(&sm, next(), put2), WriteResult::Done);
+        let del2 = CommandV1::RemoveManifest {
+            repo: repo("r"),
+            digest: m2,
+            at_ms: 40,
+        };
+        assert_eq!(apply(&sm, next(), del2), WriteResult::Done);
+        assert_eq!(reader.all_attributes(&repo("r")).await.unwrap().len(), 1);
+        assert_eq!(apply(&sm, next(), del), WriteResult::Done);
+        assert!(reader.all_attributes(&repo("r")).await.unwrap().is_empty());
+        // Locks on things that do not exist are refused.
+        let nope = set_attrs("r", LockTarget::Tag(tag("nope")), |a| {
+            a.read_enabled = false
+        });
+        assert_eq!(
+            apply(&sm, next(), nope),
+            WriteResult::Rejected(Rejection::TagUnknown(tag("nope")))
+        );
+        assert!(reader.verify_references().await.unwrap().is_empty());
+    }
+
+    /// Soft delete keeps a deleted manifest and its references in the recycle bin until it
+    /// is purged after its window; a restore brings it and its tags back.
+    #[tokio::test]
+    async fn soft_deleted_manifests_keep_their_blobs_and_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, sm, reader) = open(dir.path()).unwrap();
+        let mut i = 0;
+        let mut next = || {
+            i += 1;
+            i
+        };
+        apply(&sm, next(), CommandV1::CountReferences { at_ms: 1 });
+        let on = LifecycleCommand::SetSoftDelete {
+            retention_days: Some(1),
+        };
+        apply(&sm, next(), lifecycle_cmd(on));
+        let a = Digest::sha256_of(b"a");
+        apply(&sm, next(), stored("r", &a, 10));
+        let (m1, put1) = manifest("r", b"m1", &[&a], Some("v1"));
+        apply(&sm, next(), put1);
+        let del = |at_ms| CommandV1::RemoveManifest {
+            repo: repo("r"),
+            digest: m1.clone(),
+            at_ms,
+        };
+        assert_eq!(apply(&sm, next(), del(100)), WriteResult::Done);
+        assert!(reader.manifest(&repo("r"), &m1).await.unwrap().is_none());
+        let tags = reader.tags(&repo("r"), Page::default()).await.unwrap();
+        assert_eq!(tags.unwrap().0, Vec::<String>::new());
+        let bin = reader.deleted_manifests(Some(&repo("r"))).await.unwrap();
+        assert_eq!(bin.len(), 1);
+        assert_eq!(bin[0].2.tags, vec![tag("v1")]);
+        assert_eq!(bin[0].2.expires_ms, 100 + DAY_MS);
+        // Its blob is still referenced: not collected.
+        assert!(collected(apply(&sm, next(), collect(&[&a], u64::MAX))).is_empty());
+        // A restore brings the manifest and its tag back.
+        let restore = lifecycle_cmd(LifecycleCommand::Restore {
+            repo: repo("r"),
+            digest: m1.clone(),
+            tag: None,
+            at_ms: 200,
+        });
+        assert_eq!(apply(&sm, next(), restore.clone()), WriteResult::Done);
+        let at_v1 = reader
+            .manifest_by_tag(&repo("r"), &tag("v1"))
+            .await
+            .unwrap();
+        assert_eq!(at_v1.unwrap().0, m1);
+        assert!(reader.deleted_manifests(None).await.unwrap().is_empty());
+        assert_eq!(
+            apply(&sm, next(), restore),
+            WriteResult::Rejected(Rejection::ManifestUnknown(m1.clone()))
+        );
+        // Deleted again: a purge before the window ends is refused; after, it goes, and so
+        // does the blob at the next collection.
+        apply(&sm, next(), del(300));
+        let purge = |at_ms| {
+            lifecycle_cmd(LifecycleCommand::PurgeDeleted {
+                repo: repo("r"),
+                digest: m1.clone(),
+                at_ms,
+            })
+        };
+        assert!(locked(apply(&sm, next(), purge(300 + DAY_MS - 1))));
+        assert_eq!(apply(&sm, next(), purge(300 + DAY_MS)), WriteResult::Done);
+        assert!(reader.verify_references().await.unwrap().is_empty());
+        assert_eq!(
+            collected(apply(&sm, next(), collect(&[&a], u64::MAX))),
+            vec![a]
+        );
+    }
+
+    /// A namespace's usage counts the distinct blobs its manifests reference; a manifest that
+    /// would take it past its quota, or a repository past its limit, is refused.
+    #[tokio::test]
+    async fn namespace_quotas_are_enforced_when_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, sm, reader) = open(dir.path()).unwrap();
+        let mut i = 0;
+        let mut next = || {
+            i += 1;
+            i
+        };
+        apply(&sm, next(), CommandV1::CountReferences { at_ms: 1 });
+        // Each blob is 7 bytes (`stored`).
+        let limits = NamespaceLimits {
+            quota_bytes: Some(14),
+            max_repositories: Some(2),
+            ..Default::default()
+        };
+        let set = LifecycleCommand::SetNamespace {
+            namespace: "team".into(),
+            limits,
+        };
+        apply(&sm, next(), lifecycle_cmd(set));
+        let a = Digest::sha256_of(b"a");
+        let b = Digest::sha256_of(b"b");
+        let c = Digest::sha256_of(b"c");
+        for d in [&a, &b, &c] {
+            apply(&sm, next(), stored("team/x", d, 10));
+        }
+        let quota = |r| matches!(r, WriteResult::Rejected(Rejection::QuotaExceeded(_)));
+        let put = |r, m: &[u8], blobs: &[&Digest]| manifest(r, m, blobs, None).1;
+        assert_eq!(
+            apply(&sm, next(), put("team/x", b"m1", &[&a, &b])),
+            WriteResult::Done
+        );
+        // The same blobs again add nothing.
+        assert_eq!(
+            apply(&sm, next(), put("team/x", b"m2", &[&a, &b, &a])),
+            WriteResult::Done
+        );
+        assert!(quota(apply(&sm, next(), put("team/x", b"m3", &[&c]))));
+        let (limits, usage) = reader.namespace("team").unwrap().unwrap();
+        assert_eq!(limits.quota_bytes, Some(14));
+        assert_eq!(
+            usage,
+            NamespaceUsage {
+                bytes: 14,
+                repositories: 1
+            }
+        );
+        apply(&sm, next(), stored("team/y", &c, 10));
+        assert!(quota(apply(&sm, next(), stored("team/z", &c, 10))));
+        // Deleting frees the space.
+        for m in [b"m1".as_slice(), b"m2"] {
+            let digest = Digest::sha256_of(m);
+            let del = CommandV1::RemoveManifest {
+                repo: repo("team/x"),
+                digest,
+                at_ms: 20,
+            };
+            assert_eq!(apply(&sm, next(), del), WriteResult::Done);
+        }
+        assert_eq!(
+            apply(&sm, next(), put("team/y", b"m3", &[&c])),
+            WriteResult::Done
+        );
+        let usage = reader.namespace("team").unwrap().unwrap().1;
+        assert_eq!(
+            usage,
+            NamespaceUsage {
+                bytes: 7,
+                repositories: 2
+            }
+        );
+        assert!(reader.verify_references().await.unwrap().is_empty());
+    }
+
     /// Random pushes, mounts, unlinks, deletes, touches and collections over a few
     /// repositories and blobs: after every step the maintained counts, the candidate queue and
     /// the reverse links equal what a full mark computes, both where counts were maintained
@@ -930,7 +1311,7 @@ mod tests {
             for step in 2..120u64 {
                 let r = repos[rng.random_range(0..repos.len())];
                 let d = &blobs[rng.random_range(0..blobs.len())];
-                let cmd = match rng.random_range(0..8) {
+                let cmd = match rng.random_range(0..11) {
                     0 | 1 => stored(r, d, step),
                     2 => CommandV1::MountBlob {
                         from: repo(repos[rng.random_range(0..repos.len())]),
@@ -968,7 +1349,22 @@ mod tests {
                         digests: vec![d.clone()],
                         at_ms: step,
                     },
-                    _ => collect(&blobs.iter().collect::<Vec<_>>(), step.saturating_sub(10)),
+                    7 => collect(&blobs.iter().collect::<Vec<_>>(), step.saturating_sub(10)),
+                    8 => lifecycle_cmd(LifecycleCommand::SetSoftDelete {
+                        retention_days: rng.random_bool(0.5).then_some(1),
+                    }),
+                    9 => lifecycle_cmd(LifecycleCommand::Restore {
+                        repo: repo(r),
+                        digest: Digest::sha256_of(&[rng.random_range(0..5u8)]),
+                        tag: None,
+                        at_ms: step,
+                    }),
+                    _ => lifecycle_cmd(LifecycleCommand::PurgeDeleted {
+                        repo: repo(r),
+                        digest: Digest::sha256_of(&[rng.random_range(0..5u8)]),
+                        // Past every window: a purge always applies.
+                        at_ms: step + 2 * DAY_MS,
+                    }),
                 };
                 apply(&sm, step, cmd.clone());
                 if step == count_at {
