@@ -29,7 +29,7 @@ use crate::cli_auth::{
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `--timeout` for membership changes (adding a node waits for it to catch up).
 pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Default `--timeout` for `replication status --wait`.
+/// Default `--timeout` for `replication status --wait` and `gc run --wait`.
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Operate a berth cluster through any member's admin service.
@@ -93,8 +93,8 @@ pub struct Cli {
     pub json: bool,
 
     /// Deadline for the whole command, in seconds [default: 10 for status, nodes list,
-    /// replication and the auth commands, 300 for membership changes, 600 for
-    /// `replication status --wait`].
+    /// replication, gc and the auth commands, 300 for membership changes, 600 for
+    /// `replication status --wait` and `gc run --wait`].
     #[arg(long, global = true, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
 
@@ -139,6 +139,27 @@ pub enum Command {
     /// Show the audit log (logins, tokens, pushes, deletes, admin changes) of every member,
     /// merged by time; a member that does not answer is reported.
     Audit(crate::audit::AuditArgs),
+    /// Garbage collection of blobs: run a pass on the answering node, see its last one.
+    #[command(subcommand)]
+    Gc(GcCommand),
+}
+
+/// `clusterctl gc …`.
+#[derive(Debug, Subcommand)]
+pub enum GcCommand {
+    /// Start a pass on the answering node: it collects the blobs no manifest refers to whose
+    /// grace period has ended (each node then removes its copies).
+    Run {
+        /// Only count what the pass would free; remove nothing.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+        /// Follow the pass (a progress line per change) and print its report; exit 1 if it
+        /// stops with an error or `--timeout` passes first (the pass goes on).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show the answering node's current or last pass, and what its reaper removed.
+    Status,
 }
 
 /// `clusterctl certs …`.
@@ -318,6 +339,15 @@ pub enum Action {
     Auth(AuthAction),
     /// `audit`.
     Audit(crate::audit::AuditArgs),
+    /// `gc run`.
+    GcRun {
+        /// Count only.
+        dry_run: bool,
+        /// Follow the pass to its end.
+        wait: bool,
+    },
+    /// `gc status`.
+    GcStatus,
 }
 
 /// How clusterctl proves who it is to the admin service (besides a client certificate).
@@ -364,7 +394,9 @@ impl Cli {
     /// The deadline of the whole command: `--timeout`, or the command's default.
     pub fn timeout(&self) -> Duration {
         self.timeout.unwrap_or(match self.action() {
-            Action::ReplicationStatus { wait: true, .. } => WAIT_TIMEOUT,
+            Action::ReplicationStatus { wait: true, .. } | Action::GcRun { wait: true, .. } => {
+                WAIT_TIMEOUT
+            }
             Action::Status
             | Action::ListNodes
             | Action::ReplicationStatus { .. }
@@ -373,7 +405,7 @@ impl Cli {
             | Action::PolicyClear(_)
             | Action::Certs(_)
             | Action::Auth(_) => READ_TIMEOUT,
-            Action::Audit(_) => READ_TIMEOUT,
+            Action::Audit(_) | Action::GcRun { .. } | Action::GcStatus => READ_TIMEOUT,
             Action::Change(_) => CHANGE_TIMEOUT,
         })
     }
@@ -411,6 +443,11 @@ impl Cli {
             }
             Command::Certs(c) => Action::Certs(c.clone()),
             Command::Audit(a) => Action::Audit(a.clone()),
+            Command::Gc(GcCommand::Run { dry_run, wait }) => Action::GcRun {
+                dry_run: *dry_run,
+                wait: *wait,
+            },
+            Command::Gc(GcCommand::Status) => Action::GcStatus,
             Command::Replication(ReplicationCommand::Status(a)) => Action::ReplicationStatus {
                 reference: a.reference.clone().unwrap_or_default(),
                 wait: a.wait,
@@ -846,6 +883,47 @@ mod tests {
             &["clusterctl", "audit", "--since", "soon"][..],
             &["clusterctl", "audit", "--limit", "0"],
             &["clusterctl", "audit", "--identity", ""],
+        ] {
+            assert_eq!(
+                Cli::try_parse_from(bad).unwrap_err().exit_code(),
+                2,
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gc_arguments_parse() {
+        let cli = Cli::try_parse_from(["clusterctl", "gc", "run"]).unwrap();
+        assert_eq!(
+            cli.action(),
+            Action::GcRun {
+                dry_run: false,
+                wait: false
+            }
+        );
+        assert_eq!(cli.timeout(), READ_TIMEOUT);
+        let cli = Cli::try_parse_from(["clusterctl", "gc", "run", "--dry-run", "--wait"]).unwrap();
+        assert_eq!(
+            cli.action(),
+            Action::GcRun {
+                dry_run: true,
+                wait: true
+            }
+        );
+        assert_eq!(cli.timeout(), WAIT_TIMEOUT);
+        let cli =
+            Cli::try_parse_from(["clusterctl", "gc", "run", "--wait", "--timeout", "30"]).unwrap();
+        assert_eq!(cli.timeout(), Duration::from_secs(30));
+        let cli = Cli::try_parse_from(["clusterctl", "gc", "status", "--json"]).unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.action(), Action::GcStatus);
+        assert_eq!(cli.timeout(), READ_TIMEOUT);
+        for bad in [
+            &["clusterctl", "gc"][..],
+            &["clusterctl", "gc", "run", "--dry"],
+            &["clusterctl", "gc", "status", "--wait"],
+            &["clusterctl", "gc", "run", "now"],
         ] {
             assert_eq!(
                 Cli::try_parse_from(bad).unwrap_err().exit_code(),

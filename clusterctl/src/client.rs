@@ -20,9 +20,9 @@ use base64::Engine;
 
 use berth_proto::admin::admin_client::AdminClient;
 use berth_proto::admin::{
-    NodeRef, Progress, ReplicationPolicies, ReplicationPolicyEntry, ReplicationPolicyRef,
-    ReplicationStatusRequest, ReplicationStatusResponse, StatusRequest, StatusResponse,
-    TransferLeaderRequest,
+    GcReport, GcRunRequest, GcStatusRequest, GcStatusResponse, NodeRef, Progress,
+    ReplicationPolicies, ReplicationPolicyEntry, ReplicationPolicyRef, ReplicationStatusRequest,
+    ReplicationStatusResponse, StatusRequest, StatusResponse, TransferLeaderRequest,
 };
 use tokio::time::{Instant, timeout_at};
 use tonic::metadata::AsciiMetadataValue;
@@ -223,6 +223,38 @@ impl AdminConn {
             Ok(Err(status)) => Err(self.rpc_error(WHAT, status, false)),
             Err(_) => Err(self.timed_out(WHAT, false)),
         }
+    }
+
+    /// `Admin.GcRun` on the answering node: with `wait` its report when it ends, else right
+    /// after it started. A pass already running there is [`Error::Rpc`] with
+    /// FAILED_PRECONDITION.
+    pub async fn gc_run(&mut self, dry_run: bool, wait: bool) -> Result<GcReport, Error> {
+        let what = if dry_run {
+            "run a dry garbage collection pass"
+        } else {
+            "run a garbage collection pass"
+        };
+        let message = GcRunRequest { dry_run, wait };
+        // Not `may_complete`: its hint sends the user to `clusterctl status`, which does not
+        // show passes (a pass that started anyway shows in `gc status`).
+        self.call(
+            what,
+            false,
+            message,
+            |mut c, r| async move { c.gc_run(r).await },
+        )
+        .await
+    }
+
+    /// `Admin.GcStatus`: the answering node's current or last pass and its reaper's work.
+    pub async fn gc_status(&mut self) -> Result<GcStatusResponse, Error> {
+        self.call(
+            "get the garbage collection status",
+            false,
+            GcStatusRequest {},
+            |mut c, r| async move { c.gc_status(r).await },
+        )
+        .await
     }
 
     /// The command's deadline.

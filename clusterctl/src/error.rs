@@ -75,6 +75,30 @@ pub enum Error {
         /// How long `--wait` waited, when it did.
         waited: Option<Duration>,
     },
+    /// A garbage collection pass stopped early (its report, with the error, was printed).
+    #[error("garbage collection pass #{id} stopped early: {error}")]
+    GcFailed {
+        /// The pass's number on the node that ran it.
+        id: u64,
+        /// Why, as the node reported it.
+        error: String,
+    },
+    /// `gc run --wait` stopped following a pass before it ended: `--timeout` passed, or the
+    /// node no longer reports it (it restarted).
+    #[error(
+        "garbage collection pass #{id} {}; see `clusterctl gc status`",
+        match waited {
+            Some(d) => format!("had not finished after waiting {} (it goes on)", secs(*d)),
+            None => "is no longer reported by the node (did it restart?)".to_owned(),
+        }
+    )]
+    GcNotFollowed {
+        /// The pass's number.
+        id: u64,
+        /// How long it was followed, when `--timeout` ended it; `None`: the node's status
+        /// names no such pass any more.
+        waited: Option<Duration>,
+    },
     /// A certificate file could not be read, made or written (`certs`, `--ca/--cert/--key`).
     #[error("{0}")]
     Certs(String),
@@ -113,6 +137,11 @@ impl Error {
             Error::Incomplete { .. } | Error::Output(_) => Code::Unknown,
             Error::Certs(_) | Error::Input(_) => Code::InvalidArgument,
             Error::WrongKind { .. } => Code::FailedPrecondition,
+            Error::GcFailed { .. } => Code::Aborted,
+            Error::GcNotFollowed {
+                waited: Some(_), ..
+            } => Code::DeadlineExceeded,
+            Error::GcNotFollowed { waited: None, .. } => Code::Unknown,
         }
     }
 
@@ -121,10 +150,11 @@ impl Error {
         1
     }
 
-    /// Whether the command already printed its answer (an incomplete replication status):
-    /// in `--json` mode no error line follows it, so stdout stays one JSON document.
+    /// Whether the command already printed its answer (an incomplete replication status, the
+    /// report of a failed garbage collection pass): in `--json` mode no error line follows
+    /// it, so stdout stays one JSON document.
     pub fn answer_printed(&self) -> bool {
-        matches!(self, Error::NotReplicated { .. })
+        matches!(self, Error::NotReplicated { .. } | Error::GcFailed { .. })
     }
 }
 
@@ -300,6 +330,37 @@ mod tests {
         );
         assert_eq!(waited.code(), Code::DeadlineExceeded);
         assert_eq!(waited.exit_status(), 1);
+    }
+
+    #[test]
+    fn gc_errors_say_which_pass_and_what_to_do() {
+        let failed = Error::GcFailed {
+            id: 3,
+            error: "no quorum".into(),
+        };
+        assert_eq!(
+            failed.to_string(),
+            "garbage collection pass #3 stopped early: no quorum"
+        );
+        assert!(failed.answer_printed());
+        assert_eq!(failed.code(), Code::Aborted);
+        let waited = Error::GcNotFollowed {
+            id: 3,
+            waited: Some(Duration::from_secs(600)),
+        };
+        assert_eq!(
+            waited.to_string(),
+            "garbage collection pass #3 had not finished after waiting 600s (it goes on); \
+             see `clusterctl gc status`"
+        );
+        assert_eq!(waited.code(), Code::DeadlineExceeded);
+        assert!(!waited.answer_printed());
+        let lost = Error::GcNotFollowed {
+            id: 3,
+            waited: None,
+        };
+        assert!(lost.to_string().contains("no longer reported"), "{lost}");
+        assert_eq!(lost.exit_status(), 1);
     }
 
     #[test]

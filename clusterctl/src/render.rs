@@ -12,8 +12,8 @@
 //!   a command that reports success or failure has `ok`.
 
 use berth_proto::admin::{
-    Member, Progress, ReplicationPolicies, ReplicationPolicyEntry, ReplicationStatusResponse,
-    StatusResponse,
+    GcReport, GcStatusResponse, Member, Progress, ReplicationPolicies, ReplicationPolicyEntry,
+    ReplicationStatusResponse, StatusResponse,
 };
 use serde_json::{Value, json};
 
@@ -408,6 +408,153 @@ pub fn policy_set_text(e: &ReplicationPolicyEntry) -> String {
     )
 }
 
+/// A garbage collection report for humans: a headline (which pass, running, finished or
+/// stopped early, what it freed or, dry, would free), then the per-node table when it
+/// collected anything, and the error when it has one:
+///
+/// ```text
+/// garbage collection pass #3 finished in 1.2s: freed 2 blobs (3072 bytes) of 2 candidates
+/// NODE  BLOBS  BYTES
+///    1      2   3072
+/// ```
+pub fn gc_report_text(r: &GcReport) -> String {
+    let state = match (r.finished_ms, r.error.trim()) {
+        (0, _) => "running".to_owned(),
+        (end, "") => format!("finished in {}", elapsed(r.started_ms, end)),
+        (end, _) => format!("stopped early after {}", elapsed(r.started_ms, end)),
+    };
+    let mut out = format!("{} #{} {state}: {}\n", gc_pass(r), r.id, gc_freed(r));
+    if r.dry_run {
+        out.push_str("dry run: nothing was removed\n");
+    }
+    if r.counted {
+        out.push_str("it first built the reference counts\n");
+    }
+    if !r.per_node.is_empty() {
+        let mut nodes: Vec<_> = r.per_node.iter().collect();
+        nodes.sort_by_key(|n| n.node_id);
+        let table = Table {
+            columns: vec![
+                ("NODE", Align::Right),
+                ("BLOBS", Align::Right),
+                ("BYTES", Align::Right),
+            ],
+            rows: nodes
+                .into_iter()
+                .map(|n| {
+                    vec![
+                        n.node_id.to_string(),
+                        n.blobs.to_string(),
+                        n.bytes.to_string(),
+                    ]
+                })
+                .collect(),
+        };
+        out.push_str(&table.render());
+    }
+    let error = r.error.trim();
+    if !error.is_empty() {
+        out.push_str(&format!("error: {error}\n"));
+    }
+    out
+}
+
+/// One progress line of `gc run --wait`:
+/// `pass #3: 2 candidates, freed 1 blob (1024 bytes) so far`.
+pub fn gc_progress_text(r: &GcReport) -> String {
+    format!("pass #{}: {}", r.id, gc_freed(r))
+}
+
+/// What `gc run` without `--wait` prints: which pass started where, and how to follow it.
+pub fn gc_started_text(r: &GcReport, endpoint: &str) -> String {
+    format!(
+        "started {} #{} at {endpoint}; follow it with `clusterctl --endpoint {endpoint} gc \
+         status` (or use `gc run --wait`)",
+        gc_pass(r),
+        r.id
+    )
+}
+
+/// A report as JSON, `GcReport` field for field (`per_node` an array of `node_id`, `blobs`,
+/// `bytes`), with `ok`: false when it has an error.
+pub fn gc_report_json(r: &GcReport) -> Value {
+    json!({
+        "ok": r.error.is_empty(),
+        "id": r.id,
+        "dry_run": r.dry_run,
+        "started_ms": r.started_ms,
+        "finished_ms": r.finished_ms,
+        "candidates": r.candidates,
+        "blobs": r.blobs,
+        "bytes": r.bytes,
+        "per_node": r.per_node.iter().map(|n| json!({
+            "node_id": n.node_id,
+            "blobs": n.blobs,
+            "bytes": n.bytes,
+        })).collect::<Vec<_>>(),
+        "counted": r.counted,
+        "error": r.error,
+    })
+}
+
+/// `gc status` for humans: who answered, its current or last pass (or that it has run
+/// none), and what its reaper removed.
+pub fn gc_status_text(s: &GcStatusResponse) -> String {
+    let mut out = format!("node {} answered\n", s.node_id);
+    match &s.last {
+        Some(r) => out.push_str(&gc_report_text(r)),
+        None => out.push_str("no garbage collection has run on this node since it started\n"),
+    }
+    out.push_str(&format!(
+        "reaper: removed {} ({} bytes) since the node started\n",
+        plural(s.reaper_removed_files, "blob file"),
+        s.reaper_removed_bytes
+    ));
+    out
+}
+
+/// `gc status --json`: `GcStatusResponse` field for field; `last` is null when no pass ran.
+pub fn gc_status_json(s: &GcStatusResponse) -> Value {
+    json!({
+        "node_id": s.node_id,
+        "last": s.last.as_ref().map(gc_report_json),
+        "reaper_removed_files": s.reaper_removed_files,
+        "reaper_removed_bytes": s.reaper_removed_bytes,
+    })
+}
+
+/// `garbage collection pass` or `dry garbage collection pass`.
+fn gc_pass(r: &GcReport) -> &'static str {
+    if r.dry_run {
+        "dry garbage collection pass"
+    } else {
+        "garbage collection pass"
+    }
+}
+
+/// `freed 2 blobs (3072 bytes) of 2 candidates`, `would free …` when dry, `… so far` while
+/// it runs.
+fn gc_freed(r: &GcReport) -> String {
+    format!(
+        "{} {} ({} bytes) of {}{}",
+        if r.dry_run { "would free" } else { "freed" },
+        plural(r.blobs, "blob"),
+        r.bytes,
+        plural(r.candidates, "candidate"),
+        if r.finished_ms == 0 { " so far" } else { "" }
+    )
+}
+
+/// `1 blob`, `2 blobs`.
+fn plural(n: u64, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+/// The time from `start_ms` to `end_ms` in seconds to one decimal: `1.2s`.
+fn elapsed(start_ms: u64, end_ms: u64) -> String {
+    format!("{:.1}s", end_ms.saturating_sub(start_ms) as f64 / 1000.0)
+}
+
 fn outcome_message(change: &Change, done: &Progress) -> String {
     match done.message.trim() {
         "" => change.done_text(),
@@ -744,6 +891,161 @@ eu/**    r1,r2    -
             policy_set_text(&entry("eu/**", &["r1", "r2"], &[])),
             "ok: policy of eu/** set: regions r1,r2; on demand -"
         );
+    }
+
+    fn gc_report(dry_run: bool, error: &str) -> GcReport {
+        use berth_proto::admin::GcNodeFreed;
+        let freed = |node_id, blobs, bytes| GcNodeFreed {
+            node_id,
+            blobs,
+            bytes,
+        };
+        GcReport {
+            id: 3,
+            dry_run,
+            started_ms: 1_000,
+            finished_ms: 2_250,
+            candidates: 3,
+            blobs: 2,
+            bytes: 3072,
+            // Out of order on purpose: the table sorts by node id. A dry run has none.
+            per_node: if dry_run {
+                vec![]
+            } else {
+                vec![freed(2, 1, 1024), freed(1, 2, 3072)]
+            },
+            counted: false,
+            error: error.into(),
+        }
+    }
+
+    #[test]
+    fn gc_report_shows_what_was_freed_per_node() {
+        assert_eq!(
+            gc_report_text(&gc_report(false, "")),
+            "\
+garbage collection pass #3 finished in 1.2s: freed 2 blobs (3072 bytes) of 3 candidates
+NODE  BLOBS  BYTES
+   1      2   3072
+   2      1   1024
+"
+        );
+        let mut first = gc_report(false, "");
+        first.counted = true;
+        first.blobs = 1;
+        first.candidates = 1;
+        first.per_node.clear();
+        assert_eq!(
+            gc_report_text(&first),
+            "\
+garbage collection pass #3 finished in 1.2s: freed 1 blob (3072 bytes) of 1 candidate
+it first built the reference counts
+"
+        );
+        let v = gc_report_json(&gc_report(false, ""));
+        assert_eq!(v["ok"], true);
+        assert_eq!(v["blobs"], 2);
+        assert_eq!(v["bytes"], 3072);
+        assert_eq!(v["finished_ms"], 2250);
+        assert_eq!(
+            v["per_node"][1],
+            json!({"node_id": 1, "blobs": 2, "bytes": 3072})
+        );
+    }
+
+    #[test]
+    fn a_dry_gc_report_says_would_free() {
+        assert_eq!(
+            gc_report_text(&gc_report(true, "")),
+            "\
+dry garbage collection pass #3 finished in 1.2s: would free 2 blobs (3072 bytes) of 3 candidates
+dry run: nothing was removed
+"
+        );
+        assert_eq!(gc_report_json(&gc_report(true, ""))["dry_run"], true);
+    }
+
+    #[test]
+    fn a_gc_report_with_an_error_says_it_stopped_early() {
+        let text = gc_report_text(&gc_report(true, "the reference counts are not built yet"));
+        assert_eq!(
+            text,
+            "\
+dry garbage collection pass #3 stopped early after 1.2s: would free 2 blobs (3072 bytes) of 3 candidates
+dry run: nothing was removed
+error: the reference counts are not built yet
+"
+        );
+        let text = gc_report_text(&gc_report(false, "no quorum"));
+        assert!(
+            text.starts_with("garbage collection pass #3 stopped early"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("   2      1   1024\nerror: no quorum\n"),
+            "{text}"
+        );
+        let v = gc_report_json(&gc_report(false, "no quorum"));
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["error"], "no quorum");
+    }
+
+    #[test]
+    fn a_running_gc_pass_shows_what_it_did_so_far() {
+        let mut r = gc_report(false, "");
+        r.finished_ms = 0;
+        r.blobs = 1;
+        r.bytes = 1024;
+        r.per_node.clear();
+        assert_eq!(
+            gc_progress_text(&r),
+            "pass #3: freed 1 blob (1024 bytes) of 3 candidates so far"
+        );
+        assert_eq!(
+            gc_report_text(&r),
+            "garbage collection pass #3 running: freed 1 blob (1024 bytes) of 3 candidates so far\n"
+        );
+        r.dry_run = true;
+        assert_eq!(
+            gc_started_text(&r, "10.0.0.1:7000"),
+            "started dry garbage collection pass #3 at 10.0.0.1:7000; follow it with \
+             `clusterctl --endpoint 10.0.0.1:7000 gc status` (or use `gc run --wait`)"
+        );
+    }
+
+    #[test]
+    fn gc_status_shows_the_last_pass_and_the_reaper() {
+        let none = GcStatusResponse {
+            node_id: 2,
+            last: None,
+            reaper_removed_files: 1,
+            reaper_removed_bytes: 1024,
+        };
+        assert_eq!(
+            gc_status_text(&none),
+            "\
+node 2 answered
+no garbage collection has run on this node since it started
+reaper: removed 1 blob file (1024 bytes) since the node started
+"
+        );
+        assert_eq!(
+            gc_status_json(&none),
+            json!({"node_id": 2, "last": null, "reaper_removed_files": 1, "reaper_removed_bytes": 1024})
+        );
+        let last = GcStatusResponse {
+            last: Some(gc_report(false, "")),
+            reaper_removed_files: 0,
+            reaper_removed_bytes: 0,
+            ..none
+        };
+        let text = gc_status_text(&last);
+        assert!(
+            text.starts_with("node 2 answered\ngarbage collection pass #3 finished"),
+            "{text}"
+        );
+        assert!(text.ends_with("reaper: removed 0 blob files (0 bytes) since the node started\n"));
+        assert_eq!(gc_status_json(&last)["last"]["id"], 3);
     }
 
     #[test]

@@ -107,6 +107,17 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
         Action::Audit(args) => {
             crate::audit::run(cli, &mut conn, credentials.as_ref(), &args, out).await?
         }
+        Action::GcRun { dry_run, wait } => {
+            gc_run(&mut conn, cli.endpoint.addr(), dry_run, wait, cli.json, out).await?
+        }
+        Action::GcStatus => {
+            let status = conn.gc_status().await?;
+            if cli.json {
+                writeln!(out, "{}", render::gc_status_json(&status))?;
+            } else {
+                write!(out, "{}", render::gc_status_text(&status))?;
+            }
+        }
         Action::ReplicationStatus {
             reference,
             wait,
@@ -202,6 +213,69 @@ async fn replication_status(
         pending: render::pending_summary(&answer),
         waited: wait.then(|| started.elapsed().min(conn.timeout())),
     })
+}
+
+/// Pause between two polls of `gc run --wait`.
+const GC_POLL: Duration = Duration::from_secs(1);
+
+/// `gc run`: starts a pass on the answering node (`endpoint`) and prints its number and how to
+/// follow it; with `wait` follows it instead, polling `GcStatus` (a progress line per change
+/// in human mode) until it ends or the deadline, and prints its report. A report with an
+/// error is [`Error::GcFailed`]; a pass not followed to its end is [`Error::GcNotFollowed`].
+async fn gc_run(
+    conn: &mut AdminConn,
+    endpoint: &str,
+    dry_run: bool,
+    wait: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let started = tokio::time::Instant::now();
+    let mut report = conn.gc_run(dry_run, false).await?;
+    let id = report.id;
+    if !wait {
+        if json {
+            writeln!(out, "{}", render::gc_report_json(&report))?;
+        } else {
+            writeln!(out, "{}", render::gc_started_text(&report, endpoint))?;
+        }
+        return Ok(());
+    }
+    let mut last_line = String::new();
+    while report.finished_ms == 0 {
+        if !json {
+            let line = render::gc_progress_text(&report);
+            if line != last_line {
+                writeln!(out, "{line}")?;
+                out.flush()?;
+                last_line = line;
+            }
+        }
+        if tokio::time::Instant::now() + GC_POLL >= conn.deadline() {
+            return Err(Error::GcNotFollowed {
+                id,
+                waited: Some(started.elapsed().min(conn.timeout())),
+            });
+        }
+        tokio::time::sleep(GC_POLL).await;
+        report = match conn.gc_status().await?.last {
+            Some(last) if last.id == id => last,
+            _ => return Err(Error::GcNotFollowed { id, waited: None }),
+        };
+    }
+    if json {
+        writeln!(out, "{}", render::gc_report_json(&report))?;
+    } else {
+        write!(out, "{}", render::gc_report_text(&report))?;
+    }
+    if report.error.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::GcFailed {
+            id,
+            error: report.error,
+        })
+    }
 }
 
 /// Runs a membership change, printing each progress message as it arrives.

@@ -24,6 +24,11 @@
 //!   settings calls answer what they were asked to set.
 //! - `Audit`: node 1's two records (a push by `ann`, a refused login by nobody), filtered
 //!   by identity and `since_ms` and cut to `limit` as a node does.
+//! - `GcRun` (only without `wait`: clusterctl follows with `GcStatus`) starts pass #7, once;
+//!   another is FAILED_PRECONDITION. `GcStatus` answers no pass before; then, call by call, a
+//!   pass that is not dry freed 1 blob (1024 bytes) of 2 candidates on the first two calls
+//!   and ends on the third with 2 blobs (3072 bytes: node 1 2 blobs, node 2 1) and the reaper
+//!   at 1 file; a dry pass ends on the first call with the "counts are not built" error.
 
 use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
@@ -128,6 +133,11 @@ fn help_lists_the_commands() {
         "--timeout",
     ] {
         assert!(text.contains(word), "--help lacks {word}:\n{text}");
+    }
+    let out = clusterctl(&["gc", "run", "--help"]);
+    must_exit(&out, 0);
+    for word in ["--dry-run", "--wait"] {
+        assert!(stdout(&out).contains(word), "gc run --help lacks {word}");
     }
     let out = clusterctl(&["nodes", "add", "--help"]);
     must_exit(&out, 0);
@@ -549,6 +559,123 @@ fn replication_status_wait_polls_until_complete_or_the_timeout() {
 }
 
 #[test]
+fn gc_run_wait_prints_progress_then_the_report() {
+    let addr = start_fake_admin().to_string();
+    let out = clusterctl(&["--endpoint", &addr, "gc", "status"]);
+    must_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "node 1 answered\nno garbage collection has run on this node since it started\n\
+         reaper: removed 0 blob files (0 bytes) since the node started\n"
+    );
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "gc",
+        "run",
+        "--wait",
+        "--timeout",
+        "20",
+    ]);
+    must_exit(&out, 0);
+    // A line per change: the one after the start, the first poll's (the second poll's is
+    // the same), then the report of the third.
+    assert_eq!(
+        stdout(&out),
+        "\
+pass #7: freed 0 blobs (0 bytes) of 0 candidates so far
+pass #7: freed 1 blob (1024 bytes) of 2 candidates so far
+garbage collection pass #7 finished in 2.5s: freed 2 blobs (3072 bytes) of 2 candidates
+NODE  BLOBS  BYTES
+   1      2   3072
+   2      1   1024
+"
+    );
+    let out = clusterctl(&["--endpoint", &addr, "--json", "gc", "status"]);
+    must_exit(&out, 0);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", stdout(&out));
+    assert_eq!(lines[0]["last"]["blobs"], 2);
+    assert_eq!(lines[0]["reaper_removed_files"], 1);
+}
+
+#[test]
+fn gc_run_without_wait_names_the_pass_and_a_second_is_refused() {
+    let addr = start_fake_admin().to_string();
+    let out = clusterctl(&["--endpoint", &addr, "gc", "run"]);
+    must_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "started garbage collection pass #7 at {addr}; follow it with `clusterctl \
+             --endpoint {addr} gc status` (or use `gc run --wait`)\n"
+        )
+    );
+    let out = clusterctl(&["--endpoint", &addr, "--json", "gc", "run", "--dry-run"]);
+    must_exit(&out, 1);
+    assert_eq!(
+        stderr(&out).trim(),
+        "clusterctl: failed to run a dry garbage collection pass: refused: a garbage \
+         collection pass (#7) is already running on this node"
+    );
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", stdout(&out));
+    assert_eq!(lines[0]["code"], "FAILED_PRECONDITION");
+}
+
+#[test]
+fn a_dry_gc_run_that_stops_early_prints_its_report_and_exits_1() {
+    let addr = start_fake_admin().to_string();
+    let out = clusterctl(&["--endpoint", &addr, "gc", "run", "--dry-run", "--wait"]);
+    must_exit(&out, 1);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("pass #7: would free 0 blobs (0 bytes) of 0 candidates so far\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dry garbage collection pass #7 stopped early after 0.1s: would free"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("error: the reference counts are not built yet: a pass that is not dry builds them first\n"),
+        "{text}"
+    );
+    assert_eq!(
+        stderr(&out).trim(),
+        "clusterctl: garbage collection pass #7 stopped early: the reference counts are not \
+         built yet: a pass that is not dry builds them first"
+    );
+}
+
+#[test]
+fn a_dry_gc_run_in_json_is_one_document_with_ok_false() {
+    let addr = start_fake_admin().to_string();
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "--json",
+        "gc",
+        "run",
+        "--dry-run",
+        "--wait",
+    ]);
+    must_exit(&out, 1);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", stdout(&out));
+    assert_eq!(lines[0]["ok"], false);
+    assert_eq!(lines[0]["dry_run"], true);
+    assert!(
+        lines[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not built yet"),
+        "{}",
+        lines[0]
+    );
+}
+
+#[test]
 fn replication_policies_get_set_clear() {
     let addr = start_fake_admin().to_string();
     let out = clusterctl(&["--endpoint", &addr, "replication", "policy", "get"]);
@@ -935,6 +1062,47 @@ fn start_fake_admin() -> SocketAddr {
 struct FakeAdmin {
     /// `ReplicationStatus` calls for `slow:1` so far.
     slow_polls: AtomicU64,
+    /// The pass `GcRun` started: whether dry, and the `GcStatus` calls since.
+    gc: std::sync::Mutex<Option<(bool, u64)>>,
+}
+
+/// The fake's pass #7 as `GcStatus` reports it after `polls` calls (see the module docs).
+fn fake_gc_report(dry_run: bool, polls: u64) -> pb::GcReport {
+    let running = pb::GcReport {
+        id: 7,
+        dry_run,
+        started_ms: 1_796_018_400_000,
+        ..pb::GcReport::default()
+    };
+    let freed = |node_id, blobs, bytes| pb::GcNodeFreed {
+        node_id,
+        blobs,
+        bytes,
+    };
+    match (dry_run, polls) {
+        (_, 0) => running,
+        (true, _) => pb::GcReport {
+            finished_ms: running.started_ms + 100,
+            error: "the reference counts are not built yet: a pass that is not dry builds \
+                    them first"
+                .into(),
+            ..running
+        },
+        (false, 1 | 2) => pb::GcReport {
+            candidates: 2,
+            blobs: 1,
+            bytes: 1024,
+            ..running
+        },
+        (false, _) => pb::GcReport {
+            finished_ms: running.started_ms + 2500,
+            candidates: 2,
+            blobs: 2,
+            bytes: 3072,
+            per_node: vec![freed(1, 2, 3072), freed(2, 1, 1024)],
+            ..running
+        },
+    }
 }
 
 fn fake_policy(pattern: &str, regions: &[&str], on_demand: &[&str]) -> ReplicationPolicyEntry {
@@ -1418,6 +1586,46 @@ impl Admin for FakeAdmin {
             node_id: 1,
             records: records.split_off(skip),
             dropped: 0,
+        }))
+    }
+
+    async fn gc_run(
+        &self,
+        request: Request<pb::GcRunRequest>,
+    ) -> Result<Response<pb::GcReport>, Status> {
+        let r = request.into_inner();
+        if r.wait {
+            return Err(Status::invalid_argument(
+                "clusterctl follows a pass with GcStatus",
+            ));
+        }
+        let mut gc = self.gc.lock().unwrap();
+        if gc.is_some() {
+            return Err(Status::failed_precondition(
+                "a garbage collection pass (#7) is already running on this node",
+            ));
+        }
+        *gc = Some((r.dry_run, 0));
+        Ok(Response::new(fake_gc_report(r.dry_run, 0)))
+    }
+
+    async fn gc_status(
+        &self,
+        _: Request<pb::GcStatusRequest>,
+    ) -> Result<Response<pb::GcStatusResponse>, Status> {
+        let mut gc = self.gc.lock().unwrap();
+        let last = gc.as_mut().map(|(dry_run, polls)| {
+            *polls += 1;
+            fake_gc_report(*dry_run, *polls)
+        });
+        let reaped = last
+            .as_ref()
+            .is_some_and(|r| !r.dry_run && r.finished_ms > 0);
+        Ok(Response::new(pb::GcStatusResponse {
+            node_id: 1,
+            last,
+            reaper_removed_files: u64::from(reaped),
+            reaper_removed_bytes: if reaped { 1024 } else { 0 },
         }))
     }
 }

@@ -364,6 +364,8 @@ pub async fn run(
         node.replication.clone(),
         node.auth.clone(),
         node.audit.clone(),
+        node.gc.clone(),
+        node.reaper.clone(),
         config.data_dir.join("snapshots"),
         cluster_listener,
         rpc_stop.clone(),

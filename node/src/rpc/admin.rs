@@ -13,6 +13,9 @@
 //! the client called, with its outcome, through [`AdminService::audited`] (unary calls) or
 //! [`AdminService::operate`] (streams); a call relayed to the leader is not recorded again
 //! there. The caller is named by [`AdminCaller::of`]. `Audit` answers from this node's log.
+//!
+//! Garbage collection (`GcRun`, `GcStatus`) is this node's `gc::Collector` and reaper: the
+//! handlers only convert (a pass is run by the node that was called, never relayed).
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -38,6 +41,8 @@ use super::admin_auth::{AdminGuard, AuthRpc, forward_authorization};
 use super::status::status;
 use crate::audit::{Audit, AuditQuery, AuditRecord};
 use crate::cluster::{self, Cluster, MembershipError, PeerError};
+use crate::gc::reaper::Reaper;
+use crate::gc::{Collector, GcReport};
 use crate::meta::{NodeId, NodeInfo, ReplicationPolicy};
 use crate::replication::{Replication, ReplicationError, ReplicationReport};
 use crate::types::ErrorKind;
@@ -64,6 +69,8 @@ pub(super) struct AdminService {
     guard: AdminGuard,
     auth: AuthRpc,
     audit: Audit,
+    gc: Arc<Collector>,
+    reaper: Arc<Reaper>,
 }
 
 impl AdminService {
@@ -73,6 +80,8 @@ impl AdminService {
         guard: AdminGuard,
         auth: AuthRpc,
         audit: Audit,
+        gc: Arc<Collector>,
+        reaper: Arc<Reaper>,
     ) -> AdminService {
         AdminService {
             cluster,
@@ -80,6 +89,8 @@ impl AdminService {
             guard,
             auth,
             audit,
+            gc,
+            reaper,
         }
     }
 
@@ -273,6 +284,31 @@ fn report_message(node_id: NodeId, r: ReplicationReport) -> ReplicationStatusRes
         stale: r.stale.is_some(),
         stale_reason: r.stale.unwrap_or_default(),
         applied_index: r.applied_index,
+    }
+}
+
+/// The wire form of a garbage-collection report (`finished_ms` 0 while it runs, `error`
+/// empty when none).
+fn gc_report_message(r: GcReport) -> pb::GcReport {
+    pb::GcReport {
+        id: r.id,
+        dry_run: r.dry_run,
+        started_ms: r.started_ms,
+        finished_ms: r.finished_ms.unwrap_or(0),
+        candidates: r.candidates,
+        blobs: r.blobs,
+        bytes: r.bytes,
+        per_node: r
+            .per_node
+            .into_iter()
+            .map(|(node_id, (blobs, bytes))| pb::GcNodeFreed {
+                node_id,
+                blobs,
+                bytes,
+            })
+            .collect(),
+        counted: r.counted,
+        error: r.error.unwrap_or_default(),
     }
 }
 
@@ -961,6 +997,50 @@ impl Admin for AdminService {
             dropped: self.audit.dropped(),
         }))
     }
+
+    async fn gc_run(
+        &self,
+        req: Request<pb::GcRunRequest>,
+    ) -> Result<Response<pb::GcReport>, Status> {
+        self.audited(
+            req,
+            "GcRun",
+            |r| if r.dry_run { "dry run" } else { "run" }.to_string(),
+            |r| async move {
+                let report = if r.wait {
+                    self.gc.run(r.dry_run).await?
+                } else {
+                    let id = self.gc.start(r.dry_run)?;
+                    // The report as it stands now. Should this pass have ended and a newer
+                    // one begun already, its own report is gone: answer just its id.
+                    self.gc
+                        .status()
+                        .filter(|last| last.id == id)
+                        .unwrap_or_else(|| GcReport {
+                            id,
+                            dry_run: r.dry_run,
+                            ..GcReport::default()
+                        })
+                };
+                Ok(gc_report_message(report))
+            },
+        )
+        .await
+    }
+
+    async fn gc_status(
+        &self,
+        req: Request<pb::GcStatusRequest>,
+    ) -> Result<Response<pb::GcStatusResponse>, Status> {
+        self.admit(req).await?;
+        let (files, bytes) = self.reaper.removed();
+        Ok(Response::new(pb::GcStatusResponse {
+            node_id: self.cluster.node_id(),
+            last: self.gc.status().map(gc_report_message),
+            reaper_removed_files: files,
+            reaper_removed_bytes: bytes,
+        }))
+    }
 }
 
 /// The test-only fault-injection service.
@@ -1039,6 +1119,46 @@ mod tests {
         req.metadata_mut()
             .insert(RELAYED, "1".parse().expect("valid metadata"));
         assert_eq!(AdminCaller::of(&req).unwrap().identity, "ann");
+    }
+
+    #[test]
+    fn a_gc_report_converts_field_for_field_with_zero_and_empty_for_none() {
+        let running = GcReport {
+            id: 4,
+            dry_run: true,
+            started_ms: 10,
+            candidates: 3,
+            ..GcReport::default()
+        };
+        let m = gc_report_message(running);
+        assert_eq!((m.id, m.dry_run, m.started_ms), (4, true, 10));
+        assert_eq!((m.finished_ms, m.candidates), (0, 3));
+        assert_eq!(m.error, "");
+        assert!(m.per_node.is_empty());
+        let done = GcReport {
+            id: 5,
+            finished_ms: Some(20),
+            blobs: 2,
+            bytes: 30,
+            per_node: [(2, (1, 10)), (1, (2, 30))].into_iter().collect(),
+            counted: true,
+            error: Some("no quorum".into()),
+            ..GcReport::default()
+        };
+        let m = gc_report_message(done);
+        assert_eq!((m.finished_ms, m.blobs, m.bytes), (20, 2, 30));
+        assert!(m.counted);
+        assert_eq!(m.error, "no quorum");
+        let nodes: Vec<_> = m
+            .per_node
+            .iter()
+            .map(|n| (n.node_id, n.blobs, n.bytes))
+            .collect();
+        assert_eq!(nodes, [(1, 2, 30), (2, 1, 10)]);
+        assert_eq!(
+            Status::from(crate::gc::GcError::Running(5)).code(),
+            tonic::Code::FailedPrecondition
+        );
     }
 
     /// A streamed change is recorded once: with its outcome, or as unfinished when the

@@ -43,6 +43,8 @@ use tonic::transport::server::Connected;
 use crate::audit::Audit;
 use crate::auth::Auth;
 use crate::auth::manage::AuthAdmin;
+use crate::gc::Collector;
+use crate::gc::reaper::Reaper;
 use crate::registry::Registry;
 use crate::replication::Replication;
 
@@ -55,12 +57,18 @@ const SEVERED_STOP: Duration = Duration::from_secs(1);
 /// Serves the cluster endpoint on `listener` until `stop` is cancelled; then stops accepting,
 /// lets calls in flight finish for at most [`GRACEFUL_STOP`], and closes every connection
 /// still open (their tasks, and the registry handles they hold, end with them). Admin changes
-/// are recorded in `audit`.
+/// are recorded in `audit`; `gc` runs the garbage-collection passes asked for, and `reaper`
+/// reports what this node removed.
+// Each argument is one of the node's parts the services answer for, passed by the
+// composition root (`crate::run`); a struct bundling them would only restate `Node`.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     registry: Arc<Registry>,
     replication: Arc<Replication>,
     auth: Arc<Auth>,
     audit: Audit,
+    gc: Arc<Collector>,
+    reaper: Arc<Reaper>,
     snapshot_dir: PathBuf,
     listener: tokio::net::TcpListener,
     stop: CancellationToken,
@@ -78,6 +86,8 @@ pub async fn serve(
         guard,
         auth_rpc,
         audit,
+        gc,
+        reaper,
     ));
     let sever = CancellationToken::new();
     let incoming = {

@@ -13,6 +13,7 @@ use crate::auth::manage::ManageError;
 use crate::cluster::{
     ClusterError, LeaderWriteError, MembershipError, PeerError, RaftServiceError,
 };
+use crate::gc::GcError;
 use crate::types::ErrorKind;
 
 /// The gRPC code of each kind of error.
@@ -63,6 +64,17 @@ impl From<MembershipError> for Status {
 impl From<PeerError> for Status {
     fn from(e: PeerError) -> Status {
         status(e.kind(), e.to_string())
+    }
+}
+
+/// A pass already running is [`ErrorKind::Conflict`] (FAILED_PRECONDITION). `GcError` has no
+/// `kind()` of its own yet: the match is exhaustive so that a new variant picks its kind here.
+impl From<GcError> for Status {
+    fn from(e: GcError) -> Status {
+        let kind = match &e {
+            GcError::Running(_) => ErrorKind::Conflict,
+        };
+        status(kind, e.to_string())
     }
 }
 
