@@ -1,9 +1,11 @@
-//! Replication helpers of the scenarios: which blob files a node's data directory holds,
-//! and `clusterctl replication …` runs, bounded.
+//! Replication helpers of the scenarios: which blob files a node's data directory holds
+//! (one blob, an image's, or a full walk of the directory), and `clusterctl replication …`
+//! runs, bounded.
 //!
 //! A blob file is `<data-dir>/blobs/sha256/<first two hex>/<hex>` (docs/on-disk-layout.md);
 //! its presence is what "the node holds a copy" means on disk, whatever the metadata says.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -54,6 +56,66 @@ pub fn wait_for_blob_files(cluster: &Cluster, id: u64, image: &ImageRef, timeout
         || match missing_blobs(cluster, id, image).as_slice() {
             [] => Ok(()),
             missing => Err(format!("missing {missing:?}")),
+        },
+    );
+}
+
+/// Every blob file in node `id`'s data directory, as digests (`sha256:<file name>`): a full
+/// walk of `blobs/sha256/*/*` (a stray file beside the prefix directories is listed by its
+/// path). Panics when the directory cannot be read.
+pub fn blob_files(cluster: &Cluster, id: u64) -> BTreeSet<String> {
+    let root = cluster.node(id).data_dir().join("blobs").join("sha256");
+    let read = |dir: &std::path::Path| -> Vec<std::fs::DirEntry> {
+        std::fs::read_dir(dir)
+            .and_then(|entries| entries.collect::<std::io::Result<Vec<_>>>())
+            .unwrap_or_else(|e| panic!("failed to list {} of node {id}: {e}", dir.display()))
+    };
+    let mut files = BTreeSet::new();
+    for prefix in read(&root) {
+        if !prefix.path().is_dir() {
+            // Not where a blob file goes: listed by path, so that it never equals a digest.
+            files.insert(prefix.path().display().to_string());
+            continue;
+        }
+        for file in read(&prefix.path()) {
+            files.insert(format!("sha256:{}", file.file_name().to_string_lossy()));
+        }
+    }
+    files
+}
+
+/// The digests of `image`'s blobs (config and layers).
+pub fn image_blobs(image: &ImageRef) -> BTreeSet<String> {
+    image.blobs().map(|b| b.digest.clone()).collect()
+}
+
+/// Waits until a full walk of node `id`'s blob directory ([`blob_files`]) gives exactly
+/// `want`. A file of `want` that one walk saw and a later walk does not panics at once: what
+/// the wait expects to stay must never be removed meanwhile.
+pub fn wait_for_exact_blob_files(
+    cluster: &Cluster,
+    id: u64,
+    want: &BTreeSet<String>,
+    timeout: Duration,
+) {
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    wait_until(
+        &format!("node {id} to hold exactly the blob files {want:?}"),
+        timeout,
+        || {
+            let held = blob_files(cluster, id);
+            let lost: Vec<&String> = seen.iter().filter(|d| !held.contains(*d)).collect();
+            assert!(
+                lost.is_empty(),
+                "node {id} removed blob files {lost:?} that it held and must keep; it holds {held:?}"
+            );
+            seen.extend(held.intersection(want).cloned());
+            if held == *want {
+                return Ok(());
+            }
+            let extra: Vec<&String> = held.difference(want).collect();
+            let missing: Vec<&String> = want.difference(&held).collect();
+            Err(format!("extra {extra:?}, missing {missing:?}"))
         },
     );
 }
