@@ -15,6 +15,8 @@
 //!   retention and a JSON-lines export.
 //! - [`gc`]: garbage collection of blobs: the collector that decides (through Raft) and the
 //!   reaper that removes this node's copies.
+//! - [`lifecycle`]: locks, soft delete and restores, retention policies, namespaces and their
+//!   limits: validated and committed through Raft (the state and its checks are in `meta`).
 //! - [`api`]: the HTTP adapter (axum) of the OCI Distribution API and the token endpoint.
 //! - [`rpc`]: the gRPC adapter (tonic) of the cluster endpoint: Raft, forwarding, blob
 //!   streaming, admin.
@@ -34,6 +36,7 @@ pub mod blobstore;
 pub mod cluster;
 pub mod config;
 pub mod gc;
+pub mod lifecycle;
 pub mod meta;
 pub mod metrics;
 pub mod registry;

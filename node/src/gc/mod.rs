@@ -27,6 +27,9 @@ use crate::meta::{Command, CommandV1, NodeId, WriteResult};
 use crate::registry::{Registry, RegistryError};
 use crate::types::time::now_ms;
 
+/// Seconds a starting leader tries to build missing reference counts (once a second).
+const COUNT_ATTEMPTS: u32 = 30;
+
 /// Candidates proposed in one `CollectBlobs` command at most.
 const BATCH: usize = 256;
 
@@ -146,8 +149,25 @@ impl Collector {
         Ok(self.pass(dry_run).await)
     }
 
-    /// Runs passes every `interval` while this node leads, until `stop`.
+    /// Builds the reference counts once a leader is known, if this node leads and the
+    /// cluster has none (so that namespace usage and quotas hold from the start); then runs
+    /// passes every `interval` while this node leads, until `stop`.
     pub async fn run_scheduled(self: Arc<Self>, stop: CancellationToken) {
+        for _ in 0..COUNT_ATTEMPTS {
+            if self.registry.cluster().is_leader() {
+                match ensure_counted(&self.registry).await {
+                    Ok(()) => break,
+                    Err(e) => tracing::debug!(error = %e, "failed to build the reference counts"),
+                }
+            } else if self.registry.cluster().has_leader() {
+                // Another node leads: it builds them.
+                break;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
         let Some(every) = self.settings.interval else {
             return;
         };
@@ -221,8 +241,7 @@ impl Collector {
                         .into(),
                 ));
             }
-            let cmd = CommandV1::CountReferences { at_ms: now_ms() };
-            self.registry.cluster().write(Command::V1(cmd)).await?;
+            ensure_counted(&self.registry).await?;
             self.update(|r| r.counted = true);
         }
         let grace = self.settings.grace + touch_slack(self.settings.grace);
@@ -267,6 +286,17 @@ impl Collector {
             }
         }
     }
+}
+
+/// Builds the reference counts (and namespace usage) if the cluster has none yet: a database
+/// written before garbage collection existed, or a fresh one (`CountReferences`, once).
+pub async fn ensure_counted(registry: &Registry) -> Result<(), crate::cluster::ClusterError> {
+    let counted = registry.meta().refs_counted().unwrap_or(false);
+    if !counted {
+        let cmd = CommandV1::CountReferences { at_ms: now_ms() };
+        registry.cluster().write(Command::V1(cmd)).await?;
+    }
+    Ok(())
 }
 
 /// Spaces batches so that at most `per_sec` items go per second on average.
