@@ -1,11 +1,13 @@
 //! Lifecycle use cases (docs/lifecycle.md): locks on repositories, tags and manifests; soft
 //! delete, its recycle bin and restores; retention policies for untagged manifests; namespaces
-//! and their limits. Each change is validated here and committed through Raft (`meta::lifecycle`
+//! and their limits; purge ([`purge`]). Each change is validated here and committed through Raft (`meta::lifecycle`
 //! holds the records and the checks applied with every command); the admin service
 //! (`rpc::admin_lifecycle`) and the tests call these.
 //!
 //! Must not: decide anything the state machine decides (a lock or a quota is enforced when the
 //! command applies, so it holds against concurrent writes at any node).
+
+pub mod purge;
 
 use std::sync::Arc;
 
@@ -284,7 +286,11 @@ impl Lifecycle {
 
     /// Sets the retention policy of untagged manifests in the repositories `pattern`
     /// matches (`**`: every repository).
-    pub async fn set_retention(&self, pattern: &str, untagged_days: u32) -> Result<(), LifecycleError> {
+    pub async fn set_retention(
+        &self,
+        pattern: &str,
+        untagged_days: u32,
+    ) -> Result<(), LifecycleError> {
         crate::meta::policy::validate_pattern(pattern)
             .map_err(|e| LifecycleError::Invalid(e.to_string()))?;
         if untagged_days == 0 {
@@ -314,7 +320,9 @@ impl Lifecycle {
     }
 
     /// Every retention policy, by pattern.
-    pub async fn retention_policies(&self) -> Result<Vec<(String, RetentionPolicy)>, LifecycleError> {
+    pub async fn retention_policies(
+        &self,
+    ) -> Result<Vec<(String, RetentionPolicy)>, LifecycleError> {
         self.catch_up().await;
         Ok(self.registry.meta().retention_policies().await?)
     }

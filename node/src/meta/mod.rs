@@ -62,12 +62,12 @@ use std::time::Duration;
 pub use audit::{AuditEvent, AuditQuery, AuditRecord, AuditStore, DeleteKind};
 pub use command::{
     BlobRecord, Command, CommandV1, ManifestRecord, PutManifest, ReferrerRecord, Rejection,
-    ReplicationPolicy, WriteResult,
+    ReplicationPolicy, TagRecord, WriteResult,
 };
 pub use gc::{BlobRefs, Candidate, CandidateCursor, CollectedBlob};
 pub use log_store::LogStore;
 pub use notices::{NOTICE_CAPACITY, Notice, Notices, Taken};
-pub use read::{ManifestCursor, ManifestEntry, ManifestPage, MetaReader, Page};
+pub use read::{ManifestCursor, ManifestEntry, ManifestPage, ManifestSummary, MetaReader, Page};
 pub use snapshot::IncomingSnapshot;
 pub use state_machine::StateMachine;
 pub use write_gate::{DiskFull, WriteGate};

@@ -108,6 +108,19 @@ pub struct ManifestEntry {
     pub children: Vec<Digest>,
 }
 
+/// A stored manifest without its bytes (see [`MetaReader::manifest_summaries`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestSummary {
+    /// Its digest.
+    pub digest: Digest,
+    /// When it was pushed (ms since the epoch).
+    pub created_ms: u64,
+    /// The manifests it references (an index's children).
+    pub children: Vec<Digest>,
+    /// Its subject, if it is a referrer.
+    pub subject: Option<Digest>,
+}
+
 /// One page of a walk over manifests.
 #[derive(Debug, Clone)]
 pub struct ManifestPage {
@@ -228,6 +241,58 @@ impl MetaReader {
         let repo = repo.clone();
         self.blocking(move |db| lifecycle::all_attributes(db, &repo))
             .await
+    }
+
+    /// Every tag of a repository with its record (what it points at, when it was set), in tag
+    /// order.
+    pub async fn tag_records(
+        &self,
+        repo: &RepositoryName,
+    ) -> Result<Vec<(Tag, TagRecord)>, MetaError> {
+        let prefix = keys::tag_prefix(repo);
+        self.blocking(move |db| {
+            let mut out = Vec::new();
+            for item in scan(db, &prefix, None) {
+                let (k, v) = item?;
+                let Ok(tag) = std::str::from_utf8(&k[prefix.len()..]).map(Tag::parse) else {
+                    continue;
+                };
+                let Ok(tag) = tag else { continue };
+                let Stored::V1(record) = decode::<Stored<TagRecord>>("tag", &v)?;
+                out.push((tag, record));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Every manifest of a repository, without its bytes: what retention and purge decide on.
+    pub async fn manifest_summaries(
+        &self,
+        repo: &RepositoryName,
+    ) -> Result<Vec<ManifestSummary>, MetaError> {
+        let prefix = keys::manifest_prefix(repo);
+        self.blocking(move |db| {
+            let mut out = Vec::new();
+            for item in scan(db, &prefix, None) {
+                let (k, v) = item?;
+                let Some(digest) = std::str::from_utf8(&k[prefix.len()..])
+                    .ok()
+                    .and_then(|s| Digest::parse(s).ok())
+                else {
+                    continue;
+                };
+                let Stored::V1(m) = decode::<Stored<ManifestRecord>>("manifest", &v)?;
+                out.push(ManifestSummary {
+                    digest,
+                    created_ms: m.created_ms,
+                    children: m.children,
+                    subject: m.subject,
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Whether soft delete is on, and its window.
