@@ -15,7 +15,7 @@ use http_body::{Frame, SizeHint};
 use super::error::{ApiError, range_header};
 use super::{empty, query, query_param, set_header};
 use crate::blobstore::BlobBody;
-use crate::registry::{self, Chunk, Registry, RegistryError, UploadStatus};
+use crate::registry::{self, Chunk, PushCheck, Registry, RegistryError, UploadStatus};
 use crate::types::{ContentRange, Digest, RepositoryName};
 
 const DIGEST_HEADER: &str = "docker-content-digest";
@@ -185,16 +185,34 @@ fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
         .map(|c| c.0.ip())
 }
 
+/// The request's `Content-Length`, when it has a valid one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// Refuses an upload request while the disk is below the reserve (ADR 010). `opens`: the
 /// request starts an upload (checked even without a body); else an empty body is let through
 /// (it finishes what is already stored).
 fn check_space(registry: &Registry, headers: &HeaderMap, opens: bool) -> Result<(), ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = content_length(headers);
     if opens || declared != Some(0) {
         registry.check_upload_space(declared.unwrap_or(0))?;
+    }
+    Ok(())
+}
+
+/// Refuses a chunk (a PATCH, or a PUT with a body) of a push its namespace's quota or a lock
+/// would refuse; an empty body is let through (it finishes what is already stored).
+async fn check_chunk(
+    registry: &Registry,
+    repo: &RepositoryName,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    if content_length(headers) != Some(0) {
+        registry.check_push(repo, PushCheck::Chunk).await?;
     }
     Ok(())
 }
@@ -213,6 +231,7 @@ pub(super) async fn start_upload(
         // client gets a session and uploads.
         if let Some(from) = query_param(&q, "from") {
             let from = registry::parse_name(from)?;
+            registry.check_push(&repo, PushCheck::Mount).await?;
             if registry.mount_blob(&repo, &from, &digest).await? {
                 return Ok(blob_created(&repo, &digest));
             }
@@ -220,12 +239,23 @@ pub(super) async fn start_upload(
     } else if let Some(digest) = query_param(&q, "digest") {
         let digest = registry::parse_digest(digest)?;
         check_space(registry, req.headers(), true)?;
+        let len = content_length(req.headers());
+        registry
+            .check_push(
+                &repo,
+                PushCheck::Blob {
+                    digest: &digest,
+                    len,
+                },
+            )
+            .await?;
         registry
             .upload_blob(&repo, &digest, req.into_body().into_data_stream())
             .await?;
         return Ok(blob_created(&repo, &digest));
     }
     check_space(registry, req.headers(), true)?;
+    registry.check_push(&repo, PushCheck::Open).await?;
     let upload = registry.start_upload(&repo, client_ip(&req)).await?;
     Ok(upload_response(StatusCode::ACCEPTED, &repo, &upload))
 }
@@ -278,6 +308,7 @@ pub(super) async fn patch_upload(
     let repo = registry::parse_name(name)?;
     let chunk = chunk(req.headers())?;
     check_space(registry, req.headers(), false)?;
+    check_chunk(registry, &repo, req.headers()).await?;
     let body = req.into_body().into_data_stream();
     let upload = registry.append_upload(&repo, id, chunk, body).await?;
     Ok(upload_response(StatusCode::ACCEPTED, &repo, &upload))
@@ -299,6 +330,7 @@ pub(super) async fn finish_upload(
     let digest = registry::parse_digest(digest)?;
     let chunk = chunk(req.headers())?;
     check_space(registry, req.headers(), false)?;
+    check_chunk(registry, &repo, req.headers()).await?;
     let body = req.into_body().into_data_stream();
     registry
         .finish_upload(&repo, id, &digest, chunk, body)

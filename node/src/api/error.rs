@@ -278,6 +278,15 @@ impl From<RegistryError> for ApiError {
                 .message(msg)
                 .detail(serde_json::json!({ "reason": "insufficient storage" }))
                 .header(header::RETRY_AFTER, "30"),
+            E::Denied(_) => ApiError::new(Code::Denied).message(msg),
+            E::RateLimited {
+                ref namespace,
+                retry_after_secs,
+                ..
+            } => ApiError::new(Code::TooManyRequests)
+                .detail(serde_json::json!({ "namespace": namespace }))
+                .message(msg)
+                .header(header::RETRY_AFTER, retry_after_secs.max(1).to_string()),
             E::Storage(source) => {
                 tracing::error!(error = %source, "request failed on a storage error");
                 ApiError::new(Code::Unknown)

@@ -1,7 +1,8 @@
 //! The HTTP front: the OCI Distribution API (`/v2/…`), the token endpoint (`/auth/token`),
 //! `/healthz`, `/readyz` and `/metrics`. Every `/v2/` request passes [`auth::gate`] first;
 //! a successful manifest PUT (push) and manifest or blob DELETE are recorded in the node's
-//! audit log with the caller and its address.
+//! audit log with the caller and its address. Pulls and pushes are admitted against their
+//! namespace's rates (`Registry::admit`) before they are handled.
 //!
 //! Handlers are adapters: extract from the request → call [`Registry`] → map the answer or the
 //! error (one table, [`error`]) to the wire. They never touch storage, RocksDB or openraft.
@@ -29,7 +30,7 @@ use self::path::Route;
 use crate::audit::{AuditEvent, DeleteKind};
 use crate::auth::{Auth, Caller};
 use crate::meta::Page;
-use crate::registry::{self, Registry};
+use crate::registry::{self, Registry, RequestKind};
 
 /// The header every `/v2/` response carries.
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
@@ -155,6 +156,11 @@ async fn dispatch(
         return relay::relay(registry, owner, id, req).await;
     }
     let method = req.method().clone();
+    if let Some((name, kind)) = rate_class(&route, &method)
+        && let Ok(repo) = registry::parse_name(name)
+    {
+        registry.admit(&repo, kind)?;
+    }
     match (route, method) {
         (Route::Base, Method::GET | Method::HEAD) => {
             Ok(json_response(StatusCode::OK, b"{}".to_vec()))
@@ -217,6 +223,22 @@ async fn dispatch(
         (route, method) => Err(ApiError::new(Code::Unsupported)
             .message(format!("method {method} is not allowed here"))
             .header(header::ALLOW, allowed_methods(&route))),
+    }
+}
+
+/// The repository and kind of a request a namespace's rates count (pulls: manifest and blob
+/// GET and HEAD; pushes: upload POST, PATCH and PUT, manifest PUT and DELETE).
+fn rate_class<'a>(route: &Route<'a>, method: &Method) -> Option<(&'a str, RequestKind)> {
+    match (*route, method) {
+        (Route::Manifest(name, _) | Route::Blob(name, _), &Method::GET | &Method::HEAD) => {
+            Some((name, RequestKind::Pull))
+        }
+        (Route::Manifest(name, _), &Method::PUT | &Method::DELETE)
+        | (Route::Uploads(name), &Method::POST)
+        | (Route::Upload(name, _), &Method::PATCH | &Method::PUT) => {
+            Some((name, RequestKind::Push))
+        }
+        _ => None,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::blobstore::BlobStoreError;
 use crate::cluster::ClusterError;
-use crate::meta::MetaError;
+use crate::meta::{MetaError, Rejection};
 use crate::types::Digest;
 pub use crate::types::ErrorKind;
 
@@ -88,6 +88,22 @@ pub enum RegistryError {
     /// metadata, or the file system refused bytes (`ENOSPC`). Retry later or elsewhere.
     #[error("{0}")]
     InsufficientStorage(String),
+    /// A lock (attributes of the repository, a tag or a manifest) or a namespace limit (its
+    /// storage quota, its repository limit) forbids it; the text names which.
+    #[error("{0}")]
+    Denied(String),
+    /// The namespace's request rate (pulls or pushes per second on this node) is used up.
+    #[error("namespace {namespace} is over its limit of {per_sec} {what} per second on this node")]
+    RateLimited {
+        /// The namespace.
+        namespace: String,
+        /// `pulls` or `pushes`.
+        what: &'static str,
+        /// Its limit.
+        per_sec: u32,
+        /// Seconds until a request would be admitted (at least 1).
+        retry_after_secs: u64,
+    },
     /// Local storage failed.
     #[error("storage failure")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -112,10 +128,24 @@ impl RegistryError {
             ChunkOutOfOrder { .. }
             | RangeNotSatisfiable { .. }
             | ManifestBlobUnknown(_)
-            | UploadBusy(_) => ErrorKind::Conflict,
+            | UploadBusy(_)
+            | Denied(_) => ErrorKind::Conflict,
             NoQuorum(_) | Unavailable(_) => ErrorKind::Unavailable,
-            TooManyUploads(_) | InsufficientStorage(_) => ErrorKind::Exhausted,
+            TooManyUploads(_) | InsufficientStorage(_) | RateLimited { .. } => ErrorKind::Exhausted,
             Storage(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+impl RegistryError {
+    /// The refusal of a lock or a namespace limit, when the rejection is one
+    /// ([`RegistryError::Denied`]).
+    pub(super) fn refused(r: &Rejection) -> Option<RegistryError> {
+        match r {
+            Rejection::Locked(why) | Rejection::QuotaExceeded(why) => {
+                Some(RegistryError::Denied(why.clone()))
+            }
+            _ => None,
         }
     }
 }

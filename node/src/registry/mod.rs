@@ -18,6 +18,8 @@
 mod durability;
 mod error;
 mod fetch;
+mod locks;
+mod rates;
 mod replica;
 pub mod routing;
 mod uploads;
@@ -28,6 +30,8 @@ use bytes::Bytes;
 use futures::Stream;
 
 pub use error::{ErrorKind, RegistryError};
+pub use locks::PushCheck;
+pub use rates::RequestKind;
 pub use replica::CopyFor;
 pub use uploads::{UploadLimits, UploadStatus, owner_of};
 
@@ -174,6 +178,8 @@ pub struct Registry {
     /// Paces copies (shared with `fetcher`); told of client requests.
     pacing: Arc<PeerBandwidth>,
     metrics: Arc<Metrics>,
+    /// Request rates per namespace on this node.
+    rates: rates::RateLimiter,
 }
 
 /// A descriptor whose size is not the size of the content its digest names.
@@ -230,6 +236,7 @@ impl Registry {
             fetcher,
             pacing,
             metrics,
+            rates: rates::RateLimiter::default(),
         })
     }
 
@@ -281,12 +288,14 @@ impl Registry {
     /// ([`Registry::redirect_blob_get`]).
     ///
     /// Errors: [`RegistryError::BlobUnknown`] when it is not in the repository (after
-    /// confirming with the leader, see [`Registry::confirm_absence`]).
+    /// confirming with the leader, see [`Registry::confirm_absence`]);
+    /// [`RegistryError::Denied`] when the repository is locked for reads.
     pub async fn locate_blob(
         &self,
         repo: &RepositoryName,
         digest: &Digest,
     ) -> Result<BlobLocation, RegistryError> {
+        self.check_repository_readable(repo)?;
         let mut record = self.meta.linked_blob(repo, digest).await?;
         if record.is_none() && self.confirm_absence().await {
             record = self.meta.linked_blob(repo, digest).await?;
@@ -498,7 +507,8 @@ impl Registry {
 
     /// Removes a blob from the repository (its bytes stay until garbage collection).
     ///
-    /// Errors: [`RegistryError::BlobUnknown`].
+    /// Errors: [`RegistryError::BlobUnknown`]; [`RegistryError::Denied`] when the repository
+    /// is locked for deletes.
     pub async fn delete_blob(
         &self,
         repo: &RepositoryName,
@@ -512,12 +522,16 @@ impl Registry {
             .await?
         {
             WriteResult::Done => Ok(()),
+            WriteResult::Rejected(r) if let Some(e) = RegistryError::refused(&r) => Err(e),
             _ => Err(RegistryError::BlobUnknown(digest.clone())),
         }
     }
 
     /// Links a blob of `from` into `to`. Returns whether it was mounted (false: `from` does
     /// not have it, and the client should upload it).
+    ///
+    /// Errors: [`RegistryError::Denied`] when `to` is locked for writes, or is new and its
+    /// namespace is at its repository limit.
     pub async fn mount_blob(
         &self,
         to: &RepositoryName,
@@ -538,10 +552,20 @@ impl Registry {
             digest: digest.clone(),
             at_ms: now_ms(),
         };
-        Ok(matches!(self.write(cmd).await?, WriteResult::Mounted(true)))
+        match self.write(cmd).await? {
+            WriteResult::Mounted(mounted) => Ok(mounted),
+            WriteResult::Rejected(r) if let Some(e) = RegistryError::refused(&r) => Err(e),
+            other => Err(RegistryError::Storage(
+                format!("unexpected answer {other:?}").into(),
+            )),
+        }
     }
 
     /// Records a blob durable on this node as present in `repo`.
+    ///
+    /// Errors: [`RegistryError::Denied`] when the repository is locked for writes, or is new
+    /// and its namespace is at its repository limit. The file stays: another repository may
+    /// link the blob, and an unrecorded one goes with the reaper's next sweep.
     async fn register_blob(
         &self,
         repo: &RepositoryName,
@@ -555,7 +579,12 @@ impl Registry {
             node: self.cluster.node_id(),
             at_ms: now_ms(),
         };
-        self.write(cmd).await.map(|_| ())
+        match self.write(cmd).await? {
+            WriteResult::Rejected(r) => Err(RegistryError::refused(&r).unwrap_or_else(|| {
+                RegistryError::Storage(format!("unexpected answer {r:?}").into())
+            })),
+            _ => Ok(()),
+        }
     }
 
     // ---- uploads -----------------------------------------------------------------------
@@ -738,7 +767,9 @@ impl Registry {
     /// [`RegistryError::ManifestBlobUnknown`] (a referenced blob or child manifest is not in
     /// the repository), [`RegistryError::DescriptorSizeInvalid`] (a descriptor's size is not
     /// the stored blob's size or the child manifest's length), [`RegistryError::Unavailable`]
-    /// (no quorum, or too few copies).
+    /// (no quorum, or too few copies), [`RegistryError::Denied`] (the repository is locked for
+    /// writes, the tag is locked and would move, the namespace would go past its storage
+    /// quota or its repository limit).
     pub async fn put_manifest(
         &self,
         repo: &RepositoryName,
@@ -837,6 +868,7 @@ impl Registry {
             WriteResult::Rejected(Rejection::BlobUnknown(d) | Rejection::ManifestUnknown(d)) => {
                 Err(RegistryError::ManifestBlobUnknown(d))
             }
+            WriteResult::Rejected(r) if let Some(e) = RegistryError::refused(&r) => Err(e),
             other => Err(RegistryError::Storage(
                 format!("unexpected answer {other:?}").into(),
             )),
@@ -867,12 +899,14 @@ impl Registry {
     /// A manifest by tag or digest.
     ///
     /// Errors: [`RegistryError::ManifestUnknown`] (also when the repository is unknown), after
-    /// confirming with the leader ([`Registry::confirm_absence`]).
+    /// confirming with the leader ([`Registry::confirm_absence`]); [`RegistryError::Denied`]
+    /// when the repository, the tag or the manifest is locked for reads.
     pub async fn get_manifest(
         &self,
         repo: &RepositoryName,
         reference: &Reference,
     ) -> Result<ManifestRead, RegistryError> {
+        self.check_repository_readable(repo)?;
         let read = || async {
             Ok::<_, RegistryError>(match reference {
                 Reference::Digest(d) => self.meta.manifest(repo, d).await?.map(|m| (d.clone(), m)),
@@ -882,6 +916,13 @@ impl Registry {
         let mut found = read().await?;
         if found.is_none() && self.confirm_absence().await {
             found = read().await?;
+        }
+        if let Some((digest, _)) = &found {
+            let tag = match reference {
+                Reference::Tag(t) => Some(t),
+                Reference::Digest(_) => None,
+            };
+            self.check_manifest_readable(repo, tag, digest)?;
         }
         match found {
             Some((digest, m)) => Ok(ManifestRead {
@@ -935,7 +976,8 @@ impl Registry {
 
     /// Deletes a tag (reference is a tag) or a manifest with its tags (reference is a digest).
     ///
-    /// Errors: [`RegistryError::ManifestUnknown`].
+    /// Errors: [`RegistryError::ManifestUnknown`]; [`RegistryError::Denied`] when the
+    /// repository is locked for deletes, or the tag, the manifest or one of its tags is locked.
     pub async fn delete_manifest(
         &self,
         repo: &RepositoryName,
@@ -954,16 +996,40 @@ impl Registry {
         };
         match self.write(cmd).await? {
             WriteResult::Done => Ok(()),
+            WriteResult::Rejected(r) if let Some(e) = RegistryError::refused(&r) => Err(e),
             _ => Err(RegistryError::ManifestUnknown(reference.to_string())),
         }
     }
 
     // ---- lists -------------------------------------------------------------------------
 
-    /// Tags of a repository in lexical order; the flag says whether more follow.
+    /// Tags of a repository in lexical order; the flag says whether more follow. Tags locked
+    /// for listing, and tags of manifests locked for listing, are left out (before paging).
     ///
     /// Errors: [`RegistryError::NameUnknown`], after confirming with the leader.
     pub async fn tags(
+        &self,
+        repo: &RepositoryName,
+        page: Page,
+    ) -> Result<(Vec<String>, bool), RegistryError> {
+        match self.listable_tags(repo).await? {
+            None => self.tag_page(repo, page).await,
+            Some(filter) => {
+                let filter = &filter;
+                locks::filtered_page(
+                    page,
+                    |step| self.tag_page(repo, step),
+                    |tags| self.filter_tags(repo, tags, filter),
+                )
+                .await
+            }
+        }
+    }
+
+    /// A page of the repository's tags as stored.
+    ///
+    /// Errors: [`RegistryError::NameUnknown`], after confirming with the leader.
+    async fn tag_page(
         &self,
         repo: &RepositoryName,
         page: Page,
@@ -975,18 +1041,22 @@ impl Registry {
         found.ok_or_else(|| RegistryError::NameUnknown(repo.to_string()))
     }
 
-    /// Repository names in lexical order; the flag says whether more follow.
+    /// Repository names in lexical order, without those locked for listing; the flag says
+    /// whether more follow.
     pub async fn catalog(&self, page: Page) -> Result<(Vec<String>, bool), RegistryError> {
-        Ok(self.meta.repositories(page).await?)
+        self.listable_repositories(page).await
     }
 
     /// The manifests whose `subject` is `subject`, optionally only those of one artifact type.
+    ///
+    /// Errors: [`RegistryError::Denied`] when the repository is locked for reads.
     pub async fn referrers(
         &self,
         repo: &RepositoryName,
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<Referrers, RegistryError> {
+        self.check_repository_readable(repo)?;
         let descriptors = self
             .meta
             .referrers(repo, subject)

@@ -136,6 +136,14 @@ impl Resp {
         })
     }
 
+    /// The first error's message of an OCI error body (panics when there is none).
+    pub fn error_message(&self) -> String {
+        self.json()["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: no error message", self.what))
+            .to_string()
+    }
+
     /// Asserts the status, with the body in the message.
     #[track_caller]
     pub fn expect(&self, status: StatusCode) -> &Resp {
