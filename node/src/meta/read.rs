@@ -171,6 +171,7 @@ pub struct MetaReader {
     notices: Arc<Notices>,
     auth: AuthView,
     collected: Arc<Notices>,
+    locks: Arc<lifecycle::LockIndex>,
 }
 
 impl std::fmt::Debug for MetaReader {
@@ -186,6 +187,7 @@ impl MetaReader {
         notices: Arc<Notices>,
         auth: AuthView,
         collected: Arc<Notices>,
+        locks: Arc<lifecycle::LockIndex>,
     ) -> MetaReader {
         MetaReader {
             db,
@@ -193,6 +195,7 @@ impl MetaReader {
             notices,
             auth,
             collected,
+            locks,
         }
     }
 
@@ -225,12 +228,21 @@ impl MetaReader {
     }
 
     /// The attributes (locks) of a repository, tag or manifest; all enabled when none are set.
+    /// A repository with no attributes record anywhere costs no read of the database.
     pub fn attributes(
         &self,
         repo: &RepositoryName,
         target: &LockTarget,
     ) -> Result<Attributes, MetaError> {
+        if !self.locks.has_any(repo) {
+            return Ok(Attributes::default());
+        }
         self.point(|db| lifecycle::attributes(db, repo, target))
+    }
+
+    /// Whether the repository, or anything in it, has attributes (locks) set.
+    pub fn has_attributes(&self, repo: &RepositoryName) -> bool {
+        self.locks.has_any(repo)
     }
 
     /// Every attributes record of a repository (those not all enabled).
@@ -238,6 +250,9 @@ impl MetaReader {
         &self,
         repo: &RepositoryName,
     ) -> Result<Vec<(LockTarget, Attributes)>, MetaError> {
+        if !self.locks.has_any(repo) {
+            return Ok(Vec::new());
+        }
         let repo = repo.clone();
         self.blocking(move |db| lifecycle::all_attributes(db, &repo))
             .await

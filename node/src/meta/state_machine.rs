@@ -39,6 +39,8 @@ pub struct StateMachine {
     auth: Arc<AuthPublisher>,
     /// Told which blobs were garbage-collected, for the node's reaper (`gc::reaper`).
     collected: Arc<Notices>,
+    /// Which repositories have locks (refreshed after writes to them).
+    locks: Arc<lifecycle::LockIndex>,
 }
 
 impl StateMachine {
@@ -50,6 +52,7 @@ impl StateMachine {
         notices: Arc<Notices>,
         auth: Arc<AuthPublisher>,
         collected: Arc<Notices>,
+        locks: Arc<lifecycle::LockIndex>,
     ) -> Result<StateMachine, MetaError> {
         let snapshots = SnapshotFiles::open(snapshot_dir)?;
         Ok(StateMachine {
@@ -60,7 +63,25 @@ impl StateMachine {
             notices,
             auth,
             collected,
+            locks,
         })
+    }
+}
+
+/// The repository whose attributes an applied entry may have changed, if any.
+fn attributes_changed_by(entry: &openraft::alias::EntryOf<TypeConfig>) -> Option<&RepositoryName> {
+    match &entry.payload {
+        EntryPayload::Normal(Command::V1(cmd)) => match cmd {
+            CommandV1::DeleteTag { repo, .. }
+            | CommandV1::DeleteManifest { repo, .. }
+            | CommandV1::RemoveManifest { repo, .. } => Some(repo),
+            CommandV1::Lifecycle(l) => match l.as_ref() {
+                lifecycle::LifecycleCommand::SetAttributes { repo, .. } => Some(repo),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -178,6 +199,7 @@ fn apply_entry(
         notices,
         auth,
         collected,
+        locks,
     } = *sm;
     let cf = state_cf(db);
     let mut batch = WriteBatch::default();
@@ -197,6 +219,9 @@ fn apply_entry(
     if let Some(repo) = tags_changed_by(entry) {
         tags.invalidate(repo);
     }
+    if let Some(repo) = attributes_changed_by(entry) {
+        locks.refresh(db, repo)?;
+    }
     if matches!(
         &entry.payload,
         EntryPayload::Normal(Command::V1(CommandV1::Auth(_)))
@@ -215,6 +240,7 @@ struct Parts<'a> {
     notices: &'a Notices,
     auth: &'a AuthPublisher,
     collected: &'a Notices,
+    locks: &'a lifecycle::LockIndex,
 }
 
 impl StateMachine {
@@ -225,6 +251,7 @@ impl StateMachine {
             notices: &self.notices,
             auth: &self.auth,
             collected: &self.collected,
+            locks: &self.locks,
         }
     }
 }
@@ -619,12 +646,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .collect::<Result<Vec<_>, _>>()?
         } else {
             // A long catch-up batch goes to the blocking pool in one trip.
-            let (db, tags, notices, auth, collected) = (
+            let (db, tags, notices, auth, collected, locks) = (
                 self.db.clone(),
                 self.tags.clone(),
                 self.notices.clone(),
                 self.auth.clone(),
                 self.collected.clone(),
+                self.locks.clone(),
             );
             tokio::task::spawn_blocking(move || {
                 let parts = Parts {
@@ -633,6 +661,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     notices: &notices,
                     auth: &auth,
                     collected: &collected,
+                    locks: &locks,
                 };
                 entries
                     .iter()
@@ -676,10 +705,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Collected blobs may be among what the snapshot left out: the reaper sweeps.
         self.collected.resync();
         let db = self.db.clone();
-        let auth = self.auth.clone();
-        tokio::task::spawn_blocking(move || auth.reload(&db))
-            .await
-            .map_err(io::Error::other)??;
+        let (auth, locks) = (self.auth.clone(), self.locks.clone());
+        tokio::task::spawn_blocking(move || {
+            auth.reload(&db)?;
+            locks.reload(&db)
+        })
+        .await
+        .map_err(io::Error::other)??;
         res
     }
 
