@@ -96,16 +96,6 @@ async fn await_files(t: &TestNode, want: &BTreeSet<String>) {
     );
 }
 
-/// The blobs a pushed image (from `push_image`) references: its config and its layer.
-fn image_blobs(manifest: &[u8]) -> Vec<String> {
-    let v: serde_json::Value = serde_json::from_slice(manifest).unwrap();
-    let mut out = vec![v["config"]["digest"].as_str().unwrap().to_string()];
-    for l in v["layers"].as_array().unwrap() {
-        out.push(l["digest"].as_str().unwrap().to_string());
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreferenced_blobs_are_collected_and_referenced_ones_kept() {
     let (t, stop) = node_with_grace(0).await;

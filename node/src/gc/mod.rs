@@ -1,13 +1,19 @@
 //! Garbage collection of blobs, online, on every node (docs/lifecycle.md, ADR 020).
 //!
-//! Owns: the [`Collector`], which decides what to collect (a pass over the unreferenced blobs
-//! whose grace has ended, proposing [`CommandV1::CollectBlobs`] a batch at a time, paced), runs
-//! on a schedule on the Raft leader and on demand on any node (`clusterctl gc run`), and keeps
-//! the report of the last pass; and the [`reaper`], which removes this node's copies of the
-//! blobs the cluster collected. The reference counts and the decision itself are state-machine
-//! work (`meta::gc`): applying `CollectBlobs` re-checks every condition, so a pass may read a
-//! lagging state, run on two nodes at once, or be cut short, and still never collects a blob
-//! that a manifest, an upload or a client's HEAD saved in the meantime.
+//! Owns: the [`Collector`], which decides what to collect, runs on a schedule on the Raft
+//! leader and on demand on any node (`clusterctl gc run`), and keeps the report of the last
+//! pass; and the [`reaper`], which removes this node's copies of the blobs the cluster
+//! collected. A pass, in order: builds the reference counts if the cluster has none; applies
+//! the retention policies of untagged manifests and ends the recycle windows that ended
+//! (`lifecycle::retention`); then walks the unreferenced blobs whose grace has ended,
+//! proposing [`CommandV1::CollectBlobs`] a batch at a time, paced. The blob candidates are
+//! read after the deletes and purges, so the blobs those freed are collected in the same pass
+//! once their grace (from the moment their last reference went) has passed. The reference
+//! counts and the decision itself are state-machine work (`meta::gc`): applying
+//! `CollectBlobs` re-checks every condition, so a pass may read a lagging state, run on two
+//! nodes at once, or be cut short, and still never collects a blob that a manifest, an upload
+//! or a client's HEAD saved in the meantime; likewise the state machine re-checks the locks
+//! of retention's deletes and the end of each recycle window.
 //!
 //! Invariants:
 //! - Only blobs with no reference and untouched for longer than the grace period (plus
@@ -23,6 +29,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::meta::{Command, CommandV1, NodeId, WriteResult};
 use crate::registry::{Registry, RegistryError};
 use crate::types::time::now_ms;
@@ -76,6 +83,12 @@ pub struct GcReport {
     pub per_node: BTreeMap<NodeId, (u64, u64)>,
     /// Whether this pass built the reference counts first (a database from before GC).
     pub counted: bool,
+    /// Untagged manifests deleted by retention policies (dry: that would be).
+    pub retention_deleted: u64,
+    /// Untagged manifests past their retention left because of a lock.
+    pub retention_skipped: u64,
+    /// Soft-deleted manifests whose recycle window ended, purged (dry: that would be).
+    pub recycled_purged: u64,
     /// Why it stopped early, if it did.
     pub error: Option<String>,
 }
@@ -86,6 +99,43 @@ pub enum GcError {
     /// A pass is already running on this node.
     #[error("a garbage collection pass (#{0}) is already running on this node")]
     Running(u64),
+}
+
+/// Why a pass stopped early.
+#[derive(Debug, thiserror::Error)]
+enum PassError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
+}
+
+impl From<crate::meta::MetaError> for PassError {
+    fn from(e: crate::meta::MetaError) -> Self {
+        PassError::Registry(e.into())
+    }
+}
+
+impl From<crate::cluster::ClusterError> for PassError {
+    fn from(e: crate::cluster::ClusterError) -> Self {
+        PassError::Registry(e.into())
+    }
+}
+
+/// The clock of a pass: the wall clock, shifted forward by `ahead_ms` (0 outside tests).
+#[derive(Debug, Clone, Copy)]
+struct PassClock {
+    ahead_ms: u64,
+}
+
+impl PassClock {
+    /// The wall clock.
+    const WALL: PassClock = PassClock { ahead_ms: 0 };
+
+    /// The pass's "now", in ms since the epoch.
+    fn now(&self) -> u64 {
+        now_ms().saturating_add(self.ahead_ms)
+    }
 }
 
 #[derive(Default)]
@@ -137,7 +187,7 @@ impl Collector {
     pub fn start(self: &Arc<Self>, dry_run: bool) -> Result<u64, GcError> {
         let id = self.begin(dry_run)?;
         let this = self.clone();
-        tokio::spawn(async move { this.pass(dry_run).await });
+        tokio::spawn(async move { this.pass(dry_run, PassClock::WALL).await });
         Ok(id)
     }
 
@@ -146,7 +196,21 @@ impl Collector {
     /// Errors: [`GcError::Running`] while another one runs.
     pub async fn run(&self, dry_run: bool) -> Result<GcReport, GcError> {
         self.begin(dry_run)?;
-        Ok(self.pass(dry_run).await)
+        Ok(self.pass(dry_run, PassClock::WALL).await)
+    }
+
+    /// For tests: runs a pass to its end as [`Collector::run`] does, deciding as if the clock
+    /// read `now_ms` when it started (and ran on from there), so that retention and recycle
+    /// windows, which last days, can be tested. The time stamped on the deletes retention
+    /// makes, and the pass's `started_ms` and `finished_ms`, stay on the wall clock. A time
+    /// before now is now. Berth itself only calls [`Collector::run`] and
+    /// [`Collector::start`].
+    ///
+    /// Errors: [`GcError::Running`] while another one runs.
+    pub async fn run_at(&self, now_ms: u64, dry_run: bool) -> Result<GcReport, GcError> {
+        let ahead_ms = now_ms.saturating_sub(crate::types::time::now_ms());
+        self.begin(dry_run)?;
+        Ok(self.pass(dry_run, PassClock { ahead_ms }).await)
     }
 
     /// Builds the reference counts once a leader is known, if this node leads and the
@@ -187,6 +251,9 @@ impl Collector {
                 Ok(r) => tracing::info!(
                     blobs = r.blobs,
                     bytes = r.bytes,
+                    retention_deleted = r.retention_deleted,
+                    retention_skipped = r.retention_skipped,
+                    recycled_purged = r.recycled_purged,
                     error = r.error.as_deref(),
                     "scheduled garbage collection pass ended"
                 ),
@@ -219,8 +286,8 @@ impl Collector {
     }
 
     /// One pass, begun by [`Collector::begin`]: records its progress and its end.
-    async fn pass(&self, dry_run: bool) -> GcReport {
-        let res = self.collect(dry_run).await;
+    async fn pass(&self, dry_run: bool, clock: PassClock) -> GcReport {
+        let res = self.collect(dry_run, clock).await;
         let mut st = self.state.lock().expect("gc state");
         st.running = false;
         let report = st.last.as_mut().expect("a pass was begun");
@@ -231,7 +298,7 @@ impl Collector {
         report.clone()
     }
 
-    async fn collect(&self, dry_run: bool) -> Result<(), RegistryError> {
+    async fn collect(&self, dry_run: bool, clock: PassClock) -> Result<(), PassError> {
         let meta = self.registry.meta();
         if !meta.refs_counted()? {
             if dry_run {
@@ -239,13 +306,24 @@ impl Collector {
                     "the reference counts are not built yet: a pass that is not dry builds \
                      them first"
                         .into(),
-                ));
+                )
+                .into());
             }
             ensure_counted(&self.registry).await?;
             self.update(|r| r.counted = true);
         }
+        let lifecycle = Lifecycle::new(self.registry.clone());
+        let retention = lifecycle.apply_retention(clock.now(), dry_run).await?;
+        self.update(|r| {
+            r.retention_deleted = retention.deleted;
+            r.retention_skipped = retention.skipped;
+        });
+        let purged = lifecycle.end_recycle_windows(clock.now(), dry_run).await?;
+        self.update(|r| r.recycled_purged = purged);
+        // Read now, after the deletes and purges: the blobs whose last reference they dropped
+        // (at their time) are candidates once the grace from then has passed.
         let grace = self.settings.grace + touch_slack(self.settings.grace);
-        let cutoff_ms = now_ms().saturating_sub(grace.as_millis() as u64);
+        let cutoff_ms = clock.now().saturating_sub(grace.as_millis() as u64);
         let pace = Pace::new(self.settings.max_blobs_per_sec);
         let mut after = None;
         loop {

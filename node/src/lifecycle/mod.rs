@@ -1,13 +1,16 @@
 //! Lifecycle use cases (docs/lifecycle.md): locks on repositories, tags and manifests; soft
 //! delete, its recycle bin and restores; retention policies for untagged manifests; namespaces
-//! and their limits; purge ([`purge`]). Each change is validated here and committed through Raft (`meta::lifecycle`
-//! holds the records and the checks applied with every command); the admin service
-//! (`rpc::admin_lifecycle`) and the tests call these.
+//! and their limits; purge ([`purge`]); retention and the end of the soft-delete window,
+//! which the garbage collector's passes apply ([`retention`]). Each change is validated here
+//! and committed through Raft (`meta::lifecycle` holds the records and the checks applied with
+//! every command); the admin service (`rpc::admin_lifecycle`), the collector and the tests
+//! call these.
 //!
 //! Must not: decide anything the state machine decides (a lock or a quota is enforced when the
 //! command applies, so it holds against concurrent writes at any node).
 
 pub mod purge;
+pub mod retention;
 
 use std::sync::Arc;
 

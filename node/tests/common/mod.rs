@@ -231,6 +231,16 @@ pub fn oci_manifest(config: &[u8], layers: &[&[u8]]) -> Value {
     })
 }
 
+/// The blobs an image manifest references (its config and layers), as from `push_image`.
+pub fn image_blobs(manifest: &[u8]) -> Vec<String> {
+    let v: Value = serde_json::from_slice(manifest).unwrap();
+    let mut out = vec![v["config"]["digest"].as_str().unwrap().to_string()];
+    for l in v["layers"].as_array().unwrap() {
+        out.push(l["digest"].as_str().unwrap().to_string());
+    }
+    out
+}
+
 /// Builds a request; a non-empty body gets a `Content-Length` like a real client sends.
 pub fn request(
     method: Method,
