@@ -24,10 +24,15 @@ use crate::change::Change;
 use crate::cli_auth::{
     AuthAction, AuthCommand, RolesCommand, ScopeMapsCommand, TokensCommand, UsersCommand,
 };
+use crate::cli_lifecycle::{
+    LifecycleAction, NamespacesCommand, PurgeArgs, ReposCommand, RetentionCommand,
+    SoftDeleteCommand,
+};
 
 /// Default `--timeout` for `status` and `nodes list`.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Default `--timeout` for membership changes (adding a node waits for it to catch up).
+/// Default `--timeout` for membership changes (adding a node waits for it to catch up) and
+/// `purge`.
 pub const CHANGE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default `--timeout` for `replication status --wait` and `gc run --wait`.
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -93,7 +98,8 @@ pub struct Cli {
     pub json: bool,
 
     /// Deadline for the whole command, in seconds [default: 10 for status, nodes list,
-    /// replication, gc and the auth commands, 300 for membership changes, 600 for
+    /// replication, gc, the auth and lifecycle commands, 300 for membership changes and
+    /// purge, 600 for
     /// `replication status --wait` and `gc run --wait`].
     #[arg(long, global = true, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
@@ -142,6 +148,21 @@ pub enum Command {
     /// Garbage collection of blobs: run a pass on the answering node, see its last one.
     #[command(subcommand)]
     Gc(GcCommand),
+    /// Lock repositories, tags and manifests; list and restore soft-deleted manifests.
+    #[command(subcommand)]
+    Repos(ReposCommand),
+    /// Soft delete: keep deleted manifests restorable for a number of days.
+    #[command(subcommand, name = "soft-delete")]
+    SoftDelete(SoftDeleteCommand),
+    /// Retention of untagged manifests, by repository pattern.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
+    /// Namespaces (the first component of repository names): quotas and limits, usage.
+    #[command(subcommand)]
+    Namespaces(NamespacesCommand),
+    /// Delete the tags that match filters and are older than --ago (as `acr purge`), and with
+    /// --untagged the manifests left without tags; locked ones are skipped and reported.
+    Purge(PurgeArgs),
 }
 
 /// `clusterctl gc …`.
@@ -348,6 +369,8 @@ pub enum Action {
     },
     /// `gc status`.
     GcStatus,
+    /// `repos`, `soft-delete`, `retention`, `namespaces`, `purge`.
+    Lifecycle(LifecycleAction),
 }
 
 /// How clusterctl proves who it is to the admin service (besides a client certificate).
@@ -406,6 +429,8 @@ impl Cli {
             | Action::Certs(_)
             | Action::Auth(_) => READ_TIMEOUT,
             Action::Audit(_) | Action::GcRun { .. } | Action::GcStatus => READ_TIMEOUT,
+            Action::Lifecycle(LifecycleAction::Purge(_)) => CHANGE_TIMEOUT,
+            Action::Lifecycle(_) => READ_TIMEOUT,
             Action::Change(_) => CHANGE_TIMEOUT,
         })
     }
@@ -448,6 +473,11 @@ impl Cli {
                 wait: *wait,
             },
             Command::Gc(GcCommand::Status) => Action::GcStatus,
+            Command::Repos(c) => Action::Lifecycle(c.action()),
+            Command::SoftDelete(c) => Action::Lifecycle(c.action()),
+            Command::Retention(c) => Action::Lifecycle(c.action()),
+            Command::Namespaces(c) => Action::Lifecycle(c.action()),
+            Command::Purge(a) => Action::Lifecycle(a.action()),
             Command::Replication(ReplicationCommand::Status(a)) => Action::ReplicationStatus {
                 reference: a.reference.clone().unwrap_or_default(),
                 wait: a.wait,

@@ -4,12 +4,13 @@
 //! cluster address; it never depends on `berth-node`. The layers point down:
 //!
 //! - [`cli`]: the command line (clap) and client-side argument validation; [`cli_auth`] the
-//!   same for `users`, `tokens`, `scope-maps`, `roles` and `auth`;
+//!   same for `users`, `tokens`, `scope-maps`, `roles` and `auth`; [`cli_lifecycle`] for
+//!   `repos`, `soft-delete`, `retention`, `namespaces` and `purge`;
 //! - [`run`]: one function per command, gluing the client to the renderer; [`run_auth`] for
-//!   the auth commands;
+//!   the auth commands; [`run_lifecycle`] for the lifecycle commands;
 //! - [`client`]: the gRPC calls, with the overall deadline and the credentials applied;
 //! - [`render`]: pure functions from proto messages to tables, lines and JSON;
-//!   [`render_auth`] for the auth commands;
+//!   [`render_auth`] for the auth commands, [`render_lifecycle`] for the lifecycle ones;
 //! - [`certs`]: `certs init|issue`, a development cluster CA and its certificates;
 //! - [`audit`]: `audit`, every member's audit log merged by time;
 //! - [`change`]: the membership changes and how messages name them;
@@ -23,11 +24,14 @@ pub mod certs;
 pub mod change;
 pub mod cli;
 pub mod cli_auth;
+pub mod cli_lifecycle;
 pub mod client;
 pub mod error;
 pub mod render;
 pub mod render_auth;
+pub mod render_lifecycle;
 pub mod run;
 pub mod run_auth;
+pub mod run_lifecycle;
 
 pub use error::Error;

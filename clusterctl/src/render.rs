@@ -546,7 +546,7 @@ fn gc_freed(r: &GcReport) -> String {
 }
 
 /// `1 blob`, `2 blobs`.
-fn plural(n: u64, what: &str) -> String {
+pub(crate) fn plural(n: u64, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 

@@ -3,7 +3,8 @@
 //! Owns the order of output: in human mode progress lines as they arrive and one `ok: …`
 //! line at the end; in `--json` mode one JSON object per line. Errors are returned, not
 //! printed: `main.rs` prints them (stderr, and a `{"ok":false,…}` line in `--json` mode)
-//! and picks the exit status. The auth commands are [`crate::run_auth`]'s; the passwords
+//! and picks the exit status. The auth commands are [`crate::run_auth`]'s, the lifecycle
+//! commands [`crate::run_lifecycle`]'s; the passwords
 //! `--password-stdin` asks for are read here, before connecting.
 
 use std::io::{BufRead, Write};
@@ -16,6 +17,34 @@ use crate::cli::{Action, Cli, Login};
 use crate::client::{AdminConn, Credentials};
 use crate::error::Error;
 use crate::render;
+use serde_json::Value;
+
+/// Prints `json` (with `--json`) or `text`.
+pub(crate) fn print(
+    out: &mut dyn Write,
+    json: bool,
+    value: Value,
+    text: &str,
+) -> Result<(), Error> {
+    if json {
+        writeln!(out, "{value}")?;
+    } else {
+        write!(out, "{text}")?;
+    }
+    Ok(())
+}
+
+/// Prints the answer of a change: `value` with `"ok": true`, or `ok: <what>` and `text`.
+pub(crate) fn print_change(
+    out: &mut dyn Write,
+    json: bool,
+    mut value: Value,
+    what: &str,
+    text: &str,
+) -> Result<(), Error> {
+    value["ok"] = true.into();
+    print(out, json, value, &format!("ok: {what}\n{text}"))
+}
 
 /// Reads `count` passwords from `input`, one per line (the line ending is not part of it).
 /// [`Error::Input`] when a line is missing or empty.
@@ -87,6 +116,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
         // Handled above, without a connection.
         Action::Certs(_) => {}
         Action::Auth(a) => crate::run_auth::run(&mut conn, a, password, cli.json, out).await?,
+        Action::Lifecycle(a) => crate::run_lifecycle::run(&mut conn, a, cli.json, out).await?,
         Action::Status => {
             let status = conn.status().await?;
             if cli.json {

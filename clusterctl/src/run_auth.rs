@@ -10,12 +10,12 @@ use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_proto::admin as pb;
-use serde_json::Value;
 
 use crate::cli_auth::{AuthAction, Expiry, Grant, Kind, Rule, Update};
 use crate::client::AdminConn;
 use crate::error::Error;
 use crate::render_auth as render;
+use crate::run::{print, print_change};
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -43,28 +43,6 @@ fn rules(rs: &[Rule]) -> Vec<pb::ScopeRule> {
             actions: r.actions.clone(),
         })
         .collect()
-}
-
-/// Prints `json` (with `--json`) or `text`.
-fn print(out: &mut dyn Write, json: bool, value: Value, text: &str) -> Result<(), Error> {
-    if json {
-        writeln!(out, "{value}")?;
-    } else {
-        write!(out, "{text}")?;
-    }
-    Ok(())
-}
-
-/// Prints the answer of a change: `value` with `"ok": true`, or `ok: <what>` and `text`.
-fn print_change(
-    out: &mut dyn Write,
-    json: bool,
-    mut value: Value,
-    what: &str,
-    text: &str,
-) -> Result<(), Error> {
-    value["ok"] = true.into();
-    print(out, json, value, &format!("ok: {what}\n{text}"))
 }
 
 /// Reads an identity and checks it is of `kind`.

@@ -29,6 +29,13 @@
 //!   pass that is not dry freed 1 blob (1024 bytes) of 2 candidates on the first two calls
 //!   and ends on the third with 2 blobs (3072 bytes: node 1 2 blobs, node 2 1) and the reaper
 //!   at 1 file; a dry pass ends on the first call with the "counts are not built" error.
+//! - `UpdateAttributes` of repository `app` (or a tag or manifest of it) answers the default
+//!   attributes with what the request sets; another repository is NOT_FOUND.
+//! - `ListNamespaces`: `team` (quota 100000 bytes, 2 repositories at most, 1234 bytes and 1
+//!   repository used) and `web` (no limits, 3 repositories).
+//! - `Purge`: a filter starting with `(` is INVALID_ARGUMENT; otherwise tag `app:v2` (and,
+//!   with `untagged`, its manifest) deleted and `app:v1` skipped as locked, `dry_run` echoed.
+//! - The other lifecycle RPCs are not faked (UNIMPLEMENTED).
 
 use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
@@ -133,6 +140,17 @@ fn help_lists_the_commands() {
         "--timeout",
     ] {
         assert!(text.contains(word), "--help lacks {word}:\n{text}");
+    }
+    for word in ["repos", "soft-delete", "retention", "namespaces", "purge"] {
+        assert!(text.contains(word), "--help lacks {word}:\n{text}");
+    }
+    let out = clusterctl(&["retention", "set", "--help"]);
+    must_exit(&out, 0);
+    for word in ["--untagged-days", "`**` alone: the whole cluster"] {
+        assert!(
+            stdout(&out).contains(word),
+            "retention set --help lacks {word}"
+        );
     }
     let out = clusterctl(&["gc", "run", "--help"]);
     must_exit(&out, 0);
@@ -673,6 +691,158 @@ fn a_dry_gc_run_in_json_is_one_document_with_ok_false() {
         "{}",
         lines[0]
     );
+}
+
+#[test]
+fn repos_update_prints_the_attributes_and_unknown_repositories_are_not_found() {
+    let addr = start_fake_admin().to_string();
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "repos",
+        "update",
+        "app:v1",
+        "--write-enabled",
+        "false",
+        "--delete-enabled",
+        "false",
+    ]);
+    must_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "ok: attributes of app:v1 updated\nwrite-enabled: no\ndelete-enabled: no\n\
+         read-enabled: yes\nlist-enabled: yes\n"
+    );
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "--json",
+        "repos",
+        "update",
+        "app",
+        "--list-enabled",
+        "false",
+    ]);
+    must_exit(&out, 0);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", stdout(&out));
+    assert_eq!(
+        lines[0],
+        json!({
+            "ok": true,
+            "repository": "app",
+            "tag": "",
+            "digest": "",
+            "attributes": {
+                "write_enabled": true,
+                "delete_enabled": true,
+                "read_enabled": true,
+                "list_enabled": false,
+            },
+        })
+    );
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "repos",
+        "update",
+        "other:v1",
+        "--write-enabled",
+        "false",
+    ]);
+    must_exit(&out, 1);
+    assert_eq!(
+        stderr(&out).trim(),
+        "clusterctl: failed to update the attributes of other:v1: not found: repository other \
+         does not exist"
+    );
+    // Refused before contacting anything.
+    let out = clusterctl(&["--endpoint", &addr, "repos", "update", "app:v1"]);
+    must_exit(&out, 2);
+}
+
+#[test]
+fn namespaces_list_shows_usage_against_limits() {
+    let addr = start_fake_admin().to_string();
+    let out = clusterctl(&["--endpoint", &addr, "namespaces", "list"]);
+    must_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "\
+NAMESPACE  BYTES USED   QUOTA  REPOS  MAX REPOS  PULLS/S  PUSHES/S
+team             1234  100000      1          2     none      none
+web                 0    none      3       none     none      none
+"
+    );
+    let out = clusterctl(&["--endpoint", &addr, "--json", "namespaces", "list"]);
+    must_exit(&out, 0);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", stdout(&out));
+    assert_eq!(lines[0]["namespaces"][0]["namespace"], "team");
+    assert_eq!(lines[0]["namespaces"][0]["used_bytes"], 1234);
+    assert_eq!(lines[0]["namespaces"][0]["quota_bytes"], 100_000);
+    assert_eq!(lines[0]["namespaces"][1]["repositories"], 3);
+    assert_eq!(lines[0]["namespaces"][1]["max_repositories"], 0);
+}
+
+#[test]
+fn purge_reports_what_it_deleted_and_skipped() {
+    let addr = start_fake_admin().to_string();
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "purge",
+        "--filter",
+        "app:.*",
+        "--untagged",
+    ]);
+    must_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "\
+purge: deleted 1 tag and 1 untagged manifest, skipped 1
+deleted tag app:v2 (sha256:22)
+deleted manifest app@sha256:22
+skipped app:v1: the tag is locked
+"
+    );
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "--json",
+        "purge",
+        "--filter",
+        "app:.*",
+        "--ago",
+        "2d",
+        "--dry-run",
+    ]);
+    must_exit(&out, 0);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", stdout(&out));
+    assert_eq!(lines[0]["dry_run"], true);
+    assert_eq!(lines[0]["deleted_tags"], 1);
+    assert_eq!(lines[0]["deleted_manifests"], 0, "no --untagged");
+    assert_eq!(
+        lines[0]["skipped"],
+        json!([{"what": "app:v1", "why": "the tag is locked"}])
+    );
+    let out = clusterctl(&["--endpoint", &addr, "purge", "--filter", "(app:.*"]);
+    must_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("failed to purge: invalid request: invalid filter"),
+        "{}",
+        stderr(&out)
+    );
+    for bad in [
+        &["purge"][..],
+        &["purge", "--filter", "app"],
+        &["purge", "--filter", "app:.*", "--ago", "yesterday"],
+    ] {
+        let mut args = vec!["--endpoint", addr.as_str()];
+        args.extend_from_slice(bad);
+        must_exit(&clusterctl(&args), 2);
+    }
 }
 
 #[test]
@@ -1626,6 +1796,156 @@ impl Admin for FakeAdmin {
             last,
             reaper_removed_files: u64::from(reaped),
             reaper_removed_bytes: if reaped { 1024 } else { 0 },
+        }))
+    }
+
+    async fn update_attributes(
+        &self,
+        request: Request<pb::UpdateAttributesRequest>,
+    ) -> Result<Response<pb::AttributesEntry>, Status> {
+        let r = request.into_inner();
+        if r.repository != "app" {
+            return Err(Status::not_found(format!(
+                "repository {} does not exist",
+                r.repository
+            )));
+        }
+        Ok(Response::new(pb::AttributesEntry {
+            attributes: Some(pb::Attributes {
+                write_enabled: r.write_enabled.unwrap_or(true),
+                delete_enabled: r.delete_enabled.unwrap_or(true),
+                read_enabled: r.read_enabled.unwrap_or(true),
+                list_enabled: r.list_enabled.unwrap_or(true),
+            }),
+            repository: r.repository,
+            tag: r.tag,
+            digest: r.digest,
+        }))
+    }
+
+    async fn get_attributes(
+        &self,
+        _: Request<pb::RepositoryRef>,
+    ) -> Result<Response<pb::RepositoryAttributes>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn list_deleted(
+        &self,
+        _: Request<pb::RepositoryRef>,
+    ) -> Result<Response<pb::DeletedManifests>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn restore_manifest(
+        &self,
+        _: Request<pb::RestoreManifestRequest>,
+    ) -> Result<Response<pb::RestoreManifestResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn set_soft_delete(
+        &self,
+        _: Request<pb::SoftDeleteSettings>,
+    ) -> Result<Response<pb::SoftDeleteSettings>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn get_soft_delete(
+        &self,
+        _: Request<pb::GetSoftDeleteRequest>,
+    ) -> Result<Response<pb::SoftDeleteSettings>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn set_retention(
+        &self,
+        _: Request<pb::RetentionPolicyEntry>,
+    ) -> Result<Response<pb::RetentionPolicies>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn clear_retention(
+        &self,
+        _: Request<pb::RetentionPolicyRef>,
+    ) -> Result<Response<pb::RetentionPolicies>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn list_retention(
+        &self,
+        _: Request<pb::ListRetentionRequest>,
+    ) -> Result<Response<pb::RetentionPolicies>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn set_namespace(
+        &self,
+        _: Request<pb::SetNamespaceRequest>,
+    ) -> Result<Response<pb::Namespace>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn get_namespace(
+        &self,
+        _: Request<pb::NamespaceRef>,
+    ) -> Result<Response<pb::Namespace>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn list_namespaces(
+        &self,
+        _: Request<pb::ListNamespacesRequest>,
+    ) -> Result<Response<pb::Namespaces>, Status> {
+        Ok(Response::new(pb::Namespaces {
+            namespaces: vec![
+                pb::Namespace {
+                    namespace: "team".into(),
+                    quota_bytes: 100_000,
+                    max_repositories: 2,
+                    used_bytes: 1234,
+                    repositories: 1,
+                    ..pb::Namespace::default()
+                },
+                pb::Namespace {
+                    namespace: "web".into(),
+                    repositories: 3,
+                    ..pb::Namespace::default()
+                },
+            ],
+        }))
+    }
+
+    async fn purge(
+        &self,
+        request: Request<pb::PurgeRequest>,
+    ) -> Result<Response<pb::PurgeReport>, Status> {
+        let r = request.into_inner();
+        if let Some(bad) = r.filters.iter().find(|f| f.starts_with('(')) {
+            return Err(Status::invalid_argument(format!(
+                "invalid filter {bad:?}: unclosed group"
+            )));
+        }
+        let manifests = if r.untagged {
+            vec![pb::PurgedManifest {
+                repository: "app".into(),
+                digest: "sha256:22".into(),
+            }]
+        } else {
+            vec![]
+        };
+        Ok(Response::new(pb::PurgeReport {
+            dry_run: r.dry_run,
+            tags: vec![pb::PurgedTag {
+                repository: "app".into(),
+                tag: "v2".into(),
+                digest: "sha256:22".into(),
+            }],
+            manifests,
+            skipped: vec![pb::PurgeSkipped {
+                what: "app:v1".into(),
+                why: "the tag is locked".into(),
+            }],
         }))
     }
 }

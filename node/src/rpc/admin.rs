@@ -16,6 +16,8 @@
 //!
 //! Garbage collection (`GcRun`, `GcStatus`) is this node's `gc::Collector` and reaper: the
 //! handlers only convert (a pass is run by the node that was called, never relayed).
+//! Lifecycle (locks, soft delete, retention, namespaces, purge) is `admin_lifecycle.rs`'s:
+//! here each call is only admitted (reads) or audited under its RPC name (changes).
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -38,6 +40,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use super::admin_auth::{AdminGuard, AuthRpc, forward_authorization};
+use super::admin_lifecycle::LifecycleRpc;
 use super::status::status;
 use crate::audit::{Audit, AuditQuery, AuditRecord};
 use crate::cluster::{self, Cluster, MembershipError, PeerError};
@@ -71,9 +74,12 @@ pub(super) struct AdminService {
     audit: Audit,
     gc: Arc<Collector>,
     reaper: Arc<Reaper>,
+    lifecycle: LifecycleRpc,
 }
 
 impl AdminService {
+    // One argument per part of the node the service answers for (as `rpc::serve`).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         cluster: Cluster,
         replication: Arc<Replication>,
@@ -82,6 +88,7 @@ impl AdminService {
         audit: Audit,
         gc: Arc<Collector>,
         reaper: Arc<Reaper>,
+        lifecycle: LifecycleRpc,
     ) -> AdminService {
         AdminService {
             cluster,
@@ -91,6 +98,7 @@ impl AdminService {
             audit,
             gc,
             reaper,
+            lifecycle,
         }
     }
 
@@ -1040,6 +1048,155 @@ impl Admin for AdminService {
             reaper_removed_files: files,
             reaper_removed_bytes: bytes,
         }))
+    }
+
+    async fn update_attributes(
+        &self,
+        req: Request<pb::UpdateAttributesRequest>,
+    ) -> Result<Response<pb::AttributesEntry>, Status> {
+        self.audited(
+            req,
+            "UpdateAttributes",
+            |r| match (r.tag.as_str(), r.digest.as_str()) {
+                ("", "") => r.repository.clone(),
+                (tag, "") => format!("{}:{tag}", r.repository),
+                (_, digest) => format!("{}@{digest}", r.repository),
+            },
+            |r| self.lifecycle.update_attributes(r),
+        )
+        .await
+    }
+
+    async fn get_attributes(
+        &self,
+        req: Request<pb::RepositoryRef>,
+    ) -> Result<Response<pb::RepositoryAttributes>, Status> {
+        let r = self.admit(req).await?;
+        self.lifecycle.get_attributes(r).await.map(Response::new)
+    }
+
+    async fn list_deleted(
+        &self,
+        req: Request<pb::RepositoryRef>,
+    ) -> Result<Response<pb::DeletedManifests>, Status> {
+        let r = self.admit(req).await?;
+        self.lifecycle.list_deleted(r).await.map(Response::new)
+    }
+
+    async fn restore_manifest(
+        &self,
+        req: Request<pb::RestoreManifestRequest>,
+    ) -> Result<Response<pb::RestoreManifestResponse>, Status> {
+        self.audited(
+            req,
+            "RestoreManifest",
+            |r| format!("{}@{}", r.repository, r.digest),
+            |r| self.lifecycle.restore_manifest(r),
+        )
+        .await
+    }
+
+    async fn set_soft_delete(
+        &self,
+        req: Request<pb::SoftDeleteSettings>,
+    ) -> Result<Response<pb::SoftDeleteSettings>, Status> {
+        self.audited(
+            req,
+            "SetSoftDelete",
+            |r| match r.retention_days {
+                0 => "off".to_string(),
+                d => format!("{d} days"),
+            },
+            |r| self.lifecycle.set_soft_delete(r),
+        )
+        .await
+    }
+
+    async fn get_soft_delete(
+        &self,
+        req: Request<pb::GetSoftDeleteRequest>,
+    ) -> Result<Response<pb::SoftDeleteSettings>, Status> {
+        self.admit(req).await?;
+        self.lifecycle.get_soft_delete().await.map(Response::new)
+    }
+
+    async fn set_retention(
+        &self,
+        req: Request<pb::RetentionPolicyEntry>,
+    ) -> Result<Response<pb::RetentionPolicies>, Status> {
+        self.audited(
+            req,
+            "SetRetention",
+            |r| r.pattern.clone(),
+            |r| self.lifecycle.set_retention(r),
+        )
+        .await
+    }
+
+    async fn clear_retention(
+        &self,
+        req: Request<pb::RetentionPolicyRef>,
+    ) -> Result<Response<pb::RetentionPolicies>, Status> {
+        self.audited(
+            req,
+            "ClearRetention",
+            |r| r.pattern.clone(),
+            |r| self.lifecycle.clear_retention(r),
+        )
+        .await
+    }
+
+    async fn list_retention(
+        &self,
+        req: Request<pb::ListRetentionRequest>,
+    ) -> Result<Response<pb::RetentionPolicies>, Status> {
+        self.admit(req).await?;
+        self.lifecycle.list_retention().await.map(Response::new)
+    }
+
+    async fn set_namespace(
+        &self,
+        req: Request<pb::SetNamespaceRequest>,
+    ) -> Result<Response<pb::Namespace>, Status> {
+        self.audited(
+            req,
+            "SetNamespace",
+            |r| r.namespace.clone(),
+            |r| self.lifecycle.set_namespace(r),
+        )
+        .await
+    }
+
+    async fn get_namespace(
+        &self,
+        req: Request<pb::NamespaceRef>,
+    ) -> Result<Response<pb::Namespace>, Status> {
+        let r = self.admit(req).await?;
+        self.lifecycle.get_namespace(r).await.map(Response::new)
+    }
+
+    async fn list_namespaces(
+        &self,
+        req: Request<pb::ListNamespacesRequest>,
+    ) -> Result<Response<pb::Namespaces>, Status> {
+        self.admit(req).await?;
+        self.lifecycle.list_namespaces().await.map(Response::new)
+    }
+
+    async fn purge(
+        &self,
+        req: Request<pb::PurgeRequest>,
+    ) -> Result<Response<pb::PurgeReport>, Status> {
+        self.audited(
+            req,
+            "Purge",
+            |r| {
+                let dry = if r.dry_run { " (dry run)" } else { "" };
+                format!("{}{dry}", r.filters.join(" "))
+            },
+            |r| self.lifecycle.purge(r),
+        )
+        .await
     }
 }
 

@@ -19,6 +19,7 @@
 
 mod admin;
 mod admin_auth;
+mod admin_lifecycle;
 mod join;
 mod peer;
 mod status;
@@ -88,6 +89,7 @@ pub async fn serve(
         audit,
         gc,
         reaper,
+        admin_lifecycle::LifecycleRpc::new(crate::lifecycle::Lifecycle::new(registry.clone())),
     ));
     let sever = CancellationToken::new();
     let incoming = {

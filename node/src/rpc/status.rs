@@ -14,6 +14,7 @@ use crate::cluster::{
     ClusterError, LeaderWriteError, MembershipError, PeerError, RaftServiceError,
 };
 use crate::gc::GcError;
+use crate::lifecycle::LifecycleError;
 use crate::types::ErrorKind;
 
 /// The gRPC code of each kind of error.
@@ -63,6 +64,14 @@ impl From<MembershipError> for Status {
 
 impl From<PeerError> for Status {
     fn from(e: PeerError) -> Status {
+        status(e.kind(), e.to_string())
+    }
+}
+
+/// A lock or a namespace limit that refuses the change is [`ErrorKind::Conflict`]
+/// (FAILED_PRECONDITION).
+impl From<LifecycleError> for Status {
+    fn from(e: LifecycleError) -> Status {
         status(e.kind(), e.to_string())
     }
 }
