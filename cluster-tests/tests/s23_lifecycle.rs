@@ -210,14 +210,9 @@ fn locks_hold_at_every_node_and_purge_skips_them() {
             .try_push_image(&other, UploadStyle::Monolithic)
         {
             Err(PushError::Unexpected { status, body, step }) => {
-                // The API maps a lock's refusal to 403 DENIED once that mapping is merged;
-                // until then the registry answers the state machine's refusal with 500
-                // UNKNOWN. Either way the manifest PUT is refused and v1 stays (below).
-                // TODO(lock-denied merged): keep only the 403 arm.
+                // The lock's refusal is 403 DENIED; v1 stays (below).
                 assert!(
-                    step.contains("PUT manifest")
-                        && ((status == 403 && body.contains("DENIED"))
-                            || (status == 500 && body.contains("UNKNOWN"))),
+                    step.contains("PUT manifest") && status == 403 && body.contains("DENIED"),
                     "push of app:v1 at node {id}, {step}: {status} {body}"
                 );
             }

@@ -430,6 +430,14 @@ pub fn gc_report_text(r: &GcReport) -> String {
     if r.counted {
         out.push_str("it first built the reference counts\n");
     }
+    if r.retention_deleted + r.retention_skipped + r.recycled_purged > 0 {
+        let verb = if r.dry_run { "would delete" } else { "deleted" };
+        out.push_str(&format!(
+            "retention {verb} {} untagged manifest(s) ({} left: locked); {} soft-deleted \
+             manifest(s) left the recycle bin\n",
+            r.retention_deleted, r.retention_skipped, r.recycled_purged
+        ));
+    }
     if !r.per_node.is_empty() {
         let mut nodes: Vec<_> = r.per_node.iter().collect();
         nodes.sort_by_key(|n| n.node_id);
@@ -493,6 +501,9 @@ pub fn gc_report_json(r: &GcReport) -> Value {
             "bytes": n.bytes,
         })).collect::<Vec<_>>(),
         "counted": r.counted,
+        "retention_deleted": r.retention_deleted,
+        "retention_skipped": r.retention_skipped,
+        "recycled_purged": r.recycled_purged,
         "error": r.error,
     })
 }
@@ -916,7 +927,32 @@ eu/**    r1,r2    -
             },
             counted: false,
             error: error.into(),
+            retention_deleted: 0,
+            retention_skipped: 0,
+            recycled_purged: 0,
         }
+    }
+
+    #[test]
+    fn a_gc_report_says_what_retention_and_the_recycle_bin_did() {
+        let mut r = gc_report(false, "");
+        r.per_node.clear();
+        (r.retention_deleted, r.retention_skipped, r.recycled_purged) = (4, 1, 2);
+        assert!(
+            gc_report_text(&r).ends_with(
+                "retention deleted 4 untagged manifest(s) (1 left: locked); 2 soft-deleted \
+                 manifest(s) left the recycle bin\n"
+            ),
+            "{}",
+            gc_report_text(&r)
+        );
+        let v = gc_report_json(&r);
+        assert_eq!(
+            (v["retention_deleted"].clone(), v["recycled_purged"].clone()),
+            (json!(4), json!(2))
+        );
+        r.dry_run = true;
+        assert!(gc_report_text(&r).contains("retention would delete 4"));
     }
 
     #[test]

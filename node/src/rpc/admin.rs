@@ -317,6 +317,9 @@ fn gc_report_message(r: GcReport) -> pb::GcReport {
             .collect(),
         counted: r.counted,
         error: r.error.unwrap_or_default(),
+        retention_deleted: r.retention_deleted,
+        retention_skipped: r.retention_skipped,
+        recycled_purged: r.recycled_purged,
     }
 }
 
