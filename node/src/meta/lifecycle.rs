@@ -271,6 +271,63 @@ pub fn namespace_of(repo: &RepositoryName) -> &str {
 
 // ---- reads -----------------------------------------------------------------------------
 
+/// The in-memory indexes of lifecycle state that reads consult before the database.
+#[derive(Debug, Default)]
+pub struct Indexes {
+    /// Repositories with attributes.
+    pub locks: LockIndex,
+    /// Namespaces with limits.
+    pub limits: LimitIndex,
+}
+
+impl Indexes {
+    /// Rebuilds both from the state.
+    pub(super) fn reload(&self, db: &DB) -> Result<(), MetaError> {
+        self.locks.reload(db)?;
+        self.limits.reload(db)
+    }
+}
+
+/// The namespaces that have limits (`n/` records), in memory: so that a request to a
+/// namespace without limits (nearly every request) costs no read to find that out. Rebuilt
+/// when the database opens and after a snapshot is installed; refreshed after each
+/// `SetNamespace`.
+#[derive(Debug, Default)]
+pub struct LimitIndex {
+    names: std::sync::RwLock<std::collections::HashSet<String>>,
+}
+
+impl LimitIndex {
+    /// Whether the namespace has limits.
+    pub fn has(&self, ns: &str) -> bool {
+        let names = self.names.read().expect("limit index");
+        !names.is_empty() && names.contains(ns)
+    }
+
+    /// Rebuilds the index from the state.
+    pub(super) fn reload(&self, db: &DB) -> Result<(), MetaError> {
+        let mut names = std::collections::HashSet::new();
+        for item in scan(db, LIMITS_PREFIX, None) {
+            let (k, _) = item?;
+            names.insert(String::from_utf8_lossy(&k[LIMITS_PREFIX.len()..]).into_owned());
+        }
+        *self.names.write().expect("limit index") = names;
+        Ok(())
+    }
+
+    /// Refreshes one namespace's entry from the state (after a `SetNamespace`).
+    pub(super) fn refresh(&self, db: &DB, ns: &str) -> Result<(), MetaError> {
+        let any = get::<NamespaceLimits>(db, "namespace limits", &limits_key(ns))?.is_some();
+        let mut names = self.names.write().expect("limit index");
+        if any {
+            names.insert(ns.to_string());
+        } else {
+            names.remove(ns);
+        }
+        Ok(())
+    }
+}
+
 /// The repositories that have any attributes record, in memory: so that a read of a
 /// repository with no lock (nearly every read) costs no RocksDB read to find that out. Rebuilt
 /// when the database opens and after a snapshot is installed; refreshed for one repository

@@ -244,8 +244,8 @@ pub fn open_closable(
     let gate = WriteGate::new(&path);
     let notices = Arc::new(Notices::default());
     let collected = Arc::new(Notices::default());
-    let locks = Arc::new(lifecycle::LockIndex::default());
-    locks.reload(&db)?;
+    let indexes = Arc::new(lifecycle::Indexes::default());
+    indexes.reload(&db)?;
     let (auth, auth_view) = auth::AuthPublisher::open(&db)?;
     let sm = StateMachine::open(
         db.clone(),
@@ -255,14 +255,14 @@ pub fn open_closable(
         notices.clone(),
         Arc::new(auth),
         collected.clone(),
-        locks.clone(),
+        indexes.clone(),
     )?;
     let closer = MetaCloser { db: db.clone() };
     let audit = AuditStore::open(db.clone(), gate.clone())?;
     Ok((
         LogStore::new(db.clone(), gate),
         sm,
-        MetaReader::new(db, tags, notices, auth_view, collected, locks),
+        MetaReader::new(db, tags, notices, auth_view, collected, indexes),
         audit,
         closer,
     ))

@@ -171,7 +171,7 @@ pub struct MetaReader {
     notices: Arc<Notices>,
     auth: AuthView,
     collected: Arc<Notices>,
-    locks: Arc<lifecycle::LockIndex>,
+    indexes: Arc<lifecycle::Indexes>,
 }
 
 impl std::fmt::Debug for MetaReader {
@@ -187,7 +187,7 @@ impl MetaReader {
         notices: Arc<Notices>,
         auth: AuthView,
         collected: Arc<Notices>,
-        locks: Arc<lifecycle::LockIndex>,
+        indexes: Arc<lifecycle::Indexes>,
     ) -> MetaReader {
         MetaReader {
             db,
@@ -195,7 +195,7 @@ impl MetaReader {
             notices,
             auth,
             collected,
-            locks,
+            indexes,
         }
     }
 
@@ -234,15 +234,20 @@ impl MetaReader {
         repo: &RepositoryName,
         target: &LockTarget,
     ) -> Result<Attributes, MetaError> {
-        if !self.locks.has_any(repo) {
+        if !self.indexes.locks.has_any(repo) {
             return Ok(Attributes::default());
         }
         self.point(|db| lifecycle::attributes(db, repo, target))
     }
 
+    /// Whether the namespace has limits set (no read of the database).
+    pub fn has_namespace_limits(&self, ns: &str) -> bool {
+        self.indexes.limits.has(ns)
+    }
+
     /// Whether the repository, or anything in it, has attributes (locks) set.
     pub fn has_attributes(&self, repo: &RepositoryName) -> bool {
-        self.locks.has_any(repo)
+        self.indexes.locks.has_any(repo)
     }
 
     /// Every attributes record of a repository (those not all enabled).
@@ -250,7 +255,7 @@ impl MetaReader {
         &self,
         repo: &RepositoryName,
     ) -> Result<Vec<(LockTarget, Attributes)>, MetaError> {
-        if !self.locks.has_any(repo) {
+        if !self.indexes.locks.has_any(repo) {
             return Ok(Vec::new());
         }
         let repo = repo.clone();

@@ -40,7 +40,7 @@ pub struct StateMachine {
     /// Told which blobs were garbage-collected, for the node's reaper (`gc::reaper`).
     collected: Arc<Notices>,
     /// Which repositories have locks (refreshed after writes to them).
-    locks: Arc<lifecycle::LockIndex>,
+    indexes: Arc<lifecycle::Indexes>,
 }
 
 impl StateMachine {
@@ -52,7 +52,7 @@ impl StateMachine {
         notices: Arc<Notices>,
         auth: Arc<AuthPublisher>,
         collected: Arc<Notices>,
-        locks: Arc<lifecycle::LockIndex>,
+        indexes: Arc<lifecycle::Indexes>,
     ) -> Result<StateMachine, MetaError> {
         let snapshots = SnapshotFiles::open(snapshot_dir)?;
         Ok(StateMachine {
@@ -63,7 +63,7 @@ impl StateMachine {
             notices,
             auth,
             collected,
-            locks,
+            indexes,
         })
     }
 }
@@ -199,7 +199,7 @@ fn apply_entry(
         notices,
         auth,
         collected,
-        locks,
+        indexes,
     } = *sm;
     let cf = state_cf(db);
     let mut batch = WriteBatch::default();
@@ -220,7 +220,12 @@ fn apply_entry(
         tags.invalidate(repo);
     }
     if let Some(repo) = attributes_changed_by(entry) {
-        locks.refresh(db, repo)?;
+        indexes.locks.refresh(db, repo)?;
+    }
+    if let EntryPayload::Normal(Command::V1(CommandV1::Lifecycle(l))) = &entry.payload
+        && let lifecycle::LifecycleCommand::SetNamespace { namespace, .. } = l.as_ref()
+    {
+        indexes.limits.refresh(db, namespace)?;
     }
     if matches!(
         &entry.payload,
@@ -240,7 +245,7 @@ struct Parts<'a> {
     notices: &'a Notices,
     auth: &'a AuthPublisher,
     collected: &'a Notices,
-    locks: &'a lifecycle::LockIndex,
+    indexes: &'a lifecycle::Indexes,
 }
 
 impl StateMachine {
@@ -251,7 +256,7 @@ impl StateMachine {
             notices: &self.notices,
             auth: &self.auth,
             collected: &self.collected,
-            locks: &self.locks,
+            indexes: &self.indexes,
         }
     }
 }
@@ -646,13 +651,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .collect::<Result<Vec<_>, _>>()?
         } else {
             // A long catch-up batch goes to the blocking pool in one trip.
-            let (db, tags, notices, auth, collected, locks) = (
+            let (db, tags, notices, auth, collected, indexes) = (
                 self.db.clone(),
                 self.tags.clone(),
                 self.notices.clone(),
                 self.auth.clone(),
                 self.collected.clone(),
-                self.locks.clone(),
+                self.indexes.clone(),
             );
             tokio::task::spawn_blocking(move || {
                 let parts = Parts {
@@ -661,7 +666,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     notices: &notices,
                     auth: &auth,
                     collected: &collected,
-                    locks: &locks,
+                    indexes: &indexes,
                 };
                 entries
                     .iter()
@@ -705,10 +710,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Collected blobs may be among what the snapshot left out: the reaper sweeps.
         self.collected.resync();
         let db = self.db.clone();
-        let (auth, locks) = (self.auth.clone(), self.locks.clone());
+        let (auth, indexes) = (self.auth.clone(), self.indexes.clone());
         tokio::task::spawn_blocking(move || {
             auth.reload(&db)?;
-            locks.reload(&db)
+            indexes.reload(&db)
         })
         .await
         .map_err(io::Error::other)??;
