@@ -321,11 +321,11 @@ pub fn purge_text(r: &PurgeReport) -> String {
     } else {
         ("purge", "deleted")
     };
+    let (tags, manifests, skipped) = purge_totals(r);
     let mut out = format!(
-        "{prefix}: {verb} {} and {}, skipped {}\n",
-        plural(r.tags.len() as u64, "tag"),
-        plural(r.manifests.len() as u64, "untagged manifest"),
-        r.skipped.len()
+        "{prefix}: {verb} {} and {}, skipped {skipped}\n",
+        plural(tags, "tag"),
+        plural(manifests, "untagged manifest"),
     );
     for t in &r.tags {
         out.push_str(&format!(
@@ -333,13 +333,36 @@ pub fn purge_text(r: &PurgeReport) -> String {
             t.repository, t.tag, t.digest
         ));
     }
+    more(&mut out, tags, r.tags.len(), "tags");
     for m in &r.manifests {
         out.push_str(&format!("{verb} manifest {}@{}\n", m.repository, m.digest));
     }
+    more(&mut out, manifests, r.manifests.len(), "manifests");
     for s in &r.skipped {
         out.push_str(&format!("skipped {}: {}\n", s.what, s.why));
     }
+    more(&mut out, skipped, r.skipped.len(), "skipped items");
     out
+}
+
+/// The totals of a purge report (a server that sends none: the lists' lengths).
+fn purge_totals(r: &PurgeReport) -> (u64, u64, u64) {
+    let total = |t: u64, listed: usize| t.max(listed as u64);
+    (
+        total(r.tags_total, r.tags.len()),
+        total(r.manifests_total, r.manifests.len()),
+        total(r.skipped_total, r.skipped.len()),
+    )
+}
+
+/// "… and N more" when a list was cut.
+fn more(out: &mut String, total: u64, listed: usize, what: &str) {
+    if total > listed as u64 {
+        out.push_str(&format!(
+            "… and {} more {what} (not listed)\n",
+            total - listed as u64
+        ));
+    }
 }
 
 /// `purge --json`: the report field for field, with the counts and `ok`.
@@ -347,9 +370,9 @@ pub fn purge_json(r: &PurgeReport) -> Value {
     json!({
         "ok": true,
         "dry_run": r.dry_run,
-        "deleted_tags": r.tags.len(),
-        "deleted_manifests": r.manifests.len(),
-        "skipped_count": r.skipped.len(),
+        "deleted_tags": purge_totals(r).0,
+        "deleted_manifests": purge_totals(r).1,
+        "skipped_count": purge_totals(r).2,
         "tags": r.tags.iter().map(|t| json!({
             "repository": t.repository,
             "tag": t.tag,
@@ -555,6 +578,9 @@ mod tests {
                 what: "app:v1".into(),
                 why: "the tag is locked".into(),
             }],
+            tags_total: 1,
+            manifests_total: 1,
+            skipped_total: 1,
         };
         assert_eq!(
             purge_text(&r),
@@ -576,5 +602,17 @@ mod tests {
             (json!(1), json!(1))
         );
         assert_eq!(j["skipped"][0]["what"], "app:v1");
+        // A cut list says how many were left out, and the counts are the totals.
+        let cut = PurgeReport {
+            tags_total: 1001,
+            ..r.clone()
+        };
+        assert!(
+            purge_text(&cut).contains("deleted 1001 tags")
+                && purge_text(&cut).contains("… and 1000 more tags (not listed)\n"),
+            "{}",
+            purge_text(&cut)
+        );
+        assert_eq!(purge_json(&cut)["deleted_tags"], 1001);
     }
 }

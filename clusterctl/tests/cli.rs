@@ -800,8 +800,9 @@ fn purge_reports_what_it_deleted_and_skipped() {
     assert_eq!(
         stdout(&out),
         "\
-purge: deleted 1 tag and 1 untagged manifest, skipped 1
+purge: deleted 2 tags and 1 untagged manifest, skipped 1
 deleted tag app:v2 (sha256:22)
+… and 1 more tags (not listed)
 deleted manifest app@sha256:22
 skipped app:v1: the tag is locked
 "
@@ -821,7 +822,7 @@ skipped app:v1: the tag is locked
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 1, "{}", stdout(&out));
     assert_eq!(lines[0]["dry_run"], true);
-    assert_eq!(lines[0]["deleted_tags"], 1);
+    assert_eq!(lines[0]["deleted_tags"], 2);
     assert_eq!(lines[0]["deleted_manifests"], 0, "no --untagged");
     assert_eq!(
         lines[0]["skipped"],
@@ -1946,6 +1947,10 @@ impl Admin for FakeAdmin {
                 what: "app:v1".into(),
                 why: "the tag is locked".into(),
             }],
+            // As a server cuts its lists: one more tag deleted than listed.
+            tags_total: 2,
+            manifests_total: if r.untagged { 1 } else { 0 },
+            skipped_total: 1,
         }))
     }
 }

@@ -107,6 +107,9 @@ impl Reaper {
     async fn reap(&self, digest: &Digest, min_age: Option<Duration>) -> bool {
         let blobs = self.registry.blob_store();
         let _placing = blobs.lock_digest(digest).await;
+        // After the digest's lock (never the other way round): a snapshot install waits for
+        // this, and nothing holding this waits for Raft.
+        let _whole = self.registry.meta().whole_state().await;
         match self.registry.meta().blob(digest).await {
             Ok(None) => {}
             Ok(Some(_)) => return false,
@@ -143,6 +146,22 @@ impl Reaper {
     pub async fn sweep(&self, stop: &CancellationToken) -> u64 {
         let blobs = self.registry.blob_store();
         let meta = self.registry.meta();
+        // Only over a state that is current: a node that has no counts yet (an empty or new
+        // store, or one from before GC) or cannot catch up with the leader (it may lag, or be
+        // restarting) removes nothing by absence.
+        if !meta.refs_counted().unwrap_or(false) {
+            tracing::debug!("no sweep: the reference counts are not built here yet");
+            return 0;
+        }
+        let cluster = self.registry.cluster();
+        if !cluster.is_leader() {
+            let caught_up =
+                tokio::time::timeout(Duration::from_secs(10), cluster.catch_up_with_leader()).await;
+            if !matches!(caught_up, Ok(Ok(()))) {
+                tracing::debug!("no sweep: this node could not catch up with the leader");
+                return 0;
+            }
+        }
         let mut removed = 0;
         for prefix in 0..=255u8 {
             if stop.is_cancelled() {

@@ -15,6 +15,7 @@ pub mod retention;
 use std::sync::Arc;
 
 use crate::cluster::ClusterError;
+pub use crate::meta::lifecycle::AttributesUpdate;
 use crate::meta::lifecycle::{
     Attributes, DeletedManifest, LifecycleCommand, LockTarget, NamespaceLimits, NamespaceUsage,
     RetentionPolicy,
@@ -68,34 +69,6 @@ impl LifecycleError {
             }
             other => LifecycleError::NotFound(other.to_string()),
         }
-    }
-}
-
-/// What an attributes update changes (`None`: leave as is).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AttributesUpdate {
-    /// `write_enabled`.
-    pub write_enabled: Option<bool>,
-    /// `delete_enabled`.
-    pub delete_enabled: Option<bool>,
-    /// `read_enabled`.
-    pub read_enabled: Option<bool>,
-    /// `list_enabled`.
-    pub list_enabled: Option<bool>,
-}
-
-impl AttributesUpdate {
-    fn apply(&self, mut a: Attributes) -> Attributes {
-        let set = |field: &mut bool, v: Option<bool>| {
-            if let Some(v) = v {
-                *field = v;
-            }
-        };
-        set(&mut a.write_enabled, self.write_enabled);
-        set(&mut a.delete_enabled, self.delete_enabled);
-        set(&mut a.read_enabled, self.read_enabled);
-        set(&mut a.list_enabled, self.list_enabled);
-        a
     }
 }
 
@@ -177,6 +150,8 @@ impl Lifecycle {
     }
 
     /// Changes the attributes of a repository, tag or manifest; returns them as they are now.
+    /// The change is merged when it applies, so changes made at once at other nodes to other
+    /// attributes stay.
     ///
     /// Errors: [`LifecycleError::NotFound`] when it does not exist.
     pub async fn update_attributes(
@@ -185,16 +160,14 @@ impl Lifecycle {
         target: LockTarget,
         update: AttributesUpdate,
     ) -> Result<Attributes, LifecycleError> {
-        self.catch_up().await;
-        let current = self.registry.meta().attributes(repo, &target)?;
-        let attributes = update.apply(current);
-        self.write(LifecycleCommand::SetAttributes {
+        self.write(LifecycleCommand::UpdateAttributes {
             repo: repo.clone(),
-            target,
-            attributes,
+            target: target.clone(),
+            update,
         })
         .await?;
-        Ok(attributes)
+        // This node applied the change before the write answered.
+        Ok(self.registry.meta().attributes(repo, &target)?)
     }
 
     /// The attributes of a repository and of everything in it that has some set.

@@ -10,8 +10,8 @@ use std::time::Duration;
 use regex::Regex;
 
 use super::{Lifecycle, LifecycleError};
-use crate::meta::lifecycle::LockTarget;
-use crate::meta::{Command, CommandV1, ManifestSummary, Page, Rejection, TagRecord, WriteResult};
+use crate::meta::lifecycle::{LifecycleCommand, LockTarget};
+use crate::meta::{Command, CommandV1, ManifestSummary, Rejection, TagRecord, WriteResult};
 use crate::types::time::now_ms;
 use crate::types::{Digest, RepositoryName, Tag};
 
@@ -113,17 +113,50 @@ pub struct Skipped {
     pub why: String,
 }
 
+/// Items of each kind a [`PurgeReport`] lists at most (it counts them all): the report of a
+/// large purge stays small enough for one answer.
+pub const MAX_LISTED: usize = 1000;
+
 /// What a purge deleted (or, dry, would delete).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PurgeReport {
     /// Whether it only looked.
     pub dry_run: bool,
-    /// Tags deleted: repository, tag, the manifest it pointed at.
+    /// The first [`MAX_LISTED`] tags deleted: repository, tag, the manifest it pointed at.
     pub tags: Vec<(RepositoryName, Tag, Digest)>,
-    /// Untagged manifests deleted.
+    /// The first [`MAX_LISTED`] untagged manifests deleted.
     pub manifests: Vec<(RepositoryName, Digest)>,
-    /// What it left.
+    /// The first [`MAX_LISTED`] items it left.
     pub skipped: Vec<Skipped>,
+    /// How many tags it deleted.
+    pub tags_total: u64,
+    /// How many manifests it deleted.
+    pub manifests_total: u64,
+    /// How many items it left.
+    pub skipped_total: u64,
+}
+
+impl PurgeReport {
+    fn tag(&mut self, repo: &RepositoryName, tag: Tag, digest: Digest) {
+        self.tags_total += 1;
+        if self.tags.len() < MAX_LISTED {
+            self.tags.push((repo.clone(), tag, digest));
+        }
+    }
+
+    fn manifest(&mut self, repo: &RepositoryName, digest: &Digest) {
+        self.manifests_total += 1;
+        if self.manifests.len() < MAX_LISTED {
+            self.manifests.push((repo.clone(), digest.clone()));
+        }
+    }
+
+    fn skip(&mut self, s: Skipped) {
+        self.skipped_total += 1;
+        if self.skipped.len() < MAX_LISTED {
+            self.skipped.push(s);
+        }
+    }
 }
 
 /// The manifests of a repository that no tag in `tags` points at, that are not a child of an
@@ -148,8 +181,10 @@ pub fn untagged<'a>(
 }
 
 impl Lifecycle {
-    /// Runs a purge (see the module documentation). Locked items are skipped and reported;
-    /// a delete another writer made first is not an error.
+    /// Runs a purge (see the module documentation), walking the repositories a page at a
+    /// time. Locked items are skipped and reported; so is a tag set again, or a manifest
+    /// tagged again, since the purge read it (the state machine checks both when the delete
+    /// applies); a delete another writer made first is not an error.
     pub async fn purge(&self, req: PurgeRequest) -> Result<PurgeReport, LifecycleError> {
         if req.filters.is_empty() || req.filters.len() > MAX_FILTERS {
             return Err(LifecycleError::Invalid(format!(
@@ -163,88 +198,108 @@ impl Lifecycle {
             dry_run: req.dry_run,
             ..PurgeReport::default()
         };
-        let (repos, _) = meta.repositories(Page::default()).await?;
-        for name in repos {
-            let filters: Vec<&PurgeFilter> = req
-                .filters
-                .iter()
-                .filter(|f| f.repo.is_match(&name))
-                .collect();
-            if filters.is_empty() {
-                continue;
-            }
-            let Ok(repo) = RepositoryName::parse(&name) else {
-                continue;
-            };
-            if !meta.attributes(&repo, &LockTarget::Repository)?.deletable() {
-                report.skipped.push(Skipped {
-                    what: name.clone(),
-                    why: "the repository is locked for deletes".into(),
-                });
-                continue;
-            }
-            let mut tags = meta.tag_records(&repo).await?;
-            let mut matched: Vec<(Tag, TagRecord)> = tags
-                .iter()
-                .filter(|(t, r)| {
-                    r.updated_ms <= cutoff && filters.iter().any(|f| f.tag.is_match(t.as_str()))
-                })
-                .cloned()
-                .collect();
-            // Newest first; the first `keep` stay.
-            matched.sort_by(|a, b| b.1.updated_ms.cmp(&a.1.updated_ms).then(a.0.cmp(&b.0)));
-            for (tag, record) in matched.into_iter().skip(req.keep) {
-                let what = format!("{repo}:{tag}");
-                if !meta
-                    .attributes(&repo, &LockTarget::Tag(tag.clone()))?
-                    .deletable()
-                {
-                    report.skipped.push(Skipped {
-                        what,
-                        why: "the tag is locked".into(),
-                    });
-                    continue;
-                }
-                if !req.dry_run {
-                    let cmd = CommandV1::DeleteTag {
-                        repo: repo.clone(),
-                        tag: tag.clone(),
-                    };
-                    match self.registry.cluster().write(Command::V1(cmd)).await? {
-                        WriteResult::Rejected(Rejection::TagUnknown(_)) => continue,
-                        WriteResult::Rejected(r) => {
-                            report.skipped.push(Skipped {
-                                what,
-                                why: r.to_string(),
-                            });
-                            continue;
-                        }
-                        _ => {}
-                    }
-                }
-                tags.retain(|(t, _)| t != &tag);
-                report.tags.push((repo.clone(), tag, record.digest));
-            }
-            if req.untagged {
-                let manifests = meta.manifest_summaries(&repo).await?;
-                for m in untagged(&manifests, &tags, cutoff) {
-                    if let Some(s) = self.delete_manifest(&repo, &m.digest, req.dry_run).await? {
-                        report.skipped.push(s);
-                    } else {
-                        report.manifests.push((repo.clone(), m.digest.clone()));
-                    }
+        let mut walk = super::retention::RepositoryWalk::default();
+        while let Some(page) = walk.next_page(meta).await? {
+            for repo in page {
+                let filters: Vec<&PurgeFilter> = req
+                    .filters
+                    .iter()
+                    .filter(|f| f.repo.is_match(repo.as_str()))
+                    .collect();
+                if !filters.is_empty() {
+                    self.purge_repository(&repo, &filters, &req, cutoff, &mut report)
+                        .await?;
                 }
             }
         }
         Ok(report)
     }
 
-    /// Deletes a manifest as the API's DELETE does (soft when soft delete is on); `Some` when
-    /// it was left (locked). A manifest deleted meanwhile counts as deleted.
+    async fn purge_repository(
+        &self,
+        repo: &RepositoryName,
+        filters: &[&PurgeFilter],
+        req: &PurgeRequest,
+        cutoff: u64,
+        report: &mut PurgeReport,
+    ) -> Result<(), LifecycleError> {
+        let meta = self.registry.meta();
+        if !meta.attributes(repo, &LockTarget::Repository)?.deletable() {
+            report.skip(Skipped {
+                what: repo.to_string(),
+                why: "the repository is locked for deletes".into(),
+            });
+            return Ok(());
+        }
+        let mut tags = meta.tag_records(repo).await?;
+        let mut matched: Vec<(Tag, TagRecord)> = tags
+            .iter()
+            .filter(|(t, r)| {
+                r.updated_ms <= cutoff && filters.iter().any(|f| f.tag.is_match(t.as_str()))
+            })
+            .cloned()
+            .collect();
+        // Newest first; the first `keep` stay.
+        matched.sort_by(|a, b| b.1.updated_ms.cmp(&a.1.updated_ms).then(a.0.cmp(&b.0)));
+        for (tag, record) in matched.into_iter().skip(req.keep) {
+            let what = format!("{repo}:{tag}");
+            if !meta
+                .attributes(repo, &LockTarget::Tag(tag.clone()))?
+                .deletable()
+            {
+                report.skip(Skipped {
+                    what,
+                    why: "the tag is locked".into(),
+                });
+                continue;
+            }
+            if !req.dry_run {
+                let cmd = LifecycleCommand::DeleteTagIf {
+                    repo: repo.clone(),
+                    tag: tag.clone(),
+                    digest: record.digest.clone(),
+                    updated_ms: record.updated_ms,
+                };
+                let cmd = Command::V1(CommandV1::Lifecycle(Box::new(cmd)));
+                match self.registry.cluster().write(cmd).await? {
+                    WriteResult::Rejected(Rejection::TagUnknown(_)) => continue,
+                    WriteResult::Rejected(r) => {
+                        report.skip(Skipped {
+                            what,
+                            why: r.to_string(),
+                        });
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            tags.retain(|(t, _)| t != &tag);
+            report.tag(repo, tag, record.digest);
+        }
+        if req.untagged {
+            let manifests = meta.manifest_summaries(repo).await?;
+            for m in untagged(&manifests, &tags, cutoff) {
+                match self
+                    .delete_manifest(repo, &m.digest, cutoff, req.dry_run)
+                    .await?
+                {
+                    Some(s) => report.skip(s),
+                    None => report.manifest(repo, &m.digest),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes an untagged manifest pushed at or before `pushed_by_ms` as the API's DELETE
+    /// does (soft when soft delete is on), on the condition that it is still untagged when
+    /// the delete applies (`RemoveUntagged`); `Some` when it was left (locked, or tagged or
+    /// named by an index since it was read). A manifest deleted meanwhile counts as deleted.
     pub(crate) async fn delete_manifest(
         &self,
         repo: &RepositoryName,
         digest: &Digest,
+        pushed_by_ms: u64,
         dry_run: bool,
     ) -> Result<Option<Skipped>, LifecycleError> {
         let what = format!("{repo}@{digest}");
@@ -261,12 +316,14 @@ impl Lifecycle {
         if dry_run {
             return Ok(None);
         }
-        let cmd = CommandV1::RemoveManifest {
+        let cmd = LifecycleCommand::RemoveUntagged {
             repo: repo.clone(),
             digest: digest.clone(),
+            pushed_by_ms,
             at_ms: now_ms(),
         };
-        match self.registry.cluster().write(Command::V1(cmd)).await? {
+        let cmd = Command::V1(CommandV1::Lifecycle(Box::new(cmd)));
+        match self.registry.cluster().write(cmd).await? {
             WriteResult::Rejected(Rejection::ManifestUnknown(_)) | WriteResult::Done => Ok(None),
             WriteResult::Rejected(r) => Ok(Some(Skipped {
                 what,

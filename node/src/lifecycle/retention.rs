@@ -127,7 +127,10 @@ impl Lifecycle {
             return Ok(());
         }
         for m in expired {
-            match self.delete_manifest(repo, &m.digest, dry_run).await? {
+            match self
+                .delete_manifest(repo, &m.digest, pushed_by_ms, dry_run)
+                .await?
+            {
                 Some(s) => report.skipped(s),
                 None => report.deleted(repo, &m.digest),
             }
@@ -183,7 +186,7 @@ impl Lifecycle {
 
 /// Walks the repositories, [`REPO_PAGE`] names at a time, in name order.
 #[derive(Default)]
-struct RepositoryWalk {
+pub(super) struct RepositoryWalk {
     /// The last name read.
     last: Option<String>,
     done: bool,
@@ -191,7 +194,7 @@ struct RepositoryWalk {
 
 impl RepositoryWalk {
     /// The next page of repositories (`None`: the walk is over).
-    async fn next_page(
+    pub(super) async fn next_page(
         &mut self,
         meta: &MetaReader,
     ) -> Result<Option<Vec<RepositoryName>>, MetaError> {

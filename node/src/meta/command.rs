@@ -215,7 +215,7 @@ fn lifecycle_verb(l: &super::lifecycle::LifecycleCommand) -> String {
         L::SetSoftDelete { retention_days } => format!("set-soft-delete {retention_days:?}"),
         L::SetRetention { pattern, .. } => format!("set-retention {pattern}"),
         L::ClearRetention { pattern } => format!("clear-retention {pattern}"),
-        L::SetAttributes { repo, target, .. } => match target {
+        L::UpdateAttributes { repo, target, .. } => match target {
             LockTarget::Repository => format!("set-attributes {repo}"),
             LockTarget::Tag(t) => format!("set-attributes {repo}:{t}"),
             LockTarget::Manifest(d) => format!("set-attributes {repo}@{d}"),
@@ -223,6 +223,8 @@ fn lifecycle_verb(l: &super::lifecycle::LifecycleCommand) -> String {
         L::Restore { repo, digest, .. } => format!("restore {repo}@{digest}"),
         L::PurgeDeleted { repo, digest, .. } => format!("purge-deleted {repo}@{digest}"),
         L::SetNamespace { namespace, .. } => format!("set-namespace {namespace}"),
+        L::RemoveUntagged { repo, digest, .. } => format!("remove-untagged {repo}@{digest}"),
+        L::DeleteTagIf { repo, tag, .. } => format!("delete-tag-if {repo}:{tag}"),
     }
 }
 
@@ -289,6 +291,9 @@ pub enum Rejection {
     /// A namespace limit forbids it; the text says which.
     #[error("{0}")]
     QuotaExceeded(String),
+    /// What a conditional command expected no longer holds; the text says what changed.
+    #[error("{0}")]
+    Changed(String),
     /// A scope map cannot be deleted while a token uses it.
     #[error("scope map {map} is used by token {token}")]
     ScopeMapInUse {

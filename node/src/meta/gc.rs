@@ -282,6 +282,7 @@ pub(super) fn count_references(
         Ok(get::<BlobRecord>(db, "blob record", &keys::blob(d))?.map_or(0, |b| b.size))
     };
     super::lifecycle::count_namespaces(db, cf, batch, &size_of)?;
+    super::lifecycle::rebuild_parents(db, cf, batch)?;
     let counts = full_mark(db)?;
     for item in scan(db, BLOB_PREFIX, None) {
         let (k, _) = item?;
@@ -417,6 +418,7 @@ pub(super) fn verify(db: &DB) -> Result<Vec<String>, MetaError> {
         Ok(get::<BlobRecord>(db, "blob record", &keys::blob(d))?.map_or(0, |b| b.size))
     };
     problems.extend(super::lifecycle::verify_namespaces(db, &size_of)?);
+    problems.extend(super::lifecycle::verify_parents(db)?);
     for missing in links.symmetric_difference(&reverse) {
         problems.push(format!(
             "link of {} in {} is only on one side",

@@ -68,6 +68,36 @@ impl Attributes {
     }
 }
 
+/// What an attributes change sets (`None`: leave as is). Applied to the attributes as they
+/// are when the command applies, so two changes made at once at different nodes both hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttributesUpdate {
+    /// `write_enabled`.
+    pub write_enabled: Option<bool>,
+    /// `delete_enabled`.
+    pub delete_enabled: Option<bool>,
+    /// `read_enabled`.
+    pub read_enabled: Option<bool>,
+    /// `list_enabled`.
+    pub list_enabled: Option<bool>,
+}
+
+impl AttributesUpdate {
+    /// `a` with this update applied.
+    pub fn apply(&self, mut a: Attributes) -> Attributes {
+        let set = |field: &mut bool, v: Option<bool>| {
+            if let Some(v) = v {
+                *field = v;
+            }
+        };
+        set(&mut a.write_enabled, self.write_enabled);
+        set(&mut a.delete_enabled, self.delete_enabled);
+        set(&mut a.read_enabled, self.read_enabled);
+        set(&mut a.list_enabled, self.list_enabled);
+        a
+    }
+}
+
 /// What attributes are set on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LockTarget {
@@ -153,14 +183,15 @@ pub enum LifecycleCommand {
         /// The pattern.
         pattern: String,
     },
-    /// Replaces the attributes of a repository, tag or manifest (all enabled: removes them).
-    SetAttributes {
+    /// Changes the attributes of a repository, tag or manifest (all enabled afterwards:
+    /// removes the record).
+    UpdateAttributes {
         /// The repository.
         repo: RepositoryName,
         /// What in it.
         target: LockTarget,
-        /// The attributes.
-        attributes: Attributes,
+        /// What to change.
+        update: AttributesUpdate,
     },
     /// Brings a soft-deleted manifest back, with its tags (those not taken meanwhile) or with
     /// `tag` only.
@@ -190,6 +221,33 @@ pub enum LifecycleCommand {
         namespace: String,
         /// Its limits.
         limits: NamespaceLimits,
+    },
+    /// Removes a manifest as `RemoveManifest` does, only if it is still untagged (no tag
+    /// points at it, no stored index of the repository names it, it is not a referrer) and
+    /// was pushed at or before `pushed_by_ms`: what retention and purge decided from a read
+    /// that may be stale. Answers [`Rejection::Changed`] otherwise.
+    RemoveUntagged {
+        /// The repository.
+        repo: RepositoryName,
+        /// The manifest.
+        digest: Digest,
+        /// The newest push time still old enough.
+        pushed_by_ms: u64,
+        /// When (ms since the epoch).
+        at_ms: u64,
+    },
+    /// Removes a tag as `DeleteTag` does, only if it still points at `digest` and was last
+    /// set at `updated_ms` (purge decided from a read that may be stale). Answers
+    /// [`Rejection::Changed`] otherwise.
+    DeleteTagIf {
+        /// The repository.
+        repo: RepositoryName,
+        /// The tag.
+        tag: Tag,
+        /// The manifest it pointed at when read.
+        digest: Digest,
+        /// When it was last set, as read.
+        updated_ms: u64,
     },
 }
 
@@ -271,13 +329,17 @@ pub fn namespace_of(repo: &RepositoryName) -> &str {
 
 // ---- reads -----------------------------------------------------------------------------
 
-/// The in-memory indexes of lifecycle state that reads consult before the database.
+/// The in-memory indexes of lifecycle state that reads consult before the database, and the
+/// gate that tells readers the state is whole.
 #[derive(Debug, Default)]
 pub struct Indexes {
     /// Repositories with attributes.
     pub locks: LockIndex,
     /// Namespaces with limits.
     pub limits: LimitIndex,
+    /// Held for writing while a snapshot replaces the state (the state is partial then):
+    /// whoever acts on the *absence* of a record (the GC reaper) holds it for reading.
+    pub installing: std::sync::Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Indexes {
@@ -869,10 +931,10 @@ pub(super) fn apply(
             batch.delete_cf(cf, key);
             Ok(Done)
         }
-        LifecycleCommand::SetAttributes {
+        LifecycleCommand::UpdateAttributes {
             repo,
             target,
-            attributes,
+            update,
         } => {
             let exists = match target {
                 LockTarget::Repository => db_has(db, &keys::repo(repo))?,
@@ -887,10 +949,11 @@ pub(super) fn apply(
                 }));
             }
             let key = attr_key(repo, target);
-            if *attributes == Attributes::default() {
+            let attributes = update.apply(attributes(db, repo, target)?);
+            if attributes == Attributes::default() {
                 batch.delete_cf(cf, key);
             } else {
-                put(batch, cf, &key, attributes);
+                put(batch, cf, &key, &attributes);
             }
             Ok(Done)
         }
@@ -927,7 +990,202 @@ pub(super) fn apply(
             }
             Ok(Done)
         }
+        // Applied by the state machine, which owns manifest and tag removal.
+        LifecycleCommand::RemoveUntagged { .. } | LifecycleCommand::DeleteTagIf { .. } => {
+            unreachable!("applied by the state machine")
+        }
     }
+}
+
+// ---- the index of an index's children ---------------------------------------------------
+
+const PARENT_PREFIX: &[u8] = b"x/";
+
+fn parent_key(repo: &RepositoryName, child: &Digest, parent: &Digest) -> Vec<u8> {
+    with(
+        PARENT_PREFIX,
+        &[
+            repo.as_str().as_bytes(),
+            child.as_str().as_bytes(),
+            parent.as_str().as_bytes(),
+        ],
+    )
+}
+
+fn parents_prefix(repo: &RepositoryName, child: &Digest) -> Vec<u8> {
+    with(
+        PARENT_PREFIX,
+        &[repo.as_str().as_bytes(), child.as_str().as_bytes(), b""],
+    )
+}
+
+/// The stored indexes of the repository that name `child` (`x/<repo>\0<child>\0<index>`,
+/// maintained with the reference counts).
+pub(super) fn parents(
+    db: &DB,
+    repo: &RepositoryName,
+    child: &Digest,
+) -> Result<Vec<Digest>, MetaError> {
+    let prefix = parents_prefix(repo, child);
+    let mut out = Vec::new();
+    for item in scan(db, &prefix, None) {
+        let (k, _) = item?;
+        if let Some(d) = std::str::from_utf8(&k[prefix.len()..])
+            .ok()
+            .and_then(|s| Digest::parse(s).ok())
+        {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// Records (`stored`) or forgets the children of the manifest `parent` of `repo`.
+pub(super) fn index_children(
+    cf: &ColumnFamily,
+    batch: &mut WriteBatch,
+    repo: &RepositoryName,
+    parent: &Digest,
+    record: &ManifestRecord,
+    stored: bool,
+) {
+    for child in &record.children {
+        let k = parent_key(repo, child, parent);
+        if stored {
+            batch.put_cf(cf, k, []);
+        } else {
+            batch.delete_cf(cf, k);
+        }
+    }
+}
+
+/// Every `x/` key the stored manifests imply (what the maintained index must equal).
+fn parent_keys(db: &DB) -> Result<BTreeSet<Vec<u8>>, MetaError> {
+    let mut out = BTreeSet::new();
+    for item in scan(db, keys::MANIFEST_PREFIX, None) {
+        let (k, v) = item?;
+        let rest = &k[keys::MANIFEST_PREFIX.len()..];
+        let Some(sep) = rest.iter().position(|b| *b == 0) else {
+            continue;
+        };
+        let repo = std::str::from_utf8(&rest[..sep])
+            .ok()
+            .and_then(|s| RepositoryName::parse(s).ok());
+        let parent = std::str::from_utf8(&rest[sep + 1..])
+            .ok()
+            .and_then(|s| Digest::parse(s).ok());
+        let (Some(repo), Some(parent)) = (repo, parent) else {
+            continue;
+        };
+        let Stored::V1(m) = decode::<Stored<ManifestRecord>>("manifest", &v)?;
+        for child in &m.children {
+            out.insert(parent_key(&repo, child, &parent));
+        }
+    }
+    Ok(out)
+}
+
+/// Rebuilds the children index (part of `CountReferences`).
+pub(super) fn rebuild_parents(
+    db: &DB,
+    cf: &ColumnFamily,
+    batch: &mut WriteBatch,
+) -> Result<(), MetaError> {
+    batch.delete_range_cf(
+        cf,
+        PARENT_PREFIX,
+        keys::prefix_end(PARENT_PREFIX).as_slice(),
+    );
+    for k in parent_keys(db)? {
+        batch.put_cf(cf, k, []);
+    }
+    Ok(())
+}
+
+/// Compares the maintained children index with the stored manifests.
+pub(super) fn verify_parents(db: &DB) -> Result<Vec<String>, MetaError> {
+    let want = parent_keys(db)?;
+    let mut have = BTreeSet::new();
+    for item in scan(db, PARENT_PREFIX, None) {
+        let (k, _) = item?;
+        have.insert(k.to_vec());
+    }
+    Ok(want
+        .symmetric_difference(&have)
+        .map(|k| format!("children index key {} differs", String::from_utf8_lossy(k)))
+        .collect())
+}
+
+/// Refuses removing `digest` by retention or purge when it is no longer untagged: a tag
+/// points at it, a stored index names it, it is a referrer, or it was pushed after
+/// `pushed_by_ms`.
+pub(super) fn check_untagged(
+    db: &DB,
+    repo: &RepositoryName,
+    digest: &Digest,
+    pushed_by_ms: u64,
+) -> Result<Option<Rejection>, MetaError> {
+    let Some(m) = get::<ManifestRecord>(db, "manifest", &keys::manifest(repo, digest))? else {
+        return Ok(Some(Rejection::ManifestUnknown(digest.clone())));
+    };
+    let changed = |why: &str| Ok(Some(Rejection::Changed(format!("{repo}@{digest} {why}"))));
+    if m.created_ms > pushed_by_ms {
+        return changed("was pushed again since");
+    }
+    if m.subject.is_some() {
+        return changed("is a referrer");
+    }
+    if !parents(db, repo, digest)?.is_empty() {
+        return changed("is named by an index now");
+    }
+    let prefix = keys::tag_prefix(repo);
+    for item in scan(db, &prefix, None) {
+        let (_, v) = item?;
+        let Stored::V1(t) = decode::<Stored<TagRecord>>("tag", &v)?;
+        if &t.digest == digest {
+            return changed("is tagged now");
+        }
+    }
+    Ok(None)
+}
+
+/// Refuses deleting a manifest that a stored index of the repository names while that
+/// index, or a tag pointing at it, is locked: a locked image keeps its platforms.
+pub(super) fn check_parents_unlocked(
+    db: &DB,
+    repo: &RepositoryName,
+    digest: &Digest,
+) -> Result<Option<Rejection>, MetaError> {
+    let parents = parents(db, repo, digest)?;
+    if parents.is_empty() {
+        return Ok(None);
+    }
+    for p in &parents {
+        if !attributes(db, repo, &LockTarget::Manifest(p.clone()))?.deletable() {
+            return Ok(Some(locked(format!(
+                "manifest {repo}@{digest} belongs to the locked index {p}: it cannot be deleted"
+            ))));
+        }
+    }
+    let prefix = keys::tag_prefix(repo);
+    for item in scan(db, &prefix, None) {
+        let (k, v) = item?;
+        let Stored::V1(t) = decode::<Stored<TagRecord>>("tag", &v)?;
+        if !parents.contains(&t.digest) {
+            continue;
+        }
+        let Ok(tag) = std::str::from_utf8(&k[prefix.len()..]).map(Tag::parse) else {
+            continue;
+        };
+        let Ok(tag) = tag else { continue };
+        if !attributes(db, repo, &LockTarget::Tag(tag.clone()))?.deletable() {
+            return Ok(Some(locked(format!(
+                "manifest {repo}@{digest} belongs to an index with the locked tag {tag}: it \
+                 cannot be deleted"
+            ))));
+        }
+    }
+    Ok(None)
 }
 
 fn db_has(db: &DB, key: &[u8]) -> Result<bool, MetaError> {
@@ -972,6 +1230,9 @@ fn restore(
         refs.drop_refs(batch, repo, &d.record, at_ms)?;
     } else {
         put(batch, cf, &manifest_key, &d.record);
+        if super::gc::counting(db)? {
+            index_children(cf, batch, repo, digest, &d.record, true);
+        }
         if let (Some(subject), Some(referrer)) = (&d.record.subject, &d.referrer) {
             put(batch, cf, &keys::referrer(repo, subject, digest), referrer);
         }

@@ -214,6 +214,9 @@ impl From<MetaError> for std::io::Error {
     }
 }
 
+/// Collected blobs queued for the reaper at most (see `open_closable`).
+const COLLECTED_CAPACITY: usize = 1 << 18;
+
 const CF_LOGS: &str = "logs";
 const CF_RAFT: &str = "raft";
 const CF_STATE: &str = "state";
@@ -243,7 +246,10 @@ pub fn open_closable(
     // One gate for both writers: the log store and the state machine share the disk.
     let gate = WriteGate::new(&path);
     let notices = Arc::new(Notices::default());
-    let collected = Arc::new(Notices::default());
+    // Collected blobs for the reaper: a collection proposes at most `gc.max_blobs_per_sec`
+    // and the reaper removes as many, so this holds minutes of backlog (about 100 bytes
+    // each); past it the reaper sweeps instead.
+    let collected = Arc::new(Notices::with_capacity(COLLECTED_CAPACITY));
     let indexes = Arc::new(lifecycle::Indexes::default());
     indexes.reload(&db)?;
     let (auth, auth_view) = auth::AuthPublisher::open(&db)?;

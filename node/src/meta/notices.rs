@@ -47,17 +47,33 @@ struct Inner {
 }
 
 /// The queue of notices between the state machine and the replicator.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Notices {
     inner: Mutex<Inner>,
     wake: tokio::sync::Notify,
+    capacity: usize,
+}
+
+impl Default for Notices {
+    fn default() -> Self {
+        Notices::with_capacity(NOTICE_CAPACITY)
+    }
 }
 
 impl Notices {
+    /// A queue that holds at most `capacity` notices before it turns into a resync.
+    pub(super) fn with_capacity(capacity: usize) -> Notices {
+        Notices {
+            inner: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            capacity,
+        }
+    }
+
     /// Queues a notice (dropped, with a resync, when the queue is full).
     pub(super) fn push(&self, notice: Notice) {
         let mut inner = self.inner.lock().expect("notices lock");
-        if inner.queue.len() >= NOTICE_CAPACITY {
+        if inner.queue.len() >= self.capacity {
             inner.queue.clear();
             inner.resync = true;
         } else if !inner.resync {

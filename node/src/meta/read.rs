@@ -240,6 +240,13 @@ impl MetaReader {
         self.point(|db| lifecycle::attributes(db, repo, target))
     }
 
+    /// Waits until no snapshot is being installed and returns a guard during which none
+    /// starts: hold it while acting on the absence of a record (a snapshot install empties
+    /// the state before it writes it back).
+    pub async fn whole_state(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.indexes.installing.clone().read_owned().await
+    }
+
     /// Whether the namespace has limits set (no read of the database).
     pub fn has_namespace_limits(&self, ns: &str) -> bool {
         self.indexes.limits.has(ns)

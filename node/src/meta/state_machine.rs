@@ -44,6 +44,8 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
+    // One argument per shared part: they are made together in `meta::open_closable`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn open(
         db: Arc<DB>,
         snapshot_dir: PathBuf,
@@ -76,7 +78,9 @@ fn attributes_changed_by(entry: &openraft::alias::EntryOf<TypeConfig>) -> Option
             | CommandV1::DeleteManifest { repo, .. }
             | CommandV1::RemoveManifest { repo, .. } => Some(repo),
             CommandV1::Lifecycle(l) => match l.as_ref() {
-                lifecycle::LifecycleCommand::SetAttributes { repo, .. } => Some(repo),
+                lifecycle::LifecycleCommand::UpdateAttributes { repo, .. }
+                | lifecycle::LifecycleCommand::RemoveUntagged { repo, .. }
+                | lifecycle::LifecycleCommand::DeleteTagIf { repo, .. } => Some(repo),
                 _ => None,
             },
             _ => None,
@@ -94,7 +98,9 @@ fn tags_changed_by(entry: &openraft::alias::EntryOf<TypeConfig>) -> Option<&Repo
             | CommandV1::DeleteManifest { repo, .. }
             | CommandV1::RemoveManifest { repo, .. } => Some(repo),
             CommandV1::Lifecycle(l) => match l.as_ref() {
-                lifecycle::LifecycleCommand::Restore { repo, .. } => Some(repo),
+                lifecycle::LifecycleCommand::Restore { repo, .. }
+                | lifecycle::LifecycleCommand::RemoveUntagged { repo, .. }
+                | lifecycle::LifecycleCommand::DeleteTagIf { repo, .. } => Some(repo),
                 _ => None,
             },
             _ => None,
@@ -129,14 +135,16 @@ fn notify(
                     }
                 }
             }
-            CommandV1::Lifecycle(l) => {
-                if let lifecycle::LifecycleCommand::Restore { repo, digest, .. } = l.as_ref() {
+            CommandV1::Lifecycle(l) => match l.as_ref() {
+                lifecycle::LifecycleCommand::Restore { repo, digest, .. }
+                | lifecycle::LifecycleCommand::RemoveUntagged { repo, digest, .. } => {
                     notices.push(Notice::Manifest {
                         repo: repo.clone(),
                         digest: digest.clone(),
                     })
                 }
-            }
+                _ => {}
+            },
             CommandV1::CountReferences { .. } | CommandV1::TouchBlobs { .. } => {}
             CommandV1::BlobStored { digest, .. } | CommandV1::BlobCopied { digest, .. } => {
                 notices.push(Notice::Blob(digest.clone()))
@@ -395,7 +403,11 @@ fn apply_command(
         }
         CommandV1::PutManifest(p) => apply_put_manifest(db, cf, batch, p),
         CommandV1::CountReferences { at_ms } => {
-            gc::count_references(db, cf, batch, *at_ms)?;
+            // Once only: proposers read lagging state, and a second count would restart
+            // every unreferenced blob's grace.
+            if !gc::counting(db)? {
+                gc::count_references(db, cf, batch, *at_ms)?;
+            }
             Ok(WriteResult::Done)
         }
         CommandV1::TouchBlobs { digests, at_ms } => {
@@ -438,21 +450,56 @@ fn apply_command(
             batch.delete_cf(cf, key);
             Ok(WriteResult::Done)
         }
-        CommandV1::DeleteTag { repo, tag } => {
-            let key = keys::tag(repo, tag);
-            if !exists(db, &key)? {
-                return Ok(WriteResult::Rejected(Rejection::TagUnknown(tag.clone())));
+        CommandV1::DeleteTag { repo, tag } => delete_tag(db, cf, batch, repo, tag, None),
+        CommandV1::Lifecycle(l) => match l.as_ref() {
+            lifecycle::LifecycleCommand::RemoveUntagged {
+                repo,
+                digest,
+                pushed_by_ms,
+                at_ms,
+            } => {
+                refuse!(lifecycle::check_untagged(db, repo, digest, *pushed_by_ms)?);
+                remove_manifest(db, cf, batch, repo, digest, Some(*at_ms))
             }
-            refuse!(lifecycle::check_delete_tag(db, repo, tag)?);
-            batch.delete_cf(cf, key);
-            lifecycle::forget_attributes(cf, batch, repo, &lifecycle::LockTarget::Tag(tag.clone()));
-            Ok(WriteResult::Done)
-        }
-        CommandV1::Lifecycle(l) => lifecycle::apply(db, cf, batch, l, &RefsOf { db, cf }),
+            lifecycle::LifecycleCommand::DeleteTagIf {
+                repo,
+                tag,
+                digest,
+                updated_ms,
+            } => delete_tag(db, cf, batch, repo, tag, Some((digest, *updated_ms))),
+            l => lifecycle::apply(db, cf, batch, l, &RefsOf { db, cf }),
+        },
         CommandV1::DeleteManifest { repo, digest } => {
             remove_manifest(db, cf, batch, repo, digest, None)
         }
     }
+}
+
+/// Removes a tag (refused when it or its repository is locked for deletes); with `expect`,
+/// only if it still points at that manifest and was last set at that time.
+fn delete_tag(
+    db: &DB,
+    cf: &ColumnFamily,
+    batch: &mut WriteBatch,
+    repo: &RepositoryName,
+    tag: &crate::types::Tag,
+    expect: Option<(&Digest, u64)>,
+) -> Result<WriteResult, MetaError> {
+    let key = keys::tag(repo, tag);
+    let Some(current) = get::<TagRecord>(db, "tag", &key)? else {
+        return Ok(WriteResult::Rejected(Rejection::TagUnknown(tag.clone())));
+    };
+    if let Some((digest, updated_ms)) = expect
+        && (&current.digest != digest || current.updated_ms != updated_ms)
+    {
+        return Ok(WriteResult::Rejected(Rejection::Changed(format!(
+            "tag {repo}:{tag} was set again since"
+        ))));
+    }
+    refuse!(lifecycle::check_delete_tag(db, repo, tag)?);
+    batch.delete_cf(cf, key);
+    lifecycle::forget_attributes(cf, batch, repo, &lifecycle::LockTarget::Tag(tag.clone()));
+    Ok(WriteResult::Done)
 }
 
 /// A day in milliseconds.
@@ -511,6 +558,11 @@ fn remove_manifest(
         }
     }
     refuse!(lifecycle::check_delete_manifest(db, repo, digest, &tags)?);
+    let counting = gc::counting(db)?;
+    if counting {
+        refuse!(lifecycle::check_parents_unlocked(db, repo, digest)?);
+        lifecycle::index_children(cf, batch, repo, digest, &record, false);
+    }
     batch.delete_cf(cf, key);
     for t in &tags {
         batch.delete_cf(cf, keys::tag(repo, t));
@@ -531,7 +583,6 @@ fn remove_manifest(
         }
         None => None,
     };
-    let counting = gc::counting(db)?;
     let at = at_ms.unwrap_or(record.created_ms);
     // Soft delete keeps the manifest (and so its references) in the recycle bin; a
     // `DeleteManifest` of an older berth is always final.
@@ -594,6 +645,7 @@ fn apply_put_manifest(
         put(batch, cf, &key, &p.record);
         if counting {
             gc::reference(db, cf, batch, &p.repo, &p.record.blobs, true, at_ms)?;
+            lifecycle::index_children(cf, batch, &p.repo, &p.digest, &p.record, true);
         }
     }
     if let Some(tag) = &p.tag {
@@ -642,7 +694,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let (entries, responders): (Vec<_>, Vec<_>) =
             entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
         self.gate.wait_for_room().await?;
-        let results = if entries.len() <= INLINE_APPLY_MAX {
+        // A full count walks every manifest: never on the calling task.
+        let heavy = entries.iter().any(|e| {
+            matches!(
+                &e.payload,
+                EntryPayload::Normal(Command::V1(CommandV1::CountReferences { .. }))
+            )
+        });
+        let results = if entries.len() <= INLINE_APPLY_MAX && !heavy {
             // A few memtable writes take microseconds: less than two thread hand-offs to the
             // blocking pool and back (ADR 006). Applying never fsyncs (the log is durable).
             entries
@@ -694,6 +753,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: std::fs::File,
     ) -> io::Result<()> {
         self.gate.wait_for_room().await?;
+        // Readers that act on a record's absence wait until the state is whole again.
+        let _installing = self.indexes.installing.clone().write_owned().await;
         let db = self.db.clone();
         let files = self.snapshots.clone();
         let meta = meta.clone();
@@ -739,7 +800,7 @@ mod tests {
 
     use super::*;
     use crate::meta::lifecycle::{
-        Attributes, LifecycleCommand, LockTarget, NamespaceLimits, NamespaceUsage,
+        Attributes, AttributesUpdate, LifecycleCommand, LockTarget, NamespaceLimits, NamespaceUsage,
     };
     use crate::meta::{MetaReader, Notice, Page, open};
 
@@ -1069,13 +1130,19 @@ mod tests {
         CommandV1::Lifecycle(Box::new(l))
     }
 
+    /// Sets every attribute of `target`: all enabled, then as `f` changes them.
     fn set_attrs(r: &str, target: LockTarget, f: impl FnOnce(&mut Attributes)) -> CommandV1 {
-        let mut attributes = Attributes::default();
-        f(&mut attributes);
-        lifecycle_cmd(LifecycleCommand::SetAttributes {
+        let mut a = Attributes::default();
+        f(&mut a);
+        lifecycle_cmd(LifecycleCommand::UpdateAttributes {
             repo: repo(r),
             target,
-            attributes,
+            update: AttributesUpdate {
+                write_enabled: Some(a.write_enabled),
+                delete_enabled: Some(a.delete_enabled),
+                read_enabled: Some(a.read_enabled),
+                list_enabled: Some(a.list_enabled),
+            },
         })
     }
 
@@ -1325,6 +1392,159 @@ mod tests {
                 repositories: 2
             }
         );
+        assert!(reader.verify_references().await.unwrap().is_empty());
+    }
+
+    /// An index over `children` (no blobs), stored in `r`.
+    fn index(
+        r: &str,
+        bytes: &[u8],
+        children: &[&Digest],
+        tag: Option<&str>,
+    ) -> (Digest, CommandV1) {
+        let digest = Digest::sha256_of(bytes);
+        let cmd = CommandV1::PutManifest(Box::new(PutManifest {
+            repo: repo(r),
+            digest: digest.clone(),
+            tag: tag.map(|t| crate::types::Tag::parse(t).unwrap()),
+            record: ManifestRecord {
+                media_type: "application/vnd.oci.image.index.v1+json".into(),
+                bytes: bytes.to_vec(),
+                blobs: vec![],
+                children: children.iter().map(|d| (*d).clone()).collect(),
+                subject: None,
+                created_ms: 10,
+            },
+            referrer: None,
+        }));
+        (digest, cmd)
+    }
+
+    /// Retention's and purge's conditional deletes hold only while what they read holds: a
+    /// manifest tagged or named by an index since is kept, a tag set again is kept; a lock on
+    /// an index or its tag protects its children; attribute changes merge.
+    #[tokio::test]
+    async fn conditional_deletes_and_locks_follow_the_state_when_they_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, sm, reader) = open(dir.path()).unwrap();
+        let mut i = 0;
+        let mut next = || {
+            i += 1;
+            i
+        };
+        apply(&sm, next(), CommandV1::CountReferences { at_ms: 1 });
+        let a = Digest::sha256_of(b"a");
+        apply(&sm, next(), stored("r", &a, 10));
+        let (m1, put1) = manifest("r", b"m1", &[&a], None);
+        let (m2, put2) = manifest("r", b"m2", &[&a], None);
+        apply(&sm, next(), put1);
+        apply(&sm, next(), put2);
+        let untagged = |d: &Digest, pushed_by_ms| {
+            lifecycle_cmd(LifecycleCommand::RemoveUntagged {
+                repo: repo("r"),
+                digest: d.clone(),
+                pushed_by_ms,
+                at_ms: 50,
+            })
+        };
+        let changed = |r| matches!(r, WriteResult::Rejected(Rejection::Changed(_)));
+        // Tagged since the read: kept.
+        let (_, tag_m1) = manifest("r", b"m1", &[&a], Some("prod"));
+        apply(&sm, next(), tag_m1);
+        assert!(changed(apply(&sm, next(), untagged(&m1, 100))));
+        // Pushed after the cutoff: kept.
+        assert!(changed(apply(&sm, next(), untagged(&m2, 5))));
+        // Named by an index since: kept; the index's lock protects it from a plain delete.
+        let (ix, put_ix) = index("r", b"ix", &[&m2], Some("multi"));
+        apply(&sm, next(), put_ix);
+        assert!(changed(apply(&sm, next(), untagged(&m2, 100))));
+        apply(
+            &sm,
+            next(),
+            set_attrs("r", LockTarget::Tag(tag("multi")), |a| {
+                a.delete_enabled = false
+            }),
+        );
+        let del_m2 = CommandV1::RemoveManifest {
+            repo: repo("r"),
+            digest: m2.clone(),
+            at_ms: 60,
+        };
+        assert!(locked(apply(&sm, next(), del_m2.clone())));
+        apply(
+            &sm,
+            next(),
+            set_attrs("r", LockTarget::Tag(tag("multi")), |_| {}),
+        );
+        apply(
+            &sm,
+            next(),
+            set_attrs("r", LockTarget::Manifest(ix.clone()), |a| {
+                a.write_enabled = false
+            }),
+        );
+        assert!(locked(apply(&sm, next(), del_m2.clone())));
+        apply(
+            &sm,
+            next(),
+            set_attrs("r", LockTarget::Manifest(ix.clone()), |_| {}),
+        );
+        // Once the index is gone the child is untagged again, and retention may take it.
+        let del_ix = CommandV1::RemoveManifest {
+            repo: repo("r"),
+            digest: ix,
+            at_ms: 70,
+        };
+        assert_eq!(apply(&sm, next(), del_ix), WriteResult::Done);
+        assert_eq!(apply(&sm, next(), untagged(&m2, 100)), WriteResult::Done);
+        assert!(reader.verify_references().await.unwrap().is_empty());
+        // A tag set again since purge read it stays.
+        let stale = lifecycle_cmd(LifecycleCommand::DeleteTagIf {
+            repo: repo("r"),
+            tag: tag("prod"),
+            digest: m1.clone(),
+            updated_ms: 9,
+        });
+        assert!(changed(apply(&sm, next(), stale)));
+        let fresh = lifecycle_cmd(LifecycleCommand::DeleteTagIf {
+            repo: repo("r"),
+            tag: tag("prod"),
+            digest: m1.clone(),
+            updated_ms: 10,
+        });
+        assert_eq!(apply(&sm, next(), fresh), WriteResult::Done);
+        // Two attribute changes to different switches both hold.
+        let switch = |update| {
+            lifecycle_cmd(LifecycleCommand::UpdateAttributes {
+                repo: repo("r"),
+                target: LockTarget::Repository,
+                update,
+            })
+        };
+        apply(
+            &sm,
+            next(),
+            switch(AttributesUpdate {
+                write_enabled: Some(false),
+                ..Default::default()
+            }),
+        );
+        apply(
+            &sm,
+            next(),
+            switch(AttributesUpdate {
+                list_enabled: Some(false),
+                ..Default::default()
+            }),
+        );
+        let now = reader
+            .attributes(&repo("r"), &LockTarget::Repository)
+            .unwrap();
+        assert!(!now.write_enabled && !now.list_enabled && now.read_enabled);
+        // A second count changes nothing (it is proposed by nodes reading lagging state).
+        let before = reader.blob_refs(&a).unwrap();
+        apply(&sm, next(), CommandV1::CountReferences { at_ms: 999 });
+        assert_eq!(reader.blob_refs(&a).unwrap(), before);
         assert!(reader.verify_references().await.unwrap().is_empty());
     }
 

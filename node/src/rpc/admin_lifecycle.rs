@@ -105,6 +105,9 @@ fn merged_limits(mut limits: NamespaceLimits, req: &pb::SetNamespaceRequest) -> 
 fn purge_message(r: PurgeReport) -> pb::PurgeReport {
     pb::PurgeReport {
         dry_run: r.dry_run,
+        tags_total: r.tags_total,
+        manifests_total: r.manifests_total,
+        skipped_total: r.skipped_total,
         tags: r
             .tags
             .into_iter()
