@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use berth_node::gc::GcReport;
-use berth_node::types::Digest;
+use berth_node::meta::{Command, CommandV1, WriteResult};
+use berth_node::registry::{CopyFor, RegistryError};
+use berth_node::types::time::now_ms;
+use berth_node::types::{Digest, RepositoryName};
 use common::*;
 use http::StatusCode;
 use tokio_util::sync::CancellationToken;
@@ -187,32 +190,57 @@ async fn an_upload_in_flight_survives_a_pass() {
     stop.stop(t).await;
 }
 
+/// Proposes a command through the node's Raft, as the registry would.
+async fn propose(t: &TestNode, cmd: CommandV1) -> WriteResult {
+    t.node()
+        .registry
+        .cluster()
+        .write(Command::V1(cmd))
+        .await
+        .unwrap()
+}
+
+/// Builds the reference counts as the first pass does, but with the blobs found unreferenced
+/// last touched `ago` before now: a test needs no wait for their touch slack to pass.
+async fn count_references_touched_ago(t: &TestNode, ago: Duration) {
+    let at_ms = now_ms() - ago.as_millis() as u64;
+    propose(t, CommandV1::CountReferences { at_ms }).await;
+    assert!(t.node().registry.meta().refs_counted().unwrap());
+}
+
+/// The index of the last entry of the node's Raft log (a single node: it leads).
+async fn log_index(t: &TestNode) -> u64 {
+    t.node().registry.cluster().read_index().await.unwrap()
+}
+
 /// A HEAD (a client told "exists") and a mount restart an unreferenced blob's grace; a HEAD
-/// of a referenced blob writes nothing.
+/// within the touch slack and a HEAD of a referenced blob write nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_or_a_mount_restarts_the_grace_of_an_unreferenced_blob() {
-    // Grace 10 s: a touch within a second of the last one is skipped (`gc::touch_slack`).
-    let (t, stop) = node_with_grace(10).await;
+    // Grace 600 s: a touch within a minute of the last one is skipped (`gc::touch_slack`).
+    let (t, stop) = node_with_grace(600).await;
     let meta = t.node().registry.meta().clone();
     let (_, image) = t.push_image("r", Some("v1"), "s").await;
-    gc(&t).await; // builds the counts
     let loose = t.push_blob("r", b"loose").await;
+    count_references_touched_ago(&t, Duration::from_secs(120)).await;
     let first = meta.blob_refs(&digest(&loose)).unwrap().unwrap();
     assert_eq!(first.refs, 0);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
     t.head(&format!("/v2/r/blobs/{loose}"))
         .await
         .expect(StatusCode::OK);
     let touched = meta.blob_refs(&digest(&loose)).unwrap().unwrap();
     assert!(
-        touched.touched_ms >= first.touched_ms + 1000,
+        touched.touched_ms >= first.touched_ms + 120_000,
         "{first:?} then {touched:?}"
     );
-    // Within the slack a second HEAD writes nothing.
+    // Within the slack (a minute) a second HEAD writes nothing.
+    let before = log_index(&t).await;
     t.head(&format!("/v2/r/blobs/{loose}"))
         .await
         .expect(StatusCode::OK);
     assert_eq!(meta.blob_refs(&digest(&loose)).unwrap().unwrap(), touched);
+    assert_eq!(log_index(&t).await, before);
+    // A mount always touches.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     t.post(
         &format!("/v2/other/blobs/uploads/?mount={loose}&from=r"),
@@ -234,6 +262,112 @@ async fn a_head_or_a_mount_restarts_the_grace_of_an_unreferenced_blob() {
     assert_eq!(gc(&t).await.blobs, 0);
     drop(meta);
     stop.stop(t).await;
+}
+
+/// Concurrent HEADs of one unreferenced blob write one touch between them: the others wait
+/// for it and find the blob freshly touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_heads_of_an_unreferenced_blob_write_one_touch() {
+    let (t, stop) = node_with_grace(600).await;
+    let loose = t.push_blob("r", b"headed at once").await;
+    count_references_touched_ago(&t, Duration::from_secs(120)).await;
+    let meta = t.node().registry.meta().clone();
+    let first = meta.blob_refs(&digest(&loose)).unwrap().unwrap();
+    let before = log_index(&t).await;
+    let heads: Vec<_> = (0..16)
+        .map(|_| {
+            let c = t.client.clone();
+            let uri = format!("/v2/r/blobs/{loose}");
+            tokio::spawn(async move {
+                c.head(&uri).await.expect(StatusCode::OK);
+            })
+        })
+        .collect();
+    for h in heads {
+        h.await.expect("a HEAD failed");
+    }
+    assert_eq!(log_index(&t).await, before + 1, "one touch, one log entry");
+    let touched = meta.blob_refs(&digest(&loose)).unwrap().unwrap();
+    assert_eq!(touched.refs, 0);
+    assert!(touched.touched_ms >= first.touched_ms + 120_000);
+    drop(meta);
+    stop.stop(t).await;
+}
+
+/// A copy on disk whose record lacks this node (a crash between its rename and its record)
+/// is recorded under the digest's lock, as every path that records a file it placed: a
+/// reaper holding the lock, which found no reason to keep the file, removes it before the
+/// record can name this node, and the copy is then fetched again rather than recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_on_disk_is_recorded_under_the_digest_lock() {
+    let mut data_dir = None;
+    let t = TestNode::start_with(|c| data_dir = Some(c.data_dir.clone())).await;
+    let registry = t.node().registry.clone();
+    let place = |content: &[u8]| {
+        // As a copy that was moved into place, then lost its `BlobCopied` in a crash.
+        let d = digest(&digest_of(content));
+        let hex = d.hex();
+        let dir = data_dir
+            .as_ref()
+            .unwrap()
+            .join("blobs/sha256")
+            .join(&hex[..2]);
+        std::fs::write(dir.join(hex), content).unwrap();
+        assert!(registry.blob_store().holds(&d));
+        d
+    };
+    // The cluster knows the blobs from another holder (node 2, not a member: it provides
+    // nothing).
+    let record_elsewhere = |d: Digest, size: usize| CommandV1::BlobStored {
+        repo: RepositoryName::parse("r").unwrap(),
+        digest: d,
+        size: size as u64,
+        node: 2,
+        at_ms: now_ms(),
+    };
+    let holders = |d: &Digest| {
+        let meta = t.node().registry.meta().clone();
+        let d = d.clone();
+        async move { Vec::from_iter(meta.blob(&d).await.unwrap().unwrap().holders) }
+    };
+
+    // No reaper: the copy is recorded.
+    let kept = b"kept copy";
+    let d = place(kept);
+    propose(&t, record_elsewhere(d.clone(), kept.len())).await;
+    registry
+        .ensure_local_copy(&d, CopyFor::Placement)
+        .await
+        .unwrap();
+    assert_eq!(holders(&d).await, vec![1, 2]);
+
+    // The reaper holds the digest's lock and removes the file: the record never names this
+    // node.
+    let reaped = b"reaped copy";
+    let d = place(reaped);
+    propose(&t, record_elsewhere(d.clone(), reaped.len())).await;
+    let reaping = registry.blob_store().lock_digest(&d).await;
+    let copy = {
+        let (registry, d) = (registry.clone(), d.clone());
+        tokio::spawn(async move { registry.ensure_local_copy(&d, CopyFor::Placement).await })
+    };
+    // Time for a copy that does not wait for the lock to write its record.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(holders(&d).await, vec![2]);
+    registry.blob_store().delete(&d).await.unwrap();
+    drop(reaping);
+    let res = tokio::time::timeout(Duration::from_secs(30), copy)
+        .await
+        .expect("the copy ended")
+        .unwrap();
+    assert!(
+        matches!(res, Err(RegistryError::Unavailable(_))),
+        "fetched from node 2: {res:?}"
+    );
+    assert_eq!(holders(&d).await, vec![2]);
+    assert!(!registry.blob_store().holds(&d));
+    drop(registry);
+    t.stop().await;
 }
 
 /// A dry pass reports what a pass would free and frees nothing.
@@ -261,10 +395,10 @@ async fn a_dry_pass_changes_nothing() {
 /// blob directory holds exactly the blobs the remaining tagged images reference.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collection_during_concurrent_pushes_deletes_and_pulls() {
-    // The grace covers a push's HEADs, uploads and manifest PUT (milliseconds here); the
-    // churn lasts about twice as long, so blobs it leaves unreferenced are collected while
-    // others reuse them.
-    const GRACE: u64 = 2;
+    // The grace covers a push's HEADs, uploads and manifest PUT (milliseconds here, much
+    // longer on a loaded machine); the churn lasts more than twice as long (12 rounds with
+    // 600 ms pauses), so blobs it leaves unreferenced are collected while others reuse them.
+    const GRACE: u64 = 3;
     let (t, stop) = node_with_grace(GRACE).await;
     gc(&t).await;
     let layers: Vec<Vec<u8>> = (0..12)
@@ -314,7 +448,7 @@ async fn collection_during_concurrent_pushes_deletes_and_pulls() {
                 } else {
                     kept.push((repo, digest));
                 }
-                tokio::time::sleep(Duration::from_millis(350)).await;
+                tokio::time::sleep(Duration::from_millis(600)).await;
             }
             kept
         }));

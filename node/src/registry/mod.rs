@@ -180,7 +180,13 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     /// Request rates per namespace on this node.
     rates: rates::RateLimiter,
+    /// Coalesces the touches of concurrent HEADs and GETs of one unreferenced blob (striped by
+    /// digest): see [`Registry::touch_if_unreferenced`].
+    touching: Box<[tokio::sync::Mutex<()>]>,
 }
+
+/// Stripes of [`Registry`]'s touch lock.
+const TOUCH_STRIPES: usize = 64;
 
 /// A descriptor whose size is not the size of the content its digest names.
 fn size_mismatch(d: &Descriptor, stored: u64) -> RegistryError {
@@ -237,6 +243,9 @@ impl Registry {
             pacing,
             metrics,
             rates: rates::RateLimiter::default(),
+            touching: (0..TOUCH_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         })
     }
 
@@ -318,32 +327,50 @@ impl Registry {
     /// answer goes out. A client that then skips uploading it and pushes a manifest naming
     /// it has the whole grace period to do so (docs/lifecycle.md). A blob touched within the
     /// last [`crate::gc::touch_slack`] is not touched again (the collector's cutoff leaves
-    /// that much more). Without a quorum the answer goes out untouched: nothing can be
-    /// collected without one either.
+    /// that much more).
+    ///
+    /// Concurrent requests for one blob write one touch: each holds the digest's stripe of
+    /// `touching` from reading the record to the end of its write, so the next one reads the
+    /// fresh touch and skips. When the touch cannot be committed (no leader heard, or not
+    /// committed within [`CONFIRM_ABSENCE_WITHIN`]) the answer goes out without it; the blob
+    /// may then be collected after its grace, and a manifest naming it is refused
+    /// (`MANIFEST_BLOB_UNKNOWN`) until it is pushed again (docs/lifecycle.md, "The rule").
     async fn touch_if_unreferenced(&self, digest: &Digest) {
-        let refs = match self.meta.blob_refs(digest) {
-            Ok(Some(r)) if r.refs == 0 => r,
-            Ok(_) => return,
+        let slack = crate::gc::touch_slack(self.settings.gc_grace).as_millis() as u64;
+        // Whether the blob needs a touch now: no manifest references it and it was not touched
+        // within the slack.
+        let due = || match self.meta.blob_refs(digest) {
+            Ok(Some(r)) => r.refs == 0 && r.touched_ms.saturating_add(slack) <= now_ms(),
+            Ok(None) => false,
             Err(e) => {
                 tracing::warn!(%digest, error = %e, "failed to read a blob's references");
-                return;
+                false
             }
         };
-        if !self.cluster.hears_from_leader() {
+        // Checked unlocked first: a referenced or freshly touched blob (nearly every read)
+        // takes no lock.
+        if !due() || !self.cluster.hears_from_leader() {
             return;
         }
-        let now = now_ms();
-        let slack = crate::gc::touch_slack(self.settings.gc_grace).as_millis() as u64;
-        if refs.touched_ms.saturating_add(slack) > now {
-            return;
-        }
-        let cmd = CommandV1::TouchBlobs {
-            digests: vec![digest.clone()],
-            at_ms: now,
+        // The hex digits of a digest are uniformly spread: two of them pick the stripe.
+        let stripe = usize::from_str_radix(&digest.hex()[..2], 16).unwrap_or(0) % TOUCH_STRIPES;
+        let touch = async {
+            let _touching = self.touching[stripe].lock().await;
+            // A request that held the lock meanwhile may have touched it.
+            if !due() {
+                return Ok(());
+            }
+            let cmd = CommandV1::TouchBlobs {
+                digests: vec![digest.clone()],
+                at_ms: now_ms(),
+            };
+            self.write(cmd).await.map(|_| ())
         };
+        // The wait for the lock counts: requests queued behind a touch that cannot commit
+        // answer within the bound too.
         let bound = CONFIRM_ABSENCE_WITHIN.min(self.settings.write_timeout);
-        match tokio::time::timeout(bound, self.write(cmd)).await {
-            Ok(Ok(_)) => {}
+        match tokio::time::timeout(bound, touch).await {
+            Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::debug!(%digest, error = %e, "failed to touch an unreferenced blob")
             }

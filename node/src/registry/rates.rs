@@ -4,18 +4,22 @@
 //!
 //! Owns: the buckets and a cache of each namespace's rates, in memory only (a restart starts
 //! every bucket full). Must not: read anything itself; the registry hands it the namespace's
-//! rates when the cache has none fresh.
+//! rates when the cache has none fresh, and asks only for namespaces that have limits (a
+//! namespace without any is admitted before it gets here, from an in-memory set: it costs
+//! neither a read nor this limiter's lock).
 //!
 //! Invariants:
 //! - A bucket holds at most one second's worth of requests (at least one) and refills at the
 //!   namespace's rate; a request takes one token or is refused with the time until one is
 //!   there (whole seconds, at least 1).
 //! - A namespace's rates are read at most once per [`RATES_TTL`] per namespace (a change of the
-//!   limits takes effect within it); a namespace without rates has no bucket, and is never
-//!   refused.
-//! - Memory is bounded: at most [`MAX_ENTRIES`] namespaces are kept. An entry unused for
-//!   [`RATES_TTL`] carries nothing worth keeping (its rates are stale, its buckets have
-//!   refilled), so it is dropped first; past that the least recently used one goes.
+//!   limits takes effect within it); a namespace without rates (or without a rate for a kind
+//!   of request) has no bucket for it, and is never refused.
+//! - Memory is bounded: at most [`MAX_ENTRIES`] namespaces are kept. When a new one finds the
+//!   map full, the entries unused for [`RATES_TTL`] go first (they carry nothing worth
+//!   keeping: their rates are stale, their buckets have refilled), then the least recently
+//!   used ones, until [`EVICT_BATCH`] places are free: one pass over the map per that many new
+//!   namespaces, not one per request.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,6 +30,9 @@ pub const RATES_TTL: Duration = Duration::from_secs(1);
 
 /// Most namespaces whose rates and buckets are kept.
 pub const MAX_ENTRIES: usize = 10_000;
+
+/// Places a full map frees at once (see [`make_room`]).
+pub const EVICT_BATCH: usize = MAX_ENTRIES / 16;
 
 /// What a request counts as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,12 +164,14 @@ impl RateLimiter {
             entry.read_at = now;
         }
         entry.used_at = now;
-        let Some(per_sec) = entry.rates.of(kind) else {
-            return Ok(());
-        };
         let slot = match kind {
             RequestKind::Pull => &mut entry.pull,
             RequestKind::Push => &mut entry.push,
+        };
+        let Some(per_sec) = entry.rates.of(kind) else {
+            // No rate (or no longer one): no bucket.
+            *slot = None;
+            return Ok(());
         };
         let bucket = slot.get_or_insert(Bucket {
             tokens: f64::from(per_sec.max(1)),
@@ -183,21 +192,36 @@ impl RateLimiter {
     }
 }
 
-/// Makes room for one more entry: drops the idle ones when the map is full, then the least
-/// recently used one if it still is.
+/// Makes room for one more entry. Nothing to do until the map is full; then it drops the idle
+/// entries, and the least recently used ones until at least [`EVICT_BATCH`] places are free.
+/// Each call that finds the map full costs a pass over it (and a vector of its use times), and
+/// is followed by at least [`EVICT_BATCH`] calls that cost nothing.
 fn make_room(entries: &mut HashMap<String, Entry>, now: Instant) {
     if entries.len() < MAX_ENTRIES {
         return;
     }
     entries.retain(|_, e| now.saturating_duration_since(e.used_at) < RATES_TTL);
-    if entries.len() >= MAX_ENTRIES
-        && let Some(oldest) = entries
-            .iter()
-            .min_by_key(|(_, e)| e.used_at)
-            .map(|(k, _)| k.clone())
-    {
-        entries.remove(&oldest);
+    let keep = MAX_ENTRIES - EVICT_BATCH;
+    if entries.len() <= keep {
+        return;
     }
+    let excess = entries.len() - keep;
+    let mut used: Vec<Instant> = entries.values().map(|e| e.used_at).collect();
+    let (_, cut, _) = used.select_nth_unstable(excess - 1);
+    let cut = *cut;
+    // The `excess` least recently used: every entry used before `cut`, and as many of those
+    // used at `cut` as it takes.
+    let mut at_cut = excess - used.iter().filter(|u| **u < cut).count();
+    entries.retain(|_, e| {
+        if e.used_at < cut {
+            false
+        } else if e.used_at == cut && at_cut > 0 {
+            at_cut -= 1;
+            false
+        } else {
+            true
+        }
+    });
 }
 
 #[cfg(test)]
@@ -241,18 +265,20 @@ mod tests {
     }
 
     #[test]
-    fn no_rates_no_refusal_and_memory_is_bounded() {
+    fn no_rates_no_refusal_and_idle_entries_go_first() {
         let l = RateLimiter::default();
         let t0 = Instant::now();
-        for i in 0..MAX_ENTRIES + 10 {
+        for i in 0..MAX_ENTRIES {
             let ns = format!("n{i}");
-            assert_eq!(
-                l.admit(&ns, RequestKind::Pull, Some(Rates::default()), t0),
-                Ok(())
-            );
+            for _ in 0..3 {
+                assert_eq!(
+                    l.admit(&ns, RequestKind::Pull, Some(Rates::default()), t0),
+                    Ok(())
+                );
+            }
         }
-        assert!(l.len() <= MAX_ENTRIES);
-        // Idle entries go first once the map is full.
+        assert_eq!(l.len(), MAX_ENTRIES);
+        // Once the map is full, the idle entries go first.
         let later = t0 + RATES_TTL;
         assert_eq!(
             l.admit("new", RequestKind::Pull, Some(pulls(1)), later),
@@ -261,5 +287,63 @@ mod tests {
         assert_eq!(l.len(), 1);
         assert_eq!(l.cached("new", later), Some(pulls(1)));
         assert_eq!(l.cached("new", later + RATES_TTL), None);
+    }
+
+    #[test]
+    fn a_full_map_frees_a_batch_of_the_least_recently_used() {
+        let l = RateLimiter::default();
+        let t0 = Instant::now();
+        let at = |i: usize| t0 + Duration::from_micros(i as u64);
+        for i in 0..MAX_ENTRIES {
+            assert_eq!(
+                l.admit(&format!("n{i}"), RequestKind::Pull, Some(pulls(5)), at(i)),
+                Ok(())
+            );
+        }
+        // The first namespace is used again: it is the most recently used now.
+        let now = at(MAX_ENTRIES);
+        assert_eq!(l.admit("n0", RequestKind::Pull, None, now), Ok(()));
+        assert_eq!(
+            l.admit("new", RequestKind::Pull, Some(pulls(5)), now),
+            Ok(())
+        );
+        assert_eq!(l.len(), MAX_ENTRIES - EVICT_BATCH + 1);
+        for gone in 1..=EVICT_BATCH {
+            assert_eq!(l.cached(&format!("n{gone}"), now), None, "n{gone}");
+        }
+        for kept in [0, EVICT_BATCH + 1, MAX_ENTRIES - 1] {
+            assert_eq!(
+                l.cached(&format!("n{kept}"), now),
+                Some(pulls(5)),
+                "n{kept}"
+            );
+        }
+        assert_eq!(l.cached("new", now), Some(pulls(5)));
+        // The next new namespaces find room without evicting anything.
+        for i in 0..EVICT_BATCH - 1 {
+            assert_eq!(
+                l.admit(&format!("m{i}"), RequestKind::Pull, Some(pulls(5)), now),
+                Ok(())
+            );
+        }
+        assert_eq!(l.len(), MAX_ENTRIES);
+    }
+
+    #[test]
+    fn a_rate_removed_drops_its_bucket() {
+        let l = RateLimiter::default();
+        let t0 = Instant::now();
+        assert_eq!(l.admit("ns", RequestKind::Pull, Some(pulls(1)), t0), Ok(()));
+        assert!(l.admit("ns", RequestKind::Pull, None, t0).is_err());
+        // The limits changed: no pull rate any more, so nothing is refused nor kept.
+        let t1 = t0 + RATES_TTL;
+        for _ in 0..3 {
+            assert_eq!(
+                l.admit("ns", RequestKind::Pull, Some(Rates::default()), t1),
+                Ok(())
+            );
+        }
+        let entries = l.entries.lock().unwrap();
+        assert!(entries["ns"].pull.is_none());
     }
 }

@@ -9,7 +9,7 @@
 
 use super::fetch::Purpose;
 use super::{Registry, RegistryError};
-use crate::meta::CommandV1;
+use crate::meta::{CommandV1, Rejection, WriteResult};
 use crate::types::Digest;
 
 /// What a copy is for: it sets the copy's pace.
@@ -28,7 +28,8 @@ impl Registry {
     ///
     /// Errors: [`RegistryError::BlobUnknown`] when the cluster has no record of it (this node
     /// caught up with the leader before saying so: a durability copy is asked for right after
-    /// the blob's push elsewhere); [`RegistryError::NoQuorum`] when it could not catch up; [`RegistryError::Unavailable`] when no holder could provide it;
+    /// the blob's push elsewhere), or it was collected before this node's copy was recorded
+    /// (the copy is removed); [`RegistryError::NoQuorum`] when it could not catch up; [`RegistryError::Unavailable`] when no holder could provide it;
     /// a storage error when there is no room for it.
     pub async fn ensure_local_copy(
         &self,
@@ -42,16 +43,31 @@ impl Registry {
             .ok_or_else(|| RegistryError::BlobUnknown(digest.clone()))?;
         let me = self.cluster.node_id();
         if self.blobs.holds(digest) {
-            if !record.holders.contains(&me) {
-                // A copy is on disk but its record was lost (a crash between the rename and the
-                // commit): record it now, so that placement counts it.
-                self.write(CommandV1::BlobCopied {
+            if record.holders.contains(&me) {
+                return Ok(());
+            }
+            // A copy is on disk but its record was lost (a crash between the rename and the
+            // commit): record it now, so that placement counts it. Under the digest's lock, as
+            // every path that records a file it placed: the reaper holds it from its "no
+            // record" check to the unlink, so the file is either gone before the check below
+            // (then it is fetched again) or stays until the record is written.
+            let _placing = self.blobs.lock_digest(digest).await;
+            if self.blobs.holds(digest) {
+                let cmd = CommandV1::BlobCopied {
                     digest: digest.clone(),
                     node: me,
-                })
-                .await?;
+                };
+                if let WriteResult::Rejected(Rejection::BlobUnknown(_)) = self.write(cmd).await? {
+                    // Collected since the record was read: the file goes too (the digest is
+                    // still locked, so no new record can name it meanwhile).
+                    tracing::info!(%digest, "a blob was collected before its copy was recorded; removing the copy");
+                    if let Err(e) = self.blobs.delete(digest).await {
+                        tracing::warn!(%digest, error = %e, "failed to remove a collected blob's copy");
+                    }
+                    return Err(RegistryError::BlobUnknown(digest.clone()));
+                }
+                return Ok(());
             }
-            return Ok(());
         }
         self.blobs.check_space(record.size)?;
         let wanted = super::fetch::Wanted {
