@@ -286,10 +286,7 @@ pub(super) fn count_references(
     let counts = full_mark(db)?;
     for item in scan(db, BLOB_PREFIX, None) {
         let (k, _) = item?;
-        let Some(digest) = std::str::from_utf8(&k[BLOB_PREFIX.len()..])
-            .ok()
-            .and_then(|s| Digest::parse(s).ok())
-        else {
+        let Some(digest) = keys::parse_digest(&k[BLOB_PREFIX.len()..]) else {
             continue;
         };
         let new = BlobRefs {
@@ -300,17 +297,7 @@ pub(super) fn count_references(
     }
     for item in scan(db, LINK_PREFIX, None) {
         let (k, _) = item?;
-        let rest = &k[LINK_PREFIX.len()..];
-        let Some(sep) = rest.iter().position(|b| *b == 0) else {
-            continue;
-        };
-        let repo = std::str::from_utf8(&rest[..sep])
-            .ok()
-            .and_then(|s| RepositoryName::parse(s).ok());
-        let digest = std::str::from_utf8(&rest[sep + 1..])
-            .ok()
-            .and_then(|s| Digest::parse(s).ok());
-        if let (Some(repo), Some(digest)) = (repo, digest) {
+        if let Some((repo, digest)) = keys::parse_repo_digest(&k[LINK_PREFIX.len()..]) {
             linked(cf, batch, &repo, &digest);
         }
     }
@@ -346,10 +333,7 @@ pub(super) fn verify(db: &DB) -> Result<Vec<String>, MetaError> {
     let mut counts = full_mark(db)?;
     for item in scan(db, BLOB_PREFIX, None) {
         let (k, _) = item?;
-        let Some(digest) = std::str::from_utf8(&k[BLOB_PREFIX.len()..])
-            .ok()
-            .and_then(|s| Digest::parse(s).ok())
-        else {
+        let Some(digest) = keys::parse_digest(&k[BLOB_PREFIX.len()..]) else {
             continue;
         };
         let want = counts.remove(&digest).unwrap_or(0);

@@ -109,6 +109,18 @@ pub(super) fn manifest_prefix(repo: &RepositoryName) -> Vec<u8> {
     join(b"m/", &[repo.as_str().as_bytes(), b""])
 }
 
+/// A digest written as the bytes of a key (`None`: not a digest).
+pub(super) fn parse_digest(bytes: &[u8]) -> Option<Digest> {
+    Digest::parse(std::str::from_utf8(bytes).ok()?).ok()
+}
+
+/// Splits `<repo>\0<digest>`, the rest of a key after its prefix (`None`: not that shape).
+pub(super) fn parse_repo_digest(rest: &[u8]) -> Option<(RepositoryName, Digest)> {
+    let sep = rest.iter().position(|b| *b == 0)?;
+    let repo = RepositoryName::parse(std::str::from_utf8(&rest[..sep]).ok()?).ok()?;
+    Some((repo, parse_digest(&rest[sep + 1..])?))
+}
+
 /// The smallest key greater than every key that starts with `prefix`.
 pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();

@@ -489,17 +489,7 @@ pub(super) fn deleted(
     let mut out = Vec::new();
     for item in scan(db, &prefix, None) {
         let (k, v) = item?;
-        let rest = &k[DELETED_PREFIX.len()..];
-        let Some(sep) = rest.iter().position(|b| *b == 0) else {
-            continue;
-        };
-        let repo = std::str::from_utf8(&rest[..sep])
-            .ok()
-            .and_then(|s| RepositoryName::parse(s).ok());
-        let digest = std::str::from_utf8(&rest[sep + 1..])
-            .ok()
-            .and_then(|s| Digest::parse(s).ok());
-        let (Some(repo), Some(digest)) = (repo, digest) else {
+        let Some((repo, digest)) = keys::parse_repo_digest(&k[DELETED_PREFIX.len()..]) else {
             continue;
         };
         let Stored::V1(d) = decode::<Stored<DeletedManifest>>("deleted manifest", &v)?;
@@ -1064,17 +1054,8 @@ fn parent_keys(db: &DB) -> Result<BTreeSet<Vec<u8>>, MetaError> {
     let mut out = BTreeSet::new();
     for item in scan(db, keys::MANIFEST_PREFIX, None) {
         let (k, v) = item?;
-        let rest = &k[keys::MANIFEST_PREFIX.len()..];
-        let Some(sep) = rest.iter().position(|b| *b == 0) else {
-            continue;
-        };
-        let repo = std::str::from_utf8(&rest[..sep])
-            .ok()
-            .and_then(|s| RepositoryName::parse(s).ok());
-        let parent = std::str::from_utf8(&rest[sep + 1..])
-            .ok()
-            .and_then(|s| Digest::parse(s).ok());
-        let (Some(repo), Some(parent)) = (repo, parent) else {
+        let Some((repo, parent)) = keys::parse_repo_digest(&k[keys::MANIFEST_PREFIX.len()..])
+        else {
             continue;
         };
         let Stored::V1(m) = decode::<Stored<ManifestRecord>>("manifest", &v)?;

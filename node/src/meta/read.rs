@@ -132,11 +132,7 @@ pub struct ManifestPage {
 
 /// Splits an `m/<repo>\0<digest>` key.
 fn manifest_key_parts(key: &[u8]) -> Option<(RepositoryName, Digest)> {
-    let rest = key.strip_prefix(keys::MANIFEST_PREFIX)?;
-    let sep = rest.iter().position(|b| *b == 0)?;
-    let repo = RepositoryName::parse(std::str::from_utf8(&rest[..sep]).ok()?).ok()?;
-    let digest = Digest::parse(std::str::from_utf8(&rest[sep + 1..]).ok()?).ok()?;
-    Some((repo, digest))
+    keys::parse_repo_digest(key.strip_prefix(keys::MANIFEST_PREFIX)?)
 }
 
 /// The entry of a stored manifest, with its blobs' records.

@@ -1011,16 +1011,32 @@ mod tests {
         blobs: &[&Digest],
         tag: Option<&str>,
     ) -> (Digest, CommandV1) {
+        put_command(r, bytes, blobs, &[], tag)
+    }
+
+    /// A manifest PUT: an image manifest over `blobs`, or (with `children`) an index.
+    fn put_command(
+        r: &str,
+        bytes: &[u8],
+        blobs: &[&Digest],
+        children: &[&Digest],
+        tag: Option<&str>,
+    ) -> (Digest, CommandV1) {
         let digest = Digest::sha256_of(bytes);
+        let media_type = if children.is_empty() {
+            "application/vnd.oci.image.manifest.v1+json"
+        } else {
+            "application/vnd.oci.image.index.v1+json"
+        };
         let cmd = CommandV1::PutManifest(Box::new(PutManifest {
             repo: repo(r),
             digest: digest.clone(),
             tag: tag.map(|t| crate::types::Tag::parse(t).unwrap()),
             record: ManifestRecord {
-                media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+                media_type: media_type.into(),
                 bytes: bytes.to_vec(),
                 blobs: blobs.iter().map(|d| (*d).clone()).collect(),
-                children: vec![],
+                children: children.iter().map(|d| (*d).clone()).collect(),
                 subject: None,
                 created_ms: 10,
             },
@@ -1402,22 +1418,7 @@ mod tests {
         children: &[&Digest],
         tag: Option<&str>,
     ) -> (Digest, CommandV1) {
-        let digest = Digest::sha256_of(bytes);
-        let cmd = CommandV1::PutManifest(Box::new(PutManifest {
-            repo: repo(r),
-            digest: digest.clone(),
-            tag: tag.map(|t| crate::types::Tag::parse(t).unwrap()),
-            record: ManifestRecord {
-                media_type: "application/vnd.oci.image.index.v1+json".into(),
-                bytes: bytes.to_vec(),
-                blobs: vec![],
-                children: children.iter().map(|d| (*d).clone()).collect(),
-                subject: None,
-                created_ms: 10,
-            },
-            referrer: None,
-        }));
-        (digest, cmd)
+        put_command(r, bytes, &[], children, tag)
     }
 
     /// Retention's and purge's conditional deletes hold only while what they read holds: a
