@@ -9,7 +9,10 @@
 //!
 //! Every removal holds the digest's lock and re-reads the record under it (see
 //! `BlobStore::lock_digest`): a blob stored or copied again after its collection keeps its
-//! file.
+//! file. It also holds `MetaReader::whole_state` across the check and the unlink, so that no
+//! snapshot install (which empties the state before writing it back) runs meanwhile; and a
+//! sweep runs only on a node whose state has reference counts and has caught up with the
+//! leader (a wiped, new or restarted store may not yet hold records of its own files).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
