@@ -18,13 +18,10 @@
 
 use super::purge::{Skipped, untagged};
 use super::{Lifecycle, LifecycleError};
-use crate::meta::lifecycle::{LifecycleCommand, LockTarget, RetentionPolicy};
+use crate::meta::lifecycle::{DAY_MS, LifecycleCommand, LockTarget, RetentionPolicy};
 use crate::meta::policy::most_specific;
 use crate::meta::{Command, CommandV1, MetaError, MetaReader, Page, WriteResult};
 use crate::types::{Digest, RepositoryName};
-
-/// Milliseconds in a day.
-const DAY_MS: u64 = 24 * 3600 * 1000;
 
 /// Repository names read at a time.
 const REPO_PAGE: usize = 256;

@@ -343,16 +343,8 @@ pub(super) fn verify(db: &DB) -> Result<Vec<String>, MetaError> {
                 if r.refs != want {
                     problems.push(format!("{digest}: refs {} (want {want})", r.refs));
                 }
-                let has_candidate = db
-                    .get_pinned_cf(
-                        super::state_machine::state_cf(db),
-                        candidate_key(r.touched_ms, &digest),
-                    )
-                    .map_err(|source| MetaError::Db {
-                        op: "read state",
-                        source,
-                    })?
-                    .is_some();
+                let has_candidate =
+                    super::state_machine::exists(db, &candidate_key(r.touched_ms, &digest))?;
                 if has_candidate != (r.refs == 0) {
                     problems.push(format!(
                         "{digest}: candidate key {has_candidate} with refs {}",

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{ManifestRecord, ReferrerRecord, Rejection, Stored, TagRecord};
 use super::read::scan;
-use super::state_machine::{get, put};
+use super::state_machine::{exists, get, put};
 use super::{MetaError, decode, keys};
 use crate::types::{Digest, RepositoryName, Tag};
 
@@ -250,6 +250,9 @@ pub enum LifecycleCommand {
         updated_ms: u64,
     },
 }
+
+/// A day in milliseconds (retention and recycle windows are set in days).
+pub const DAY_MS: u64 = 24 * 3600 * 1000;
 
 // ---- keys ------------------------------------------------------------------------------
 
@@ -927,9 +930,9 @@ pub(super) fn apply(
             update,
         } => {
             let exists = match target {
-                LockTarget::Repository => db_has(db, &keys::repo(repo))?,
-                LockTarget::Tag(t) => db_has(db, &keys::tag(repo, t))?,
-                LockTarget::Manifest(d) => db_has(db, &keys::manifest(repo, d))?,
+                LockTarget::Repository => exists(db, &keys::repo(repo))?,
+                LockTarget::Tag(t) => exists(db, &keys::tag(repo, t))?,
+                LockTarget::Manifest(d) => exists(db, &keys::manifest(repo, d))?,
             };
             if !exists {
                 return Ok(Rejected(match target {
@@ -1169,16 +1172,6 @@ pub(super) fn check_parents_unlocked(
     Ok(None)
 }
 
-fn db_has(db: &DB, key: &[u8]) -> Result<bool, MetaError> {
-    Ok(db
-        .get_pinned_cf(super::state_machine::state_cf(db), key)
-        .map_err(|source| MetaError::Db {
-            op: "read state",
-            source,
-        })?
-        .is_some())
-}
-
 #[allow(clippy::too_many_arguments)]
 fn restore(
     db: &DB,
@@ -1199,13 +1192,13 @@ fn restore(
         return Ok(Rejected(r));
     }
     for child in &d.record.children {
-        if !db_has(db, &keys::manifest(repo, child))? {
+        if !exists(db, &keys::manifest(repo, child))? {
             return Ok(Rejected(Rejection::ManifestUnknown(child.clone())));
         }
     }
     batch.delete_cf(cf, key);
     let manifest_key = keys::manifest(repo, digest);
-    if db_has(db, &manifest_key)? {
+    if exists(db, &manifest_key)? {
         // Pushed again meanwhile: the stored one counts already; the recycled one's
         // references go.
         refs.drop_refs(batch, repo, &d.record, at_ms)?;
@@ -1227,7 +1220,7 @@ fn restore(
         None => {
             for t in &d.tags {
                 let k = keys::tag(repo, t);
-                if !db_has(db, &k)? {
+                if !exists(db, &k)? {
                     put(batch, cf, &k, &record);
                 }
             }

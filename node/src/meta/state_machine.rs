@@ -70,22 +70,17 @@ impl StateMachine {
     }
 }
 
-/// The repository whose attributes an applied entry may have changed, if any.
+/// The repository whose attributes an applied entry may have changed, if any: an attributes
+/// change, or a removal of tags or manifests (their attributes go with them). A manifest PUT
+/// changes none, and is not looked at again (the hot path).
 fn attributes_changed_by(entry: &openraft::alias::EntryOf<TypeConfig>) -> Option<&RepositoryName> {
     match &entry.payload {
-        EntryPayload::Normal(Command::V1(cmd)) => match cmd {
-            CommandV1::DeleteTag { repo, .. }
-            | CommandV1::DeleteManifest { repo, .. }
-            | CommandV1::RemoveManifest { repo, .. } => Some(repo),
-            CommandV1::Lifecycle(l) => match l.as_ref() {
-                lifecycle::LifecycleCommand::UpdateAttributes { repo, .. }
-                | lifecycle::LifecycleCommand::RemoveUntagged { repo, .. }
-                | lifecycle::LifecycleCommand::DeleteTagIf { repo, .. } => Some(repo),
-                _ => None,
-            },
-            _ => None,
+        EntryPayload::Normal(Command::V1(CommandV1::PutManifest(_))) => None,
+        EntryPayload::Normal(Command::V1(CommandV1::Lifecycle(l))) => match l.as_ref() {
+            lifecycle::LifecycleCommand::UpdateAttributes { repo, .. } => Some(repo),
+            _ => tags_changed_by(entry),
         },
-        _ => None,
+        _ => tags_changed_by(entry),
     }
 }
 
@@ -269,7 +264,8 @@ impl StateMachine {
     }
 }
 
-fn exists(db: &DB, key: &[u8]) -> Result<bool, MetaError> {
+/// Whether the state has `key`.
+pub(super) fn exists(db: &DB, key: &[u8]) -> Result<bool, MetaError> {
     Ok(db
         .get_pinned_cf(state_cf(db), key)
         .map_err(MetaError::db("read state"))?
@@ -502,9 +498,6 @@ fn delete_tag(
     Ok(WriteResult::Done)
 }
 
-/// A day in milliseconds.
-const DAY_MS: u64 = 24 * 3600 * 1000;
-
 /// Drops references for lifecycle commands (purging or restoring soft-deleted manifests).
 struct RefsOf<'a> {
     db: &'a DB,
@@ -592,7 +585,7 @@ fn remove_manifest(
             tags,
             referrer,
             deleted_ms: at_ms,
-            expires_ms: at_ms.saturating_add(u64::from(soft.retention_days) * DAY_MS),
+            expires_ms: at_ms.saturating_add(u64::from(soft.retention_days) * lifecycle::DAY_MS),
         };
         let replaced = lifecycle::recycle(db, cf, batch, repo, digest, entry)?;
         if let (Some(old), true) = (replaced, counting) {
@@ -800,7 +793,8 @@ mod tests {
 
     use super::*;
     use crate::meta::lifecycle::{
-        Attributes, AttributesUpdate, LifecycleCommand, LockTarget, NamespaceLimits, NamespaceUsage,
+        Attributes, AttributesUpdate, DAY_MS, LifecycleCommand, LockTarget, NamespaceLimits,
+        NamespaceUsage,
     };
     use crate::meta::{MetaReader, Notice, Page, open};
 
