@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod name;
 pub mod range;
 pub mod reference;
+pub mod request;
 pub mod time;
 
 pub use digest::{Digest, DigestHasher};
@@ -27,6 +28,7 @@ pub use manifest::{Descriptor, ManifestKind, MediaType, ParsedManifest};
 pub use name::RepositoryName;
 pub use range::{ByteRange, ByteRangeSpec, ContentRange};
 pub use reference::{Reference, Tag};
+pub use request::RequestMeta;
 
 /// Every way a value handed to the registry can fail to parse or validate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
