@@ -7,9 +7,11 @@ so that a drift of the machine's speed during the run falls on both alike. Only 
 measured is busy; the other idles.
 
 Prints a markdown table: the median req/s of each, their ratio (on/off), the ratio of each
-round, p99 latency, and every round's figures.
+round, p99 latency, the server's CPU time per request (from /proc/<pid>/stat: steadier than
+req/s on a shared machine, where client and server share the cores), and every round's
+figures.
 
-    CARGO_TARGET_DIR=... scripts/bench-metrics.py [--rounds 6] [--duration 10] [--conns 64]
+    CARGO_TARGET_DIR=... scripts/bench-metrics.py [--rounds 10] [--duration 8] [--conns 64]
 """
 import argparse
 import os
@@ -44,8 +46,8 @@ def start(bench, metrics):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--conns", type=int, default=64)
     args = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,7 +68,10 @@ def main():
             order = (True, False) if r % 2 == 0 else (False, True)
             for m in order:
                 print("round %d, metrics %s" % (r + 1, "on" if m else "off"), file=sys.stderr)
-                results[m].append(benchkit.wrk_get(url[m], lua, args.conns, args.duration))
+                cpu = nodes[m].cpu_seconds()
+                rps, p99 = benchkit.wrk_get(url[m], lua, args.conns, args.duration)
+                cpu_us = (nodes[m].cpu_seconds() - cpu) * 1e6 / (rps * args.duration)
+                results[m].append((rps, p99, cpu_us))
         st, body, _ = benchkit.request(nodes[True].url, "GET", "/metrics")
         counted = [l for l in body.decode().splitlines()
                    if l.startswith('berth_http_requests_total{route="manifest",method="GET",status="200"}')]
@@ -76,13 +81,22 @@ def main():
     on = [x[0] for x in results[True]]
     off = [x[0] for x in results[False]]
     per_round = [a / b for a, b in zip(on, off)]
-    print("| workload | metrics off req/s | metrics on req/s | on/off (medians) | median of per-round on/off | p99 off / on (ms) | rounds off / on (req/s) |")
-    print("|---|---|---|---|---|---|---|")
-    print("| manifest GET | %.0f | %.0f | %.3f | %.3f (%s) | %.2f / %.2f | %s / %s |" % (
-        statistics.median(off), statistics.median(on), statistics.median(on) / statistics.median(off),
-        statistics.median(per_round), ", ".join("%.3f" % x for x in per_round),
-        statistics.median(x[1] for x in results[False]), statistics.median(x[1] for x in results[True]),
-        ", ".join("%.0f" % v for v in off), ", ".join("%.0f" % v for v in on)))
+    cpu_on = [x[2] for x in results[True]]
+    cpu_off = [x[2] for x in results[False]]
+    med = statistics.median
+    print("| measure | metrics off | metrics on | on/off |")
+    print("|---|---|---|---|")
+    print("| manifest GET req/s (median) | %.0f | %.0f | %.3f |" % (med(off), med(on), med(on) / med(off)))
+    print("| per-round on/off, median | | | %.3f |" % med(per_round))
+    print("| server CPU µs per request (median) | %.2f | %.2f | %.3f |" % (
+        med(cpu_off), med(cpu_on), med(cpu_on) / med(cpu_off)))
+    print("| p99 latency ms (median) | %.2f | %.2f | |" % (
+        med(x[1] for x in results[False]), med(x[1] for x in results[True])))
+    print()
+    print("rounds (ABBA order), req/s off / on: %s" % "; ".join(
+        "%.0f / %.0f (%.3f)" % (b, a, a / b) for a, b in zip(on, off)))
+    print("rounds, server CPU µs per request off / on: %s" % "; ".join(
+        "%.2f / %.2f" % (b, a) for a, b in zip(cpu_on, cpu_off)))
 
 
 if __name__ == "__main__":

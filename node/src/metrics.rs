@@ -13,9 +13,8 @@
 //!   addresses.
 //! - The per-request path ([`Metrics::http_done`], [`Metrics::http_received`],
 //!   [`Metrics::http_sent`]) allocates nothing: its labels are `Copy` enums and a `u16`, and
-//!   the series of each route (and route and method) are looked up once and then kept, so a
-//!   request costs a few atomic increments, one histogram observation and one map lookup of
-//!   its status series.
+//!   the series of each route, method and (common) status are looked up once and then kept, so
+//!   a request costs a few atomic increments and one histogram observation.
 //! - A refresh hook is cheap: it reads memory, a few RocksDB properties or a `/proc` file;
 //!   it never walks the blob store.
 
@@ -316,19 +315,41 @@ pub type FloatGauge = Gauge<f64, AtomicU64>;
 /// A counter of fractional values.
 pub type FloatCounter = Counter<f64, AtomicU64>;
 
-/// The series of one route (and method) kept once looked up: see [`Metrics::http_done`].
+/// Status codes whose `berth_http_requests_total` series are kept per route and method once
+/// looked up (any other status is looked up in the family each time).
+const KEPT_STATUSES: [u16; 19] = [
+    200, 201, 202, 204, 206, 301, 302, 304, 307, 400, 401, 403, 404, 405, 413, 416, 429, 500, 503,
+];
+
+/// The index of a status in [`KEPT_STATUSES`].
+fn kept_status(status: u16) -> Option<usize> {
+    KEPT_STATUSES.iter().position(|s| *s == status)
+}
+
+const ROUTES: usize = HttpRoute::ALL.len();
+const METHODS: usize = HttpMethod::ALL.len();
+
+/// The HTTP series kept once looked up, so that recording a request is atomic increments and
+/// one histogram observation, without a look-up in a family's map: see [`Metrics::http_done`].
 struct HttpSeries {
-    durations: [[OnceLock<Histogram>; HttpMethod::ALL.len()]; HttpRoute::ALL.len()],
-    received: [OnceLock<Counter>; HttpRoute::ALL.len()],
-    sent: [OnceLock<Counter>; HttpRoute::ALL.len()],
+    requests: Box<[[[OnceLock<Counter>; KEPT_STATUSES.len()]; METHODS]; ROUTES]>,
+    durations: [[OnceLock<Histogram>; METHODS]; ROUTES],
+    received: [OnceLock<Counter>; ROUTES],
+    sent: [OnceLock<Counter>; ROUTES],
+}
+
+/// `N` empty cells.
+fn cells<T, const N: usize>() -> [OnceLock<T>; N] {
+    std::array::from_fn(|_| OnceLock::new())
 }
 
 impl Default for HttpSeries {
     fn default() -> Self {
         HttpSeries {
-            durations: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
-            received: std::array::from_fn(|_| OnceLock::new()),
-            sent: std::array::from_fn(|_| OnceLock::new()),
+            requests: Box::new(std::array::from_fn(|_| std::array::from_fn(|_| cells()))),
+            durations: std::array::from_fn(|_| cells()),
+            received: cells(),
+            sent: cells(),
         }
     }
 }
@@ -808,13 +829,21 @@ impl Metrics {
 
     /// Records one answered HTTP request: its count by status and its latency.
     pub fn http_done(&self, route: HttpRoute, method: HttpMethod, status: u16, took: Duration) {
-        self.http_requests
-            .get_or_create(&HttpLabels {
-                route,
-                method,
-                status,
-            })
-            .inc();
+        let labels = HttpLabels {
+            route,
+            method,
+            status,
+        };
+        match kept_status(status) {
+            Some(i) => {
+                self.http_series.requests[route as usize][method as usize][i]
+                    .get_or_init(|| self.http_requests.get_or_create_owned(&labels))
+                    .inc();
+            }
+            None => {
+                self.http_requests.get_or_create(&labels).inc();
+            }
+        }
         self.http_series.durations[route as usize][method as usize]
             .get_or_init(|| {
                 self.http_request_duration
@@ -994,6 +1023,9 @@ mod tests {
             );
         }
         m.http_done(HttpRoute::Other, HttpMethod::Get, 404, Duration::ZERO);
+        // A status outside the kept ones is counted through the family.
+        m.http_done(HttpRoute::Other, HttpMethod::Other, 418, Duration::ZERO);
+        m.http_done(HttpRoute::Other, HttpMethod::Other, 418, Duration::ZERO);
         m.http_received(HttpRoute::Upload).inc_by(10);
         // A handle from a second look-up counts into the same series.
         m.http_received(HttpRoute::Upload).clone().inc_by(5);
@@ -1003,6 +1035,7 @@ mod tests {
         for line in [
             "berth_http_requests_total{route=\"manifest\",method=\"GET\",status=\"200\"} 3",
             "berth_http_requests_total{route=\"other\",method=\"GET\",status=\"404\"} 1",
+            "berth_http_requests_total{route=\"other\",method=\"OTHER\",status=\"418\"} 2",
             "berth_http_request_duration_seconds_count{route=\"manifest\",method=\"GET\"} 3",
             "berth_http_received_bytes_total{route=\"upload\"} 15",
             "berth_http_sent_bytes_total{route=\"manifest\"} 7",
