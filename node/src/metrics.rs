@@ -11,16 +11,15 @@
 //! - Labels are bounded: node ids, regions, webhook names and fixed words ([`HttpRoute`],
 //!   [`HttpMethod`], status codes, outcomes); never repository names, digests or client
 //!   addresses.
-//! - The per-request path ([`Metrics::http_done`], [`Metrics::http_received`],
-//!   [`Metrics::http_sent`]) allocates nothing: its labels are `Copy` enums and a `u16`, and
-//!   the series of each route, method and (common) status are looked up once and then kept, so
-//!   a request costs a few atomic increments and one histogram observation.
+//! - The per-request path ([`HttpMetrics`], `http.rs`) allocates nothing and takes no lock:
+//!   its labels are `Copy` enums and a `u16` indexing dense arrays of counters, kept per
+//!   thread in shards that a scrape sums, so a request costs a few relaxed atomic additions
+//!   on cache lines no other core writes.
 //! - A refresh hook is cheap: it reads memory, a few RocksDB properties or a `/proc` file;
 //!   it never walks the blob store.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -32,6 +31,10 @@ use prometheus_client::registry::{Registry, Unit};
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+mod http;
+
+pub use http::{HttpMetrics, InFlight};
 
 /// Labels naming a region.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -181,14 +184,14 @@ impl HttpMethod {
     ];
 
     /// The class of an HTTP method.
-    pub fn of(method: &http::Method) -> HttpMethod {
+    pub fn of(method: &::http::Method) -> HttpMethod {
         match *method {
-            http::Method::GET => HttpMethod::Get,
-            http::Method::HEAD => HttpMethod::Head,
-            http::Method::PUT => HttpMethod::Put,
-            http::Method::POST => HttpMethod::Post,
-            http::Method::PATCH => HttpMethod::Patch,
-            http::Method::DELETE => HttpMethod::Delete,
+            ::http::Method::GET => HttpMethod::Get,
+            ::http::Method::HEAD => HttpMethod::Head,
+            ::http::Method::PUT => HttpMethod::Put,
+            ::http::Method::POST => HttpMethod::Post,
+            ::http::Method::PATCH => HttpMethod::Patch,
+            ::http::Method::DELETE => HttpMethod::Delete,
             _ => HttpMethod::Other,
         }
     }
@@ -315,50 +318,10 @@ pub type FloatGauge = Gauge<f64, AtomicU64>;
 /// A counter of fractional values.
 pub type FloatCounter = Counter<f64, AtomicU64>;
 
-/// Status codes whose `berth_http_requests_total` series are kept per route and method once
-/// looked up (any other status is looked up in the family each time).
-const KEPT_STATUSES: [u16; 19] = [
-    200, 201, 202, 204, 206, 301, 302, 304, 307, 400, 401, 403, 404, 405, 413, 416, 429, 500, 503,
-];
-
-/// The index of a status in [`KEPT_STATUSES`].
-fn kept_status(status: u16) -> Option<usize> {
-    KEPT_STATUSES.iter().position(|s| *s == status)
-}
-
-const ROUTES: usize = HttpRoute::ALL.len();
-const METHODS: usize = HttpMethod::ALL.len();
-
-/// The HTTP series kept once looked up, so that recording a request is atomic increments and
-/// one histogram observation, without a look-up in a family's map: see [`Metrics::http_done`].
-struct HttpSeries {
-    requests: Box<[[[OnceLock<Counter>; KEPT_STATUSES.len()]; METHODS]; ROUTES]>,
-    durations: [[OnceLock<Histogram>; METHODS]; ROUTES],
-    received: [OnceLock<Counter>; ROUTES],
-    sent: [OnceLock<Counter>; ROUTES],
-}
-
-/// `N` empty cells.
-fn cells<T, const N: usize>() -> [OnceLock<T>; N] {
-    std::array::from_fn(|_| OnceLock::new())
-}
-
-impl Default for HttpSeries {
-    fn default() -> Self {
-        HttpSeries {
-            requests: Box::new(std::array::from_fn(|_| std::array::from_fn(|_| cells()))),
-            durations: std::array::from_fn(|_| cells()),
-            received: cells(),
-            sent: cells(),
-        }
-    }
-}
-
 /// The metric families of one node.
 pub struct Metrics {
     registry: Registry,
     hooks: Mutex<Vec<Hook>>,
-    http_series: HttpSeries,
     /// `berth_node_info{node,region,zone}`: 1, naming this node.
     pub node_info: Family<NodeLabels, Gauge>,
     /// `berth_replication_pending_blobs{region}`: blobs the placement wants in the region
@@ -384,17 +347,11 @@ pub struct Metrics {
     /// `berth_peer_up{peer,region}`: 1 when the last probe of the peer answered.
     pub peer_up: Family<PeerLabels, Gauge>,
 
-    /// `berth_http_requests_total{route,method,status}`: requests answered.
-    pub http_requests: Family<HttpLabels, Counter>,
-    /// `berth_http_request_duration_seconds{route,method}`: from the request's arrival to its
-    /// response's headers (a streamed body's transfer is not included).
-    pub http_request_duration: Family<HttpRouteMethodLabels, Histogram>,
-    /// `berth_http_received_bytes_total{route}`: request body bytes read.
-    pub http_received_bytes: Family<HttpRouteLabels, Counter>,
-    /// `berth_http_sent_bytes_total{route}`: response body bytes handed to the connection.
-    pub http_sent_bytes: Family<HttpRouteLabels, Counter>,
-    /// `berth_http_requests_in_flight`: requests being handled now.
-    pub http_in_flight: Gauge,
+    /// The HTTP request families (`berth_http_requests_total{route,method,status}`,
+    /// `berth_http_request_duration_seconds{route,method}`: from a request's arrival to its
+    /// response headers, `berth_http_received_bytes_total{route}`,
+    /// `berth_http_sent_bytes_total{route}`, `berth_http_requests_in_flight`): see [`http`].
+    pub http: Arc<HttpMetrics>,
     /// `berth_uploads_in_progress`: open upload sessions on this node.
     pub uploads_in_progress: Gauge,
 
@@ -467,11 +424,6 @@ fn lag_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.01, 2.0, 18)
 }
 
-/// Buckets of the HTTP latency histogram, in seconds: 0.25 ms to about 16 s.
-fn http_buckets() -> impl Iterator<Item = f64> {
-    exponential_buckets(0.000_25, 2.0, 17)
-}
-
 /// Buckets of the webhook delivery histogram, in seconds: 5 ms to about 40 s.
 fn webhook_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.005, 2.0, 14)
@@ -494,7 +446,6 @@ impl Metrics {
         let m = Metrics {
             registry: Registry::default(),
             hooks: Mutex::default(),
-            http_series: HttpSeries::default(),
             node_info: Family::default(),
             replication_pending_blobs: Family::default(),
             replication_pending_bytes: Family::default(),
@@ -505,11 +456,7 @@ impl Metrics {
             scrub_repairs: Counter::default(),
             peer_rtt: Family::default(),
             peer_up: Family::default(),
-            http_requests: Family::default(),
-            http_request_duration: Family::new_with_constructor(|| Histogram::new(http_buckets())),
-            http_received_bytes: Family::default(),
-            http_sent_bytes: Family::default(),
-            http_in_flight: Gauge::default(),
+            http: Arc::default(),
             uploads_in_progress: Gauge::default(),
             blobstore_bytes: Gauge::default(),
             blobstore_files: Gauge::default(),
@@ -601,37 +548,7 @@ impl Metrics {
             "Whether the last probe of a peer answered",
             m.peer_up
         );
-        register!(
-            r,
-            "http_requests",
-            "HTTP requests answered, by route, method and status",
-            m.http_requests
-        );
-        register!(
-            r,
-            "http_request_duration",
-            "Time from an HTTP request's arrival to its response headers",
-            Unit::Seconds,
-            m.http_request_duration
-        );
-        register!(
-            r,
-            "http_received_bytes",
-            "HTTP request body bytes read, by route",
-            m.http_received_bytes
-        );
-        register!(
-            r,
-            "http_sent_bytes",
-            "HTTP response body bytes sent, by route",
-            m.http_sent_bytes
-        );
-        register!(
-            r,
-            "http_requests_in_flight",
-            "HTTP requests being handled",
-            m.http_in_flight
-        );
+        r.register_collector(Box::new(http::HttpCollector(m.http.clone())));
         register!(
             r,
             "uploads_in_progress",
@@ -826,47 +743,6 @@ impl Metrics {
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
-
-    /// Records one answered HTTP request: its count by status and its latency.
-    pub fn http_done(&self, route: HttpRoute, method: HttpMethod, status: u16, took: Duration) {
-        let labels = HttpLabels {
-            route,
-            method,
-            status,
-        };
-        match kept_status(status) {
-            Some(i) => {
-                self.http_series.requests[route as usize][method as usize][i]
-                    .get_or_init(|| self.http_requests.get_or_create_owned(&labels))
-                    .inc();
-            }
-            None => {
-                self.http_requests.get_or_create(&labels).inc();
-            }
-        }
-        self.http_series.durations[route as usize][method as usize]
-            .get_or_init(|| {
-                self.http_request_duration
-                    .get_or_create_owned(&HttpRouteMethodLabels { route, method })
-            })
-            .observe(took.as_secs_f64());
-    }
-
-    /// The counter of request body bytes of `route` (a handle: clones share the count).
-    pub fn http_received(&self, route: HttpRoute) -> &Counter {
-        self.http_series.received[route as usize].get_or_init(|| {
-            self.http_received_bytes
-                .get_or_create_owned(&HttpRouteLabels { route })
-        })
-    }
-
-    /// The counter of response body bytes of `route` (a handle: clones share the count).
-    pub fn http_sent(&self, route: HttpRoute) -> &Counter {
-        self.http_series.sent[route as usize].get_or_init(|| {
-            self.http_sent_bytes
-                .get_or_create_owned(&HttpRouteLabels { route })
-        })
-    }
 }
 
 /// Sets a gauge from an unsigned count (saturating at `i64::MAX`).
@@ -967,6 +843,8 @@ mod process {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -1015,28 +893,33 @@ mod tests {
     fn http_requests_are_counted_by_route_method_and_status() {
         let m = Metrics::new(1, "eu", "a");
         for _ in 0..3 {
-            m.http_done(
+            m.http.done(
                 HttpRoute::Manifest,
                 HttpMethod::Get,
                 200,
                 Duration::from_millis(2),
             );
         }
-        m.http_done(HttpRoute::Other, HttpMethod::Get, 404, Duration::ZERO);
-        // A status outside the kept ones is counted through the family.
-        m.http_done(HttpRoute::Other, HttpMethod::Other, 418, Duration::ZERO);
-        m.http_done(HttpRoute::Other, HttpMethod::Other, 418, Duration::ZERO);
-        m.http_received(HttpRoute::Upload).inc_by(10);
-        // A handle from a second look-up counts into the same series.
-        m.http_received(HttpRoute::Upload).clone().inc_by(5);
-        m.http_sent(HttpRoute::Manifest).inc_by(7);
-        m.http_in_flight.inc();
+        m.http
+            .done(HttpRoute::Other, HttpMethod::Get, 404, Duration::ZERO);
+        // A status outside the common ones is counted too.
+        m.http
+            .done(HttpRoute::Other, HttpMethod::Other, 418, Duration::ZERO);
+        m.http
+            .done(HttpRoute::Other, HttpMethod::Other, 418, Duration::ZERO);
+        m.http.received(HttpRoute::Upload, 10);
+        m.http.received(HttpRoute::Upload, 5);
+        m.http.sent(HttpRoute::Manifest, 7);
+        let _in_flight = m.http.start();
         let text = m.render();
         for line in [
             "berth_http_requests_total{route=\"manifest\",method=\"GET\",status=\"200\"} 3",
             "berth_http_requests_total{route=\"other\",method=\"GET\",status=\"404\"} 1",
             "berth_http_requests_total{route=\"other\",method=\"OTHER\",status=\"418\"} 2",
             "berth_http_request_duration_seconds_count{route=\"manifest\",method=\"GET\"} 3",
+            "berth_http_request_duration_seconds_sum{route=\"manifest\",method=\"GET\"} 0.006",
+            "berth_http_request_duration_seconds_bucket{le=\"0.001\",route=\"manifest\",method=\"GET\"} 0",
+            "berth_http_request_duration_seconds_bucket{le=\"0.002\",route=\"manifest\",method=\"GET\"} 3",
             "berth_http_received_bytes_total{route=\"upload\"} 15",
             "berth_http_sent_bytes_total{route=\"manifest\"} 7",
             "berth_http_requests_in_flight 1",
@@ -1071,10 +954,6 @@ mod tests {
             .get_or_create(&hook)
             .observe(0.1);
         m.webhook_backlog.get_or_create(&hook).set(4);
-        // A family appears once it holds a series.
-        m.http_done(HttpRoute::Blob, HttpMethod::Head, 200, Duration::ZERO);
-        m.http_received(HttpRoute::Upload).inc();
-        m.http_sent(HttpRoute::Blob).inc();
         let text = m.render();
         for (name, kind) in [
             ("berth_http_requests", "counter"),

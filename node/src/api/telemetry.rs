@@ -31,12 +31,11 @@ use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use prometheus_client::metrics::counter::Counter;
 use tracing::Instrument;
 use tracing::field::Empty;
 
 use super::path::{self, Route};
-use crate::metrics::{HttpMethod, HttpRoute, Metrics};
+use crate::metrics::{HttpMethod, HttpMetrics, HttpRoute, Metrics};
 use crate::types::request::RequestMeta;
 
 /// The request id header, on requests (the client's, optional) and on every response.
@@ -128,22 +127,6 @@ fn request_meta(req: &Request) -> RequestMeta {
     }
 }
 
-/// Decrements the in-flight gauge when the request ends, also when it is cancelled.
-struct InFlight<'a>(&'a Metrics);
-
-impl<'a> InFlight<'a> {
-    fn start(m: &'a Metrics) -> InFlight<'a> {
-        m.http_in_flight.inc();
-        InFlight(m)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.http_in_flight.dec();
-    }
-}
-
 /// Middleware: gives the request its id, runs it inside its span and its [`RequestMeta`]
 /// scope, records its metrics and logs its outcome.
 pub(super) async fn request_span(
@@ -170,16 +153,16 @@ pub(super) async fn request_span(
     let started = Instant::now();
     let recording = t.metrics.as_deref().map(|m| {
         (
-            m,
+            &*m.http,
             classify(req.uri().path()),
             HttpMethod::of(req.method()),
-            InFlight::start(m),
+            m.http.start(),
         )
     });
     let req = match &recording {
-        Some((m, route, ..)) if !is_empty(req.body()) => {
-            let counter = m.http_received(*route).clone();
-            req.map(|b| Body::new(Counted::new(b, counter)))
+        Some((_, route, ..)) if !is_empty(req.body()) => {
+            let (http, route) = (t.metrics.as_ref().expect("recording").http.clone(), *route);
+            req.map(|b| Body::new(Counted::new(b, http, route, HttpMetrics::received)))
         }
         _ => req,
     };
@@ -187,16 +170,13 @@ pub(super) async fn request_span(
     let took = started.elapsed();
     resp.headers_mut().insert(REQUEST_ID_HEADER, id_header);
     let status = resp.status().as_u16();
-    if let Some((m, route, method, in_flight)) = recording {
-        m.http_done(route, method, status, took);
-        let sent = m.http_sent(route);
+    if let Some((http, route, method, in_flight)) = recording {
+        http.done(route, method, status, took);
         match resp.body().size_hint().exact() {
-            Some(n) => {
-                sent.inc_by(n);
-            }
+            Some(n) => http.sent(route, n),
             None => {
-                let counter = sent.clone();
-                resp = resp.map(|b| Body::new(Counted::new(b, counter)));
+                let http = t.metrics.as_ref().expect("recording").http.clone();
+                resp = resp.map(|b| Body::new(Counted::new(b, http, route, HttpMetrics::sent)));
             }
         }
         drop(in_flight);
@@ -218,15 +198,28 @@ fn is_empty(body: &Body) -> bool {
     body.size_hint().exact() == Some(0)
 }
 
-/// A body that adds the bytes of its data frames to a counter as they pass.
+/// A body that counts the bytes of its data frames as they pass (`count`: received or
+/// sent, of `route`).
 struct Counted {
     inner: Body,
-    counter: Counter,
+    http: Arc<HttpMetrics>,
+    route: HttpRoute,
+    count: fn(&HttpMetrics, HttpRoute, u64),
 }
 
 impl Counted {
-    fn new(inner: Body, counter: Counter) -> Counted {
-        Counted { inner, counter }
+    fn new(
+        inner: Body,
+        http: Arc<HttpMetrics>,
+        route: HttpRoute,
+        count: fn(&HttpMetrics, HttpRoute, u64),
+    ) -> Counted {
+        Counted {
+            inner,
+            http,
+            route,
+            count,
+        }
     }
 }
 
@@ -242,7 +235,7 @@ impl HttpBody for Counted {
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            self.counter.inc_by(data.len() as u64);
+            (self.count)(&self.http, self.route, data.len() as u64);
         }
         polled
     }
@@ -306,15 +299,29 @@ mod tests {
     #[tokio::test]
     async fn a_counted_body_counts_its_data_frames() {
         use http_body_util::BodyExt;
-        let counter = Counter::default();
+        let http = Arc::new(HttpMetrics::default());
         let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
             Ok(Bytes::from_static(b"hello ")),
             Ok(Bytes::from_static(b"world")),
         ];
         let body = Body::from_stream(futures::stream::iter(chunks));
-        let counted = Counted::new(body, counter.clone());
+        let counted = Counted::new(body, http.clone(), HttpRoute::Blob, HttpMetrics::sent);
         let all = counted.collect().await.unwrap().to_bytes();
         assert_eq!(&all[..], b"hello world");
-        assert_eq!(counter.get(), 11);
+        let m = Metrics::new(1, "eu", "a");
+        m.http.sent(HttpRoute::Blob, 0);
+        let counted = Counted::new(
+            Body::from("abc"),
+            m.http.clone(),
+            HttpRoute::Upload,
+            HttpMetrics::received,
+        );
+        counted.collect().await.unwrap();
+        let text = m.render();
+        assert!(
+            text.contains("berth_http_received_bytes_total{route=\"upload\"} 3"),
+            "{text}"
+        );
+        drop(http);
     }
 }
