@@ -235,10 +235,12 @@ def curl_pull(url, path):
     return int(out[2]) / float(out[1]) / 1e6
 
 
-def wrk_get(url, lua, conns, duration):
-    """Drives `url` with wrk (2 threads, `conns` connections, `duration` s, the request of the
-    `lua` script); returns (req/s, p99 latency in ms). Any non-2xx answer stops the run."""
-    out = subprocess.run(["wrk", "-t2", "-c%d" % conns, "-d%ds" % duration, "--latency", "-s", lua, url],
+def wrk_get(url, lua, conns, duration, *script_args):
+    """Drives `url` with wrk (2 threads, `conns` connections, `duration` s, the requests of the
+    `lua` script, given `script_args`); returns (req/s, p99 latency in ms). Any non-2xx answer
+    stops the run."""
+    args = ["--", *script_args] if script_args else []
+    out = subprocess.run(["wrk", "-t2", "-c%d" % conns, "-d%ds" % duration, "--latency", "-s", lua, url, *args],
                          capture_output=True, text=True, timeout=duration + 60)
     text = out.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
@@ -246,5 +248,5 @@ def wrk_get(url, lua, conns, duration):
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
     if bad:
-        raise SystemExit("wrk %s: %s non-2xx answers\n%s" % (url, bad.group(1), text))
+        raise SystemExit("wrk %s %s: %s non-2xx answers\n%s" % (" ".join(script_args), url, bad.group(1), text))
     return rps, float(p99.group(1)) * scale
