@@ -51,18 +51,7 @@ end
 
 
 def wrk(url, method, header, body, conns, duration, lua):
-    out = subprocess.run(
-        ["wrk", "-t2", "-c%d" % conns, "-d%ds" % duration, "--latency", "-s", lua, url,
-         "--", method, header or "", body or ""],
-        capture_output=True, text=True, timeout=duration + 60)
-    text = out.stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", text)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    if non2xx:
-        raise SystemExit("wrk %s %s: %s non-2xx answers\n%s" % (method, url, non2xx.group(1), text))
-    return rps, float(p99.group(1)) * scale
+    return benchkit.wrk_get(url, lua, conns, duration, method, header or "", body or "")
 
 
 def ab_head(url, header, conns, duration, tmp):

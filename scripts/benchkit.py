@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -232,3 +233,20 @@ def curl_pull(url, path):
     if out[0] != "200":
         raise SystemExit("pull: HTTP %s" % out[0])
     return int(out[2]) / float(out[1]) / 1e6
+
+
+def wrk_get(url, lua, conns, duration, *script_args):
+    """Drives `url` with wrk (2 threads, `conns` connections, `duration` s, the requests of the
+    `lua` script, given `script_args`); returns (req/s, p99 latency in ms). Any non-2xx answer
+    stops the run."""
+    args = ["--", *script_args] if script_args else []
+    out = subprocess.run(["wrk", "-t2", "-c%d" % conns, "-d%ds" % duration, "--latency", "-s", lua, url, *args],
+                         capture_output=True, text=True, timeout=duration + 60)
+    text = out.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", text)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    if bad:
+        raise SystemExit("wrk %s %s: %s non-2xx answers\n%s" % (" ".join(script_args), url, bad.group(1), text))
+    return rps, float(p99.group(1)) * scale

@@ -88,6 +88,24 @@ pub struct Config {
     pub uploads: Uploads,
     /// Garbage collection.
     pub gc: Gc,
+    /// Prometheus metrics of the registry port.
+    pub metrics: MetricsConfig,
+}
+
+/// Prometheus metrics (`[metrics]`, env `BERTH_METRICS__<FIELD>`; docs/observability.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Record metrics of every request and serve them at `GET /metrics`; `false`: record
+    /// nothing and answer `/metrics` with 404 (request ids and logs are unchanged). Default
+    /// `true`.
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true }
+    }
 }
 
 /// Upload sessions (`[uploads]`, env `BERTH_UPLOADS__<FIELD>`).
@@ -554,6 +572,7 @@ impl Default for Config {
             audit: Audit::default(),
             uploads: Uploads::default(),
             gc: Gc::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -1188,6 +1207,17 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
         assert_eq!(err.problems.len(), 4, "{text}");
+    }
+
+    #[test]
+    fn metrics_are_on_by_default_and_switched_off_by_file_or_env() {
+        assert!(Config::load("", &env(&[])).unwrap().metrics.enabled);
+        let c = Config::load("[metrics]\nenabled = false\n", &env(&[])).unwrap();
+        assert!(!c.metrics.enabled);
+        let c = Config::load("", &env(&[("BERTH_METRICS__ENABLED", "false")])).unwrap();
+        assert!(!c.metrics.enabled);
+        let err = Config::load("[metrics]\nenable = false\n", &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("enable"), "{err}");
     }
 
     #[test]

@@ -22,7 +22,9 @@
 //!   streaming, admin.
 //! - [`server`]: the HTTP server loop: connections, timeouts, connection cap, draining of
 //!   unread request bodies.
-//! - [`metrics`]: the node's Prometheus metric families, rendered at `GET /metrics`.
+//! - [`metrics`]: the node's Prometheus metric families, rendered at `GET /metrics`
+//!   (`[metrics] enabled`); the gauges of the other modules' state are refreshed at each
+//!   scrape by the hooks [`Node::start`] registers.
 //! - [`space`]: free space of the data directory's file system (upload reserve, metadata
 //!   write floor).
 //! - [`config`]: configuration loading and validation.
@@ -129,6 +131,8 @@ pub struct Node {
     pub gc: Arc<gc::Collector>,
     /// Removes this node's copies of collected blobs.
     pub reaper: Arc<gc::reaper::Reaper>,
+    /// Who this node is and where its request metrics go (the HTTP middleware's view).
+    telemetry: api::Telemetry,
     /// Closes the metadata store once every other handle on it is gone.
     closer: MetaCloser,
 }
@@ -172,6 +176,7 @@ impl Node {
         }
         let metrics = Metrics::new(config.node_id, &config.region, &config.zone);
         register_peer_gauges(&metrics, &cluster);
+        cluster.count_proposals_in(metrics.raft_proposals.clone());
         let replication = Replication::new(
             reader.clone(),
             cluster.clone(),
@@ -183,7 +188,19 @@ impl Node {
             reader.auth().clone(),
             audit.clone(),
         );
-        let registry = Registry::new(blobs, reader, cluster, config.registry_settings(), metrics);
+        let registry = Registry::new(
+            blobs,
+            reader,
+            cluster,
+            config.registry_settings(),
+            metrics.clone(),
+        );
+        register_node_gauges(&metrics, &registry, &config.data_dir);
+        let telemetry = api::Telemetry::new(
+            config.node_id,
+            &config.region,
+            config.metrics.enabled.then_some(metrics),
+        );
         let gc_settings = config.gc_settings();
         let gc = gc::Collector::new(registry.clone(), gc_settings);
         let reaper = gc::reaper::Reaper::new(
@@ -198,13 +215,18 @@ impl Node {
             audit,
             gc,
             reaper,
+            telemetry,
             closer,
         })
     }
 
     /// The HTTP router of this node.
     pub fn router(&self) -> axum::Router {
-        api::router(self.registry.clone(), self.auth.clone())
+        api::router(
+            self.registry.clone(),
+            self.auth.clone(),
+            self.telemetry.clone(),
+        )
     }
 
     /// Stops Raft (after the HTTP front has stopped), waiting at most 1.5 s for it; the
@@ -231,8 +253,10 @@ impl Node {
             audit,
             gc,
             reaper,
+            telemetry,
             closer,
         } = self;
+        drop(telemetry);
         drop(gc);
         drop(reaper);
         drop(registry);
@@ -274,6 +298,57 @@ fn register_peer_gauges(metrics: &Metrics, cluster: &Cluster) {
                 m.peer_rtt.get_or_create(&labels).set(rtt.as_secs_f64());
             }
             m.peer_up.get_or_create(&labels).set(i64::from(view.up));
+        }
+    });
+}
+
+/// Fills the gauges of this node's state at each scrape: Raft's figures, the metadata
+/// database and its last snapshot, the blob store's totals, open upload sessions, and the
+/// data directory's file system. Each is a read of memory or one cheap syscall; the blob
+/// store is never walked (its totals are kept as blobs come and go). The hook holds the
+/// registry weakly: the registry holds the metrics, and must not be kept alive by them.
+fn register_node_gauges(metrics: &Metrics, registry: &Arc<Registry>, data_dir: &std::path::Path) {
+    use metrics::set_u64;
+    let registry = Arc::downgrade(registry);
+    let data_dir = data_dir.to_path_buf();
+    metrics.on_scrape(move |m| {
+        let Some(registry) = registry.upgrade() else {
+            return;
+        };
+        let raft = registry.cluster().raft_figures();
+        set_u64(&m.raft_term, raft.term);
+        set_u64(&m.raft_leader_id, raft.leader.unwrap_or(0));
+        m.raft_is_leader.set(i64::from(raft.is_leader));
+        set_u64(&m.raft_last_log_index, raft.last_log_index);
+        set_u64(&m.raft_committed_index, raft.committed_index);
+        set_u64(&m.raft_applied_index, raft.applied_index);
+        set_u64(
+            &m.raft_apply_lag,
+            raft.last_log_index.saturating_sub(raft.applied_index),
+        );
+        set_u64(&m.raft_voters, raft.voters);
+        set_u64(
+            &m.raft_snapshot_bytes,
+            meta::snapshot_bytes(&data_dir).unwrap_or(0),
+        );
+        let db = registry.meta().db_stats();
+        set_u64(&m.rocksdb_size_bytes, db.size_bytes);
+        set_u64(
+            &m.rocksdb_compaction_pending_bytes,
+            db.compaction_pending_bytes,
+        );
+        m.rocksdb_compaction_pending
+            .set(i64::from(db.compaction_pending));
+        let blobs = registry.blob_store().totals();
+        set_u64(&m.blobstore_files, blobs.files);
+        set_u64(&m.blobstore_bytes, blobs.bytes);
+        set_u64(
+            &m.uploads_in_progress,
+            registry.uploads_in_progress() as u64,
+        );
+        if let Ok(disk) = space::statvfs(&data_dir) {
+            set_u64(&m.disk_free_bytes, disk.available);
+            set_u64(&m.disk_total_bytes, disk.total);
         }
     });
 }

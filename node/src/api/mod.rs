@@ -4,6 +4,10 @@
 //! audit log with the caller and its address. Pulls and pushes are admitted against their
 //! namespace's rates (`Registry::admit`) before they are handled.
 //!
+//! Every request passes [`telemetry::request_span`] first: its id (`X-Request-Id` on every
+//! response), its span and its metrics. `/metrics` is served only while metrics are enabled
+//! (`[metrics] enabled`); otherwise it answers 404 like any unknown path.
+//!
 //! Handlers are adapters: extract from the request → call [`Registry`] → map the answer or the
 //! error (one table, [`error`]) to the wire. They never touch storage, RocksDB or openraft.
 
@@ -14,6 +18,8 @@ mod manifests;
 pub mod path;
 pub mod relay;
 mod telemetry;
+
+pub use telemetry::{REQUEST_ID_HEADER, Telemetry};
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -35,17 +41,24 @@ use crate::registry::{self, Registry, RequestKind};
 /// The header every `/v2/` response carries.
 pub const API_VERSION_HEADER: &str = "docker-distribution-api-version";
 
-/// Builds the HTTP router over a registry, its requests checked by `auth`.
-pub fn router(registry: Arc<Registry>, auth: Arc<Auth>) -> Router {
-    Router::new()
+/// Builds the HTTP router over a registry, its requests checked by `auth` and recorded by
+/// `telemetry` (which also decides whether `/metrics` is served).
+pub fn router(registry: Arc<Registry>, auth: Arc<Auth>, telemetry: Telemetry) -> Router {
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/auth/token", get(auth::token_get).post(auth::token_post))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz));
+    if telemetry.metrics().is_some() {
+        router = router.route("/metrics", get(metrics));
+    }
+    router
         .route("/v2", any(v2))
         .route("/v2/", any(v2))
         .route("/v2/{*rest}", any(v2))
-        .layer(axum::middleware::from_fn(telemetry::request_span))
+        .layer(axum::middleware::from_fn_with_state(
+            telemetry,
+            telemetry::request_span,
+        ))
         .layer(Extension(auth))
         .with_state(registry)
 }

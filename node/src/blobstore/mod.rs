@@ -20,6 +20,9 @@
 //!   only up to what its writes have put in it; a follower's last byte comes from the stored,
 //!   verified blob.
 //! - Everything in `uploads/` is removed at start-up: uploads do not survive a restart.
+//! - The store's totals ([`BlobStore::totals`]: files and bytes under `blobs/`) are counted
+//!   once at open, on the blocking pool, then kept by every placement and removal; they are
+//!   never recounted (a scrape reads two atomics).
 
 mod aligned;
 mod follow;
@@ -30,6 +33,7 @@ mod verify;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 pub use follow::{Begun, CopyProgress, CopyWatch};
 pub use read::BlobBody;
@@ -149,6 +153,92 @@ struct Shared {
     reserve: std::sync::Mutex<Reserve>,
     /// Per-digest locks (striped): see [`BlobStore::lock_digest`].
     placing: Box<[Arc<tokio::sync::Mutex<()>>]>,
+    /// Files and bytes under `blobs/`.
+    totals: Totals,
+}
+
+/// The files and bytes under `blobs/`, and how far their first count has got.
+///
+/// The count walks the 256 prefix directories in order and adds each one's totals once it
+/// has listed it. A placement or removal under a prefix already counted updates the totals;
+/// one under a prefix still to be counted is left to the count, which will see its outcome.
+/// (One placed or removed in the instant its own directory is being listed may be missed.)
+#[derive(Debug, Default)]
+struct Totals {
+    files: AtomicU64,
+    bytes: AtomicU64,
+    /// Prefix directories counted so far (256: all; the count is done).
+    counted: AtomicUsize,
+}
+
+impl Totals {
+    /// Whether changes under the digest's prefix directory are the totals' to follow.
+    fn follows(&self, digest: &Digest) -> bool {
+        let prefix = usize::from_str_radix(&digest.hex()[..2], 16).unwrap_or(0);
+        prefix < self.counted.load(Ordering::SeqCst)
+    }
+
+    /// A blob of `size` bytes was put in place.
+    fn placed(&self, digest: &Digest, size: u64) {
+        if self.follows(digest) {
+            self.files.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(size, Ordering::Relaxed);
+        }
+    }
+
+    /// A blob of `size` bytes was removed.
+    fn removed(&self, digest: &Digest, size: u64) {
+        if self.follows(digest) {
+            let sub = |n: u64| move |v: u64| Some(v.saturating_sub(n));
+            let _ = self
+                .files
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, sub(1));
+            let _ = self
+                .bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, sub(size));
+        }
+    }
+
+    /// Counts the blob files under `blobs`, prefix by prefix (a directory that cannot be
+    /// listed counts as empty, with a warning).
+    fn count(&self, blobs: &Path) {
+        for prefix in 0..=255u8 {
+            let dir = blobs.join(format!("{prefix:02x}"));
+            let (mut files, mut bytes) = (0u64, 0u64);
+            match std::fs::read_dir(&dir) {
+                Ok(entries) => {
+                    for entry in entries.flatten() {
+                        let name = entry.file_name();
+                        let is_blob = name.len() == 64
+                            && name.as_encoded_bytes().iter().all(u8::is_ascii_hexdigit);
+                        if let (true, Ok(meta)) = (is_blob, entry.metadata()) {
+                            files += 1;
+                            bytes += meta.len();
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "failed to count blob files")
+                }
+            }
+            self.files.fetch_add(files, Ordering::Relaxed);
+            self.bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.counted
+                .store(usize::from(prefix) + 1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// The blob files this node holds ([`BlobStore::totals`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobTotals {
+    /// Blob files.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Whether the count made at open has finished (before, the figures are partial).
+    pub complete: bool,
 }
 
 /// Stripes of the per-digest locks: two digests share one with probability 1/4096, which only
@@ -166,6 +256,7 @@ impl Shared {
             placing: (0..DIGEST_LOCK_STRIPES)
                 .map(|_| Arc::new(tokio::sync::Mutex::new(())))
                 .collect(),
+            totals: Totals::default(),
         })
     }
 }
@@ -229,13 +320,33 @@ impl BlobStore {
                 "removed staging files of uploads interrupted by a restart"
             );
         }
+        let shared = Shared::new(data_dir);
+        // The first count of the totals: on the blocking pool when there is a runtime (a
+        // large store takes a while to list), else here.
+        let counting = (shared.clone(), blobs.clone());
+        let count = move || counting.0.totals.count(&counting.1);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(count)),
+            Err(_) => count(),
+        }
         Ok(BlobStore {
             blobs,
             uploads,
             _lock: lock,
-            shared: Shared::new(data_dir),
+            shared,
             direct_writes: false,
         })
+    }
+
+    /// The blob files this node holds and their bytes: counted once at open, then kept as
+    /// blobs are placed and removed (two atomic loads).
+    pub fn totals(&self) -> BlobTotals {
+        let t = &self.shared.totals;
+        BlobTotals {
+            files: t.files.load(Ordering::Relaxed),
+            bytes: t.bytes.load(Ordering::Relaxed),
+            complete: t.counted.load(Ordering::SeqCst) == 256,
+        }
     }
 
     /// Sets whether uploads of one block (1 MiB) or more are written with direct I/O or (the
@@ -334,11 +445,20 @@ impl BlobStore {
     /// Removes a blob file. Removing a blob that is not there is not an error.
     pub async fn delete(&self, digest: &Digest) -> Result<(), BlobStoreError> {
         let path = self.blob_path(digest);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(BlobStoreError::io("remove", &path)(e)),
-        }
+        let (shared, digest) = (self.shared.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || {
+            let size = std::fs::symlink_metadata(&path).map(|m| m.len());
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    shared.totals.removed(&digest, size.unwrap_or(0));
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(BlobStoreError::io("remove", &path)(e)),
+            }
+        })
+        .await
+        .map_err(|e| BlobStoreError::io("remove", Path::new("blob"))(io::Error::other(e)))?
     }
 
     /// Locks `digest` on this node. Whoever puts a blob file in place and then records it
@@ -409,16 +529,19 @@ fn blob_path(blobs: &Path, digest: &Digest) -> PathBuf {
 }
 
 /// Moves a verified, fsynced staging file into place as `digest`, then fsyncs the directory.
-fn commit_staged(blobs: &Path, staged: &Path, digest: &Digest) -> Result<(), BlobStoreError> {
+/// Returns whether it was put in place (false: an identical blob already was).
+fn commit_staged(blobs: &Path, staged: &Path, digest: &Digest) -> Result<bool, BlobStoreError> {
     let target = blob_path(blobs, digest);
     if target.exists() {
         // Content-addressed: an identical blob is already in place; drop our copy and make
         // sure the rename that put it there is durable.
         std::fs::remove_file(staged).map_err(BlobStoreError::io("remove", staged))?;
-        return sync_dir(target.parent().expect("blob path has a parent"));
+        sync_dir(target.parent().expect("blob path has a parent"))?;
+        return Ok(false);
     }
     std::fs::rename(staged, &target).map_err(BlobStoreError::io("rename", staged))?;
-    sync_dir(target.parent().expect("blob path has a parent"))
+    sync_dir(target.parent().expect("blob path has a parent"))?;
+    Ok(true)
 }
 
 impl BlobStore {
@@ -769,6 +892,49 @@ mod tests {
         drop(store);
         let _store = BlobStore::open(dir.path()).unwrap();
         assert!(no_staging_files(dir.path()));
+    }
+
+    /// The store's totals once its first count has finished (bounded wait).
+    async fn settled_totals(store: &BlobStore) -> BlobTotals {
+        for _ in 0..500 {
+            let t = store.totals();
+            if t.complete {
+                return t;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the first count of the blob store did not finish in 5 s");
+    }
+
+    #[tokio::test]
+    async fn totals_are_counted_at_open_and_kept_by_stores_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let put = |name: &'static str, data: &'static [u8]| {
+            let store = &store;
+            async move {
+                let mut up = store.begin_upload(name);
+                up.append(body(&[data])).await.unwrap();
+                up.finish(store, &Digest::sha256_of(data)).await.unwrap();
+            }
+        };
+        let empty = settled_totals(&store).await;
+        assert_eq!((empty.files, empty.bytes), (0, 0));
+        put("a", b"abc").await;
+        put("b", b"hello").await;
+        // The same content again: one file.
+        put("c", b"hello").await;
+        let t = store.totals();
+        assert_eq!((t.files, t.bytes), (2, 8));
+        store.delete(&Digest::sha256_of(b"abc")).await.unwrap();
+        store.delete(&Digest::sha256_of(b"abc")).await.unwrap();
+        let t = store.totals();
+        assert_eq!((t.files, t.bytes), (1, 5));
+        drop(store);
+        // Reopened, the count finds what is on disk.
+        let store = BlobStore::open(dir.path()).unwrap();
+        let t = settled_totals(&store).await;
+        assert_eq!((t.files, t.bytes), (1, 5));
     }
 
     #[tokio::test]

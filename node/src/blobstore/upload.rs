@@ -481,6 +481,7 @@ impl StagedUpload {
         }
         // The tail write, fsync and rename are disk work like a block's.
         let permit = self.shared.disk_permit().await;
+        let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let target = blob_path(&blobs, &digest);
@@ -506,7 +507,11 @@ impl StagedUpload {
                     .sync_data()
                     .map_err(BlobStoreError::io("fsync", &path))?;
                 drop(file);
-                commit_staged(&blobs, &path, &digest)
+                let placed = commit_staged(&blobs, &path, &digest)?;
+                if placed {
+                    shared.totals.placed(&digest, size);
+                }
+                Ok(())
             })();
             if res.is_err() {
                 let _ = std::fs::remove_file(&path);

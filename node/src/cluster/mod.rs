@@ -5,7 +5,9 @@
 //! [`Cluster::write`] and gets back what applying them answered, after the entry is committed
 //! and applied on this node (so the node that answered a write reads its own write). A write
 //! proposed at a follower is forwarded to the leader over `berth.peer.v1.Peer/ForwardWrite`;
-//! the follower answers once it has applied the entry itself.
+//! the follower answers once it has applied the entry itself. A forwarded write names the
+//! client request it was made for in the `x-request-id` gRPC metadata
+//! ([`REQUEST_ID_METADATA`]), so the leader's log lines carry the same request id.
 //!
 //! A node started on an empty data directory either initialises a cluster of one voter
 //! (itself), or — with `--join` — waits to be added by a member. On restart it reopens its log
@@ -35,8 +37,8 @@ mod raft_service;
 pub mod tls;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use berth_proto::LEADER_ID_HEADER;
@@ -45,6 +47,8 @@ use berth_proto::peer::{ForwardWriteRequest, ReadIndexRequest};
 use openraft::Raft;
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{ClientWriteError, RaftError};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 
 #[cfg(feature = "fault-injection")]
 pub use faults::FaultLayer;
@@ -60,7 +64,46 @@ pub use raft_service::{RaftService, RaftServiceError};
 use crate::meta::{
     Command, DiskFull, LogStore, NodeId, NodeInfo, StateMachine, TypeConfig, WriteGate, WriteResult,
 };
+use crate::metrics::{ProposalLabels, ProposalOutcome};
 use crate::types::ErrorKind;
+use crate::types::request::RequestMeta;
+
+/// The gRPC metadata key naming the client request a forwarded write was made for.
+pub const REQUEST_ID_METADATA: &str = "x-request-id";
+
+/// Names the client request `id` (when there is one) in a peer call's metadata.
+fn set_request_id<M>(req: &mut tonic::Request<M>, id: Option<&str>) {
+    if let Some(v) = id.and_then(|id| tonic::metadata::MetadataValue::try_from(id).ok()) {
+        req.metadata_mut().insert(REQUEST_ID_METADATA, v);
+    }
+}
+
+/// The client request a peer call was made for, as its caller named it (checked as an
+/// `X-Request-Id` header is: a malformed one is replaced by a new id); `None` when unnamed.
+pub fn request_id_of<M>(req: &tonic::Request<M>) -> Option<String> {
+    req.metadata()
+        .get(REQUEST_ID_METADATA)
+        .map(|v| RequestMeta::id_from(v.to_str().ok()))
+}
+
+/// This node's Raft figures, as its metrics report them ([`Cluster::raft_figures`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RaftFigures {
+    /// The current term.
+    pub term: u64,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// Whether this node leads.
+    pub is_leader: bool,
+    /// Index of its last log entry (0: none).
+    pub last_log_index: u64,
+    /// The last index it knows to be committed (0: none).
+    pub committed_index: u64,
+    /// The last index it applied (0: none).
+    pub applied_index: u64,
+    /// Voters in the membership it knows.
+    pub voters: u64,
+}
 
 /// Raft timing and snapshot settings.
 #[derive(Debug, Clone)]
@@ -165,6 +208,9 @@ pub struct Cluster {
     views: Arc<peer_view::PeerViews>,
     /// Stops the background workers (probes, the leader-region check) at shutdown.
     workers: tokio_util::sync::CancellationToken,
+    /// Where [`Cluster::write`] counts its outcomes, once set ([`Cluster::count_proposals_in`]).
+    /// The family only, not the whole `Metrics`: its scrape hooks hold clusters.
+    proposals: Arc<OnceLock<Family<ProposalLabels, Counter>>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -269,6 +315,7 @@ impl Cluster {
             gate,
             views: Arc::default(),
             workers: tokio_util::sync::CancellationToken::new(),
+            proposals: Arc::default(),
         };
         tokio::spawn(peer_view::run_prober(
             cluster.clone(),
@@ -376,7 +423,46 @@ impl Cluster {
     /// election), the leader cannot be reached, or the write cannot commit within the write
     /// timeout; [`ClusterError::DiskFull`] when this node's disk is too full for metadata;
     /// [`ClusterError::Stopped`] when Raft has stopped.
+    ///
+    /// Each call is counted in `berth_raft_proposals_total` (once
+    /// [`Cluster::count_proposals_in`] named the metrics): `ok`, `rejected` (applied, but
+    /// [`WriteResult::Rejected`]) or `error`.
     pub async fn write(&self, command: Command) -> Result<WriteResult, ClusterError> {
+        let res = self.write_uncounted(command).await;
+        if let Some(proposals) = self.proposals.get() {
+            let outcome = match &res {
+                Ok(WriteResult::Rejected(_)) => ProposalOutcome::Rejected,
+                Ok(_) => ProposalOutcome::Ok,
+                Err(_) => ProposalOutcome::Error,
+            };
+            proposals.get_or_create(&ProposalLabels { outcome }).inc();
+        }
+        res
+    }
+
+    /// Counts the outcomes of [`Cluster::write`] (on every clone of this handle) in
+    /// `proposals` (`berth_raft_proposals_total`). The first call wins.
+    pub fn count_proposals_in(&self, proposals: Family<ProposalLabels, Counter>) {
+        let _ = self.proposals.set(proposals);
+    }
+
+    /// This node's Raft figures now (one read of openraft's metrics).
+    pub fn raft_figures(&self) -> RaftFigures {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        RaftFigures {
+            term: m.current_term,
+            leader: m.current_leader,
+            is_leader: m.current_leader == Some(self.node_id),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed_index: m.local_committed.as_ref().map_or(0, |l| l.index),
+            applied_index: m.last_applied.as_ref().map_or(0, |l| l.index),
+            voters: m.membership_config.membership().voter_ids().count() as u64,
+        }
+    }
+
+    /// [`Cluster::write`] without counting it.
+    async fn write_uncounted(&self, command: Command) -> Result<WriteResult, ClusterError> {
         self.check_disk()?;
         if !self.is_member() {
             // A removed node no longer receives the log: it could not apply its own write.
@@ -428,8 +514,10 @@ impl Cluster {
         let req = ForwardWriteRequest {
             command: postcard::to_allocvec(command).expect("commands serialise"),
         };
+        let request_id = RequestMeta::current().map(|m| m.id);
         let resp = self
-            .call_member(leader, left, req, |channel, req| async move {
+            .call_member(leader, left, req, |channel, mut req| async move {
+                set_request_id(&mut req, request_id.as_deref());
                 PeerClient::new(channel).forward_write(req).await
             })
             .await;
@@ -651,4 +739,34 @@ enum ForwardOutcome {
     Failed(ClusterError),
     /// Leadership moved; try again.
     Retry(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forwarded_write_names_its_request() {
+        let mut req = tonic::Request::new(());
+        set_request_id(&mut req, Some("client-id-1"));
+        assert_eq!(
+            req.metadata()
+                .get(REQUEST_ID_METADATA)
+                .and_then(|v| v.to_str().ok()),
+            Some("client-id-1")
+        );
+        assert_eq!(request_id_of(&req).as_deref(), Some("client-id-1"));
+        // No request: no metadata, and the leader names none.
+        let mut bare = tonic::Request::new(());
+        set_request_id(&mut bare, None);
+        assert!(bare.metadata().get(REQUEST_ID_METADATA).is_none());
+        assert_eq!(request_id_of(&bare), None);
+        // A malformed id from a peer is replaced, as a client's would be.
+        let mut odd = tonic::Request::new(());
+        odd.metadata_mut()
+            .insert(REQUEST_ID_METADATA, "a b".parse().unwrap());
+        let id = request_id_of(&odd).unwrap();
+        assert_ne!(id, "a b");
+        assert_eq!(id.len(), 36);
+    }
 }

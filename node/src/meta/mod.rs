@@ -274,6 +274,42 @@ pub fn open_closable(
     ))
 }
 
+/// Size and compaction state of the metadata database, from RocksDB's properties summed
+/// over the column families ([`MetaReader::db_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DbStats {
+    /// SST files and memtables, in bytes.
+    pub size_bytes: u64,
+    /// RocksDB's estimate of the bytes compactions have to rewrite.
+    pub compaction_pending_bytes: u64,
+    /// Whether a compaction is pending in any column family.
+    pub compaction_pending: bool,
+}
+
+/// See [`DbStats`]: in-memory property reads, no IO (a property RocksDB cannot give counts 0).
+fn db_stats(db: &rocksdb::DB) -> DbStats {
+    let mut stats = DbStats::default();
+    for name in [CF_LOGS, CF_RAFT, CF_STATE, CF_AUDIT] {
+        let Some(cf) = db.cf_handle(name) else {
+            continue;
+        };
+        let prop = |p: &str| db.property_int_value_cf(cf, p).ok().flatten().unwrap_or(0);
+        stats.size_bytes +=
+            prop("rocksdb.total-sst-files-size") + prop("rocksdb.cur-size-all-mem-tables");
+        stats.compaction_pending_bytes += prop("rocksdb.estimate-pending-compaction-bytes");
+        stats.compaction_pending |= prop("rocksdb.compaction-pending") > 0;
+    }
+    stats
+}
+
+/// Size in bytes of the current snapshot under `data_dir` (the last one this node built or
+/// installed); `None` when there is none. One `stat`.
+pub fn snapshot_bytes(data_dir: &Path) -> Option<u64> {
+    std::fs::metadata(data_dir.join("snapshots").join(snapshot::CURRENT_FILE))
+        .ok()
+        .map(|m| m.len())
+}
+
 /// One more handle on the metadata database, kept to close it: RocksDB closes when its last
 /// handle is dropped, and [`MetaCloser::close`] makes sure that last one is this.
 pub struct MetaCloser {

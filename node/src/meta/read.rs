@@ -177,6 +177,12 @@ impl std::fmt::Debug for MetaReader {
 }
 
 impl MetaReader {
+    /// Size and compaction state of the metadata database (cheap: RocksDB's in-memory
+    /// properties).
+    pub fn db_stats(&self) -> super::DbStats {
+        super::db_stats(&self.db)
+    }
+
     pub(super) fn new(
         db: Arc<DB>,
         tags: Arc<TagCache>,

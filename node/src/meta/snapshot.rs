@@ -29,6 +29,8 @@ use super::state_machine::{put, state_cf};
 use super::{MetaError, TypeConfig, decode, encode, keys};
 
 const MAGIC: &[u8; 8] = b"BERTHSNP";
+/// The current snapshot's file name in the snapshot directory.
+pub(super) const CURRENT_FILE: &str = "current.snap";
 const FORMAT_VERSION: u32 = 2;
 /// The format before snapshot metadata was versioned.
 const LEGACY_FORMAT_VERSION: u32 = 1;
@@ -62,7 +64,7 @@ impl SnapshotFiles {
     }
 
     fn current_path(&self) -> PathBuf {
-        self.dir.join("current.snap")
+        self.dir.join(CURRENT_FILE)
     }
 
     fn temp_path(&self) -> PathBuf {

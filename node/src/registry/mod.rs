@@ -255,6 +255,11 @@ impl Registry {
         self.pacing.client_request();
     }
 
+    /// Upload sessions open on this node now.
+    pub fn uploads_in_progress(&self) -> usize {
+        self.uploads.open_sessions()
+    }
+
     /// This node's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

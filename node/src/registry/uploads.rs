@@ -324,6 +324,11 @@ impl Uploads {
         }
     }
 
+    /// Sessions open on this node now.
+    pub(super) fn open_sessions(&self) -> usize {
+        self.inner.lock().expect("uploads lock").sessions.len()
+    }
+
     /// Opens a session for `client` (when known).
     ///
     /// Errors: [`RegistryError::TooManyUploads`] past the node's or the client's bound.

@@ -1,4 +1,5 @@
-//! `berth.peer.v1.Peer`: the leader's half of write forwarding, blob streaming to peers
+//! `berth.peer.v1.Peer`: the leader's half of write forwarding (run in a span naming the
+//! client request the follower forwarded it for), blob streaming to peers
 //! that lack a blob, the probe peers measure their round trips with, and copies made on
 //! request (`Replicate`, for the durability policy).
 
@@ -13,10 +14,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::status::status;
 use crate::blobstore::BlobStoreError;
-use crate::cluster::LeaderWriteError;
+use crate::cluster::{LeaderWriteError, request_id_of};
 use crate::meta::Command;
 use crate::registry::{CopyFor, Registry};
 use crate::types::{Digest, ErrorKind};
@@ -48,13 +50,30 @@ impl Peer for PeerService {
         req: Request<ForwardWriteRequest>,
     ) -> Result<Response<ForwardWriteResponse>, Status> {
         let cluster = self.registry.cluster();
-        let command: Command = postcard::from_bytes(&req.into_inner().command)
-            .map_err(|e| status(ErrorKind::Invalid, format!("failed to decode command: {e}")))?;
-        let (result, log_index) = cluster.leader_write(command).await?;
-        Ok(Response::new(ForwardWriteResponse {
-            result: postcard::to_allocvec(&result).expect("results serialise"),
-            log_index,
-        }))
+        // The client request the follower forwards for: its id is on every line logged here.
+        let span = tracing::info_span!(
+            "forwarded_write",
+            request_id = tracing::field::Empty,
+            node = cluster.node_id(),
+        );
+        if let Some(id) = request_id_of(&req) {
+            span.record("request_id", id.as_str());
+        }
+        async move {
+            let command: Command =
+                postcard::from_bytes(&req.into_inner().command).map_err(|e| {
+                    status(ErrorKind::Invalid, format!("failed to decode command: {e}"))
+                })?;
+            tracing::debug!("proposing a write forwarded by a follower");
+            let (result, log_index) = cluster.leader_write(command).await?;
+            tracing::debug!(log_index, "forwarded write committed");
+            Ok(Response::new(ForwardWriteResponse {
+                result: postcard::to_allocvec(&result).expect("results serialise"),
+                log_index,
+            }))
+        }
+        .instrument(span)
+        .await
     }
 
     async fn read_index(
