@@ -15,7 +15,9 @@
 //!    `/metrics` altogether, no `# TYPE` line either, so for those the test checks that the
 //!    node's metrics module registers the name ([`registered`]);
 //! 4. every query of the dashboard (its Grafana variables replaced) is valid PromQL that
-//!    Prometheus answers.
+//!    Prometheus answers;
+//! 5. on this healthy cluster no alert is firing or pending (BerthDiskNearlyFull aside: it
+//!    measures the test machine's disk).
 //!
 //! Skipped, printing why, when `prometheus` or `promtool` is not installed — unless
 //! `BERTH_REQUIRE_CLIENT_TOOLS` names `prometheus` (scripts/test does wherever the binaries are
@@ -38,6 +40,8 @@ const TARGETS_UP_WITHIN: Duration = Duration::from_secs(60);
 const SERIES_WITHIN: Duration = Duration::from_secs(60);
 /// How long the alert rules may take to be evaluated once.
 const RULES_WITHIN: Duration = Duration::from_secs(30);
+/// How long alerts may stay pending on the healthy cluster.
+const ALERTS_QUIET_WITHIN: Duration = Duration::from_secs(30);
 const VISIBLE_WITHIN: Duration = Duration::from_secs(10);
 const CTL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -306,6 +310,24 @@ fn prometheus_scrapes_every_node_and_the_dashboard_and_rules_hold() {
         if let Err(e) = p.api("/api/v1/query", &[("query", &expr)]) {
             failures.push(format!("dashboard panel {title:?}: {e}"));
         }
+    }
+
+    // 5. A healthy cluster sets off no alert, not even a pending one (peer probes and the
+    // first scrapes may take a few seconds to settle) — but BerthDiskNearlyFull, which
+    // measures the disk of the machine the test runs on (alerts_test.yml tests it).
+    if let Err(last) = cluster_tests::wait::try_wait_until(ALERTS_QUIET_WITHIN, || {
+        let alerts: Vec<String> = p
+            .must_query(r#"ALERTS{alertname!="BerthDiskNearlyFull"}"#)
+            .iter()
+            .map(|a| a["metric"].to_string())
+            .collect();
+        if alerts.is_empty() {
+            Ok(())
+        } else {
+            Err(alerts.join(" "))
+        }
+    }) {
+        failures.push(format!("alerts on a healthy cluster: {last}"));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
