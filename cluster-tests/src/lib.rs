@@ -13,6 +13,7 @@
 //! - [`clusterctl`]: running the CLI, bounded.
 //! - [`clients`]: real clients (docker, skopeo, containerd), skipped or required.
 //! - [`replication`]: blob files in a node's data directory; `clusterctl replication` runs.
+//! - [`prometheus`]: a real Prometheus scraping a cluster, and `promtool`.
 //! - [`compose`]: the three-region compose cluster of `deploy/compose` in Docker containers:
 //!   `docker push`/`pull`, `docker kill`, region cut-offs, bandwidth limits.
 //! - [`wait`]: the deadline pollers every wait goes through.
@@ -36,6 +37,7 @@ pub mod compose;
 pub mod load;
 pub mod node;
 pub mod oci;
+pub mod prometheus;
 pub mod replication;
 pub mod wait;
 

@@ -32,6 +32,7 @@ pub const CLIENT_TOOLS: &[&str] = &[
     "podman",
     "oras",
     "openssl",
+    "prometheus",
 ];
 
 /// Reserves a free loopback port: binds `127.0.0.1:0`, reads the port, drops the listener.
