@@ -65,6 +65,33 @@ pub struct NodeLabels {
     pub zone: String,
 }
 
+/// Labels naming a webhook.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// The webhook's name.
+    pub webhook: String,
+}
+
+/// How a delivery ended.
+#[derive(
+    Debug, Clone, Copy, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelValue,
+)]
+pub enum Outcome {
+    /// A 2xx answer.
+    Success,
+    /// Anything else.
+    Failure,
+}
+
+/// Labels naming a webhook and a delivery's outcome.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookOutcomeLabels {
+    /// The webhook's name.
+    pub webhook: String,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
 type Hook = Box<dyn Fn(&Metrics) + Send + Sync>;
 
 /// The metric families of one node.
@@ -95,6 +122,12 @@ pub struct Metrics {
     pub peer_rtt: Family<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// `berth_peer_up{peer,region}`: 1 when the last probe of the peer answered.
     pub peer_up: Family<PeerLabels, Gauge>,
+    /// `berth_webhook_deliveries_total{webhook,outcome}`: delivery attempts.
+    pub webhook_deliveries: Family<WebhookOutcomeLabels, Counter>,
+    /// `berth_webhook_delivery_duration_seconds{webhook}`: time to an answer.
+    pub webhook_delivery_duration: Family<WebhookLabels, Histogram>,
+    /// `berth_webhook_backlog_events{webhook}`: events past the cursor (delivering node only).
+    pub webhook_backlog: Family<WebhookLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -124,6 +157,30 @@ impl Metrics {
         let scrub_repairs = Counter::default();
         let peer_rtt = Family::<PeerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let peer_up = Family::<PeerLabels, Gauge>::default();
+        let webhook_deliveries = Family::<WebhookOutcomeLabels, Counter>::default();
+        let webhook_delivery_duration =
+            Family::<WebhookLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    0.005, 2.0, 14,
+                ))
+            });
+        let webhook_backlog = Family::<WebhookLabels, Gauge>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook delivery attempts by outcome",
+            webhook_deliveries.clone(),
+        );
+        registry.register_with_unit(
+            "webhook_delivery_duration",
+            "Time from sending a webhook delivery to its answer",
+            prometheus_client::registry::Unit::Seconds,
+            webhook_delivery_duration.clone(),
+        );
+        registry.register(
+            "webhook_backlog_events",
+            "Events recorded past a webhook's cursor (on its delivering node)",
+            webhook_backlog.clone(),
+        );
 
         registry.register(
             "node_info",
@@ -197,6 +254,9 @@ impl Metrics {
             scrub_repairs,
             peer_rtt,
             peer_up,
+            webhook_deliveries,
+            webhook_delivery_duration,
+            webhook_backlog,
         })
     }
 

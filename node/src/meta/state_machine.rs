@@ -22,7 +22,7 @@ use super::notices::{Notice, Notices};
 use super::snapshot::{SnapshotBuilder, SnapshotFiles};
 use super::tag_cache::TagCache;
 use super::write_gate::WriteGate;
-use super::{CF_STATE, MetaError, TypeConfig, decode, encode, gc, keys, lifecycle};
+use super::{CF_STATE, MetaError, TypeConfig, decode, encode, gc, keys, lifecycle, webhooks};
 use crate::types::{Digest, RepositoryName};
 
 /// The state machine. Owned by openraft; readers use [`super::MetaReader`].
@@ -70,34 +70,39 @@ impl StateMachine {
     }
 }
 
-/// The repository whose attributes an applied entry may have changed, if any: an attributes
-/// change, or a removal of tags or manifests (their attributes go with them). A manifest PUT
-/// changes none, and is not looked at again (the hot path).
-fn attributes_changed_by(entry: &openraft::alias::EntryOf<TypeConfig>) -> Option<&RepositoryName> {
+/// The command of a normal entry, unwrapped from [`CommandV1::Traced`].
+fn command_of(entry: &openraft::alias::EntryOf<TypeConfig>) -> Option<&CommandV1> {
     match &entry.payload {
-        EntryPayload::Normal(Command::V1(CommandV1::PutManifest(_))) => None,
-        EntryPayload::Normal(Command::V1(CommandV1::Lifecycle(l))) => match l.as_ref() {
+        EntryPayload::Normal(Command::V1(cmd)) => Some(cmd.untraced().0),
+        _ => None,
+    }
+}
+
+/// The repository whose attributes an applied command may have changed, if any: an
+/// attributes change, or a removal of tags or manifests (their attributes go with them). A
+/// manifest PUT changes none, and is not looked at again (the hot path).
+fn attributes_changed_by(cmd: &CommandV1) -> Option<&RepositoryName> {
+    match cmd {
+        CommandV1::PutManifest(_) => None,
+        CommandV1::Lifecycle(l) => match l.as_ref() {
             lifecycle::LifecycleCommand::UpdateAttributes { repo, .. } => Some(repo),
-            _ => tags_changed_by(entry),
+            _ => tags_changed_by(cmd),
         },
-        _ => tags_changed_by(entry),
+        _ => tags_changed_by(cmd),
     }
 }
 
 /// The repository whose tags a command may change, if any.
-fn tags_changed_by(entry: &openraft::alias::EntryOf<TypeConfig>) -> Option<&RepositoryName> {
-    match &entry.payload {
-        EntryPayload::Normal(Command::V1(cmd)) => match cmd {
-            CommandV1::PutManifest(p) if p.tag.is_some() => Some(&p.repo),
-            CommandV1::DeleteTag { repo, .. }
-            | CommandV1::DeleteManifest { repo, .. }
-            | CommandV1::RemoveManifest { repo, .. } => Some(repo),
-            CommandV1::Lifecycle(l) => match l.as_ref() {
-                lifecycle::LifecycleCommand::Restore { repo, .. }
-                | lifecycle::LifecycleCommand::RemoveUntagged { repo, .. }
-                | lifecycle::LifecycleCommand::DeleteTagIf { repo, .. } => Some(repo),
-                _ => None,
-            },
+fn tags_changed_by(cmd: &CommandV1) -> Option<&RepositoryName> {
+    match cmd {
+        CommandV1::PutManifest(p) if p.tag.is_some() => Some(&p.repo),
+        CommandV1::DeleteTag { repo, .. }
+        | CommandV1::DeleteManifest { repo, .. }
+        | CommandV1::RemoveManifest { repo, .. } => Some(repo),
+        CommandV1::Lifecycle(l) => match l.as_ref() {
+            lifecycle::LifecycleCommand::Restore { repo, .. }
+            | lifecycle::LifecycleCommand::RemoveUntagged { repo, .. }
+            | lifecycle::LifecycleCommand::DeleteTagIf { repo, .. } => Some(repo),
             _ => None,
         },
         _ => None,
@@ -112,7 +117,7 @@ fn notify(
     result: &WriteResult,
 ) {
     match &entry.payload {
-        EntryPayload::Normal(Command::V1(cmd)) => match cmd {
+        EntryPayload::Normal(Command::V1(cmd)) => match cmd.untraced().0 {
             CommandV1::PutManifest(p) => notices.push(Notice::Manifest {
                 repo: p.repo.clone(),
                 digest: p.digest.clone(),
@@ -148,7 +153,7 @@ fn notify(
                 notices.resync()
             }
             CommandV1::MountBlob { .. } | CommandV1::UnlinkBlob { .. } | CommandV1::Auth(_) => {}
-            CommandV1::DeleteTag { .. } => {}
+            CommandV1::DeleteTag { .. } | CommandV1::Webhooks(_) | CommandV1::Traced(_) => {}
         },
         EntryPayload::Membership(_) => notices.resync(),
         EntryPayload::Blank => {}
@@ -209,7 +214,21 @@ fn apply_entry(
     let log_id = entry.log_id();
     let result = match &entry.payload {
         EntryPayload::Blank => WriteResult::Done,
-        EntryPayload::Normal(Command::V1(cmd)) => apply_command(db, cf, &mut batch, cmd)?,
+        EntryPayload::Normal(Command::V1(cmd)) => {
+            let (cmd, traced) = cmd.untraced();
+            let events = webhooks::derive(
+                db,
+                cmd,
+                log_id.index,
+                traced.map(|t| t.at_ms),
+                traced.map(|t| &t.request),
+            )?;
+            let result = apply_command(db, cf, &mut batch, cmd)?;
+            if result == WriteResult::Done {
+                webhooks::record(db, cf, &mut batch, events)?;
+            }
+            result
+        }
         EntryPayload::Membership(m) => {
             let stored = StoredMembership::new(Some(log_id), m.clone());
             put(&mut batch, cf, keys::MEMBERSHIP, &stored);
@@ -219,22 +238,21 @@ fn apply_entry(
     put(&mut batch, cf, keys::APPLIED, &log_id);
     db.write(batch).map_err(MetaError::db("apply"))?;
     // After the write: a reader that scans from now on sees it (see `tag_cache`).
-    if let Some(repo) = tags_changed_by(entry) {
-        tags.invalidate(repo);
-    }
-    if let Some(repo) = attributes_changed_by(entry) {
-        indexes.locks.refresh(db, repo)?;
-    }
-    if let EntryPayload::Normal(Command::V1(CommandV1::Lifecycle(l))) = &entry.payload
-        && let lifecycle::LifecycleCommand::SetNamespace { namespace, .. } = l.as_ref()
-    {
-        indexes.limits.refresh(db, namespace)?;
-    }
-    if matches!(
-        &entry.payload,
-        EntryPayload::Normal(Command::V1(CommandV1::Auth(_)))
-    ) {
-        auth.reload(db)?;
+    if let Some(cmd) = command_of(entry) {
+        if let Some(repo) = tags_changed_by(cmd) {
+            tags.invalidate(repo);
+        }
+        if let Some(repo) = attributes_changed_by(cmd) {
+            indexes.locks.refresh(db, repo)?;
+        }
+        if let CommandV1::Lifecycle(l) = cmd
+            && let lifecycle::LifecycleCommand::SetNamespace { namespace, .. } = l.as_ref()
+        {
+            indexes.limits.refresh(db, namespace)?;
+        }
+        if matches!(cmd, CommandV1::Auth(_)) {
+            auth.reload(db)?;
+        }
     }
     notify(notices, collected, entry, &result);
     Ok(result)
@@ -432,6 +450,8 @@ fn apply_command(
             at_ms,
         } => remove_manifest(db, cf, batch, repo, digest, Some(*at_ms)),
         CommandV1::Auth(a) => super::auth::apply(db, batch, a),
+        CommandV1::Webhooks(w) => webhooks::apply(db, cf, batch, w),
+        CommandV1::Traced(t) => apply_command(db, cf, batch, &t.command),
         CommandV1::SetReplicationPolicy { pattern, policy } => {
             put::<ReplicationPolicy>(batch, cf, &keys::policy(pattern), policy);
             Ok(WriteResult::Done)
@@ -688,12 +708,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
         self.gate.wait_for_room().await?;
         // A full count walks every manifest: never on the calling task.
-        let heavy = entries.iter().any(|e| {
-            matches!(
-                &e.payload,
-                EntryPayload::Normal(Command::V1(CommandV1::CountReferences { .. }))
-            )
-        });
+        let heavy = entries
+            .iter()
+            .any(|e| matches!(command_of(e), Some(CommandV1::CountReferences { .. })));
         let results = if entries.len() <= INLINE_APPLY_MAX && !heavy {
             // A few memtable writes take microseconds: less than two thread hand-offs to the
             // blocking pool and back (ADR 006). Applying never fsyncs (the log is durable).

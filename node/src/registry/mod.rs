@@ -285,7 +285,26 @@ impl Registry {
         &self.settings
     }
 
+    /// Commits a command. One that causes events (a manifest put or delete, a tag delete),
+    /// inside a client request's scope, is traced: its events name the request (webhook
+    /// payloads) and carry its time.
     async fn write(&self, cmd: CommandV1) -> Result<WriteResult, RegistryError> {
+        let evented = matches!(
+            cmd,
+            CommandV1::PutManifest(_)
+                | CommandV1::DeleteManifest { .. }
+                | CommandV1::RemoveManifest { .. }
+                | CommandV1::DeleteTag { .. }
+        );
+        let request = evented.then(crate::types::RequestMeta::current).flatten();
+        let cmd = match request {
+            Some(request) => CommandV1::Traced(Box::new(crate::meta::Traced {
+                request,
+                at_ms: now_ms(),
+                command: cmd,
+            })),
+            None => cmd,
+        };
         Ok(self.cluster.write(Command::V1(cmd)).await?)
     }
 
