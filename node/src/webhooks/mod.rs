@@ -168,6 +168,9 @@ impl Webhooks {
         settings: WebhookSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Webhooks>, WebhookError> {
+        // The process-wide TLS provider (ring, as everywhere in berth; `main` installs it
+        // first — this is for a node started in-process). Already installed: nothing to do.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
