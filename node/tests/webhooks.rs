@@ -166,7 +166,12 @@ async fn scopes_and_actions_filter_what_each_webhook_is_sent() {
     assert_eq!(tags, ["v1", "v2"], "only app:v* pushes");
     let repos: Vec<_> = b
         .iter()
-        .map(|r| r.json()["target"]["repository"].as_str().unwrap().to_string())
+        .map(|r| {
+            r.json()["target"]["repository"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(repos, ["other/a", "other/b"]);
     assert_eq!(actions(&b), ["delete", "delete"]);
@@ -255,7 +260,11 @@ async fn cloudevents_pings_and_charts() {
     assert_eq!(chart_event["data"]["action"], "chart_push");
     assert_eq!(got[2].json()["type"], "io.berth.image.pushed");
     let log = h.t.node().webhooks.events("ce", 10).await.unwrap();
-    assert_eq!(log.last().unwrap().action, Action::Ping, "oldest is the ping");
+    assert_eq!(
+        log.last().unwrap().action,
+        Action::Ping,
+        "oldest is the ping"
+    );
     h.stop().await;
 }
 

@@ -1652,4 +1652,158 @@ mod tests {
             }
         }
     }
+
+    /// Events are derived from commands that apply (none from a refused one), name the
+    /// request of a traced command, and keep the log order; cursors never move back; the log
+    /// and the events are pruned as the commands say.
+    #[tokio::test]
+    async fn events_follow_applied_commands_and_cursors_only_move_forward() {
+        use crate::meta::webhooks::{Action, Delivery, Format, Webhook, WebhookCommand};
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, sm, reader) = open(dir.path()).unwrap();
+        let hook = |cmd| CommandV1::Webhooks(Box::new(cmd));
+        let webhook = Webhook {
+            uri: "http://127.0.0.1:1/".into(),
+            headers: vec![],
+            actions: vec![Action::Push],
+            scopes: vec![],
+            enabled: true,
+            region: None,
+            format: Format::Acr,
+            created_ms: 1,
+            updated_ms: 1,
+        };
+        // An event before the webhook exists: it starts after it.
+        let blob = Digest::sha256_of(b"layer");
+        apply(&sm, 1, stored("app", &blob, 1));
+        let (d1, put1) = manifest("app", b"m1", &[&blob], Some("v1"));
+        assert_eq!(apply(&sm, 2, put1), WriteResult::Done);
+        let create = WebhookCommand::Put {
+            name: "h".into(),
+            webhook: webhook.clone(),
+            create: true,
+        };
+        assert_eq!(apply(&sm, 3, hook(create.clone())), WriteResult::Done);
+        assert!(matches!(
+            apply(&sm, 4, hook(create)),
+            WriteResult::Rejected(Rejection::Exists(_))
+        ));
+        assert_eq!(reader.webhook("h").unwrap().unwrap().1, 1);
+        // A refused PUT (blob unknown) records nothing; a traced one names its request.
+        let (_, refused) = manifest("app", b"m2", &[&Digest::sha256_of(b"absent")], None);
+        assert!(matches!(apply(&sm, 5, refused), WriteResult::Rejected(_)));
+        let (d3, put3) = manifest("app", b"m3", &[&blob], Some("v3"));
+        let request = crate::types::RequestMeta {
+            id: "r-3".into(),
+            host: "h".into(),
+            method: "PUT".into(),
+            user_agent: "ua".into(),
+        };
+        let traced = CommandV1::Traced(Box::new(crate::meta::Traced {
+            request: request.clone(),
+            at_ms: 77,
+            command: put3,
+        }));
+        assert_eq!(apply(&sm, 6, traced), WriteResult::Done);
+        let del_tag = CommandV1::DeleteTag {
+            repo: repo("app"),
+            tag: crate::types::Tag::parse("v3").unwrap(),
+        };
+        assert_eq!(apply(&sm, 7, del_tag), WriteResult::Done);
+        let del = CommandV1::RemoveManifest {
+            repo: repo("app"),
+            digest: d1.clone(),
+            at_ms: 90,
+        };
+        assert_eq!(apply(&sm, 8, del), WriteResult::Done);
+        let events = reader.events(0, 100).await.unwrap();
+        let seen: Vec<_> = events
+            .iter()
+            .map(|(seq, e)| (*seq, e.action, e.log_index, e.digest.clone()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (0, Action::Push, 2, Some(d1.clone())),
+                (1, Action::Push, 6, Some(d3.clone())),
+                (2, Action::TagDelete, 7, Some(d3.clone())),
+                (3, Action::Delete, 8, Some(d1.clone())),
+            ]
+        );
+        assert_eq!(events[0].1.request, None);
+        assert_eq!(events[1].1.request, Some(request));
+        assert_eq!(events[1].1.at_ms, 77);
+        assert_eq!(
+            events[2].1.at_ms, 77,
+            "no time of its own: the last event's"
+        );
+        assert_eq!(events[3].1.at_ms, 90);
+        assert_eq!(
+            events[3].1.media_type.as_deref(),
+            Some("application/vnd.oci.image.manifest.v1+json")
+        );
+        assert_eq!(reader.event_head().unwrap().next, 4);
+        // Progress: the cursor moves forward only; the log keeps what is newer than the cut.
+        let delivery = |at_ms| Delivery {
+            at_ms,
+            event_id: format!("e{at_ms}"),
+            action: Action::Push,
+            seq: Some(1),
+            region: None,
+            status: Some(200),
+            error: None,
+            latency_ms: 1,
+            excerpt: String::new(),
+            attempts: 1,
+            node: 1,
+        };
+        let progress = |cursor, at: &[u64], keep_after_ms| {
+            hook(WebhookCommand::Progress {
+                name: "h".into(),
+                cursor,
+                deliveries: at.iter().map(|a| delivery(*a)).collect(),
+                keep_after_ms,
+            })
+        };
+        assert_eq!(
+            apply(&sm, 9, progress(Some(3), &[100, 100, 200], 0)),
+            WriteResult::Done
+        );
+        assert_eq!(
+            apply(&sm, 10, progress(Some(2), &[300], 150)),
+            WriteResult::Done
+        );
+        assert_eq!(reader.webhook("h").unwrap().unwrap().1, 3, "never back");
+        let log: Vec<u64> = reader
+            .deliveries("h", 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.at_ms)
+            .collect();
+        assert_eq!(log, [300, 200], "newest first; older than 150 pruned");
+        // Prune, then delete the webhook with its log.
+        assert_eq!(
+            apply(&sm, 11, hook(WebhookCommand::PruneEvents { below: 3 })),
+            WriteResult::Done
+        );
+        let left: Vec<u64> = reader
+            .events(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(left, [3]);
+        assert_eq!(
+            apply(&sm, 12, hook(WebhookCommand::Delete { name: "h".into() })),
+            WriteResult::Done
+        );
+        assert!(reader.webhook("h").unwrap().is_none());
+        assert!(reader.deliveries("h", 10).await.unwrap().is_empty());
+        assert!(matches!(
+            apply(&sm, 13, progress(Some(4), &[], 0)),
+            WriteResult::Rejected(Rejection::Unknown(_))
+        ));
+    }
 }
