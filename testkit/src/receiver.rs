@@ -136,7 +136,9 @@ impl Receiver {
     }
 
     fn serve(&mut self, listener: TcpListener) {
-        listener.set_nonblocking(true).expect("nonblocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let stop = Arc::new(AtomicBool::new(false));
         let shared = self.shared.clone();
         let handle = {

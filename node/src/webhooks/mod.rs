@@ -386,9 +386,8 @@ impl Webhooks {
                     .any(|(n, d, _)| n == name && d == def && self.delivers(d));
             if !keep {
                 token.cancel();
-                if !defs.iter().any(|(n, _, _)| n == name) {
-                    self.forget_metrics(name);
-                }
+                // Only the delivering node reports a backlog; a deleted webhook has no series.
+                self.forget_metrics(name, defs.iter().any(|(n, _, _)| n == name));
             }
             keep
         });
@@ -543,12 +542,15 @@ impl Webhooks {
         }
     }
 
-    /// Removes a deleted webhook's series.
-    fn forget_metrics(&self, name: &str) {
+    /// Removes a webhook's backlog series, and (`exists` false: it was deleted) its others.
+    fn forget_metrics(&self, name: &str, exists: bool) {
         let labels = WebhookLabels {
             webhook: name.to_string(),
         };
         self.metrics.webhook_backlog.remove(&labels);
+        if exists {
+            return;
+        }
         self.metrics.webhook_delivery_duration.remove(&labels);
         for outcome in [Outcome::Success, Outcome::Failure] {
             self.metrics
