@@ -83,6 +83,8 @@ pub(super) async fn run(hooks: Arc<Webhooks>, name: String, def: Webhook, stop: 
     }
     // What was done since the last commit, so a successor does not send it again.
     let _ = task.commit().await;
+    // Only the delivering node reports a backlog.
+    task.hooks.forget_metrics(&task.name, true);
 }
 
 struct Task {
