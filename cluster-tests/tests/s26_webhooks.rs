@@ -1,11 +1,13 @@
 //! Scenario 26 — webhooks across failures, with a real HTTP receiver started by the test.
 //!
 //! 1. Three nodes; three clients push sequentially, each into its own repository, through the
-//!    followers. The leader is killed (`kill -9`) under that load; later the receiver goes
-//!    down for 30 s while pushes go on, then comes back, and the killed node restarts. Every
-//!    acknowledged push arrives — after de-duplication by event id — exactly once (a push
-//!    whose answer was lost and that was retried may count twice: it was pushed twice), and
-//!    per repository in the order pushed. The delivery log shows the failed attempts.
+//!    followers, and delete every fourth image after pushing it. The leader is killed
+//!    (`kill -9`) under that load; later the receiver goes down for 30 s while pushes go on,
+//!    then comes back, and the killed node restarts. Every acknowledged push and delete
+//!    arrives — after de-duplication by event id — exactly once (a write whose answer was lost
+//!    and that was retried may count twice: it was applied twice), per repository in the
+//!    order made, and so does the `replicated` event of every image not deleted. The delivery
+//!    log shows the failed attempts.
 //! 2. Two regions (r1: nodes 1 and 2; r2: node 3) with r2 cut off: a regional webhook of r2
 //!    (push) and a global one (`replicated`) see a push at r1. The global one hears `replicated`
 //!    for r1 while r2 is cut off, and nothing of r2; once the partition heals, the r2 webhook's
@@ -35,15 +37,54 @@ fn ctl(endpoint: &str, args: &[&str]) -> CtlOutput {
     clusterctl::run(endpoint, args, CTL_TIMEOUT)
 }
 
-/// What one pushing client did: each tag, in order, and whether it needed a retry (its first
-/// attempt's outcome is unknown: it may have been committed too).
+/// What one pushing client did, in order: each push or delete (`delete`) of a tag, and
+/// whether it needed a retry (its first attempt's outcome is unknown: it may have applied
+/// too).
 #[derive(Default)]
 struct Pushed {
-    tags: Vec<(String, bool)>,
+    writes: Vec<Write>,
 }
 
-/// Pushes `repo:tNNNN` one after the other through `urls` until `stop`, retrying a failed
-/// push at the next URL (bounded per push).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Write {
+    digest: String,
+    delete: bool,
+    retried: bool,
+}
+
+impl Pushed {
+    fn pushes(&self) -> usize {
+        self.writes.iter().filter(|w| !w.delete).count()
+    }
+}
+
+/// Runs `f` at `urls[*at]`, moving on to the next URL after a failure, until it succeeds or
+/// 30 s passed. Returns whether it needed a retry.
+fn retrying<T>(
+    what: &str,
+    urls: &[String],
+    at: &mut usize,
+    mut f: impl FnMut(&cluster_tests::Client) -> Result<T, String>,
+) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut retried = false;
+    loop {
+        let url = &urls[*at % urls.len()];
+        match f(&cluster_tests::Client::new(url, "pusher")) {
+            Ok(_) => return retried,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("{what} at {url}: {e}; retrying");
+                retried = true;
+                *at += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => panic!("{what} not acknowledged within 30 s: {e}"),
+        }
+    }
+}
+
+/// Pushes `repo:tNNNN` one after the other through `urls` until `stop`, deleting every fourth
+/// image (by digest) once pushed; a failed write is retried at the next URL (bounded).
 fn pusher(repo: String, urls: Vec<String>, stop: Arc<AtomicBool>, out: Arc<Mutex<Pushed>>) {
     let mut at = 0;
     for n in 0..10_000 {
@@ -52,42 +93,57 @@ fn pusher(repo: String, urls: Vec<String>, stop: Arc<AtomicBool>, out: Arc<Mutex
         }
         let tag = format!("t{n:04}");
         let image = Image::new(&repo, &tag, &[random_layer(256)]);
-        let mut retried = false;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let client = cluster_tests::Client::new(&urls[at % urls.len()], "pusher");
-            match client.try_push_image(&image, UploadStyle::Monolithic) {
-                Ok(_) => break,
-                Err(e) if Instant::now() < deadline => {
-                    eprintln!("{repo}:{tag} at {}: {e:?}; retrying", urls[at % urls.len()]);
-                    retried = true;
-                    at += 1;
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-                Err(e) => panic!("{repo}:{tag} not acknowledged within 30 s: {e:?}"),
-            }
+        let retried = retrying(&format!("push {repo}:{tag}"), &urls, &mut at, |c| {
+            c.try_push_image(&image, UploadStyle::Monolithic)
+                .map_err(|e| format!("{e:?}"))
+        });
+        let digest = image.image_ref().manifest_digest;
+        out.lock().unwrap().writes.push(Write {
+            digest: digest.clone(),
+            delete: false,
+            retried,
+        });
+        if n % 4 != 3 {
+            continue;
         }
-        out.lock().unwrap().tags.push((tag, retried));
+        let path = format!("/v2/{repo}/manifests/{digest}");
+        let mut first = true;
+        let retried = retrying(&format!("delete {repo}:{tag}"), &urls, &mut at, |c| {
+            let r = c.request("DELETE", &path, &[], None)?;
+            // A 404 after a failed first attempt: that attempt applied.
+            let done = r.status == 202 || (r.status == 404 && !first);
+            first = false;
+            if done {
+                Ok(())
+            } else {
+                Err(format!("answered {}", r.status))
+            }
+        });
+        out.lock().unwrap().writes.push(Write {
+            digest,
+            delete: true,
+            retried,
+        });
     }
 }
 
-/// The push events received, de-duplicated by id, in order of first arrival: (repo, tag, id).
-fn unique_pushes(got: &[Received]) -> Vec<(String, String, String)> {
+/// The events received with a 2xx answer, de-duplicated by id, in order of first arrival:
+/// (action, repository, manifest digest, id).
+fn unique_events(got: &[Received]) -> Vec<(String, String, String, String)> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for r in got {
         let v = r.json();
-        if v["action"] != "push" || r.status != 200 {
+        if r.status != 200 {
             continue;
         }
         let id = v["id"].as_str().unwrap_or_default().to_string();
         if seen.insert(id.clone()) {
+            let text = |x: &serde_json::Value| x.as_str().unwrap_or_default().to_string();
             out.push((
-                v["target"]["repository"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                v["target"]["tag"].as_str().unwrap_or_default().to_string(),
+                text(&v["action"]),
+                text(&v["target"]["repository"]),
+                text(&v["target"]["digest"]),
                 id,
             ));
         }
@@ -113,7 +169,7 @@ fn every_acknowledged_push_arrives_once_across_a_leader_kill_and_a_receiver_outa
             "--uri",
             &receiver.url(),
             "--actions",
-            "push",
+            "push,delete,replicated",
             "--scope",
             "s26/**:*",
             "--header",
@@ -135,7 +191,7 @@ fn every_acknowledged_push_arrives_once_across_a_leader_kill_and_a_receiver_outa
         })
         .collect();
     let acked = |pushed: &[Arc<Mutex<Pushed>>]| -> usize {
-        pushed.iter().map(|p| p.lock().unwrap().tags.len()).sum()
+        pushed.iter().map(|p| p.lock().unwrap().pushes()).sum()
     };
     let wait_acked = |n: usize| {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -169,58 +225,91 @@ fn every_acknowledged_push_arrives_once_across_a_leader_kill_and_a_receiver_outa
     c.wait_for_ready(leader, READY_TIMEOUT);
     c.wait_for_applied_converged(CONVERGE_TIMEOUT);
 
-    let expected: BTreeMap<(String, String), bool> = repos
-        .iter()
-        .zip(&pushed)
-        .flat_map(|(repo, p)| {
-            p.lock()
-                .unwrap()
-                .tags
-                .iter()
-                .map(|(t, retried)| ((repo.clone(), t.clone()), *retried))
-                .collect::<Vec<_>>()
-        })
+    // What must arrive: (action, digest) → (the repository, how many writes, whether one
+    // was retried, its place among the repository's writes).
+    let mut expected: BTreeMap<(String, String), (String, usize, bool, usize)> = BTreeMap::new();
+    for (repo, p) in repos.iter().zip(&pushed) {
+        for (i, w) in p.lock().unwrap().writes.iter().enumerate() {
+            let action = if w.delete { "delete" } else { "push" };
+            let e = expected
+                .entry((action.to_string(), w.digest.clone()))
+                .or_insert((repo.clone(), 0, false, i));
+            e.1 += 1;
+            e.2 |= w.retried;
+        }
+    }
+    let deleted: BTreeSet<String> = expected
+        .keys()
+        .filter(|(a, _)| a == "delete")
+        .map(|(_, d)| d.clone())
         .collect();
-    let got = receiver.wait_for(DELIVERY_TIMEOUT, |g| {
-        let have: BTreeSet<(String, String)> = unique_pushes(g)
+    let kept: Vec<String> = expected
+        .keys()
+        .filter(|(a, d)| a == "push" && !deleted.contains(d))
+        .map(|(_, d)| d.clone())
+        .collect();
+    let complete = |g: &[Received]| {
+        let have: BTreeSet<(String, String)> = unique_events(g)
             .into_iter()
-            .map(|(r, t, _)| (r, t))
+            .map(|(a, _, d, _)| (a, d))
             .collect();
         expected.keys().all(|k| have.contains(k))
-    });
-    let unique = unique_pushes(&got);
-    let mut per_tag: BTreeMap<(String, String), usize> = BTreeMap::new();
-    for (r, t, _) in &unique {
-        *per_tag.entry((r.clone(), t.clone())).or_default() += 1;
+            && kept
+                .iter()
+                .all(|d| have.contains(&("replicated".to_string(), d.clone())))
+    };
+    let got = receiver.wait_for(DELIVERY_TIMEOUT, complete);
+    assert!(
+        complete(&got),
+        "not every event arrived ({} requests)",
+        got.len()
+    );
+    let unique = unique_events(&got);
+    let mut count: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (a, _, d, _) in &unique {
+        *count.entry((a.clone(), d.clone())).or_default() += 1;
     }
-    for (key, retried) in &expected {
-        let n = per_tag.get(key).copied().unwrap_or(0);
+    for ((action, digest), (repo, writes, retried, _)) in &expected {
+        let n = count
+            .get(&(action.clone(), digest.clone()))
+            .copied()
+            .unwrap_or(0);
         assert!(
-            n >= 1,
-            "push {key:?} never arrived ({} requests)",
-            got.len()
+            n == *writes || (*retried && n > *writes),
+            "{action} of {repo}@{digest}: {n} distinct events for {writes} write(s)"
         );
+        if action == "push" {
+            let r = count
+                .get(&("replicated".to_string(), digest.clone()))
+                .copied()
+                .unwrap_or(0);
+            assert!(
+                r <= n && (deleted.contains(digest) || r >= 1),
+                "replicated of {repo}@{digest}: {r} distinct events for {n} push(es)"
+            );
+        }
+    }
+    for (action, digest) in count.keys() {
+        let key = if action == "replicated" {
+            "push"
+        } else {
+            action.as_str()
+        };
         assert!(
-            n == 1 || *retried,
-            "push {key:?} arrived as {n} distinct events but was pushed once"
+            expected.contains_key(&(key.to_string(), digest.clone())),
+            "an event {action} for {digest}, never written"
         );
     }
-    for key in per_tag.keys() {
-        assert!(
-            expected.contains_key(key),
-            "an event for {key:?}, never pushed"
-        );
-    }
-    // Per repository, in the order pushed.
+    // Per repository, pushes and deletes in the order they were made.
     for repo in &repos {
-        let order: Vec<&String> = unique
+        let order: Vec<usize> = unique
             .iter()
-            .filter(|(r, _, _)| r == repo)
-            .map(|(_, t, _)| t)
+            .filter(|(a, r, _, _)| r == repo && a != "replicated")
+            .map(|(a, _, d, _)| expected[&(a.clone(), d.clone())].3)
             .collect();
         let mut sorted = order.clone();
         sorted.sort();
-        assert_eq!(order, sorted, "{repo}: events out of push order");
+        assert_eq!(order, sorted, "{repo}: events out of order");
     }
     assert!(
         got.iter()
@@ -229,8 +318,8 @@ fn every_acknowledged_push_arrives_once_across_a_leader_kill_and_a_receiver_outa
     );
     let dupes = got.iter().filter(|r| r.status == 200).count() - unique.len();
     eprintln!(
-        "{} pushes acknowledged, {} deliveries, {} unique, {dupes} duplicates (same id)",
-        expected.len(),
+        "{} writes, {} deliveries, {} unique events, {dupes} duplicates (same id)",
+        expected.values().map(|e| e.1).sum::<usize>(),
         got.len(),
         unique.len()
     );
