@@ -388,6 +388,7 @@ pub async fn run(
         node.audit.clone(),
         node.gc.clone(),
         node.reaper.clone(),
+        node.webhooks.clone(),
         config.data_dir.join("snapshots"),
         cluster_listener,
         rpc_stop.clone(),
