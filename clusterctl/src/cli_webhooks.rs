@@ -319,3 +319,209 @@ pub fn parse_limit(s: &str) -> Result<u32, String> {
         _ => Err(format!("expected a number from 1 to {MAX_EVENTS}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Action, Cli};
+
+    fn action(args: &[&str]) -> WebhooksAction {
+        let cli = Cli::try_parse_from([&["clusterctl", "webhooks"], args].concat())
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match cli.action() {
+            Action::Webhooks(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn usage_error(args: &[&str]) -> String {
+        let e = Cli::try_parse_from([&["clusterctl", "webhooks"], args].concat())
+            .expect_err("a usage error");
+        assert_eq!(e.exit_code(), 2, "{args:?}");
+        e.to_string()
+    }
+
+    #[test]
+    fn create_sends_every_field_given() {
+        let a = action(&[
+            "create",
+            "deploy",
+            "--uri",
+            "https://hooks.example/x",
+            "--actions",
+            "push,delete",
+            "--scope",
+            "team/**:*",
+            "--scope",
+            "app:v1",
+            "--header",
+            "Authorization=Bearer a=b",
+            "--region",
+            "eu-west",
+            "--format",
+            "cloudevents",
+            "--disabled",
+        ]);
+        assert_eq!(
+            a,
+            WebhooksAction::Create(pb::CreateWebhookRequest {
+                name: "deploy".into(),
+                uri: "https://hooks.example/x".into(),
+                headers: vec![pb::WebhookHeader {
+                    name: "Authorization".into(),
+                    value: "Bearer a=b".into(),
+                }],
+                actions: vec!["push".into(), "delete".into()],
+                scopes: vec!["team/**:*".into(), "app:v1".into()],
+                disabled: true,
+                region: "eu-west".into(),
+                format: "cloudevents".into(),
+            })
+        );
+        assert_eq!(a.timeout(), READ_TIMEOUT);
+        let WebhooksAction::Create(minimal) =
+            action(&["create", "d", "--uri", "http://h:1/", "--actions", "ping"])
+        else {
+            panic!()
+        };
+        assert_eq!(minimal.format, "acr");
+        assert_eq!(minimal.region, "");
+        assert!(minimal.scopes.is_empty() && minimal.headers.is_empty() && !minimal.disabled);
+    }
+
+    #[test]
+    fn update_sets_only_what_is_given_and_clears_on_request() {
+        let WebhooksAction::Update(u) = action(&["update", "deploy", "--disable"]) else {
+            panic!()
+        };
+        assert_eq!(
+            u,
+            pb::UpdateWebhookRequest {
+                name: "deploy".into(),
+                enabled: Some(false),
+                ..Default::default()
+            }
+        );
+        let WebhooksAction::Update(u) = action(&[
+            "update",
+            "deploy",
+            "--clear-scopes",
+            "--clear-headers",
+            "--no-region",
+            "--enable",
+        ]) else {
+            panic!()
+        };
+        assert!(u.set_scopes && u.scopes.is_empty());
+        assert!(u.set_headers && u.headers.is_empty());
+        assert_eq!(u.region.as_deref(), Some(""));
+        assert_eq!(u.enabled, Some(true));
+        assert!(!u.set_actions && u.uri.is_none() && u.format.is_none());
+        let WebhooksAction::Update(u) = action(&[
+            "update",
+            "deploy",
+            "--uri",
+            "http://other:8080/h",
+            "--actions",
+            "replicated",
+            "--scope",
+            "a:*",
+            "--header",
+            "X-Key=k",
+            "--region",
+            "us",
+            "--format",
+            "acr",
+        ]) else {
+            panic!()
+        };
+        assert_eq!(u.uri.as_deref(), Some("http://other:8080/h"));
+        assert!(u.set_actions && u.actions == ["replicated"]);
+        assert!(u.set_scopes && u.scopes == ["a:*"]);
+        assert!(u.set_headers && u.headers[0].name == "X-Key" && u.headers[0].value == "k");
+        assert_eq!(u.region.as_deref(), Some("us"));
+        assert_eq!(u.format.as_deref(), Some("acr"));
+        assert_eq!(u.enabled, None);
+    }
+
+    #[test]
+    fn the_other_commands_name_the_webhook() {
+        assert_eq!(action(&["list"]), WebhooksAction::List);
+        assert_eq!(action(&["show", "d"]), WebhooksAction::Show("d".into()));
+        assert_eq!(action(&["delete", "d"]), WebhooksAction::Delete("d".into()));
+        let ping = action(&["ping", "d"]);
+        assert_eq!(ping, WebhooksAction::Ping("d".into()));
+        assert_eq!(ping.timeout(), PING_TIMEOUT);
+        assert_eq!(
+            action(&["events", "d"]),
+            WebhooksAction::Events(pb::WebhookEventsRequest {
+                name: "d".into(),
+                limit: 20
+            })
+        );
+        assert_eq!(
+            action(&["events", "d", "--limit", "1000"]),
+            WebhooksAction::Events(pb::WebhookEventsRequest {
+                name: "d".into(),
+                limit: 1000
+            })
+        );
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        let create = |extra: &[&str]| {
+            let mut args = vec!["create", "d", "--uri", "http://h/", "--actions", "push"];
+            args.extend_from_slice(extra);
+            usage_error(&args)
+        };
+        assert!(
+            usage_error(&["create", "d", "--uri", "ftp://h/", "--actions", "push"])
+                .contains("http://")
+        );
+        assert!(
+            usage_error(&[
+                "create",
+                "d",
+                "--uri",
+                "http://h/",
+                "--actions",
+                "push,pull"
+            ])
+            .contains("unknown action \"pull\"")
+        );
+        assert!(usage_error(&["create", "d", "--uri", "http://h/"]).contains("--actions"));
+        assert!(
+            usage_error(&[
+                "create",
+                "bad.name",
+                "--uri",
+                "http://h/",
+                "--actions",
+                "push"
+            ])
+            .contains("1 to 50")
+        );
+        assert!(create(&["--header", "NoEquals"]).contains("NAME=VALUE"));
+        assert!(create(&["--header", "Bad Name=v"]).contains("invalid header name"));
+        assert!(create(&["--format", "json"]).contains("cloudevents"));
+        assert!(create(&["--scope", ""]).contains("scope"));
+        usage_error(&["update", "d"]);
+        usage_error(&["update", "d", "--enable", "--disable"]);
+        usage_error(&["update", "d", "--scope", "a", "--clear-scopes"]);
+        usage_error(&["update", "d", "--header", "a=b", "--clear-headers"]);
+        usage_error(&["update", "d", "--region", "r", "--no-region"]);
+        usage_error(&["events", "d", "--limit", "0"]);
+        usage_error(&["events", "d", "--limit", "1001"]);
+    }
+
+    #[test]
+    fn a_header_value_stays_out_of_debug_output() {
+        let h = parse_header("Authorization=Bearer s3cret").unwrap();
+        assert_eq!(h.value, "Bearer s3cret");
+        assert_eq!(format!("{h:?}"), "Header(Authorization=***)");
+        assert_eq!(parse_header("X-Empty=").unwrap().value, "");
+    }
+}
