@@ -1,0 +1,509 @@
+//! Scenario 27 — webhooks through `clusterctl webhooks` on a live node.
+//!
+//! A one-node cluster and a tiny HTTP receiver on 127.0.0.1 (a thread answering every
+//! request `200 OK` with a short body, and passing on the request's head):
+//!
+//! 1. `create` with two secret headers, then `list` and `show` (text and JSON): every field
+//!    as given, header values only ever `***`; the change is in the audit log;
+//! 2. refused definitions create nothing: a bad URI and an unknown action (refused by
+//!    clusterctl, exit 2), a malformed scope and a taken name (refused by the node, exit 1),
+//!    each with its reason;
+//! 3. `ping` reaches the receiver (with the secret header), prints HTTP 200 and the body,
+//!    and `events` lists the ping;
+//! 4. `update` clears scopes and region, replaces headers, disables; sets them again;
+//! 5. a `ping` to a closed port exits 1 with the error, and is logged too;
+//! 6. `delete`: the list is empty and `show` is not found.
+//!
+//! No command's output ever holds a header value.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use cluster_tests::clusterctl::{self, CtlOutput};
+use cluster_tests::{ClusterBuilder, LEADER_TIMEOUT, wait_until};
+use serde_json::{Value, json};
+
+/// Bound on one clusterctl run (a ping waits for the receiver, at most the node's 10 s).
+const CTL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the receiver waits for a request's bytes.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an audit record may take to reach the node's store.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The header values, which no output may show.
+const SECRETS: [&str; 3] = ["s3cret-token", "trace-secret", "other-secret"];
+/// What the receiver answers.
+const BODY: &str = "pong from the test receiver";
+
+fn ctl(endpoint: &str, args: &[&str]) -> CtlOutput {
+    let out = clusterctl::run(endpoint, args, CTL_TIMEOUT);
+    for secret in SECRETS {
+        assert!(
+            !out.stdout.contains(secret) && !out.stderr.contains(secret),
+            "a header value was printed: {out:?}"
+        );
+    }
+    out
+}
+
+/// `clusterctl … --json webhooks list`: the names.
+fn names(at: &str) -> Vec<String> {
+    let out = ctl(at, &["--json", "webhooks", "list"]);
+    out.assert_success();
+    out.json()["webhooks"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|w| w["name"].as_str().expect("a name").to_owned())
+        .collect()
+}
+
+/// Asserts exit status `code` with `reason` on stderr.
+#[track_caller]
+fn refused(out: &CtlOutput, code: i32, reason: &str) {
+    assert_eq!(out.status.code(), Some(code), "{out:?}");
+    assert!(out.stderr.contains(reason), "{reason:?} missing: {out:?}");
+}
+
+/// A one-thread HTTP receiver: answers each request `200 OK` with [`BODY`] and sends its head
+/// (request line and headers, lowercased) on `heads`. Stopped (and joined) on drop.
+struct Receiver {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    heads: mpsc::Receiver<String>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("failed to bind the receiver");
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, heads) = mpsc::channel();
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(conn) = conn {
+                    if let Some(head) = answer(conn) {
+                        let _ = tx.send(head);
+                    }
+                }
+            }
+        });
+        Receiver {
+            port,
+            stop,
+            thread: Some(thread),
+            heads,
+        }
+    }
+
+    fn uri(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one request (head and `content-length` bytes of body) and answers it; the head,
+/// lowercased, or `None` when the request could not be read.
+fn answer(conn: TcpStream) -> Option<String> {
+    conn.set_read_timeout(Some(READ_TIMEOUT)).ok()?;
+    let mut reader = BufReader::new(conn.try_clone().ok()?);
+    let mut head = String::new();
+    let mut length = 0usize;
+    // A request head is a few hundred bytes; 100 lines bound the loop.
+    for _ in 0..100 {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().ok()?;
+        }
+        head.push_str(&lower);
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    let mut conn = conn;
+    write!(
+        conn,
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{BODY}",
+        BODY.len()
+    )
+    .ok()?;
+    Some(head)
+}
+
+#[test]
+fn webhooks_are_managed_pinged_and_logged_through_clusterctl() {
+    let cluster = ClusterBuilder::new().nodes(1).build();
+    cluster.wait_for_leader(LEADER_TIMEOUT);
+    let at = cluster.node(1).cluster_addr();
+    let receiver = Receiver::start();
+    let uri = receiver.uri();
+
+    // 1. Create, list, show.
+    let auth = format!("Authorization=Bearer {}", SECRETS[0]);
+    let trace = format!("X-Trace={}", SECRETS[1]);
+    let created = ctl(
+        &at,
+        &[
+            "webhooks",
+            "create",
+            "deploy",
+            "--uri",
+            &uri,
+            "--actions",
+            "push,delete,ping",
+            "--scope",
+            "team/**:*",
+            "--scope",
+            "app:v1",
+            "--header",
+            &auth,
+            "--header",
+            &trace,
+            "--region",
+            "default",
+            "--format",
+            "cloudevents",
+        ],
+    );
+    created.assert_success();
+    assert!(
+        created.stdout.starts_with("ok: webhook deploy created\n"),
+        "{created:?}"
+    );
+    assert!(
+        created
+            .stdout
+            .contains("headers: Authorization: ***, X-Trace: ***\n"),
+        "{created:?}"
+    );
+    let list = ctl(&at, &["webhooks", "list"]);
+    list.assert_success();
+    let row: Vec<&str> = list
+        .stdout
+        .lines()
+        .nth(1)
+        .expect("a row")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row,
+        [
+            "deploy",
+            "enabled",
+            "default",
+            "cloudevents",
+            "push,delete,ping",
+            "team/**:*,app:v1",
+            "0",
+            uri.as_str()
+        ],
+        "{list:?}"
+    );
+    let show = ctl(&at, &["--json", "webhooks", "show", "deploy"]);
+    show.assert_success();
+    let w = show.json();
+    assert_eq!(w["uri"], uri, "{w}");
+    assert_eq!(w["actions"], json!(["push", "delete", "ping"]), "{w}");
+    assert_eq!(w["scopes"], json!(["team/**:*", "app:v1"]), "{w}");
+    assert_eq!(
+        w["headers"],
+        json!([
+            {"name": "Authorization", "value": "***"},
+            {"name": "X-Trace", "value": "***"},
+        ]),
+        "{w}"
+    );
+    assert_eq!(w["enabled"], true, "{w}");
+    assert_eq!(w["region"], "default", "{w}");
+    assert_eq!(w["format"], "cloudevents", "{w}");
+    assert_eq!(w["backlog"], 0, "{w}");
+    assert!(w["created_ms"].as_u64().unwrap() > 0, "{w}");
+    let text = ctl(&at, &["webhooks", "show", "deploy"]);
+    text.assert_success();
+    for line in [
+        "name: deploy\n",
+        "status: enabled\n",
+        "format: cloudevents\n",
+    ] {
+        assert!(text.stdout.contains(line), "{line:?} missing: {text:?}");
+    }
+    let recorded = wait_until("the creation in the audit log", RECORD_TIMEOUT, || {
+        let out = ctl(&at, &["--json", "audit"]);
+        out.assert_success();
+        out.json_lines()
+            .into_iter()
+            .find(|r| r["event"] == "admin_change" && r["what"] == "CreateWebhook")
+            .ok_or_else(|| out.stdout.clone())
+    });
+    assert_eq!(recorded["target"], "deploy", "{recorded}");
+    assert_eq!(recorded["outcome"], "ok", "{recorded}");
+
+    // 2. Refused definitions create nothing.
+    refused(
+        &ctl(
+            &at,
+            &[
+                "webhooks",
+                "create",
+                "bad1",
+                "--uri",
+                "ftp://h/x",
+                "--actions",
+                "push",
+            ],
+        ),
+        2,
+        "http://",
+    );
+    refused(
+        &ctl(
+            &at,
+            &[
+                "webhooks",
+                "create",
+                "bad2",
+                "--uri",
+                &uri,
+                "--actions",
+                "push,pull",
+            ],
+        ),
+        2,
+        "unknown action \"pull\"",
+    );
+    refused(
+        &ctl(
+            &at,
+            &[
+                "webhooks",
+                "create",
+                "bad3",
+                "--uri",
+                &uri,
+                "--actions",
+                "push",
+                "--scope",
+                "Team/App",
+            ],
+        ),
+        1,
+        "invalid request: invalid scope \"Team/App\"",
+    );
+    refused(
+        &ctl(
+            &at,
+            &[
+                "webhooks",
+                "create",
+                "bad4",
+                "--uri",
+                "http://:80/",
+                "--actions",
+                "push",
+            ],
+        ),
+        1,
+        "invalid request: invalid webhook URI",
+    );
+    refused(
+        &ctl(
+            &at,
+            &[
+                "webhooks",
+                "create",
+                "deploy",
+                "--uri",
+                &uri,
+                "--actions",
+                "push",
+            ],
+        ),
+        1,
+        "refused: webhook deploy exists already",
+    );
+    assert_eq!(names(&at), ["deploy"]);
+
+    // 3. Ping: the receiver gets it, with the headers; the log shows it.
+    let ping = ctl(&at, &["webhooks", "ping", "deploy"]);
+    ping.assert_success();
+    assert!(
+        ping.stdout.starts_with("ping of deploy: HTTP 200 in "),
+        "{ping:?}"
+    );
+    assert!(
+        ping.stdout.contains(&format!("response: {BODY}\n")),
+        "{ping:?}"
+    );
+    let head = receiver
+        .heads
+        .recv_timeout(READ_TIMEOUT)
+        .expect("the receiver got no request");
+    assert!(head.starts_with("post /hook "), "{head}");
+    assert!(
+        head.contains(&format!("authorization: bearer {}", SECRETS[0])),
+        "{head}"
+    );
+    let events = ctl(&at, &["webhooks", "events", "deploy"]);
+    events.assert_success();
+    let lines: Vec<&str> = events.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{events:?}");
+    assert!(lines[0].starts_with("TIME "), "{events:?}");
+    let cells: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(cells[2..5], ["ping", "default", "200"], "{events:?}");
+    assert!(lines[1].ends_with(BODY), "{events:?}");
+    let events = ctl(
+        &at,
+        &["--json", "webhooks", "events", "deploy", "--limit", "1"],
+    );
+    events.assert_success();
+    let d = &events.json()["deliveries"][0];
+    assert_eq!(d["action"], "ping", "{d}");
+    assert_eq!(d["status"], 200, "{d}");
+    assert_eq!(d["excerpt"], BODY, "{d}");
+    assert_eq!(d["seq"], Value::Null, "{d}");
+    assert_eq!(d["attempts"], 1, "{d}");
+    assert_eq!(d["node"], 1, "{d}");
+
+    // 4. Update: clear, replace, disable; then set again.
+    let other = format!("X-Other={}", SECRETS[2]);
+    let updated = ctl(
+        &at,
+        &[
+            "--json",
+            "webhooks",
+            "update",
+            "deploy",
+            "--clear-scopes",
+            "--no-region",
+            "--header",
+            &other,
+            "--disable",
+        ],
+    );
+    updated.assert_success();
+    let w = updated.json();
+    assert_eq!(w["ok"], true, "{w}");
+    assert_eq!(w["scopes"], json!([]), "{w}");
+    assert_eq!(w["region"], "", "{w}");
+    assert_eq!(w["enabled"], false, "{w}");
+    assert_eq!(
+        w["headers"],
+        json!([{"name": "X-Other", "value": "***"}]),
+        "{w}"
+    );
+    assert_eq!(w["uri"], uri, "unchanged: {w}");
+    assert_eq!(w["format"], "cloudevents", "unchanged: {w}");
+    assert_eq!(
+        w["actions"],
+        json!(["push", "delete", "ping"]),
+        "unchanged: {w}"
+    );
+    let updated = ctl(
+        &at,
+        &[
+            "--json",
+            "webhooks",
+            "update",
+            "deploy",
+            "--scope",
+            "app:*",
+            "--clear-headers",
+            "--actions",
+            "push,ping",
+            "--format",
+            "acr",
+            "--enable",
+        ],
+    );
+    updated.assert_success();
+    let w = updated.json();
+    assert_eq!(w["scopes"], json!(["app:*"]), "{w}");
+    assert_eq!(w["headers"], json!([]), "{w}");
+    assert_eq!(w["actions"], json!(["push", "ping"]), "{w}");
+    assert_eq!(w["format"], "acr", "{w}");
+    assert_eq!(w["enabled"], true, "{w}");
+    let list = ctl(&at, &["webhooks", "list"]);
+    list.assert_success();
+    let row: Vec<&str> = list
+        .stdout
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row[1..6],
+        ["enabled", "-", "acr", "push,ping", "app:*"],
+        "{list:?}"
+    );
+    refused(
+        &ctl(&at, &["webhooks", "update", "nope", "--disable"]),
+        1,
+        "not found: webhook nope does not exist",
+    );
+
+    // 5. A receiver that is gone: the ping fails, exit 1, and is logged.
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_uri = format!("http://{}/", closed.local_addr().unwrap());
+    drop(closed);
+    ctl(&at, &["webhooks", "update", "deploy", "--uri", &closed_uri]).assert_success();
+    let failed = ctl(&at, &["webhooks", "ping", "deploy"]);
+    refused(
+        &failed,
+        1,
+        "webhook deploy did not answer the ping with 2xx",
+    );
+    assert!(
+        failed.stdout.starts_with("ping of deploy: failed after "),
+        "{failed:?}"
+    );
+    let events = ctl(&at, &["--json", "webhooks", "events", "deploy"]);
+    events.assert_success();
+    let log = events.json();
+    let log = log["deliveries"].as_array().unwrap();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log[0]["status"], Value::Null, "newest first: {log:?}");
+    assert_ne!(log[0]["error"], "", "{log:?}");
+    assert_eq!(log[1]["status"], 200, "{log:?}");
+
+    // 6. Delete.
+    let deleted = ctl(&at, &["webhooks", "delete", "deploy"]);
+    deleted.assert_success();
+    assert_eq!(deleted.stdout, "ok: webhook deploy deleted\n");
+    assert!(names(&at).is_empty());
+    let list = ctl(&at, &["webhooks", "list"]);
+    assert_eq!(list.stdout, "no webhooks\n", "{list:?}");
+    refused(
+        &ctl(&at, &["webhooks", "show", "deploy"]),
+        1,
+        "not found: webhook deploy does not exist",
+    );
+    refused(&ctl(&at, &["webhooks", "delete", "deploy"]), 1, "not found");
+    drop(receiver);
+}
