@@ -90,10 +90,8 @@ impl Receiver {
                 if stopped.load(Ordering::SeqCst) {
                     break;
                 }
-                if let Ok(conn) = conn {
-                    if let Some(head) = answer(conn) {
-                        let _ = tx.send(head);
-                    }
+                if let Some(head) = conn.ok().and_then(answer) {
+                    let _ = tx.send(head);
                 }
             }
         });
