@@ -13,6 +13,22 @@ use crate::error::Error;
 use crate::render_webhooks as render;
 use crate::run::{print, print_change};
 
+/// Prints a webhook a change (`done`: `created`, `updated`) answered.
+fn print_webhook_change(
+    out: &mut dyn Write,
+    json: bool,
+    w: &pb::Webhook,
+    done: &str,
+) -> Result<(), Error> {
+    print_change(
+        out,
+        json,
+        render::webhook_json(w),
+        &format!("webhook {} {done}", w.name),
+        &render::webhook_text(w),
+    )
+}
+
 /// Runs one `webhooks` command.
 pub async fn run(
     conn: &mut AdminConn,
@@ -28,13 +44,7 @@ pub async fn run(
                     c.create_webhook(r).await
                 })
                 .await?;
-            print_change(
-                out,
-                json,
-                render::webhook_json(&w),
-                &format!("webhook {} created", w.name),
-                &render::webhook_text(&w),
-            )
+            print_webhook_change(out, json, &w, "created")
         }
         WebhooksAction::Update(r) => {
             let what = format!("update webhook {}", r.name);
@@ -43,13 +53,7 @@ pub async fn run(
                     c.update_webhook(r).await
                 })
                 .await?;
-            print_change(
-                out,
-                json,
-                render::webhook_json(&w),
-                &format!("webhook {} updated", w.name),
-                &render::webhook_text(&w),
-            )
+            print_webhook_change(out, json, &w, "updated")
         }
         WebhooksAction::Delete(name) => {
             let what = format!("delete webhook {name}");
