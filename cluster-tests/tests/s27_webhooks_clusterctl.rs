@@ -15,6 +15,9 @@
 //! 6. `delete`: the list is empty and `show` is not found.
 //!
 //! No command's output ever holds a header value.
+//!
+//! With auth on, the webhook commands are an admin's: without credentials a read and a change
+//! are refused (UNAUTHENTICATED), the refused change is in the audit log; the admin's work.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -504,4 +507,63 @@ fn webhooks_are_managed_pinged_and_logged_through_clusterctl() {
     );
     refused(&ctl(&at, &["webhooks", "delete", "deploy"]), 1, "not found");
     drop(receiver);
+}
+
+#[test]
+fn webhook_commands_are_an_admins() {
+    const PASSWORD: &str = "s27-admin-password";
+    let admin = [
+        ("CLUSTERCTL_USER", "admin"),
+        ("CLUSTERCTL_PASSWORD", PASSWORD),
+    ];
+    let cluster = ClusterBuilder::new().nodes(1).auth(PASSWORD).build();
+    cluster.wait_for_leader(LEADER_TIMEOUT);
+    let at = cluster.node(1).cluster_addr();
+    let create = [
+        "--json",
+        "webhooks",
+        "create",
+        "guarded",
+        "--uri",
+        "http://127.0.0.1:9/hook",
+        "--actions",
+        "push",
+    ];
+    for args in [&["--json", "webhooks", "list"][..], &create[..]] {
+        let out = ctl(&at, args);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert_eq!(out.json()["code"], "UNAUTHENTICATED", "{out:?}");
+    }
+    let as_admin = |args: &[&str]| clusterctl::run_with(&at, args, &admin, None, CTL_TIMEOUT);
+    let listed = as_admin(&["--json", "webhooks", "list"]);
+    listed.assert_success();
+    assert_eq!(
+        listed.json()["webhooks"],
+        json!([]),
+        "the refused create made nothing"
+    );
+    as_admin(&create).assert_success();
+    let changes = wait_until("both creates in the audit log", RECORD_TIMEOUT, || {
+        let out = as_admin(&["--json", "audit"]);
+        out.assert_success();
+        let changes: Vec<Value> = out
+            .json_lines()
+            .into_iter()
+            .filter(|r| r["what"] == "CreateWebhook")
+            .collect();
+        if changes.len() == 2 {
+            Ok(changes)
+        } else {
+            Err(out.stdout.clone())
+        }
+    });
+    assert!(
+        changes[0]["outcome"]
+            .as_str()
+            .unwrap()
+            .starts_with("failed (Unauthenticated)"),
+        "{changes:?}"
+    );
+    assert_eq!(changes[1]["outcome"], "ok", "{changes:?}");
+    assert_eq!(changes[1]["identity"], "admin", "{changes:?}");
 }
