@@ -1,7 +1,7 @@
 //! Scenario 27 — webhooks through `clusterctl webhooks` on a live node.
 //!
-//! A one-node cluster and a tiny HTTP receiver on 127.0.0.1 (a thread answering every
-//! request `200 OK` with a short body, and passing on the request's head):
+//! A one-node cluster and a webhook receiver on 127.0.0.1 (`berth_testkit::receiver`: answers
+//! `received` with the status the test chooses, records each request):
 //!
 //! 1. `create` with two secret headers, then `list` and `show` (text and JSON): every field
 //!    as given, header values only ever `***`; the change is in the audit log;
@@ -11,7 +11,8 @@
 //! 3. `ping` reaches the receiver (with the secret header), prints HTTP 200 and the body,
 //!    and `events` lists the ping;
 //! 4. `update` clears scopes and region, replaces headers, disables; sets them again;
-//! 5. a `ping` to a closed port exits 1 with the error, and is logged too;
+//! 5. a `ping` answered 503, and one to a receiver that is down, exit 1 with the status or
+//!    the error, and are logged too;
 //! 6. `delete`: the list is empty and `show` is not found.
 //!
 //! No command's output ever holds a header value.
@@ -19,28 +20,23 @@
 //! With auth on, the webhook commands are an admin's: without credentials a read and a change
 //! are refused (UNAUTHENTICATED), the refused change is in the audit log; the admin's work.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+use berth_testkit::receiver::Receiver;
 use cluster_tests::clusterctl::{self, CtlOutput};
 use cluster_tests::{ClusterBuilder, LEADER_TIMEOUT, wait_until};
 use serde_json::{Value, json};
 
 /// Bound on one clusterctl run (a ping waits for the receiver, at most the node's 10 s).
 const CTL_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the receiver waits for a request's bytes.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the receiver may take to record a request it answered.
+const RECEIVED_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an audit record may take to reach the node's store.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(10);
 /// The header values, which no output may show.
 const SECRETS: [&str; 3] = ["s3cret-token", "trace-secret", "other-secret"];
-/// What the receiver answers.
-const BODY: &str = "pong from the test receiver";
+/// What the receiver answers a 2xx with.
+const BODY: &str = "received";
 
 fn ctl(endpoint: &str, args: &[&str]) -> CtlOutput {
     let out = clusterctl::run(endpoint, args, CTL_TIMEOUT);
@@ -72,98 +68,13 @@ fn refused(out: &CtlOutput, code: i32, reason: &str) {
     assert!(out.stderr.contains(reason), "{reason:?} missing: {out:?}");
 }
 
-/// A one-thread HTTP receiver: answers each request `200 OK` with [`BODY`] and sends its head
-/// (request line and headers, lowercased) on `heads`. Stopped (and joined) on drop.
-struct Receiver {
-    port: u16,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    heads: mpsc::Receiver<String>,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("failed to bind the receiver");
-        let port = listener.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, heads) = mpsc::channel();
-        let stopped = stop.clone();
-        let thread = std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stopped.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Some(head) = conn.ok().and_then(answer) {
-                    let _ = tx.send(head);
-                }
-            }
-        });
-        Receiver {
-            port,
-            stop,
-            thread: Some(thread),
-            heads,
-        }
-    }
-
-    fn uri(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wakes the accept loop so that it sees the flag.
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Reads one request (head and `content-length` bytes of body) and answers it; the head,
-/// lowercased, or `None` when the request could not be read.
-fn answer(conn: TcpStream) -> Option<String> {
-    conn.set_read_timeout(Some(READ_TIMEOUT)).ok()?;
-    let mut reader = BufReader::new(conn.try_clone().ok()?);
-    let mut head = String::new();
-    let mut length = 0usize;
-    // A request head is a few hundred bytes; 100 lines bound the loop.
-    for _ in 0..100 {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        if line == "\r\n" {
-            break;
-        }
-        let lower = line.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            length = v.trim().parse().ok()?;
-        }
-        head.push_str(&lower);
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
-    let mut conn = conn;
-    write!(
-        conn,
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{BODY}",
-        BODY.len()
-    )
-    .ok()?;
-    Some(head)
-}
-
 #[test]
 fn webhooks_are_managed_pinged_and_logged_through_clusterctl() {
     let cluster = ClusterBuilder::new().nodes(1).build();
     cluster.wait_for_leader(LEADER_TIMEOUT);
     let at = cluster.node(1).cluster_addr();
-    let receiver = Receiver::start();
-    let uri = receiver.uri();
+    let mut receiver = Receiver::start();
+    let uri = receiver.url();
 
     // 1. Create, list, show.
     let auth = format!("Authorization=Bearer {}", SECRETS[0]);
@@ -361,15 +272,15 @@ fn webhooks_are_managed_pinged_and_logged_through_clusterctl() {
         ping.stdout.contains(&format!("response: {BODY}\n")),
         "{ping:?}"
     );
-    let head = receiver
-        .heads
-        .recv_timeout(READ_TIMEOUT)
-        .expect("the receiver got no request");
-    assert!(head.starts_with("post /hook "), "{head}");
-    assert!(
-        head.contains(&format!("authorization: bearer {}", SECRETS[0])),
-        "{head}"
+    let got = receiver.wait_for(RECEIVED_TIMEOUT, |r| !r.is_empty());
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0].method.as_str(), got[0].path.as_str()),
+        ("POST", "/hook")
     );
+    let sent = format!("Bearer {}", SECRETS[0]);
+    assert_eq!(got[0].header("authorization"), Some(sent.as_str()));
+    assert_eq!(got[0].header("x-trace"), Some(SECRETS[1]));
     let events = ctl(&at, &["webhooks", "events", "deploy"]);
     events.assert_success();
     let lines: Vec<&str> = events.stdout.lines().collect();
@@ -393,6 +304,7 @@ fn webhooks_are_managed_pinged_and_logged_through_clusterctl() {
 
     // 4. Update: clear, replace, disable; then set again.
     let other = format!("X-Other={}", SECRETS[2]);
+    let uri2 = format!("{uri}?v=2");
     let updated = ctl(
         &at,
         &[
@@ -432,6 +344,8 @@ fn webhooks_are_managed_pinged_and_logged_through_clusterctl() {
             "webhooks",
             "update",
             "deploy",
+            "--uri",
+            &uri2,
             "--scope",
             "app:*",
             "--clear-headers",
@@ -444,6 +358,7 @@ fn webhooks_are_managed_pinged_and_logged_through_clusterctl() {
     );
     updated.assert_success();
     let w = updated.json();
+    assert_eq!(w["uri"], uri2, "{w}");
     assert_eq!(w["scopes"], json!(["app:*"]), "{w}");
     assert_eq!(w["headers"], json!([]), "{w}");
     assert_eq!(w["actions"], json!(["push", "ping"]), "{w}");
@@ -469,11 +384,19 @@ fn webhooks_are_managed_pinged_and_logged_through_clusterctl() {
         "not found: webhook nope does not exist",
     );
 
-    // 5. A receiver that is gone: the ping fails, exit 1, and is logged.
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
-    let closed_uri = format!("http://{}/", closed.local_addr().unwrap());
-    drop(closed);
-    ctl(&at, &["webhooks", "update", "deploy", "--uri", &closed_uri]).assert_success();
+    // 5. A receiver that answers 503, then one that is down: exit 1, logged.
+    receiver.answer(503);
+    let failed = ctl(&at, &["webhooks", "ping", "deploy"]);
+    refused(
+        &failed,
+        1,
+        "webhook deploy did not answer the ping with 2xx: HTTP 503",
+    );
+    assert!(
+        failed.stdout.starts_with("ping of deploy: HTTP 503 in "),
+        "{failed:?}"
+    );
+    receiver.down();
     let failed = ctl(&at, &["webhooks", "ping", "deploy"]);
     refused(
         &failed,
@@ -488,10 +411,11 @@ fn webhooks_are_managed_pinged_and_logged_through_clusterctl() {
     events.assert_success();
     let log = events.json();
     let log = log["deliveries"].as_array().unwrap();
-    assert_eq!(log.len(), 2, "{log:?}");
+    assert_eq!(log.len(), 3, "{log:?}");
     assert_eq!(log[0]["status"], Value::Null, "newest first: {log:?}");
     assert_ne!(log[0]["error"], "", "{log:?}");
-    assert_eq!(log[1]["status"], 200, "{log:?}");
+    assert_eq!(log[1]["status"], 503, "{log:?}");
+    assert_eq!(log[2]["status"], 200, "{log:?}");
 
     // 6. Delete.
     let deleted = ctl(&at, &["webhooks", "delete", "deploy"]);
