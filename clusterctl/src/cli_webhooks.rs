@@ -149,7 +149,8 @@ pub struct WebhookUpdateArgs {
     /// Deliver to it.
     #[arg(long, conflicts_with = "disable")]
     pub enable: bool,
-    /// Stop delivering to it (events are kept for it until the event retention ends).
+    /// Stop delivering to it (enabled again, it starts with the next event: what happened
+    /// meanwhile is not sent).
     #[arg(long)]
     pub disable: bool,
 }
