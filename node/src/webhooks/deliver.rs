@@ -142,7 +142,8 @@ impl Task {
 
     /// Reads events after the window into it, with their parts.
     async fn load(&mut self) -> Result<(), WebhookError> {
-        if self.window.len() >= WINDOW {
+        // The head is a point read: the log is read only when it has grown.
+        if self.window.len() >= WINDOW || self.hooks.meta.event_head()?.next <= self.loaded_to {
             return Ok(());
         }
         let events = self
