@@ -14,20 +14,13 @@ use std::sync::Arc;
 use berth_proto::admin as pb;
 use tonic::Status;
 
-use super::status::status;
 use crate::meta::webhooks::Delivery;
-use crate::webhooks::{WebhookError, WebhookSpec, WebhookUpdate, WebhookView, Webhooks};
+use crate::webhooks::{WebhookSpec, WebhookUpdate, WebhookView, Webhooks};
 
 /// What an answer shows for a header's value.
 pub(super) const MASKED: &str = "***";
 /// Deliveries `WebhookEvents` answers when the request asks for no number.
 const DEFAULT_EVENTS: usize = 100;
-
-impl From<WebhookError> for Status {
-    fn from(e: WebhookError) -> Status {
-        status(e.kind(), e.to_string())
-    }
-}
 
 /// The webhook RPCs of this node.
 pub(super) struct WebhooksRpc {
