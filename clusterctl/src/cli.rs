@@ -28,6 +28,7 @@ use crate::cli_lifecycle::{
     LifecycleAction, NamespacesCommand, PurgeArgs, ReposCommand, RetentionCommand,
     SoftDeleteCommand,
 };
+use crate::cli_webhooks::{WebhooksAction, WebhooksCommand};
 
 /// Default `--timeout` for `status` and `nodes list`.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,7 +101,7 @@ pub struct Cli {
     /// Deadline for the whole command, in seconds [default: 10 for status, nodes list,
     /// replication, gc, the auth and lifecycle commands, 300 for membership changes and
     /// purge, 600 for
-    /// `replication status --wait` and `gc run --wait`].
+    /// `replication status --wait` and `gc run --wait`, 30 for `webhooks ping`].
     #[arg(long, global = true, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
 
@@ -163,6 +164,9 @@ pub enum Command {
     /// Delete the tags that match filters and are older than --ago (as `acr purge`), and with
     /// --untagged the manifests left without tags; locked ones are skipped and reported.
     Purge(PurgeArgs),
+    /// Webhooks: registry events POSTed to HTTP endpoints; their delivery logs.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
 }
 
 /// `clusterctl gc …`.
@@ -371,6 +375,8 @@ pub enum Action {
     GcStatus,
     /// `repos`, `soft-delete`, `retention`, `namespaces`, `purge`.
     Lifecycle(LifecycleAction),
+    /// `webhooks`.
+    Webhooks(WebhooksAction),
 }
 
 /// How clusterctl proves who it is to the admin service (besides a client certificate).
@@ -431,6 +437,7 @@ impl Cli {
             Action::Audit(_) | Action::GcRun { .. } | Action::GcStatus => READ_TIMEOUT,
             Action::Lifecycle(LifecycleAction::Purge(_)) => CHANGE_TIMEOUT,
             Action::Lifecycle(_) => READ_TIMEOUT,
+            Action::Webhooks(a) => a.timeout(),
             Action::Change(_) => CHANGE_TIMEOUT,
         })
     }
@@ -478,6 +485,7 @@ impl Cli {
             Command::Retention(c) => Action::Lifecycle(c.action()),
             Command::Namespaces(c) => Action::Lifecycle(c.action()),
             Command::Purge(a) => Action::Lifecycle(a.action()),
+            Command::Webhooks(c) => Action::Webhooks(c.action()),
             Command::Replication(ReplicationCommand::Status(a)) => Action::ReplicationStatus {
                 reference: a.reference.clone().unwrap_or_default(),
                 wait: a.wait,

@@ -99,6 +99,14 @@ pub enum Error {
         /// names no such pass any more.
         waited: Option<Duration>,
     },
+    /// `webhooks ping` did not get a 2xx answer (the delivery was printed).
+    #[error("webhook {name} did not answer the ping with 2xx: {outcome}")]
+    PingFailed {
+        /// The webhook.
+        name: String,
+        /// What came back instead: `HTTP 500`, or the error.
+        outcome: String,
+    },
     /// A certificate file could not be read, made or written (`certs`, `--ca/--cert/--key`).
     #[error("{0}")]
     Certs(String),
@@ -142,6 +150,7 @@ impl Error {
                 waited: Some(_), ..
             } => Code::DeadlineExceeded,
             Error::GcNotFollowed { waited: None, .. } => Code::Unknown,
+            Error::PingFailed { .. } => Code::Aborted,
         }
     }
 
@@ -151,10 +160,13 @@ impl Error {
     }
 
     /// Whether the command already printed its answer (an incomplete replication status, the
-    /// report of a failed garbage collection pass): in `--json` mode no error line follows
+    /// report of a failed garbage collection pass, a failed ping's delivery): in `--json` mode no error line follows
     /// it, so stdout stays one JSON document.
     pub fn answer_printed(&self) -> bool {
-        matches!(self, Error::NotReplicated { .. } | Error::GcFailed { .. })
+        matches!(
+            self,
+            Error::NotReplicated { .. } | Error::GcFailed { .. } | Error::PingFailed { .. }
+        )
     }
 }
 

@@ -4,7 +4,7 @@
 //! line at the end; in `--json` mode one JSON object per line. Errors are returned, not
 //! printed: `main.rs` prints them (stderr, and a `{"ok":false,…}` line in `--json` mode)
 //! and picks the exit status. The auth commands are [`crate::run_auth`]'s, the lifecycle
-//! commands [`crate::run_lifecycle`]'s; the passwords
+//! commands [`crate::run_lifecycle`]'s, `webhooks` [`crate::run_webhooks`]'s; the passwords
 //! `--password-stdin` asks for are read here, before connecting.
 
 use std::io::{BufRead, Write};
@@ -117,6 +117,7 @@ pub async fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), Error> {
         Action::Certs(_) => {}
         Action::Auth(a) => crate::run_auth::run(&mut conn, a, password, cli.json, out).await?,
         Action::Lifecycle(a) => crate::run_lifecycle::run(&mut conn, a, cli.json, out).await?,
+        Action::Webhooks(a) => crate::run_webhooks::run(&mut conn, a, cli.json, out).await?,
         Action::Status => {
             let status = conn.status().await?;
             if cli.json {

@@ -36,6 +36,13 @@
 //! - `Purge`: a filter starting with `(` is INVALID_ARGUMENT; otherwise tag `app:v2` (and,
 //!   with `untagged`, its manifest) deleted and `app:v1` skipped as locked, `dry_run` echoed.
 //! - The other lifecycle RPCs are not faked (UNIMPLEMENTED).
+//! - Webhooks: `CreateWebhook` echoes the request as a server answers it (header values
+//!   `***`); the name `taken` is FAILED_PRECONDITION. `UpdateWebhook` answers `deploy` with
+//!   what the request sets and `unchanged` markers for the rest (scopes `[unchanged]`, URI
+//!   `http://unchanged/`, region `unchanged`). `ListWebhooks` and `GetWebhook` know `deploy`
+//!   (header `Authorization`); `DeleteWebhook` and `GetWebhook` of another name are NOT_FOUND.
+//!   `PingWebhook` of `down` answers HTTP 503, of `refused` no answer (an error), of others
+//!   HTTP 200 `pong`. `WebhookEvents` answers a ping (200) and a push that failed.
 
 use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
@@ -141,7 +148,14 @@ fn help_lists_the_commands() {
     ] {
         assert!(text.contains(word), "--help lacks {word}:\n{text}");
     }
-    for word in ["repos", "soft-delete", "retention", "namespaces", "purge"] {
+    for word in [
+        "repos",
+        "soft-delete",
+        "retention",
+        "namespaces",
+        "purge",
+        "webhooks",
+    ] {
         assert!(text.contains(word), "--help lacks {word}:\n{text}");
     }
     let out = clusterctl(&["retention", "set", "--help"]);
@@ -759,6 +773,237 @@ fn repos_update_prints_the_attributes_and_unknown_repositories_are_not_found() {
     // Refused before contacting anything.
     let out = clusterctl(&["--endpoint", &addr, "repos", "update", "app:v1"]);
     must_exit(&out, 2);
+}
+
+#[test]
+fn webhooks_create_update_and_delete_print_the_webhook_without_header_values() {
+    let addr = start_fake_admin().to_string();
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "webhooks",
+        "create",
+        "ci",
+        "--uri",
+        "https://hooks.example/ci",
+        "--actions",
+        "push,tag_delete",
+        "--scope",
+        "team/**:*",
+        "--header",
+        "Authorization=Bearer s3cret",
+        "--region",
+        "eu-west",
+    ]);
+    must_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "ok: webhook ci created\nname: ci\nuri: https://hooks.example/ci\nstatus: enabled\n\
+         actions: push,tag_delete\nscopes: team/**:*\nheaders: Authorization: ***\n\
+         region: eu-west\nformat: acr\ncreated: 2027-01-31T00:00:00Z\n\
+         updated: 2027-01-31T00:00:00Z\ncursor: 0\nbacklog: 0\n"
+    );
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "webhooks",
+        "create",
+        "taken",
+        "--uri",
+        "http://h/",
+        "--actions",
+        "push",
+    ]);
+    must_exit(&out, 1);
+    assert_eq!(
+        stderr(&out).trim(),
+        "clusterctl: failed to create webhook taken: refused: webhook taken exists already"
+    );
+
+    // Update: what is not given is left out of the request (the fake says `unchanged`).
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "webhooks",
+        "update",
+        "deploy",
+        "--clear-scopes",
+        "--no-region",
+        "--disable",
+    ]);
+    must_exit(&out, 0);
+    let text = stdout(&out);
+    for line in [
+        "ok: webhook deploy updated\n",
+        "status: disabled\n",
+        "scopes: *\n",
+        "region: -\n",
+        "uri: http://unchanged/\n",
+        "actions: unchanged\n",
+        "format: unchanged\n",
+    ] {
+        assert!(text.contains(line), "{line:?} missing:\n{text}");
+    }
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "--json",
+        "webhooks",
+        "update",
+        "deploy",
+        "--header",
+        "X-Key=k3y",
+        "--actions",
+        "ping",
+    ]);
+    must_exit(&out, 0);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", stdout(&out));
+    assert_eq!(lines[0]["ok"], true);
+    assert_eq!(
+        lines[0]["headers"],
+        json!([{"name": "X-Key", "value": "***"}])
+    );
+    assert_eq!(lines[0]["actions"], json!(["ping"]));
+    assert_eq!(lines[0]["scopes"], json!(["unchanged"]));
+    assert!(!stdout(&out).contains("k3y"));
+
+    let out = clusterctl(&["--endpoint", &addr, "webhooks", "delete", "deploy"]);
+    must_exit(&out, 0);
+    assert_eq!(stdout(&out), "ok: webhook deploy deleted\n");
+    let out = clusterctl(&["--endpoint", &addr, "webhooks", "delete", "other"]);
+    must_exit(&out, 1);
+    assert!(stderr(&out).contains("not found: webhook other does not exist"));
+}
+
+#[test]
+fn webhooks_list_show_and_events() {
+    let addr = start_fake_admin().to_string();
+    let out = clusterctl(&["--endpoint", &addr, "webhooks", "list"]);
+    must_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "\
+NAME    STATUS   REGION  FORMAT  ACTIONS      SCOPES     BACKLOG  URI
+deploy  enabled  -       acr     push,delete  team/**:*        2  https://hooks.example/deploy
+"
+    );
+    let out = clusterctl(&["--endpoint", &addr, "--json", "webhooks", "show", "deploy"]);
+    must_exit(&out, 0);
+    let lines = json_lines(&out);
+    assert_eq!(lines[0]["name"], "deploy");
+    assert_eq!(lines[0]["backlog"], 2);
+    assert_eq!(
+        lines[0]["headers"],
+        json!([{"name": "Authorization", "value": "***"}])
+    );
+    let out = clusterctl(&["--endpoint", &addr, "webhooks", "show", "nope"]);
+    must_exit(&out, 1);
+
+    let out = clusterctl(&["--endpoint", &addr, "webhooks", "events", "deploy"]);
+    must_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "\
+TIME                  EVENT ID  ACTION  REGION  STATUS  LATENCY MS  ATTEMPTS  NODE  EXCERPT/ERROR
+2027-01-31T00:00:00Z  ping-1    ping    -          200          12         1     1  pong
+2027-01-31T00:00:00Z  push-1    push    -            -          12         3     1  timed out
+"
+    );
+    let out = clusterctl(&[
+        "--endpoint",
+        &addr,
+        "--json",
+        "webhooks",
+        "events",
+        "deploy",
+        "--limit",
+        "5",
+    ]);
+    must_exit(&out, 0);
+    let lines = json_lines(&out);
+    assert_eq!(lines[0]["deliveries"][0]["seq"], Value::Null);
+    assert_eq!(lines[0]["deliveries"][1]["seq"], 4);
+    assert_eq!(lines[0]["deliveries"][1]["status"], Value::Null);
+}
+
+#[test]
+fn webhooks_ping_prints_the_delivery_and_exits_1_without_a_2xx() {
+    let addr = start_fake_admin().to_string();
+    let out = clusterctl(&["--endpoint", &addr, "webhooks", "ping", "deploy"]);
+    must_exit(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "ping of deploy: HTTP 200 in 12 ms (node 1)\nevent id: ping-1\nresponse: pong\n"
+    );
+    let out = clusterctl(&["--endpoint", &addr, "webhooks", "ping", "down"]);
+    must_exit(&out, 1);
+    assert!(stdout(&out).starts_with("ping of down: HTTP 503 in 12 ms"));
+    assert!(stdout(&out).contains("response: maintenance\n"));
+    assert_eq!(
+        stderr(&out).trim(),
+        "clusterctl: webhook down did not answer the ping with 2xx: HTTP 503"
+    );
+    let out = clusterctl(&["--endpoint", &addr, "webhooks", "ping", "refused"]);
+    must_exit(&out, 1);
+    assert!(stdout(&out).contains("failed after 12 ms (node 1): connection refused"));
+    // In JSON one document: the delivery with `ok: false`, no error line after it.
+    let out = clusterctl(&["--endpoint", &addr, "--json", "webhooks", "ping", "down"]);
+    must_exit(&out, 1);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "{}", stdout(&out));
+    assert_eq!(lines[0]["ok"], false);
+    assert_eq!(lines[0]["status"], 503);
+}
+
+#[test]
+fn bad_webhook_arguments_are_refused_before_contacting_anything() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "create",
+                "d",
+                "--uri",
+                "http://h/",
+                "--actions",
+                "push,pull",
+            ],
+            "unknown action \"pull\"",
+        ),
+        (
+            &["create", "d", "--uri", "ftp://h/", "--actions", "push"],
+            "http://",
+        ),
+        (
+            &[
+                "create",
+                "d",
+                "--uri",
+                "http://h/",
+                "--actions",
+                "push",
+                "--header",
+                "X",
+            ],
+            "NAME=VALUE",
+        ),
+        (&["update", "d"], "required"),
+    ];
+    for (args, why) in cases {
+        let mut all = vec!["--endpoint", endpoint.as_str(), "webhooks"];
+        all.extend_from_slice(args);
+        let out = clusterctl(&all);
+        must_exit(&out, 2);
+        assert!(stderr(&out).contains(why), "{args:?}: {}", stderr(&out));
+    }
+    listener.set_nonblocking(true).unwrap();
+    let accepted = listener.accept();
+    assert!(
+        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "clusterctl connected although its arguments were bad: {accepted:?}"
+    );
 }
 
 #[test]
@@ -1952,6 +2197,170 @@ impl Admin for FakeAdmin {
             manifests_total: if r.untagged { 1 } else { 0 },
             skipped_total: 1,
         }))
+    }
+
+    async fn create_webhook(
+        &self,
+        request: Request<pb::CreateWebhookRequest>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        let r = request.into_inner();
+        if r.name == "taken" {
+            return Err(Status::failed_precondition("webhook taken exists already"));
+        }
+        Ok(Response::new(pb::Webhook {
+            name: r.name,
+            uri: r.uri,
+            headers: masked(r.headers),
+            actions: r.actions,
+            scopes: r.scopes,
+            enabled: !r.disabled,
+            region: r.region,
+            format: r.format,
+            created_ms: 1_801_353_600_000,
+            updated_ms: 1_801_353_600_000,
+            cursor: 0,
+            backlog: 0,
+        }))
+    }
+
+    async fn update_webhook(
+        &self,
+        request: Request<pb::UpdateWebhookRequest>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        let r = request.into_inner();
+        let unchanged = || vec!["unchanged".to_string()];
+        Ok(Response::new(pb::Webhook {
+            name: r.name,
+            uri: r.uri.unwrap_or_else(|| "http://unchanged/".into()),
+            headers: if r.set_headers {
+                masked(r.headers)
+            } else {
+                fake_webhook().headers
+            },
+            actions: if r.set_actions {
+                r.actions
+            } else {
+                unchanged()
+            },
+            scopes: if r.set_scopes { r.scopes } else { unchanged() },
+            enabled: r.enabled.unwrap_or(true),
+            region: r.region.unwrap_or_else(|| "unchanged".into()),
+            format: r.format.unwrap_or_else(|| "unchanged".into()),
+            ..fake_webhook()
+        }))
+    }
+
+    async fn delete_webhook(
+        &self,
+        request: Request<pb::WebhookRef>,
+    ) -> Result<Response<pb::Deleted>, Status> {
+        let name = request.into_inner().name;
+        if name != "deploy" {
+            return Err(Status::not_found(format!("webhook {name} does not exist")));
+        }
+        Ok(Response::new(pb::Deleted { name }))
+    }
+
+    async fn list_webhooks(
+        &self,
+        _: Request<pb::ListWebhooksRequest>,
+    ) -> Result<Response<pb::Webhooks>, Status> {
+        Ok(Response::new(pb::Webhooks {
+            webhooks: vec![fake_webhook()],
+        }))
+    }
+
+    async fn get_webhook(
+        &self,
+        request: Request<pb::WebhookRef>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        let name = request.into_inner().name;
+        if name != "deploy" {
+            return Err(Status::not_found(format!("webhook {name} does not exist")));
+        }
+        Ok(Response::new(fake_webhook()))
+    }
+
+    async fn ping_webhook(
+        &self,
+        request: Request<pb::WebhookRef>,
+    ) -> Result<Response<pb::WebhookDelivery>, Status> {
+        let (status, error, excerpt) = match request.into_inner().name.as_str() {
+            "down" => (503, "", "maintenance"),
+            "refused" => (0, "connection refused", ""),
+            _ => (200, "", "pong"),
+        };
+        Ok(Response::new(pb::WebhookDelivery {
+            status,
+            error: error.into(),
+            excerpt: excerpt.into(),
+            ..fake_delivery("ping")
+        }))
+    }
+
+    async fn webhook_events(
+        &self,
+        _: Request<pb::WebhookEventsRequest>,
+    ) -> Result<Response<pb::WebhookDeliveries>, Status> {
+        Ok(Response::new(pb::WebhookDeliveries {
+            deliveries: vec![
+                pb::WebhookDelivery {
+                    status: 200,
+                    excerpt: "pong".into(),
+                    ..fake_delivery("ping")
+                },
+                pb::WebhookDelivery {
+                    seq: 4,
+                    has_seq: true,
+                    error: "timed out".into(),
+                    attempts: 3,
+                    ..fake_delivery("push")
+                },
+            ],
+        }))
+    }
+}
+
+/// Headers as a server answers them: values masked.
+fn masked(headers: Vec<pb::WebhookHeader>) -> Vec<pb::WebhookHeader> {
+    headers
+        .into_iter()
+        .map(|h| pb::WebhookHeader {
+            name: h.name,
+            value: "***".into(),
+        })
+        .collect()
+}
+
+fn fake_webhook() -> pb::Webhook {
+    pb::Webhook {
+        name: "deploy".into(),
+        uri: "https://hooks.example/deploy".into(),
+        headers: vec![pb::WebhookHeader {
+            name: "Authorization".into(),
+            value: "***".into(),
+        }],
+        actions: vec!["push".into(), "delete".into()],
+        scopes: vec!["team/**:*".into()],
+        enabled: true,
+        region: String::new(),
+        format: "acr".into(),
+        created_ms: 1_801_353_600_000,
+        updated_ms: 1_801_353_600_000,
+        cursor: 5,
+        backlog: 2,
+    }
+}
+
+fn fake_delivery(action: &str) -> pb::WebhookDelivery {
+    pb::WebhookDelivery {
+        at_ms: 1_801_353_600_000,
+        event_id: format!("{action}-1"),
+        action: action.into(),
+        latency_ms: 12,
+        attempts: 1,
+        node: 1,
+        ..pb::WebhookDelivery::default()
     }
 }
 

@@ -90,6 +90,8 @@ pub struct Config {
     pub gc: Gc,
     /// Prometheus metrics of the registry port.
     pub metrics: MetricsConfig,
+    /// Webhook delivery.
+    pub webhooks: Webhooks,
 }
 
 /// Prometheus metrics (`[metrics]`, env `BERTH_METRICS__<FIELD>`; docs/observability.md).
@@ -105,6 +107,37 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig { enabled: true }
+    }
+}
+
+/// Webhook delivery (`[webhooks]`, env `BERTH_WEBHOOKS__<FIELD>`; docs/observability.md).
+/// The webhooks themselves are cluster state (`clusterctl webhooks`); these settings are how
+/// this node delivers when it is the delivering node, and should match on every node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Webhooks {
+    /// Seconds one delivery attempt may take (connect, send, answer). Default 10.
+    pub timeout_secs: u64,
+    /// The first retry waits 1 s; each next one twice as long, up to this. Default 300.
+    pub max_backoff_secs: u64,
+    /// Delivery log entries older than this are removed. Default 604800 (7 days).
+    pub log_retention_secs: u64,
+    /// Events older than this are removed even if a webhook has not been sent them (it was
+    /// failing or its region had no node that long). Default 604800 (7 days).
+    pub event_retention_secs: u64,
+    /// A PEM file of CA certificates trusted for `https` webhook URIs besides the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for Webhooks {
+    fn default() -> Self {
+        Webhooks {
+            timeout_secs: 10,
+            max_backoff_secs: 300,
+            log_retention_secs: 7 * 24 * 3600,
+            event_retention_secs: 7 * 24 * 3600,
+            ca_file: None,
+        }
     }
 }
 
@@ -573,6 +606,7 @@ impl Default for Config {
             uploads: Uploads::default(),
             gc: Gc::default(),
             metrics: MetricsConfig::default(),
+            webhooks: Webhooks::default(),
         }
     }
 }
@@ -804,6 +838,12 @@ impl Config {
         if self.uploads.expiry_secs == 0 {
             p.push("uploads.expiry_secs: must be at least 1".to_string());
         }
+        if self.webhooks.timeout_secs == 0 {
+            p.push("webhooks.timeout_secs: must be at least 1".to_string());
+        }
+        if self.webhooks.max_backoff_secs == 0 {
+            p.push("webhooks.max_backoff_secs: must be at least 1".to_string());
+        }
         if self.gc.max_blobs_per_sec == 0 {
             p.push("gc.max_blobs_per_sec: must be at least 1".to_string());
         }
@@ -1029,6 +1069,19 @@ impl Config {
                 path => crate::audit::Export::File(PathBuf::from(path)),
             }),
             queue: crate::audit::QUEUE,
+            node: self.node_id,
+            region: self.region.clone(),
+        }
+    }
+
+    /// Webhook delivery settings derived from this configuration.
+    pub fn webhook_settings(&self) -> crate::webhooks::WebhookSettings {
+        crate::webhooks::WebhookSettings {
+            timeout: Duration::from_secs(self.webhooks.timeout_secs),
+            max_backoff: Duration::from_secs(self.webhooks.max_backoff_secs),
+            log_retention: Duration::from_secs(self.webhooks.log_retention_secs),
+            event_retention: Duration::from_secs(self.webhooks.event_retention_secs),
+            ca_file: self.webhooks.ca_file.clone(),
             node: self.node_id,
             region: self.region.clone(),
         }

@@ -17,6 +17,8 @@
 //!   reaper that removes this node's copies.
 //! - [`lifecycle`]: locks, soft delete and restores, retention policies, namespaces and their
 //!   limits: validated and committed through Raft (the state and its checks are in `meta`).
+//! - [`webhooks`]: webhook definitions (through Raft) and the delivery of the event stream
+//!   derived from applied commands, at least once, in order per repository.
 //! - [`api`]: the HTTP adapter (axum) of the OCI Distribution API and the token endpoint.
 //! - [`rpc`]: the gRPC adapter (tonic) of the cluster endpoint: Raft, forwarding, blob
 //!   streaming, admin.
@@ -47,6 +49,7 @@ pub mod rpc;
 pub mod server;
 pub mod space;
 pub mod types;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -83,6 +86,9 @@ pub enum RunError {
     /// The bootstrap admin password file could not be read.
     #[error("failed to read auth.bootstrap_admin_password_file")]
     AuthConfig(#[source] std::io::Error),
+    /// The webhook client could not be set up (`webhooks.ca_file`).
+    #[error("failed to set up webhook delivery")]
+    Webhooks(#[source] webhooks::WebhookError),
     /// The TLS certificate or key of the registry port could not be used.
     #[error("failed to set up TLS on the registry port")]
     Tls(#[from] server::tls::TlsError),
@@ -131,6 +137,8 @@ pub struct Node {
     pub gc: Arc<gc::Collector>,
     /// Removes this node's copies of collected blobs.
     pub reaper: Arc<gc::reaper::Reaper>,
+    /// Webhooks: definitions, pings, delivery logs (the dispatcher runs only under [`run`]).
+    pub webhooks: Arc<webhooks::Webhooks>,
     /// Who this node is and where its request metrics go (the HTTP middleware's view).
     telemetry: api::Telemetry,
     /// Closes the metadata store once every other handle on it is gone.
@@ -188,6 +196,14 @@ impl Node {
             reader.auth().clone(),
             audit.clone(),
         );
+        let webhooks = webhooks::Webhooks::new(
+            reader.clone(),
+            cluster.clone(),
+            replication.clone(),
+            config.webhook_settings(),
+            metrics.clone(),
+        )
+        .map_err(RunError::Webhooks)?;
         let registry = Registry::new(
             blobs,
             reader,
@@ -215,6 +231,7 @@ impl Node {
             audit,
             gc,
             reaper,
+            webhooks,
             telemetry,
             closer,
         })
@@ -253,10 +270,12 @@ impl Node {
             audit,
             gc,
             reaper,
+            webhooks,
             telemetry,
             closer,
         } = self;
         drop(telemetry);
+        drop(webhooks);
         drop(gc);
         drop(reaper);
         drop(registry);
@@ -444,6 +463,7 @@ pub async fn run(
         node.audit.clone(),
         node.gc.clone(),
         node.reaper.clone(),
+        node.webhooks.clone(),
         config.data_dir.join("snapshots"),
         cluster_listener,
         rpc_stop.clone(),
@@ -496,6 +516,7 @@ pub async fn run(
         certs.map(|c| tokio::spawn(c.watch(config.tls.watch_interval(), stop.clone())));
     let collector = tokio::spawn(node.gc.clone().run_scheduled(stop.clone()));
     let reaper = tokio::spawn(node.reaper.clone().run(stop.clone()));
+    let dispatcher = tokio::spawn(node.webhooks.clone().run(stop.clone()));
     let scrubber = node.replication.settings().scrub_every.map(|every| {
         let scrub = ScrubWorker::new(
             node.registry.clone(),
@@ -533,6 +554,7 @@ pub async fn run(
     finish(auth_bootstrap, tasks_left()).await;
     finish(collector, tasks_left()).await;
     finish(reaper, tasks_left()).await;
+    finish(dispatcher, tasks_left()).await;
     if let Some(s) = scrubber {
         finish(s, tasks_left()).await;
     }

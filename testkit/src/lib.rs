@@ -9,6 +9,8 @@
 //!   [`oci::UploadStyle`]s, manifest PUT and GET, tag lists, failures classified as
 //!   [`oci::PushError`].
 //! - [`process`]: external commands and child processes, always bounded in time.
+//! - [`receiver`]: a webhook receiver: records what it is sent, answers a chosen status, can
+//!   go down and come back.
 //!
 //! And at the top: [`free_port`], [`sha256_digest`], and [`CLIENT_TOOLS`].
 
@@ -17,6 +19,7 @@
 pub mod http;
 pub mod oci;
 pub mod process;
+pub mod receiver;
 
 use std::net::TcpListener;
 

@@ -134,6 +134,32 @@ pub enum CommandV1 {
     },
     /// A change to locks, soft delete, retention or namespaces (`meta::lifecycle`).
     Lifecycle(Box<super::lifecycle::LifecycleCommand>),
+    /// A change to webhooks or the event log (`meta::webhooks`).
+    Webhooks(Box<super::webhooks::WebhookCommand>),
+    /// A command proposed for a client request: applied as `command` is; the events derived
+    /// from it name the request and carry `at_ms`.
+    Traced(Box<Traced>),
+}
+
+/// The payload of [`CommandV1::Traced`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Traced {
+    /// The client request.
+    pub request: crate::types::RequestMeta,
+    /// When the proposer took it (ms since the epoch).
+    pub at_ms: u64,
+    /// The command (never itself `Traced`).
+    pub command: CommandV1,
+}
+
+impl CommandV1 {
+    /// The command to apply, and the request it was proposed for, if any.
+    pub fn untraced(&self) -> (&CommandV1, Option<&Traced>) {
+        match self {
+            CommandV1::Traced(t) => (&t.command, Some(t)),
+            c => (c, None),
+        }
+    }
 }
 
 /// Where copies of the blobs of the repositories a pattern matches are kept (stored as
@@ -203,6 +229,13 @@ impl fmt::Display for Command {
                     write!(f, "remove-manifest {repo} {digest}")
                 }
                 CommandV1::Lifecycle(l) => write!(f, "lifecycle {}", lifecycle_verb(l)),
+                CommandV1::Webhooks(w) => write!(f, "webhooks {}", webhook_verb(w)),
+                CommandV1::Traced(t) => write!(
+                    f,
+                    "{} (request {})",
+                    Command::V1(t.command.clone()),
+                    t.request.id
+                ),
             },
         }
     }
@@ -225,6 +258,28 @@ fn lifecycle_verb(l: &super::lifecycle::LifecycleCommand) -> String {
         L::SetNamespace { namespace, .. } => format!("set-namespace {namespace}"),
         L::RemoveUntagged { repo, digest, .. } => format!("remove-untagged {repo}@{digest}"),
         L::DeleteTagIf { repo, tag, .. } => format!("delete-tag-if {repo}:{tag}"),
+    }
+}
+
+/// What a webhook command does, for logs (never a header value).
+fn webhook_verb(w: &super::webhooks::WebhookCommand) -> String {
+    use super::webhooks::WebhookCommand as W;
+    match w {
+        W::Put { name, create, .. } => match create {
+            true => format!("create {name}"),
+            false => format!("update {name}"),
+        },
+        W::Delete { name } => format!("delete {name}"),
+        W::Progress {
+            name,
+            cursor,
+            deliveries,
+            ..
+        } => format!(
+            "progress {name} cursor {cursor:?} ({} deliveries)",
+            deliveries.len()
+        ),
+        W::PruneEvents { below } => format!("prune-events below {below}"),
     }
 }
 
@@ -302,6 +357,12 @@ pub enum Rejection {
         /// A token bound to it.
         token: String,
     },
+    /// What is to be created exists already; the text names it.
+    #[error("{0} exists already")]
+    Exists(String),
+    /// What is to be changed does not exist; the text names it.
+    #[error("{0} does not exist")]
+    Unknown(String),
 }
 
 /// A stored manifest.

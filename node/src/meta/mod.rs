@@ -26,6 +26,8 @@
 //! state          "g/" | "c/" | "y/" | "s/refs-counted" garbage collection: reference counts,
 //!                                                      unreferenced blobs by last touch,
 //!                                                      reverse links (see `gc`)
+//! state          "e/" | "w/…"                           the event log, webhooks, their cursors and
+//!                                                      delivery logs (see `webhooks`)
 //! audit          <time ms: u64 BE> <seq: u32 BE>       AuditRecord (this node's own audit
 //!                                                      log: not Raft, not in snapshots; `audit`)
 //! ```
@@ -53,6 +55,7 @@ mod read;
 mod snapshot;
 mod state_machine;
 mod tag_cache;
+pub mod webhooks;
 mod write_gate;
 
 use std::path::Path;
@@ -62,7 +65,7 @@ use std::time::Duration;
 pub use audit::{AuditEvent, AuditQuery, AuditRecord, AuditStore, DeleteKind};
 pub use command::{
     BlobRecord, Command, CommandV1, ManifestRecord, PutManifest, ReferrerRecord, Rejection,
-    ReplicationPolicy, TagRecord, WriteResult,
+    ReplicationPolicy, TagRecord, Traced, WriteResult,
 };
 pub use gc::{BlobRefs, Candidate, CandidateCursor, CollectedBlob};
 pub use log_store::LogStore;

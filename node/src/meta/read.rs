@@ -17,6 +17,7 @@ use super::lifecycle::{
 use super::notices::Notices;
 use super::state_machine::{get, state_cf};
 use super::tag_cache::TagCache;
+use super::webhooks::{self, Delivery, Event, EventHead, Webhook};
 use super::{MetaError, decode, keys};
 use crate::types::{Digest, RepositoryName, Tag};
 
@@ -515,6 +516,43 @@ impl MetaReader {
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(MetaError::Task)?
+    }
+
+    /// Every webhook with its cursor, by name.
+    pub async fn webhooks(&self) -> Result<Vec<(String, Webhook, u64)>, MetaError> {
+        self.blocking(webhooks::webhooks).await
+    }
+
+    /// A webhook's definition and cursor.
+    pub fn webhook(&self, name: &str) -> Result<Option<(Webhook, u64)>, MetaError> {
+        self.point(|db| {
+            Ok(match webhooks::webhook(db, name)? {
+                Some(w) => Some((w, webhooks::cursor(db, name)?)),
+                None => None,
+            })
+        })
+    }
+
+    /// The head of the event log: the next seq and the last event's time.
+    pub fn event_head(&self) -> Result<EventHead, MetaError> {
+        self.point(webhooks::head)
+    }
+
+    /// Up to `n` events from seq `from` on, with their seqs.
+    pub async fn events(&self, from: u64, n: usize) -> Result<Vec<(u64, Event)>, MetaError> {
+        self.blocking(move |db| webhooks::events(db, from, n)).await
+    }
+
+    /// The seq of the first event at or after `ms` (the head when none is).
+    pub async fn first_event_since(&self, ms: u64) -> Result<u64, MetaError> {
+        self.blocking(move |db| webhooks::first_since(db, ms)).await
+    }
+
+    /// A webhook's delivery log, newest first, at most `n` entries.
+    pub async fn deliveries(&self, name: &str, n: usize) -> Result<Vec<Delivery>, MetaError> {
+        let name = name.to_string();
+        self.blocking(move |db| webhooks::deliveries(db, &name, n))
+            .await
     }
 
     /// A manifest of the repository, by digest.

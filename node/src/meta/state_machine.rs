@@ -22,7 +22,7 @@ use super::notices::{Notice, Notices};
 use super::snapshot::{SnapshotBuilder, SnapshotFiles};
 use super::tag_cache::TagCache;
 use super::write_gate::WriteGate;
-use super::{CF_STATE, MetaError, TypeConfig, decode, encode, gc, keys, lifecycle};
+use super::{CF_STATE, MetaError, TypeConfig, decode, encode, gc, keys, lifecycle, webhooks};
 use crate::types::{Digest, RepositoryName};
 
 /// The state machine. Owned by openraft; readers use [`super::MetaReader`].
@@ -70,34 +70,39 @@ impl StateMachine {
     }
 }
 
-/// The repository whose attributes an applied entry may have changed, if any: an attributes
-/// change, or a removal of tags or manifests (their attributes go with them). A manifest PUT
-/// changes none, and is not looked at again (the hot path).
-fn attributes_changed_by(entry: &openraft::alias::EntryOf<TypeConfig>) -> Option<&RepositoryName> {
+/// The command of a normal entry, unwrapped from [`CommandV1::Traced`].
+fn command_of(entry: &openraft::alias::EntryOf<TypeConfig>) -> Option<&CommandV1> {
     match &entry.payload {
-        EntryPayload::Normal(Command::V1(CommandV1::PutManifest(_))) => None,
-        EntryPayload::Normal(Command::V1(CommandV1::Lifecycle(l))) => match l.as_ref() {
+        EntryPayload::Normal(Command::V1(cmd)) => Some(cmd.untraced().0),
+        _ => None,
+    }
+}
+
+/// The repository whose attributes an applied command may have changed, if any: an
+/// attributes change, or a removal of tags or manifests (their attributes go with them). A
+/// manifest PUT changes none, and is not looked at again (the hot path).
+fn attributes_changed_by(cmd: &CommandV1) -> Option<&RepositoryName> {
+    match cmd {
+        CommandV1::PutManifest(_) => None,
+        CommandV1::Lifecycle(l) => match l.as_ref() {
             lifecycle::LifecycleCommand::UpdateAttributes { repo, .. } => Some(repo),
-            _ => tags_changed_by(entry),
+            _ => tags_changed_by(cmd),
         },
-        _ => tags_changed_by(entry),
+        _ => tags_changed_by(cmd),
     }
 }
 
 /// The repository whose tags a command may change, if any.
-fn tags_changed_by(entry: &openraft::alias::EntryOf<TypeConfig>) -> Option<&RepositoryName> {
-    match &entry.payload {
-        EntryPayload::Normal(Command::V1(cmd)) => match cmd {
-            CommandV1::PutManifest(p) if p.tag.is_some() => Some(&p.repo),
-            CommandV1::DeleteTag { repo, .. }
-            | CommandV1::DeleteManifest { repo, .. }
-            | CommandV1::RemoveManifest { repo, .. } => Some(repo),
-            CommandV1::Lifecycle(l) => match l.as_ref() {
-                lifecycle::LifecycleCommand::Restore { repo, .. }
-                | lifecycle::LifecycleCommand::RemoveUntagged { repo, .. }
-                | lifecycle::LifecycleCommand::DeleteTagIf { repo, .. } => Some(repo),
-                _ => None,
-            },
+fn tags_changed_by(cmd: &CommandV1) -> Option<&RepositoryName> {
+    match cmd {
+        CommandV1::PutManifest(p) if p.tag.is_some() => Some(&p.repo),
+        CommandV1::DeleteTag { repo, .. }
+        | CommandV1::DeleteManifest { repo, .. }
+        | CommandV1::RemoveManifest { repo, .. } => Some(repo),
+        CommandV1::Lifecycle(l) => match l.as_ref() {
+            lifecycle::LifecycleCommand::Restore { repo, .. }
+            | lifecycle::LifecycleCommand::RemoveUntagged { repo, .. }
+            | lifecycle::LifecycleCommand::DeleteTagIf { repo, .. } => Some(repo),
             _ => None,
         },
         _ => None,
@@ -112,7 +117,7 @@ fn notify(
     result: &WriteResult,
 ) {
     match &entry.payload {
-        EntryPayload::Normal(Command::V1(cmd)) => match cmd {
+        EntryPayload::Normal(Command::V1(cmd)) => match cmd.untraced().0 {
             CommandV1::PutManifest(p) => notices.push(Notice::Manifest {
                 repo: p.repo.clone(),
                 digest: p.digest.clone(),
@@ -148,7 +153,7 @@ fn notify(
                 notices.resync()
             }
             CommandV1::MountBlob { .. } | CommandV1::UnlinkBlob { .. } | CommandV1::Auth(_) => {}
-            CommandV1::DeleteTag { .. } => {}
+            CommandV1::DeleteTag { .. } | CommandV1::Webhooks(_) | CommandV1::Traced(_) => {}
         },
         EntryPayload::Membership(_) => notices.resync(),
         EntryPayload::Blank => {}
@@ -209,7 +214,21 @@ fn apply_entry(
     let log_id = entry.log_id();
     let result = match &entry.payload {
         EntryPayload::Blank => WriteResult::Done,
-        EntryPayload::Normal(Command::V1(cmd)) => apply_command(db, cf, &mut batch, cmd)?,
+        EntryPayload::Normal(Command::V1(cmd)) => {
+            let (cmd, traced) = cmd.untraced();
+            let events = webhooks::derive(
+                db,
+                cmd,
+                log_id.index,
+                traced.map(|t| t.at_ms),
+                traced.map(|t| &t.request),
+            )?;
+            let result = apply_command(db, cf, &mut batch, cmd)?;
+            if result == WriteResult::Done {
+                webhooks::record(db, cf, &mut batch, events)?;
+            }
+            result
+        }
         EntryPayload::Membership(m) => {
             let stored = StoredMembership::new(Some(log_id), m.clone());
             put(&mut batch, cf, keys::MEMBERSHIP, &stored);
@@ -219,22 +238,21 @@ fn apply_entry(
     put(&mut batch, cf, keys::APPLIED, &log_id);
     db.write(batch).map_err(MetaError::db("apply"))?;
     // After the write: a reader that scans from now on sees it (see `tag_cache`).
-    if let Some(repo) = tags_changed_by(entry) {
-        tags.invalidate(repo);
-    }
-    if let Some(repo) = attributes_changed_by(entry) {
-        indexes.locks.refresh(db, repo)?;
-    }
-    if let EntryPayload::Normal(Command::V1(CommandV1::Lifecycle(l))) = &entry.payload
-        && let lifecycle::LifecycleCommand::SetNamespace { namespace, .. } = l.as_ref()
-    {
-        indexes.limits.refresh(db, namespace)?;
-    }
-    if matches!(
-        &entry.payload,
-        EntryPayload::Normal(Command::V1(CommandV1::Auth(_)))
-    ) {
-        auth.reload(db)?;
+    if let Some(cmd) = command_of(entry) {
+        if let Some(repo) = tags_changed_by(cmd) {
+            tags.invalidate(repo);
+        }
+        if let Some(repo) = attributes_changed_by(cmd) {
+            indexes.locks.refresh(db, repo)?;
+        }
+        if let CommandV1::Lifecycle(l) = cmd
+            && let lifecycle::LifecycleCommand::SetNamespace { namespace, .. } = l.as_ref()
+        {
+            indexes.limits.refresh(db, namespace)?;
+        }
+        if matches!(cmd, CommandV1::Auth(_)) {
+            auth.reload(db)?;
+        }
     }
     notify(notices, collected, entry, &result);
     Ok(result)
@@ -432,6 +450,8 @@ fn apply_command(
             at_ms,
         } => remove_manifest(db, cf, batch, repo, digest, Some(*at_ms)),
         CommandV1::Auth(a) => super::auth::apply(db, batch, a),
+        CommandV1::Webhooks(w) => webhooks::apply(db, cf, batch, w),
+        CommandV1::Traced(t) => apply_command(db, cf, batch, &t.command),
         CommandV1::SetReplicationPolicy { pattern, policy } => {
             put::<ReplicationPolicy>(batch, cf, &keys::policy(pattern), policy);
             Ok(WriteResult::Done)
@@ -688,12 +708,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
         self.gate.wait_for_room().await?;
         // A full count walks every manifest: never on the calling task.
-        let heavy = entries.iter().any(|e| {
-            matches!(
-                &e.payload,
-                EntryPayload::Normal(Command::V1(CommandV1::CountReferences { .. }))
-            )
-        });
+        let heavy = entries
+            .iter()
+            .any(|e| matches!(command_of(e), Some(CommandV1::CountReferences { .. })));
         let results = if entries.len() <= INLINE_APPLY_MAX && !heavy {
             // A few memtable writes take microseconds: less than two thread hand-offs to the
             // blocking pool and back (ADR 006). Applying never fsyncs (the log is durable).
@@ -1634,5 +1651,159 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Events are derived from commands that apply (none from a refused one), name the
+    /// request of a traced command, and keep the log order; cursors never move back; the log
+    /// and the events are pruned as the commands say.
+    #[tokio::test]
+    async fn events_follow_applied_commands_and_cursors_only_move_forward() {
+        use crate::meta::webhooks::{Action, Delivery, Format, Webhook, WebhookCommand};
+        let dir = tempfile::tempdir().unwrap();
+        let (_log, sm, reader) = open(dir.path()).unwrap();
+        let hook = |cmd| CommandV1::Webhooks(Box::new(cmd));
+        let webhook = Webhook {
+            uri: "http://127.0.0.1:1/".into(),
+            headers: vec![],
+            actions: vec![Action::Push],
+            scopes: vec![],
+            enabled: true,
+            region: None,
+            format: Format::Acr,
+            created_ms: 1,
+            updated_ms: 1,
+        };
+        // An event before the webhook exists: it starts after it.
+        let blob = Digest::sha256_of(b"layer");
+        apply(&sm, 1, stored("app", &blob, 1));
+        let (d1, put1) = manifest("app", b"m1", &[&blob], Some("v1"));
+        assert_eq!(apply(&sm, 2, put1), WriteResult::Done);
+        let create = WebhookCommand::Put {
+            name: "h".into(),
+            webhook: webhook.clone(),
+            create: true,
+        };
+        assert_eq!(apply(&sm, 3, hook(create.clone())), WriteResult::Done);
+        assert!(matches!(
+            apply(&sm, 4, hook(create)),
+            WriteResult::Rejected(Rejection::Exists(_))
+        ));
+        assert_eq!(reader.webhook("h").unwrap().unwrap().1, 1);
+        // A refused PUT (blob unknown) records nothing; a traced one names its request.
+        let (_, refused) = manifest("app", b"m2", &[&Digest::sha256_of(b"absent")], None);
+        assert!(matches!(apply(&sm, 5, refused), WriteResult::Rejected(_)));
+        let (d3, put3) = manifest("app", b"m3", &[&blob], Some("v3"));
+        let request = crate::types::RequestMeta {
+            id: "r-3".into(),
+            host: "h".into(),
+            method: "PUT".into(),
+            user_agent: "ua".into(),
+        };
+        let traced = CommandV1::Traced(Box::new(crate::meta::Traced {
+            request: request.clone(),
+            at_ms: 77,
+            command: put3,
+        }));
+        assert_eq!(apply(&sm, 6, traced), WriteResult::Done);
+        let del_tag = CommandV1::DeleteTag {
+            repo: repo("app"),
+            tag: crate::types::Tag::parse("v3").unwrap(),
+        };
+        assert_eq!(apply(&sm, 7, del_tag), WriteResult::Done);
+        let del = CommandV1::RemoveManifest {
+            repo: repo("app"),
+            digest: d1.clone(),
+            at_ms: 90,
+        };
+        assert_eq!(apply(&sm, 8, del), WriteResult::Done);
+        let events = reader.events(0, 100).await.unwrap();
+        let seen: Vec<_> = events
+            .iter()
+            .map(|(seq, e)| (*seq, e.action, e.log_index, e.digest.clone()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (0, Action::Push, 2, Some(d1.clone())),
+                (1, Action::Push, 6, Some(d3.clone())),
+                (2, Action::TagDelete, 7, Some(d3.clone())),
+                (3, Action::Delete, 8, Some(d1.clone())),
+            ]
+        );
+        assert_eq!(events[0].1.request, None);
+        assert_eq!(events[1].1.request, Some(request));
+        assert_eq!(events[1].1.at_ms, 77);
+        assert_eq!(
+            events[2].1.at_ms, 77,
+            "no time of its own: the last event's"
+        );
+        assert_eq!(events[3].1.at_ms, 90);
+        assert_eq!(
+            events[3].1.media_type.as_deref(),
+            Some("application/vnd.oci.image.manifest.v1+json")
+        );
+        assert_eq!(reader.event_head().unwrap().next, 4);
+        // Progress: the cursor moves forward only; the log keeps what is newer than the cut.
+        let delivery = |at_ms| Delivery {
+            at_ms,
+            event_id: format!("e{at_ms}"),
+            action: Action::Push,
+            seq: Some(1),
+            region: None,
+            status: Some(200),
+            error: None,
+            latency_ms: 1,
+            excerpt: String::new(),
+            attempts: 1,
+            node: 1,
+        };
+        let progress = |cursor, at: &[u64], keep_after_ms| {
+            hook(WebhookCommand::Progress {
+                name: "h".into(),
+                cursor,
+                deliveries: at.iter().map(|a| delivery(*a)).collect(),
+                keep_after_ms,
+            })
+        };
+        assert_eq!(
+            apply(&sm, 9, progress(Some(3), &[100, 100, 200], 0)),
+            WriteResult::Done
+        );
+        assert_eq!(
+            apply(&sm, 10, progress(Some(2), &[300], 150)),
+            WriteResult::Done
+        );
+        assert_eq!(reader.webhook("h").unwrap().unwrap().1, 3, "never back");
+        let log: Vec<u64> = reader
+            .deliveries("h", 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.at_ms)
+            .collect();
+        assert_eq!(log, [300, 200], "newest first; older than 150 pruned");
+        // Prune, then delete the webhook with its log.
+        assert_eq!(
+            apply(&sm, 11, hook(WebhookCommand::PruneEvents { below: 3 })),
+            WriteResult::Done
+        );
+        let left: Vec<u64> = reader
+            .events(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(left, [3]);
+        assert_eq!(
+            apply(&sm, 12, hook(WebhookCommand::Delete { name: "h".into() })),
+            WriteResult::Done
+        );
+        assert!(reader.webhook("h").unwrap().is_none());
+        assert!(reader.deliveries("h", 10).await.unwrap().is_empty());
+        assert!(matches!(
+            apply(&sm, 13, progress(Some(4), &[], 0)),
+            WriteResult::Rejected(Rejection::Unknown(_))
+        ));
     }
 }

@@ -84,12 +84,18 @@ pub struct Chunk {
 }
 
 /// Runs a use case in a task of its own and waits for it: dropping the caller (a client that
-/// hung up) does not cut the work off half-way.
+/// hung up) does not cut the work off half-way. The task keeps the caller's request (its id
+/// in log lines and in the commands it proposes) and tracing span.
 async fn run_detached<T: Send + 'static>(
     work: impl Future<Output = Result<T, RegistryError>> + Send + 'static,
 ) -> Result<T, RegistryError> {
-    tokio::spawn(work)
-        .await
+    use tracing::Instrument;
+    let work = work.instrument(tracing::Span::current());
+    let task = match crate::types::RequestMeta::current() {
+        Some(request) => tokio::spawn(request.scope(work)),
+        None => tokio::spawn(work),
+    };
+    task.await
         .map_err(|e| RegistryError::Storage(Box::new(e)))?
 }
 
@@ -290,7 +296,26 @@ impl Registry {
         &self.settings
     }
 
+    /// Commits a command. One that causes events (a manifest put or delete, a tag delete),
+    /// inside a client request's scope, is traced: its events name the request (webhook
+    /// payloads) and carry its time.
     async fn write(&self, cmd: CommandV1) -> Result<WriteResult, RegistryError> {
+        let evented = matches!(
+            cmd,
+            CommandV1::PutManifest(_)
+                | CommandV1::DeleteManifest { .. }
+                | CommandV1::RemoveManifest { .. }
+                | CommandV1::DeleteTag { .. }
+        );
+        let request = evented.then(crate::types::RequestMeta::current).flatten();
+        let cmd = match request {
+            Some(request) => CommandV1::Traced(Box::new(crate::meta::Traced {
+                request,
+                at_ms: now_ms(),
+                command: cmd,
+            })),
+            None => cmd,
+        };
         Ok(self.cluster.write(Command::V1(cmd)).await?)
     }
 

@@ -172,6 +172,17 @@ impl Plan {
         policy::effective(repo.as_str(), &self.policies).map(|(_, p)| p)
     }
 
+    /// The regions the replicator copies the repository's images to: its policy's regions
+    /// (every region when it has none or lists none), less its on-demand regions.
+    pub fn copied_to(&self, repo: &RepositoryName) -> Vec<String> {
+        let policy = self.policy_for(repo);
+        self.placement
+            .regions()
+            .filter(|r| policy::replicates_to(policy, r))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Adds a manifest's blobs to `tally`.
     pub fn add(&self, tally: &mut Tally, entry: &ManifestEntry) {
         tally.manifests += 1;

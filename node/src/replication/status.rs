@@ -57,6 +57,15 @@ pub struct BlobStatus {
     pub wanted: Vec<NodeId>,
 }
 
+/// Where an image has reached ([`Replication::reach`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    /// The regions the placement copies it to, in order.
+    pub wanted: Vec<String>,
+    /// Those that hold every blob the placement wants there.
+    pub complete: BTreeSet<String>,
+}
+
 /// The answer to a status request.
 #[derive(Debug, Clone)]
 pub struct ReplicationReport {
@@ -186,6 +195,31 @@ impl Replication {
             stale,
             applied_index,
         })
+    }
+
+    /// Where an image has reached, from this node's applied state (no catch-up): the regions
+    /// the placement copies it to (its policy's regions, or every region, less the on-demand
+    /// ones), and which of those hold every blob the placement wants there. `None` when the
+    /// manifest is not (or no longer) in the repository.
+    pub async fn reach(
+        &self,
+        plan: &super::Plan,
+        repo: &RepositoryName,
+        digest: &Digest,
+    ) -> Result<Option<Reach>, ReplicationError> {
+        let tally = match self.image(plan, repo, digest.clone(), false).await {
+            Ok(t) => t,
+            Err(ReplicationError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let wanted = plan.copied_to(repo);
+        let status = per_region(plan, &tally.pending);
+        let complete = wanted
+            .iter()
+            .filter(|r| status.get(*r).is_none_or(|s| s.complete))
+            .cloned()
+            .collect();
+        Ok(Some(Reach { wanted, complete }))
     }
 
     /// Tallies a manifest with its children (of an index) and referrers, recursively.

@@ -17,7 +17,9 @@
 //! Garbage collection (`GcRun`, `GcStatus`) is this node's `gc::Collector` and reaper: the
 //! handlers only convert (a pass is run by the node that was called, never relayed).
 //! Lifecycle (locks, soft delete, retention, namespaces, purge) is `admin_lifecycle.rs`'s:
-//! here each call is only admitted (reads) or audited under its RPC name (changes).
+//! here each call is only admitted (reads) or audited under its RPC name (changes). Webhooks
+//! are `admin_webhooks.rs`'s, the same way (a ping, which sends and logs a delivery, is
+//! audited like a change).
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -41,6 +43,7 @@ use tonic::{Request, Response, Status};
 
 use super::admin_auth::{AdminGuard, AuthRpc, forward_authorization};
 use super::admin_lifecycle::LifecycleRpc;
+use super::admin_webhooks::WebhooksRpc;
 use super::status::status;
 use crate::audit::{Audit, AuditQuery, AuditRecord};
 use crate::cluster::{self, Cluster, MembershipError, PeerError};
@@ -75,6 +78,7 @@ pub(super) struct AdminService {
     gc: Arc<Collector>,
     reaper: Arc<Reaper>,
     lifecycle: LifecycleRpc,
+    webhooks: WebhooksRpc,
 }
 
 impl AdminService {
@@ -89,6 +93,7 @@ impl AdminService {
         gc: Arc<Collector>,
         reaper: Arc<Reaper>,
         lifecycle: LifecycleRpc,
+        webhooks: WebhooksRpc,
     ) -> AdminService {
         AdminService {
             cluster,
@@ -99,6 +104,7 @@ impl AdminService {
             gc,
             reaper,
             lifecycle,
+            webhooks,
         }
     }
 
@@ -1200,6 +1206,82 @@ impl Admin for AdminService {
             |r| self.lifecycle.purge(r),
         )
         .await
+    }
+
+    async fn create_webhook(
+        &self,
+        req: Request<pb::CreateWebhookRequest>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        self.audited(
+            req,
+            "CreateWebhook",
+            |r| r.name.clone(),
+            |r| self.webhooks.create(r),
+        )
+        .await
+    }
+
+    async fn update_webhook(
+        &self,
+        req: Request<pb::UpdateWebhookRequest>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        self.audited(
+            req,
+            "UpdateWebhook",
+            |r| r.name.clone(),
+            |r| self.webhooks.update(r),
+        )
+        .await
+    }
+
+    async fn delete_webhook(
+        &self,
+        req: Request<pb::WebhookRef>,
+    ) -> Result<Response<pb::Deleted>, Status> {
+        self.audited(
+            req,
+            "DeleteWebhook",
+            |r| r.name.clone(),
+            |r| self.webhooks.delete(r),
+        )
+        .await
+    }
+
+    async fn list_webhooks(
+        &self,
+        req: Request<pb::ListWebhooksRequest>,
+    ) -> Result<Response<pb::Webhooks>, Status> {
+        self.admit(req).await?;
+        self.webhooks.list().await.map(Response::new)
+    }
+
+    async fn get_webhook(
+        &self,
+        req: Request<pb::WebhookRef>,
+    ) -> Result<Response<pb::Webhook>, Status> {
+        let r = self.admit(req).await?;
+        self.webhooks.get(r).await.map(Response::new)
+    }
+
+    async fn ping_webhook(
+        &self,
+        req: Request<pb::WebhookRef>,
+    ) -> Result<Response<pb::WebhookDelivery>, Status> {
+        self.audited(
+            req,
+            "PingWebhook",
+            |r| r.name.clone(),
+            |r| self.webhooks.ping(r),
+        )
+        .await
+    }
+
+    async fn webhook_events(
+        &self,
+        req: Request<pb::WebhookEventsRequest>,
+    ) -> Result<Response<pb::WebhookDeliveries>, Status> {
+        let r = self.admit(req).await?;
+        self.webhooks.events(r).await.map(Response::new)
     }
 }
 

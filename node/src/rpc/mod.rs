@@ -20,6 +20,7 @@
 mod admin;
 mod admin_auth;
 mod admin_lifecycle;
+mod admin_webhooks;
 mod join;
 mod peer;
 mod status;
@@ -48,6 +49,7 @@ use crate::gc::Collector;
 use crate::gc::reaper::Reaper;
 use crate::registry::Registry;
 use crate::replication::Replication;
+use crate::webhooks::Webhooks;
 
 /// How long the cluster endpoint waits, after `stop`, for its connections to close by
 /// themselves (peers' replication streams never do) before it closes them.
@@ -59,7 +61,7 @@ const SEVERED_STOP: Duration = Duration::from_secs(1);
 /// lets calls in flight finish for at most [`GRACEFUL_STOP`], and closes every connection
 /// still open (their tasks, and the registry handles they hold, end with them). Admin changes
 /// are recorded in `audit`; `gc` runs the garbage-collection passes asked for, and `reaper`
-/// reports what this node removed.
+/// reports what this node removed; `webhooks` manages the webhooks and their delivery logs.
 // Each argument is one of the node's parts the services answer for, passed by the
 // composition root (`crate::run`); a struct bundling them would only restate `Node`.
 #[allow(clippy::too_many_arguments)]
@@ -70,6 +72,7 @@ pub async fn serve(
     audit: Audit,
     gc: Arc<Collector>,
     reaper: Arc<Reaper>,
+    webhooks: Arc<Webhooks>,
     snapshot_dir: PathBuf,
     listener: tokio::net::TcpListener,
     stop: CancellationToken,
@@ -90,6 +93,7 @@ pub async fn serve(
         gc,
         reaper,
         admin_lifecycle::LifecycleRpc::new(crate::lifecycle::Lifecycle::new(registry.clone())),
+        admin_webhooks::WebhooksRpc::new(webhooks),
     ));
     let sever = CancellationToken::new();
     let incoming = {

@@ -16,6 +16,7 @@ use crate::cluster::{
 use crate::gc::GcError;
 use crate::lifecycle::LifecycleError;
 use crate::types::ErrorKind;
+use crate::webhooks::WebhookError;
 
 /// The gRPC code of each kind of error.
 pub(crate) fn code(kind: ErrorKind) -> Code {
@@ -72,6 +73,13 @@ impl From<PeerError> for Status {
 /// (FAILED_PRECONDITION).
 impl From<LifecycleError> for Status {
     fn from(e: LifecycleError) -> Status {
+        status(e.kind(), e.to_string())
+    }
+}
+
+/// A webhook name taken is [`ErrorKind::Conflict`] (FAILED_PRECONDITION).
+impl From<WebhookError> for Status {
+    fn from(e: WebhookError) -> Status {
         status(e.kind(), e.to_string())
     }
 }
