@@ -13,6 +13,8 @@
 //!    for r1 while r2 is cut off, and nothing of r2; once the partition heals, the r2 webhook's
 //!    push and the `replicated` event for r2 arrive, and at that moment node 3's disk holds
 //!    every blob of the image.
+//! 3. A push made at a follower keeps its request id across the hop: the leader logs the
+//!    forwarded write under it, and the webhook payload names it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -482,5 +484,73 @@ fn regional_webhooks_fire_once_the_image_is_on_the_regions_disks() {
         notes.iter().any(|(w, _)| w == "push r2")
             && notes.iter().any(|(w, _)| w == "replicated r2"),
         "{notes:?}"
+    );
+}
+
+#[test]
+fn a_push_at_a_follower_keeps_its_request_id_at_the_leader_and_in_the_payload() {
+    const ID: &str = "s26-forwarded-1";
+    let c = ClusterBuilder::new()
+        .nodes(3)
+        .env("RUST_LOG", "info,openraft=warn,berth_node::rpc::peer=debug")
+        .build();
+    let leader = c.leader();
+    let follower = c.followers()[0];
+    let receiver = Receiver::start();
+    ctl(
+        &c.node(follower).cluster_addr(),
+        &[
+            "webhooks",
+            "create",
+            "ids",
+            "--uri",
+            &receiver.url(),
+            "--actions",
+            "push",
+        ],
+    )
+    .assert_success();
+    let image = Image::new("s26/ids", "v1", &[random_layer(128)]);
+    let client = c.client(follower);
+    for blob in std::iter::once(&image.config).chain(&image.layers) {
+        client
+            .push_blob(&image.repo, blob, UploadStyle::Monolithic)
+            .expect("blob push at the follower");
+    }
+    let resp = client
+        .request(
+            "PUT",
+            &format!("/v2/{}/manifests/{}", image.repo, image.tag),
+            &[
+                ("content-type", "application/vnd.oci.image.manifest.v1+json"),
+                ("x-request-id", ID),
+            ],
+            Some(&image.manifest),
+        )
+        .expect("manifest PUT");
+    assert_eq!(resp.status, 201);
+    assert_eq!(resp.header("x-request-id"), Some(ID));
+    let got = receiver.wait_for(DELIVERY_TIMEOUT, |g| g.iter().any(|r| r.status == 200));
+    let push = got
+        .iter()
+        .find(|r| r.status == 200)
+        .expect("the push")
+        .json();
+    assert_eq!(push["request"]["id"], ID);
+    assert_eq!(push["request"]["method"], "PUT");
+    wait_until(
+        "the leader to log the forwarded write under the request id",
+        Duration::from_secs(10),
+        || {
+            let log = c.node(leader).stderr();
+            if log
+                .lines()
+                .any(|l| l.contains(ID) && l.contains("forwarded_write"))
+            {
+                Ok(())
+            } else {
+                Err(c.node(leader).stderr_tail(20))
+            }
+        },
     );
 }

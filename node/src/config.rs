@@ -120,10 +120,11 @@ pub struct Webhooks {
     pub timeout_secs: u64,
     /// The first retry waits 1 s; each next one twice as long, up to this. Default 300.
     pub max_backoff_secs: u64,
-    /// Delivery log entries older than this are removed. Default 604800 (7 days).
+    /// Delivery log entries older than this are removed (at least 3600). Default 604800 (7
+    /// days).
     pub log_retention_secs: u64,
     /// Events older than this are removed even if a webhook has not been sent them (it was
-    /// failing or its region had no node that long). Default 604800 (7 days).
+    /// failing or its region had no node that long); at least 3600. Default 604800 (7 days).
     pub event_retention_secs: u64,
     /// A PEM file of CA certificates trusted for `https` webhook URIs besides the system's.
     pub ca_file: Option<PathBuf>,
@@ -843,6 +844,14 @@ impl Config {
         }
         if self.webhooks.max_backoff_secs == 0 {
             p.push("webhooks.max_backoff_secs: must be at least 1".to_string());
+        }
+        for (field, v) in [
+            ("log_retention_secs", self.webhooks.log_retention_secs),
+            ("event_retention_secs", self.webhooks.event_retention_secs),
+        ] {
+            if v < 3600 {
+                p.push(format!("webhooks.{field}: must be at least 3600 (an hour)"));
+            }
         }
         if self.gc.max_blobs_per_sec == 0 {
             p.push("gc.max_blobs_per_sec: must be at least 1".to_string());

@@ -397,8 +397,8 @@ pub struct Metrics {
     pub webhook_deliveries: Family<WebhookOutcomeLabels, Counter>,
     /// `berth_webhook_delivery_duration_seconds{webhook}`: time of a delivery attempt.
     pub webhook_delivery_duration: Family<WebhookLabels, Histogram>,
-    /// `berth_webhook_backlog_events{webhook}`: events not yet delivered (set by the
-    /// delivering node only).
+    /// `berth_webhook_backlog_events{webhook}`: events past each enabled webhook's committed
+    /// cursor (set by the Raft leader only).
     pub webhook_backlog: Family<WebhookLabels, Gauge>,
 
     /// `berth_process_resident_memory_bytes`
@@ -674,7 +674,7 @@ impl Metrics {
         register!(
             r,
             "webhook_backlog_events",
-            "Events a webhook has not yet delivered (on its delivering node)",
+            "Events recorded past an enabled webhook's committed cursor (on the Raft leader)",
             m.webhook_backlog
         );
         register!(

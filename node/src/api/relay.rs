@@ -101,6 +101,12 @@ pub async fn relay(
         req.headers_mut().remove(h);
     }
     req.headers_mut().remove("keep-alive");
+    // The owner logs the request under the same id (one this node made up, too).
+    if let Some(id) =
+        crate::types::RequestMeta::current().and_then(|m| HeaderValue::from_str(&m.id).ok())
+    {
+        req.headers_mut().insert(crate::api::REQUEST_ID_HEADER, id);
+    }
     let finishing = req.method() == axum::http::Method::PUT;
     let resp = tokio::time::timeout(RELAY_TIMEOUT, client().request(req))
         .await

@@ -1682,6 +1682,7 @@ mod tests {
             name: "h".into(),
             webhook: webhook.clone(),
             create: true,
+            expect: None,
         };
         assert_eq!(apply(&sm, 3, hook(create.clone())), WriteResult::Done);
         assert!(matches!(
@@ -1689,6 +1690,17 @@ mod tests {
             WriteResult::Rejected(Rejection::Exists(_))
         ));
         assert_eq!(reader.webhook("h").unwrap().unwrap().1, 1);
+        // A replace read before another change is refused.
+        let stale = WebhookCommand::Put {
+            name: "h".into(),
+            webhook: webhook.clone(),
+            create: false,
+            expect: Some(0),
+        };
+        assert!(matches!(
+            apply(&sm, 4, hook(stale)),
+            WriteResult::Rejected(Rejection::Changed(_))
+        ));
         // A refused PUT (blob unknown) records nothing; a traced one names its request.
         let (_, refused) = manifest("app", b"m2", &[&Digest::sha256_of(b"absent")], None);
         assert!(matches!(apply(&sm, 5, refused), WriteResult::Rejected(_)));
@@ -1782,6 +1794,12 @@ mod tests {
             .map(|d| d.at_ms)
             .collect();
         assert_eq!(log, [300, 200], "newest first; older than 150 pruned");
+        // At most MAX_LOG entries are kept.
+        let many: Vec<u64> = vec![400; crate::meta::webhooks::MAX_LOG as usize];
+        assert_eq!(apply(&sm, 10, progress(None, &many, 0)), WriteResult::Done);
+        let kept = reader.deliveries("h", 20_000).await.unwrap();
+        assert_eq!(kept.len() as u64, crate::meta::webhooks::MAX_LOG);
+        assert!(kept.iter().all(|d| d.at_ms == 400));
         // Prune, then delete the webhook with its log.
         assert_eq!(
             apply(&sm, 11, hook(WebhookCommand::PruneEvents { below: 3 })),

@@ -12,7 +12,7 @@
 //! "w/next"                          EventHead (the next seq; the last event time)
 //! "w/d/" name                       Webhook (the definition)
 //! "w/c/" name                       Position (the cursor: first event not yet done; entries logged)
-//! "w/l/" name \0 at: u64 BE n: u64 BE   Delivery (the delivery log, by time; n: entry number)
+//! "w/l/" name \0 n: u64 BE           Delivery (the delivery log, in the order committed)
 //! ```
 //!
 //! Invariants:
@@ -23,7 +23,7 @@
 //!   created, or enabled again, starts at the end of the log (it is not sent the past).
 //! - Events below every enabled webhook's cursor, or older than the event retention, are
 //!   removed by [`WebhookCommand::PruneEvents`]; the delivery log keeps what is newer than the
-//!   log retention the proposer stamps into each `Progress`.
+//!   log retention the proposer stamps into each `Progress`, and at most [`MAX_LOG`] entries.
 
 use rocksdb::{ColumnFamily, DB, WriteBatch};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,9 @@ const HEAD: &[u8] = b"w/next";
 const DEF_PREFIX: &[u8] = b"w/d/";
 const CURSOR_PREFIX: &[u8] = b"w/c/";
 const LOG_PREFIX: &[u8] = b"w/l/";
+
+/// Delivery log entries kept per webhook at most (the oldest go first).
+pub const MAX_LOG: u64 = 10_000;
 
 /// What happened: the `action` of a payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -220,8 +223,9 @@ impl Delivery {
 /// A change to webhooks or the event log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WebhookCommand {
-    /// Create (`create`: refused when it exists) or replace (refused when it does not) a
-    /// webhook. `created_ms` is kept on a replace.
+    /// Create (`create`: refused when it exists) or replace (refused when it does not, or,
+    /// with `expect`, when it was changed since it was read) a webhook. `created_ms` is kept
+    /// on a replace.
     Put {
         /// Its name.
         name: String,
@@ -229,6 +233,8 @@ pub enum WebhookCommand {
         webhook: Webhook,
         /// Whether this creates it.
         create: bool,
+        /// A replace applies only if the stored definition's `updated_ms` is this.
+        expect: Option<u64>,
     },
     /// Remove a webhook, its cursor and its log.
     Delete {
@@ -266,13 +272,33 @@ fn log_prefix(name: &str) -> Vec<u8> {
     [LOG_PREFIX, name.as_bytes(), b"\0"].concat()
 }
 
-fn log_key(name: &str, at_ms: u64, n: u64) -> Vec<u8> {
-    [
-        log_prefix(name).as_slice(),
-        &at_ms.to_be_bytes(),
-        &n.to_be_bytes(),
-    ]
-    .concat()
+fn log_key(name: &str, n: u64) -> Vec<u8> {
+    [log_prefix(name).as_slice(), &n.to_be_bytes()].concat()
+}
+
+/// The first log entry to keep of `name`'s log: past the newest [`MAX_LOG`] of `logged`, and
+/// none before `keep_after_ms`; with the number of the oldest entry there is, if any.
+fn log_cut(
+    db: &DB,
+    name: &str,
+    logged: u64,
+    keep_after_ms: u64,
+) -> Result<(u64, Option<u64>), MetaError> {
+    let prefix = log_prefix(name);
+    let mut cut = logged.saturating_sub(MAX_LOG);
+    let mut oldest = None;
+    for item in scan(db, &prefix, None) {
+        let (k, v) = item?;
+        let n = keys::log_index(&k[prefix.len()..]);
+        oldest.get_or_insert(n);
+        let super::command::Stored::V1(d) =
+            decode::<super::command::Stored<Delivery>>("delivery", &v)?;
+        if n >= cut && d.at_ms >= keep_after_ms {
+            break;
+        }
+        cut = cut.max(n + 1);
+    }
+    Ok((cut, oldest))
 }
 
 fn event_key(seq: u64) -> Vec<u8> {
@@ -403,6 +429,7 @@ pub(super) fn apply(
             name,
             webhook,
             create,
+            expect,
         } => {
             let old = self::webhook(db, name)?;
             let mut w = webhook.clone();
@@ -415,6 +442,11 @@ pub(super) fn apply(
                 (None, false) => {
                     return Ok(WriteResult::Rejected(Rejection::Unknown(format!(
                         "webhook {name}"
+                    ))));
+                }
+                (Some(o), false) if expect.is_some_and(|e| e != o.updated_ms) => {
+                    return Ok(WriteResult::Rejected(Rejection::Changed(format!(
+                        "webhook {name} was changed meanwhile: read it again"
                     ))));
                 }
                 (Some(o), false) => w.created_ms = o.created_ms,
@@ -457,11 +489,15 @@ pub(super) fn apply(
             let mut p = position(db, name)?;
             p.cursor = p.cursor.max(cursor.unwrap_or(0));
             for d in deliveries {
-                put(batch, cf, &log_key(name, d.at_ms, p.logged), d);
+                put(batch, cf, &log_key(name, p.logged), d);
                 p.logged += 1;
             }
             put(batch, cf, &cursor_key(name), &p);
-            batch.delete_range_cf(cf, &log_prefix(name), &log_key(name, *keep_after_ms, 0));
+            // A range delete only when something is to go (no tombstone per progress).
+            let (cut, oldest) = log_cut(db, name, p.logged, *keep_after_ms)?;
+            if oldest.is_some_and(|o| o < cut) {
+                batch.delete_range_cf(cf, &log_prefix(name), &log_key(name, cut));
+            }
             Ok(WriteResult::Done)
         }
         WebhookCommand::PruneEvents { below } => {
@@ -669,10 +705,9 @@ mod tests {
     }
 
     #[test]
-    fn log_keys_sort_by_time_then_order() {
-        assert!(log_key("a", 1, 5) < log_key("a", 2, 0));
-        assert!(log_key("a", 2, 1) < log_key("a", 2, 2));
-        assert!(log_key("a", u64::MAX, 0).starts_with(&log_prefix("a")));
-        assert!(!log_key("ab", 1, 0).starts_with(&log_prefix("a")));
+    fn log_keys_sort_by_number_within_their_webhook() {
+        assert!(log_key("a", 255) < log_key("a", 256));
+        assert!(log_key("a", u64::MAX).starts_with(&log_prefix("a")));
+        assert!(!log_key("ab", 1).starts_with(&log_prefix("a")));
     }
 }

@@ -7,7 +7,8 @@
 //! `WebhookError::kind()` and `status.rs`'s table.
 //!
 //! Invariant: header values are secrets and never leave the node through this service —
-//! every `Webhook` answer carries each header's name with the value [`MASKED`].
+//! every `Webhook` answer carries each header's name with the value [`MASKED`]; so are a
+//! URI's user name, password and query, masked the same way.
 
 use std::sync::Arc;
 
@@ -32,12 +33,30 @@ fn headers_of(h: Vec<pb::WebhookHeader>) -> Vec<(String, String)> {
     h.into_iter().map(|h| (h.name, h.value)).collect()
 }
 
-/// The wire form of a webhook, its header values masked.
+/// A URI as answers show it: a user name, password and query (where endpoints such as chat
+/// services carry their tokens) masked.
+fn masked_uri(uri: &str) -> String {
+    let Ok(mut url) = reqwest::Url::parse(uri) else {
+        return MASKED.to_string();
+    };
+    if !url.username().is_empty() {
+        let _ = url.set_username(MASKED);
+    }
+    if url.password().is_some() {
+        let _ = url.set_password(Some(MASKED));
+    }
+    if url.query().is_some() {
+        url.set_query(Some(MASKED));
+    }
+    url.to_string()
+}
+
+/// The wire form of a webhook, its header values and the secrets of its URI masked.
 fn webhook_message(v: WebhookView) -> pb::Webhook {
     let w = v.webhook;
     pb::Webhook {
         name: v.name,
-        uri: w.uri,
+        uri: masked_uri(&w.uri),
         headers: w
             .headers
             .into_iter()
@@ -293,5 +312,17 @@ mod tests {
             }
         });
         assert_eq!((m.seq, m.has_seq, m.status), (0, true, 204));
+    }
+
+    #[test]
+    fn uri_secrets_are_masked() {
+        assert_eq!(
+            masked_uri("https://u:p@hooks.example/services/T0/B1?token=abc"),
+            "https://***:***@hooks.example/services/T0/B1?***"
+        );
+        assert_eq!(
+            masked_uri("http://127.0.0.1:9/hook"),
+            "http://127.0.0.1:9/hook"
+        );
     }
 }

@@ -15,8 +15,14 @@
 //!   other webhooks waits for it (each has its own task).
 //!
 //! The cursor is the first event with a part not yet done. It is committed through Raft with
-//! the delivery log at most once a second, so a node that takes over resumes from it; what was
-//! sent after the last commit is sent again then, with the same event ids (at least once).
+//! the delivery log — at most once a second when something was sent, every 10 s when only the
+//! cursor moved (over events outside the webhook's scope) — so a node that takes over resumes
+//! from it; what was sent after the last commit is sent again then, with the same event ids
+//! (at least once).
+//!
+//! Bounds: at most [`WINDOW`] events are held. A waiting part is looked at again at most once a
+//! second. When the window is full of events that wait (a region far behind), the oldest
+//! waiting part is given up, logged as not sent, so that the other repositories go on.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -31,11 +37,15 @@ use crate::replication::Plan;
 use crate::types::time::now_ms;
 
 /// Events read ahead of the cursor at most.
-const WINDOW: usize = 256;
+pub(super) const WINDOW: usize = 1024;
+/// How often a part that waits is looked at again.
+const RECHECK: Duration = Duration::from_secs(1);
 /// How often an idle task looks for new events, and re-checks parts that wait.
 const TICK: Duration = Duration::from_millis(200);
-/// How often progress is committed at most.
+/// How often progress is committed at most, when deliveries were logged.
 const COMMIT_EVERY: Duration = Duration::from_secs(1);
+/// How often progress is committed when only the cursor moved.
+const COMMIT_CURSOR_EVERY: Duration = Duration::from_secs(10);
 /// Log entries kept for a commit that cannot be made (no quorum) at most; older ones go.
 const MAX_UNCOMMITTED_LOG: usize = 1024;
 
@@ -53,6 +63,8 @@ struct Item {
     seq: u64,
     event: Event,
     parts: Vec<Part>,
+    /// A part of it waits: not looked at again before this.
+    recheck: Option<Instant>,
 }
 
 /// What a waiting part's check found.
@@ -83,8 +95,6 @@ pub(super) async fn run(hooks: Arc<Webhooks>, name: String, def: Webhook, stop: 
     }
     // What was done since the last commit, so a successor does not send it again.
     let _ = task.commit().await;
-    // Only the delivering node reports a backlog.
-    task.hooks.forget_metrics(&task.name, true);
 }
 
 struct Task {
@@ -113,10 +123,14 @@ impl Task {
         while !stop.is_cancelled() {
             self.load().await?;
             let sent = self.send_next(stop).await?;
-            if self.last_commit.elapsed() >= COMMIT_EVERY {
+            let due = if self.log.is_empty() {
+                COMMIT_CURSOR_EVERY
+            } else {
+                COMMIT_EVERY
+            };
+            if self.last_commit.elapsed() >= due {
                 self.commit().await?;
             }
-            self.hooks.set_backlog(&self.name, self.cursor());
             if !sent {
                 tokio::select! {
                     _ = stop.cancelled() => {}
@@ -170,7 +184,12 @@ impl Task {
             self.loaded_to = seq + 1;
             let parts = self.parts_of(&event, plan.as_ref());
             if !parts.is_empty() {
-                self.window.push(Item { seq, event, parts });
+                self.window.push(Item {
+                    seq,
+                    event,
+                    parts,
+                    recheck: None,
+                });
             }
         }
         Ok(())
@@ -198,51 +217,93 @@ impl Task {
         parts
     }
 
-    /// Sends the first part that may go now, if any. Returns whether one was tried.
+    /// Sends the first part that may go now, if any. Returns whether one was tried (or given
+    /// up).
     async fn send_next(&mut self, stop: &CancellationToken) -> Result<bool, WebhookError> {
         if self.backoff.is_some_and(|(_, at)| Instant::now() < at) {
             return Ok(false);
         }
-        let mut blocked: HashSet<(String, Option<String>)> = HashSet::new();
+        let now = Instant::now();
+        // Streams with an earlier part not done: (repository, region of `replicated`).
+        let mut blocked: HashSet<(&str, Option<&str>)> = HashSet::new();
         let mut plan = None;
-        for i in 0..self.window.len() {
-            for j in 0..self.window[i].parts.len() {
-                let item = &self.window[i];
-                let part = item.parts[j].clone();
+        let mut choice = None;
+        let mut waited = Vec::new();
+        'items: for (i, item) in self.window.iter().enumerate() {
+            let waiting = item.recheck.is_some_and(|at| now < at);
+            for part in &item.parts {
                 let stream = (
-                    item.event.repo.to_string(),
-                    match &part {
+                    item.event.repo.as_str(),
+                    match part {
                         Part::Own => None,
-                        Part::Replicated(r) => Some(r.clone()),
+                        Part::Replicated(r) => Some(r.as_str()),
                     },
                 );
                 if blocked.contains(&stream) {
                     continue;
                 }
-                match self.check(i, &part, &mut plan).await? {
+                let can_wait = matches!(part, Part::Replicated(_))
+                    || (self.def.region.is_some()
+                        && matches!(item.event.action, Action::Push | Action::ChartPush));
+                let check = if waiting && can_wait {
+                    Check::Wait
+                } else {
+                    self.check(i, part, &mut plan).await?
+                };
+                match check {
                     Check::Wait => {
                         blocked.insert(stream);
-                    }
-                    Check::Drop(why) => {
-                        if let Some(why) = why {
-                            let out = self.outgoing(i, &part);
-                            self.log
-                                .push(self.entry(&out, None, Some(why), 0, String::new(), 0));
+                        if !waiting {
+                            waited.push(i);
                         }
-                        self.done(i, &part);
-                        return Ok(true);
                     }
-                    Check::Ready => {
-                        let out = self.outgoing(i, &part);
-                        if self.attempt(&out, stop).await {
-                            self.done(i, &part);
-                        }
-                        return Ok(true);
+                    other => {
+                        choice = Some((i, part.clone(), other));
+                        break 'items;
                     }
                 }
             }
         }
-        Ok(false)
+        // What waits is looked at again in a second.
+        let at = Instant::now() + RECHECK;
+        for i in waited {
+            self.window[i].recheck = Some(at);
+        }
+        let Some((i, part, check)) = choice else {
+            // Nothing may go: give up the oldest waiting part when the window is full (other
+            // repositories would stop otherwise).
+            if self.window.len() >= WINDOW
+                && let Some(part) = self.window[0].parts.first().cloned()
+            {
+                let out = self.outgoing(0, &part);
+                let why = format!(
+                    "not sent: gave up waiting (for region {}) with {WINDOW} events queued behind it",
+                    out.region.as_deref().unwrap_or("?")
+                );
+                self.log
+                    .push(self.entry(&out, None, Some(why), 0, String::new(), 0));
+                self.done(0, &part);
+                return Ok(true);
+            }
+            return Ok(false);
+        };
+        match check {
+            Check::Drop(why) => {
+                if let Some(why) = why {
+                    let out = self.outgoing(i, &part);
+                    self.log
+                        .push(self.entry(&out, None, Some(why), 0, String::new(), 0));
+                }
+                self.done(i, &part);
+            }
+            _ => {
+                let out = self.outgoing(i, &part);
+                if self.attempt(&out, stop).await {
+                    self.done(i, &part);
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Whether a part may be sent now.

@@ -33,8 +33,12 @@ use self::payload::Outgoing;
 
 /// How often the dispatcher looks at the definitions and the leadership.
 const DISPATCH_EVERY: Duration = Duration::from_millis(500);
+/// How long the delivery tasks get to commit their progress when the node stops.
+const STOP: Duration = Duration::from_millis(800);
 /// How often the leader prunes the event log.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How long a change waits to catch up with the leader before it reads the definition.
+const CATCH_UP: Duration = Duration::from_secs(3);
 /// Bytes of an answer's body kept in the delivery log.
 const EXCERPT: usize = 256;
 /// Most delivery log entries one query returns.
@@ -71,6 +75,9 @@ pub enum WebhookError {
     /// A webhook of that name exists.
     #[error("webhook {0} exists already")]
     Exists(String),
+    /// The webhook was changed since it was read (by a change at another node).
+    #[error("{0}")]
+    Changed(String),
     /// Reading the state failed.
     #[error(transparent)]
     Meta(#[from] MetaError),
@@ -88,7 +95,7 @@ impl WebhookError {
         match self {
             WebhookError::Invalid(_) => ErrorKind::Invalid,
             WebhookError::NotFound(_) => ErrorKind::NotFound,
-            WebhookError::Exists(_) => ErrorKind::Conflict,
+            WebhookError::Exists(_) | WebhookError::Changed(_) => ErrorKind::Conflict,
             WebhookError::Meta(MetaError::DiskFull(_)) => ErrorKind::Exhausted,
             WebhookError::Meta(_) => ErrorKind::Internal,
             WebhookError::Cluster(e) => e.kind(),
@@ -220,12 +227,16 @@ impl Webhooks {
             name: name.to_string(),
             webhook,
             create: true,
+            expect: None,
         })
         .await
     }
 
     /// Changes a webhook. Errors: [`WebhookError::Invalid`], [`WebhookError::NotFound`].
     pub async fn update(&self, name: &str, u: WebhookUpdate) -> Result<(), WebhookError> {
+        // Read what the leader has committed (a change just made at another node too); from
+        // this node's own state when the leader cannot be reached in time.
+        let _ = tokio::time::timeout(CATCH_UP, self.cluster.catch_up_with_leader()).await;
         let (mut w, _) = self
             .meta
             .webhook(name)?
@@ -251,11 +262,15 @@ impl Webhooks {
         if let Some(f) = u.format {
             w.format = validate_format(&f)?;
         }
-        w.updated_ms = now_ms();
+        // Applies only to the definition read here: a change made meanwhile elsewhere is
+        // not overwritten (the caller reads again).
+        let read = w.updated_ms;
+        w.updated_ms = now_ms().max(read + 1);
         self.write(WebhookCommand::Put {
             name: name.to_string(),
             webhook: w,
             create: false,
+            expect: Some(read),
         })
         .await
     }
@@ -366,10 +381,15 @@ impl Webhooks {
                 _ = tokio::time::sleep(DISPATCH_EVERY) => {}
             }
         }
-        for (_, (_, token, handle)) in running {
-            token.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
-        }
+        // Every task commits what it did, all at once, within the node's stop margin.
+        let handles: Vec<_> = running
+            .into_values()
+            .map(|(_, token, handle)| {
+                token.cancel();
+                handle
+            })
+            .collect();
+        let _ = tokio::time::timeout(STOP, futures::future::join_all(handles)).await;
     }
 
     /// One look: which webhooks this node delivers now.
@@ -379,6 +399,12 @@ impl Webhooks {
         stop: &CancellationToken,
     ) -> Result<(), WebhookError> {
         let defs = self.meta.webhooks().await?;
+        self.report_backlog(&defs);
+        for name in running.keys() {
+            if !defs.iter().any(|(n, _, _)| n == name) {
+                self.forget_metrics(name);
+            }
+        }
         running.retain(|name, (def, token, handle)| {
             let keep = !handle.is_finished()
                 && defs
@@ -386,8 +412,6 @@ impl Webhooks {
                     .any(|(n, d, _)| n == name && d == def && self.delivers(d));
             if !keep {
                 token.cancel();
-                // Only the delivering node reports a backlog; a deleted webhook has no series.
-                self.forget_metrics(name, defs.iter().any(|(n, _, _)| n == name));
             }
             keep
         });
@@ -493,7 +517,8 @@ impl Webhooks {
             }
             Err(e) => Answer {
                 status: None,
-                error: Some(crate::error_chain(&e)),
+                // Without the URL: it may carry a token, and the log is shown to admins.
+                error: Some(crate::error_chain(&e.without_url())),
                 latency_ms: started.elapsed().as_millis() as u64,
                 excerpt: String::new(),
             },
@@ -530,27 +555,33 @@ impl Webhooks {
         now_ms().saturating_sub(self.settings.log_retention.as_millis() as u64)
     }
 
-    /// Sets a delivered webhook's backlog gauge: events recorded past its cursor.
-    fn set_backlog(&self, name: &str, cursor: u64) {
-        if let Ok(head) = self.meta.event_head() {
-            self.metrics
-                .webhook_backlog
+    /// Sets the backlog gauge of every enabled webhook on the leader (events recorded past
+    /// its committed cursor), so it is there whichever node delivers, or none; other nodes
+    /// report none.
+    fn report_backlog(&self, defs: &[(String, Webhook, u64)]) {
+        let gauge = &self.metrics.webhook_backlog;
+        gauge.clear();
+        if !self.cluster.is_leader() {
+            return;
+        }
+        let Ok(head) = self.meta.event_head() else {
+            return;
+        };
+        for (name, _, cursor) in defs.iter().filter(|(_, w, _)| w.enabled) {
+            gauge
                 .get_or_create(&WebhookLabels {
-                    webhook: name.to_string(),
+                    webhook: name.clone(),
                 })
-                .set(head.next.saturating_sub(cursor) as i64);
+                .set(head.next.saturating_sub(*cursor) as i64);
         }
     }
 
-    /// Removes a webhook's backlog series, and (`exists` false: it was deleted) its others.
-    fn forget_metrics(&self, name: &str, exists: bool) {
+    /// Removes a deleted webhook's series.
+    fn forget_metrics(&self, name: &str) {
         let labels = WebhookLabels {
             webhook: name.to_string(),
         };
         self.metrics.webhook_backlog.remove(&labels);
-        if exists {
-            return;
-        }
         self.metrics.webhook_delivery_duration.remove(&labels);
         for outcome in [Outcome::Success, Outcome::Failure] {
             self.metrics
@@ -572,6 +603,7 @@ impl Webhooks {
             WriteResult::Rejected(Rejection::Unknown(what)) => Err(WebhookError::NotFound(
                 what.trim_start_matches("webhook ").to_string(),
             )),
+            WriteResult::Rejected(Rejection::Changed(why)) => Err(WebhookError::Changed(why)),
             WriteResult::Rejected(r) => Err(WebhookError::Invalid(r.to_string())),
             _ => Ok(()),
         }
