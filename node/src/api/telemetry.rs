@@ -299,17 +299,15 @@ mod tests {
     #[tokio::test]
     async fn a_counted_body_counts_its_data_frames() {
         use http_body_util::BodyExt;
-        let http = Arc::new(HttpMetrics::default());
+        let m = Metrics::new(1, "eu", "a");
         let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
             Ok(Bytes::from_static(b"hello ")),
             Ok(Bytes::from_static(b"world")),
         ];
         let body = Body::from_stream(futures::stream::iter(chunks));
-        let counted = Counted::new(body, http.clone(), HttpRoute::Blob, HttpMetrics::sent);
+        let counted = Counted::new(body, m.http.clone(), HttpRoute::Blob, HttpMetrics::sent);
         let all = counted.collect().await.unwrap().to_bytes();
         assert_eq!(&all[..], b"hello world");
-        let m = Metrics::new(1, "eu", "a");
-        m.http.sent(HttpRoute::Blob, 0);
         let counted = Counted::new(
             Body::from("abc"),
             m.http.clone(),
@@ -319,9 +317,12 @@ mod tests {
         counted.collect().await.unwrap();
         let text = m.render();
         assert!(
+            text.contains("berth_http_sent_bytes_total{route=\"blob\"} 11"),
+            "{text}"
+        );
+        assert!(
             text.contains("berth_http_received_bytes_total{route=\"upload\"} 3"),
             "{text}"
         );
-        drop(http);
     }
 }

@@ -178,21 +178,12 @@ impl Webhooks {
         // The process-wide TLS provider (ring, as everywhere in berth; `main` installs it
         // first — this is for a node started in-process). Already installed: nothing to do.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("berth-webhooks/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &settings.ca_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                WebhookError::Invalid(format!("webhooks.ca_file {}: {e}", path.display()))
-            })?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                WebhookError::Invalid(format!("webhooks.ca_file {}: {e}", path.display()))
-            })? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
+            .user_agent(concat!("berth-webhooks/", env!("CARGO_PKG_VERSION")))
+            .tls_backend_preconfigured(tls_config(settings.ca_file.as_deref())?);
         let client = builder
             .build()
             .map_err(|e| WebhookError::Invalid(format!("webhook HTTP client: {e}")))?;
@@ -608,6 +599,35 @@ impl Webhooks {
             _ => Ok(()),
         }
     }
+}
+
+/// The TLS client configuration of deliveries: the system's CA certificates (none in a
+/// `FROM scratch` image) and those of `ca_file`. With none at all the node still starts:
+/// `http` webhooks work, and an `https` one fails with its reason in the delivery log.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, WebhookError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let bad = |e: &dyn std::fmt::Display| {
+            WebhookError::Invalid(format!("webhooks.ca_file {}: {e}", path.display()))
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(&e))?;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+        }
+    }
+    if roots.is_empty() {
+        tracing::warn!(
+            "no CA certificates found for webhook deliveries: https webhooks fail until webhooks.ca_file names some"
+        );
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 // ---- validation ----------------------------------------------------------------------------
