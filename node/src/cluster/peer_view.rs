@@ -200,11 +200,11 @@ impl Cluster {
         let deadline = Instant::now() + bound;
         loop {
             let now = Instant::now();
-            let unprobed = self
-                .members()
-                .iter()
-                .filter(|m| m.id != self.node_id)
-                .any(|m| {
+            let members = self.members();
+            // Right after a restart Raft may not have loaded the membership yet: no member
+            // known is not "every member probed".
+            let unprobed = members.is_empty()
+                || members.iter().filter(|m| m.id != self.node_id).any(|m| {
                     self.views
                         .view(m.id, now)
                         .is_none_or(|v| v.rtt.is_none() && v.failures == 0)

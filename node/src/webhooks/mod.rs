@@ -162,7 +162,8 @@ pub struct Webhooks {
     cluster: Cluster,
     replication: Arc<Replication>,
     settings: WebhookSettings,
-    client: reqwest::Client,
+    client: std::sync::OnceLock<reqwest::Client>,
+    extra_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
     metrics: Arc<Metrics>,
 }
 
@@ -175,26 +176,52 @@ impl Webhooks {
         settings: WebhookSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Webhooks>, WebhookError> {
-        // The process-wide TLS provider (ring, as everywhere in berth; `main` installs it
-        // first — this is for a node started in-process). Already installed: nothing to do.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let builder = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("berth-webhooks/", env!("CARGO_PKG_VERSION")))
-            .tls_backend_preconfigured(tls_config(settings.ca_file.as_deref())?);
-        let client = builder
-            .build()
-            .map_err(|e| WebhookError::Invalid(format!("webhook HTTP client: {e}")))?;
+        // The CA file is read now, so a bad one stops the start; the client (and the system's
+        // CA certificates it reads) is made at the first delivery.
+        let extra_roots = read_ca_file(settings.ca_file.as_deref())?;
         Ok(Arc::new(Webhooks {
             meta,
             cluster,
             replication,
             settings,
-            client,
+            client: std::sync::OnceLock::new(),
+            extra_roots,
             metrics,
         }))
+    }
+
+    /// The delivery client, made at first use: the system's CA certificates (none in a `FROM
+    /// scratch` image) and those of `webhooks.ca_file`. With none at all `http` webhooks
+    /// still work, and an `https` one fails with its reason in the delivery log.
+    fn client(&self) -> &reqwest::Client {
+        self.client.get_or_init(|| {
+            // The process-wide TLS provider (ring, as everywhere in berth; `main` installs it
+            // first — this is for a node started in-process). Installed: nothing to do.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            for cert in &self.extra_roots {
+                let _ = roots.add(cert.clone());
+            }
+            if roots.is_empty() {
+                tracing::warn!(
+                    "no CA certificates found for webhook deliveries: https webhooks fail until webhooks.ca_file names some"
+                );
+            }
+            let tls = rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            reqwest::Client::builder()
+                .timeout(self.settings.timeout)
+                .connect_timeout(self.settings.timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("berth-webhooks/", env!("CARGO_PKG_VERSION")))
+                .tls_backend_preconfigured(tls)
+                .build()
+                .expect("a client with a preconfigured TLS backend and no proxy builds")
+        })
     }
 
     // ---- definitions -------------------------------------------------------------------
@@ -480,7 +507,7 @@ impl Webhooks {
     async fn post(&self, w: &Webhook, out: &Outgoing, name: &str) -> Answer {
         let source = format!("/berth/{}", self.settings.region);
         let body = payload::body(w.format, out, &source);
-        let mut req = self.client.post(&w.uri).header(
+        let mut req = self.client().post(&w.uri).header(
             reqwest::header::CONTENT_TYPE,
             payload::content_type(w.format),
         );
@@ -601,33 +628,26 @@ impl Webhooks {
     }
 }
 
-/// The TLS client configuration of deliveries: the system's CA certificates (none in a
-/// `FROM scratch` image) and those of `ca_file`. With none at all the node still starts:
-/// `http` webhooks work, and an `https` one fails with its reason in the delivery log.
-fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, WebhookError> {
+/// The CA certificates of `webhooks.ca_file` (none without one).
+fn read_ca_file(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, WebhookError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
+    let Some(path) = ca_file else {
+        return Ok(Vec::new());
+    };
+    let bad = |e: &dyn std::fmt::Display| {
+        WebhookError::Invalid(format!("webhooks.ca_file {}: {e}", path.display()))
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(&e))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    if certs.is_empty() {
+        return Err(bad(&"no certificate in it"));
     }
-    if let Some(path) = ca_file {
-        let bad = |e: &dyn std::fmt::Display| {
-            WebhookError::Invalid(format!("webhooks.ca_file {}: {e}", path.display()))
-        };
-        let pem = std::fs::read(path).map_err(|e| bad(&e))?;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
-        }
-    }
-    if roots.is_empty() {
-        tracing::warn!(
-            "no CA certificates found for webhook deliveries: https webhooks fail until webhooks.ca_file names some"
-        );
-    }
-    Ok(rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+    Ok(certs)
 }
 
 // ---- validation ----------------------------------------------------------------------------
