@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use cluster_tests::clients;
 use cluster_tests::prometheus::{self, Prometheus, family_of, metric_names};
-use cluster_tests::replication::ctl;
+use cluster_tests::replication::{ctl, wait_for_blob_files};
 use cluster_tests::{ClusterBuilder, random_layer, wait_until};
 
 const TEST: &str = "s25_prometheus";
@@ -43,6 +43,8 @@ const RULES_WITHIN: Duration = Duration::from_secs(30);
 /// How long alerts may stay pending on the healthy cluster.
 const ALERTS_QUIET_WITHIN: Duration = Duration::from_secs(30);
 const VISIBLE_WITHIN: Duration = Duration::from_secs(10);
+/// How long the replicator may take to copy the image to r2.
+const REPLICATED_WITHIN: Duration = Duration::from_secs(60);
 const CTL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Families that have no series until something happens that this scenario does not do, with
@@ -240,6 +242,9 @@ fn prometheus_scrapes_every_node_and_the_dashboard_and_rules_hold() {
         "v1",
         &[random_layer(256 * 1024), random_layer(4096)],
     );
+    // The replicator copies the image to r2 before anything is pulled there (a pull first
+    // would copy it through read-through, and no replication lag would be observed).
+    wait_for_blob_files(&c, 2, &image, REPLICATED_WITHIN);
     for id in c.ids() {
         c.wait_for_image(id, &image, VISIBLE_WITHIN);
         c.must_pull_image(id, "s25/scraped", "v1", &image);
