@@ -628,26 +628,15 @@ impl Webhooks {
     }
 }
 
-/// The CA certificates of `webhooks.ca_file` (none without one).
+/// The CA certificates of `webhooks.ca_file` (none without one; at least one with one).
 fn read_ca_file(
     ca_file: Option<&std::path::Path>,
 ) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, WebhookError> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
     let Some(path) = ca_file else {
         return Ok(Vec::new());
     };
-    let bad = |e: &dyn std::fmt::Display| {
-        WebhookError::Invalid(format!("webhooks.ca_file {}: {e}", path.display()))
-    };
-    let pem = std::fs::read(path).map_err(|e| bad(&e))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(&e))?;
-    if certs.is_empty() {
-        return Err(bad(&"no certificate in it"));
-    }
-    Ok(certs)
+    crate::server::tls::read_certs("webhooks.ca_file", path)
+        .map_err(|e| WebhookError::Invalid(crate::error_chain(&e)))
 }
 
 // ---- validation ----------------------------------------------------------------------------
